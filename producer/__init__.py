@@ -1,0 +1,1 @@
+"""The ``producer`` command line: enqueue runs, watch, collect and evaluate them."""

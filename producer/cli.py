@@ -1,0 +1,278 @@
+"""``producer``: enqueue runs, watch them, collect and score their results.
+
+Every deployment setting is a flag and an environment variable of the same name (``--broker-url`` /
+``BROKER_URL``); secrets come from the environment only. With no broker configured, ``enqueue``
+runs the whole pipeline in this process (the embedded default).
+
+Exit status: 0 all images done, 1 some images failed (see the failures report), 2 an error stopped
+the command (its one-line message says why).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from workers.denoise import DENOISERS, DenoiseSpec
+from workers.errors import ConfigError, EnhanceError
+from workers.runs import PipelineSpec, RunKeys, RunProgress, load_manifest
+from workers.settings import Settings, public_fields
+
+EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
+
+
+def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one flag per public setting; the command receives a built ``settings`` argument."""
+    for f in reversed(public_fields()):
+        kind = {bool: click.BOOL, int: click.INT, float: click.FLOAT}.get(type(f.default), click.STRING)
+        command = click.option(
+            "--" + f.name.replace("_", "-"),
+            f.name,
+            type=kind,
+            default=None,
+            envvar=f.name.upper(),
+            show_envvar=True,
+            help=f"{f.metadata['help']} [default: {f.default!r}]",
+        )(command)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        overrides = {f.name: kwargs.pop(f.name) for f in public_fields()}
+        kwargs["settings"] = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+        return command(**kwargs)
+
+    return wrapper
+
+
+def _pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    defaults = DenoiseSpec()
+    options = [
+        click.option("--seed-compat", is_flag=True, envvar="SEED_COMPAT",
+                     help="Reproduce the seed exactly: BGR network feed and Lanczos resize to a multiple of 8."),
+        click.option("--denoise", "denoise_method", type=click.Choice(sorted(DENOISERS)), default=defaults.method,
+                     envvar="DENOISE", show_default=True, help="Denoiser of the CPU stage."),
+        click.option("--nlm-h", type=float, default=defaults.h, envvar="NLM_H", show_default=True,
+                     help="NL-means luminance strength."),
+        click.option("--nlm-h-color", type=float, default=defaults.h_color, envvar="NLM_H_COLOR", show_default=True,
+                     help="NL-means colour strength."),
+        click.option("--nlm-template", type=int, default=defaults.template, envvar="NLM_TEMPLATE", show_default=True,
+                     help="NL-means template window (odd)."),
+        click.option("--nlm-search", type=int, default=defaults.search, envvar="NLM_SEARCH", show_default=True,
+                     help="NL-means search window (odd)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        spec = DenoiseSpec(
+            method=kwargs.pop("denoise_method"),
+            h=kwargs.pop("nlm_h"),
+            h_color=kwargs.pop("nlm_h_color"),
+            template=kwargs.pop("nlm_template"),
+            search=kwargs.pop("nlm_search"),
+        )
+        seed = kwargs.pop("seed_compat")
+        kwargs["pipeline"] = PipelineSpec.seed_compatible(spec) if seed else PipelineSpec(denoise=spec)
+        return command(**kwargs)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Denoise and 4x super-resolve low-light images; write a competition submission.csv.
+
+    Quick start (no servers needed): producer enqueue dataset/
+    """
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("src")
+@click.option("--run", "run_id", envvar="RUN_ID", help="Run id (default: derived from SRC and the pipeline, so re-running resumes).")
+@click.option("--sample-submission", type=click.Path(dir_okay=False, exists=True), envvar="SAMPLE_SUBMISSION",
+              help="Check the column count against this file (default: SRC/sample_submission.csv if present).")
+@click.option("--retry-failed", is_flag=True, help="Forget earlier per-image failures and try those images again.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Distributed mode: follow the run until it ends.")
+@_pipeline_options
+@_settings_options
+def enqueue(src: str, run_id: str | None, sample_submission: str | None, retry_failed: bool, wait: bool,
+            pipeline: PipelineSpec, settings: Settings) -> None:
+    """Process every image in SRC (a folder, a dataset root with test/, or s3://bucket/prefix)."""
+    from producer.planning import prepare_run
+    from workers.stages import StageContext
+
+    ctx = StageContext(settings)
+    plan = prepare_run(settings, ctx.storage, src, pipeline, run_id, sample_submission, retry_failed,
+                       show_progress=True)
+    click.echo(f"run {plan.run_id}: {plan.manifest.total} inputs, {len(plan.finished)} already finished")
+    if settings.embedded:
+        from producer.embedded import run_embedded
+
+        result = run_embedded(ctx, plan)
+    else:
+        from producer import dispatch
+
+        dispatch.enqueue_plan(settings, ctx.storage, plan)
+        click.echo(plan.run_id)
+        if not wait:
+            return
+        result = dispatch.wait_for_run(settings, ctx.storage, plan.run_id)
+    _report_result(ctx.storage, plan.run_id, result.written, result.failed, result.pending)
+
+
+def _report_result(storage: Any, run_id: str, written: int, failed: int, pending: int) -> None:
+    keys = RunKeys(run_id)
+    click.echo(f"run {run_id}: {written} rows written, {failed} failed, {pending} pending")
+    click.echo(f"  submission: {storage.url(keys.submission)}")
+    click.echo(f"  failures:   {storage.url(keys.failures)}")
+    if failed or pending:
+        sys.exit(EXIT_FAILURES)
+
+
+@cli.command()
+@click.argument("run_id")
+@_settings_options
+def status(run_id: str, settings: Settings) -> None:
+    """Counts per stage and the failures of RUN_ID."""
+    import json
+
+    from workers.stages import StageContext
+
+    ctx = StageContext(settings)
+    manifest = load_manifest(ctx.storage, run_id)
+    progress = RunProgress.read(ctx.storage, run_id)
+    counts = progress.counts(manifest.names)
+    click.echo(f"run {run_id}  source {manifest.source}  created {manifest.created_at}")
+    click.echo("  " + "  ".join(f"{state.value} {n}" for state, n in counts.items())
+               + f"  rejected {len(manifest.rejected)}  total {manifest.total}")
+    keys = RunKeys(run_id)
+    for name in manifest.names:
+        if progress.state(name).value == "failed":
+            record = json.loads(ctx.storage.get(keys.failed(name)))
+            click.echo(f"  failed  {name}: {record['reason']}")
+    for name, reason in manifest.rejected:
+        click.echo(f"  rejected {name}: {reason}")
+    if ctx.storage.exists(keys.submission):
+        click.echo(f"  submission: {ctx.storage.url(keys.submission)}")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default="submission.csv",
+              show_default=True, help="Where to write the submission.")
+@_settings_options
+def collect(run_id: str, output: str, settings: Settings) -> None:
+    """Download RUN_ID's submission.csv."""
+    from workers.stages import StageContext
+
+    ctx = StageContext(settings)
+    key = RunKeys(run_id).submission
+    if not ctx.storage.exists(key):
+        raise ConfigError(f"run {run_id} has no submission yet (see: producer status {run_id})")
+    tmp = Path(output).with_name(Path(output).name + ".part")
+    with tmp.open("wb") as out:
+        ctx.storage.copy_to(key, out)
+    tmp.replace(output)
+    click.echo(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--partial", is_flag=True, help="Write the submission even though images are still pending.")
+@_settings_options
+def aggregate(run_id: str, partial: bool, settings: Settings) -> None:
+    """(Re)build RUN_ID's submission.csv and failures report. Idempotent."""
+    if settings.embedded:
+        from workers.stages import StageContext, aggregate_stage
+
+        ctx = StageContext(settings)
+        result = aggregate_stage(ctx, run_id, allow_partial=partial).as_dict()
+    else:
+        from producer import dispatch
+
+        result = dispatch.aggregate(settings, run_id, partial)
+    if not result["complete"]:
+        raise ConfigError(f"run {run_id} has {result['pending']} images pending; wait, or pass --partial")
+    click.echo(f"run {run_id}: {result['written']} rows, {result['failed']} failed")
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(file_okay=False, exists=True))
+@click.option("--run", "run_id", help="Score this existing run instead of running the pipeline on the inputs.")
+@click.option("--inputs", type=click.Path(file_okay=False, exists=True), help="Inputs (default: DATASET/val/val).")
+@click.option("--gt", type=click.Path(file_okay=False, exists=True), help="Ground truth (default: DATASET/val/gt).")
+@click.option("--baselines/--no-baselines", default=True, show_default=True, help="Also score bicubic and NL-means + bicubic.")
+@_pipeline_options
+@_settings_options
+def evaluate(dataset: str, run_id: str | None, inputs: str | None, gt: str | None, baselines: bool,
+             pipeline: PipelineSpec, settings: Settings) -> None:
+    """Competition PSNR and SSIM of the pipeline (and baselines) on DATASET's validation split."""
+    from producer import evaluate as ev
+    from producer.planning import prepare_run
+    from workers.stages import StageContext
+
+    inputs_dir = Path(inputs) if inputs else Path(dataset) / ev.VAL_INPUTS
+    pairs = ev.truth_pairs(inputs_dir, Path(gt) if gt else Path(dataset) / ev.VAL_TRUTH)
+    ctx = StageContext(settings)
+    if run_id is None:
+        plan = prepare_run(settings, ctx.storage, str(inputs_dir), pipeline, show_progress=True)
+        run_id = plan.run_id
+        if settings.embedded:
+            from producer.embedded import run_embedded
+
+            run_embedded(ctx, plan)
+        else:
+            from producer import dispatch
+
+            dispatch.enqueue_plan(settings, ctx.storage, plan)
+            dispatch.wait_for_run(settings, ctx.storage, run_id)
+    manifest = load_manifest(ctx.storage, run_id)
+    label = "pipeline (seed-compat)" if manifest.pipeline.channel_order == "bgr" else "pipeline"
+    scores = [ev.score_run(ctx.storage, manifest, pairs, f"{label} run {run_id}")]
+    if baselines:
+        scores += ev.baselines(pairs, manifest.pipeline.denoise)
+    click.echo(ev.format_table(scores))
+
+
+def main() -> None:
+    """Console entry point: one line per error, never a traceback for expected failures."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_ERROR)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_ERROR)
+    except EnhanceError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        click.echo("interrupted; re-run the same command to resume", err=True)
+        sys.exit(EXIT_ERROR)
+    except Exception as exc:  # noqa: BLE001 - connection errors from redis/kombu/urllib3 and friends
+        if _is_connection_error(exc):
+            click.echo(f"error: cannot reach a server: {exc}", err=True)
+            sys.exit(EXIT_ERROR)
+        raise
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"ConnectionError", "OperationalError", "TimeoutError", "MaxRetryError"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The embedded default: run a whole run in this process, no broker, same stage functions.
+
+CPU denoising runs in a thread pool (OpenCV releases the GIL) while the main thread upscales
+whatever is already denoised, so the two stages overlap instead of taking turns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+import cv2
+from tqdm import tqdm
+
+from producer.planning import RunPlan
+from workers.stages import AggregateResult, Outcome, StageContext, aggregate_stage, denoise_stage, upscale_stage
+
+logger = logging.getLogger(__name__)
+
+
+def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -> AggregateResult:
+    """Process everything ``plan`` has left, then aggregate. Re-running after an interruption resumes.
+
+    Raises:
+        TransientError: storage or device trouble; nothing finished is lost, re-run to resume.
+        ConfigError: e.g. the weights cannot be found.
+    """
+    run_id = plan.run_id
+    settings = ctx.settings
+    cv2.setNumThreads(settings.opencv_threads)
+    threads = settings.cpu_workers or os.cpu_count() or 1
+    if plan.to_denoise or plan.to_upscale:
+        ctx.warm_up()  # a missing model should fail before any work, not after the CPU stage
+    bar = tqdm(
+        total=plan.manifest.total,
+        initial=len(plan.finished) + len(plan.manifest.rejected),
+        desc=f"run {run_id}",
+        unit="img",
+        disable=not show_progress,
+    )
+    failed = 0
+
+    def finish(outcome: Outcome) -> None:
+        nonlocal failed
+        failed += outcome.status == "failed"
+        bar.update(1)
+        bar.set_postfix(failed=failed)
+
+    ready = list(plan.to_upscale)
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="denoise")
+    try:
+        pending: set[Future[Outcome]] = {pool.submit(denoise_stage, ctx, run_id, n) for n in plan.to_denoise}
+        while pending or ready:
+            if pending:
+                # Block only when there is nothing to upscale; otherwise just collect what finished.
+                done, pending = wait(pending, timeout=settings.gpu_batch_wait_s if ready else None,
+                                     return_when=FIRST_COMPLETED)
+                for future in done:
+                    outcome = future.result()
+                    if outcome.status == "failed":
+                        finish(outcome)
+                    else:
+                        ready.append(outcome.name)
+            if ready:
+                batch, ready = ready[: settings.gpu_batch_size], ready[settings.gpu_batch_size :]
+                for outcome in upscale_stage(ctx, run_id, batch):
+                    if outcome.status == "retry":
+                        raise outcome.error  # type: ignore[misc]
+                    finish(outcome)
+    except BaseException:
+        # Do not sit through the queued denoising of an aborted run (Ctrl-C, storage down).
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
+    pool.shutdown()
+    return aggregate_stage(ctx, run_id)

@@ -1,0 +1,133 @@
+"""Score runs and baselines against ground truth with the competition's metric.
+
+PSNR is computed exactly as the competition does, on the submission vectors (every 8th value of
+the greyscale 4x image) and averaged over images; SSIM is the mean SSIM of the full-resolution
+greyscale images, reported alongside.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from workers.denoise import DenoiseSpec, denoise
+from workers.errors import ConfigError
+from workers.imageio import decode_png
+from workers.metrics import psnr, ssim
+from workers.runs import RunKeys, RunManifest, RunProgress, stem
+from workers.storage import Storage
+from workers.submission import grey_subsample, submission_id
+
+VAL_INPUTS = Path("val/val")
+VAL_TRUTH = Path("val/gt")
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    name: str
+    psnr: float
+    ssim: float
+
+
+@dataclass
+class MethodScore:
+    method: str
+    images: list[ImageScore] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # no output, or an output of the wrong size
+
+    @property
+    def psnr(self) -> float:
+        return float(np.mean([s.psnr for s in self.images])) if self.images else math.nan
+
+    @property
+    def ssim(self) -> float:
+        return float(np.mean([s.ssim for s in self.images])) if self.images else math.nan
+
+
+def truth_pairs(inputs: Path, truth: Path) -> list[tuple[Path, Path]]:
+    """Match ``inputs/val_00001.png`` to ``truth/gt_00001.png`` by submission ID.
+
+    Raises:
+        ConfigError: a folder is missing or no input has a ground truth.
+    """
+    for folder in (inputs, truth):
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} is not a directory")
+    by_id = {p.stem: p for p in truth.iterdir() if p.is_file()}
+    pairs = [(p, by_id[submission_id(p.name)]) for p in sorted(inputs.iterdir()) if submission_id(p.name) in by_id]
+    if not pairs:
+        raise ConfigError(f"no file in {inputs} has a ground truth in {truth} (expected val_X.png -> gt_X.png)")
+    return pairs
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def score(name: str, output: np.ndarray, truth: np.ndarray, row: np.ndarray | None = None) -> ImageScore:
+    """Score one 4x output; ``row`` is the stored submission vector when there is one."""
+    values = grey_subsample(output) if row is None else row
+    grey = np.asarray(Image.fromarray(output).convert("L"))
+    grey_truth = np.asarray(Image.fromarray(truth).convert("L"))
+    return ImageScore(name, psnr(values, grey_subsample(truth)), ssim(grey, grey_truth))
+
+
+def score_function(method: str, pairs: Iterable[tuple[Path, Path]], make: Callable[[np.ndarray], np.ndarray]) -> MethodScore:
+    """Score a baseline: ``make`` maps the low-resolution input to its 4x output."""
+    result = MethodScore(method)
+    for inp, gt in pairs:
+        output, truth = make(load_rgb(inp)), load_rgb(gt)
+        if output.shape != truth.shape:
+            result.missing.append(inp.name)
+            continue
+        result.images.append(score(inp.name, output, truth))
+    return result
+
+
+def score_run(storage: Storage, manifest: RunManifest, pairs: Iterable[tuple[Path, Path]], method: str) -> MethodScore:
+    """Score a finished run's rows and 4x images against ground truth."""
+    keys = RunKeys(manifest.run_id)
+    done = RunProgress.read(storage, manifest.run_id).done
+    result = MethodScore(method)
+    for inp, gt in pairs:
+        truth = load_rgb(gt)
+        if stem(inp.name) not in done:
+            result.missing.append(inp.name)
+            continue
+        output = decode_png(storage.get(keys.sr(inp.name)))
+        row = np.array(storage.get(keys.row(inp.name)).decode().strip().split(",")[1:], dtype=np.int64)
+        if output.shape != truth.shape or row.shape != grey_subsample(truth).shape:
+            result.missing.append(inp.name)
+            continue
+        result.images.append(score(inp.name, output, truth, row))
+    return result
+
+
+def bicubic_x4(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return cv2.resize(rgb, (w * 4, h * 4), interpolation=cv2.INTER_CUBIC)
+
+
+def baselines(pairs: list[tuple[Path, Path]], spec: DenoiseSpec) -> list[MethodScore]:
+    return [
+        score_function("bicubic x4", pairs, bicubic_x4),
+        score_function("NL-means + bicubic x4", pairs, lambda rgb: bicubic_x4(denoise(rgb, spec))),
+    ]
+
+
+def format_table(scores: Iterable[MethodScore]) -> str:
+    rows = [("method", "PSNR (dB)", "SSIM", "images")]
+    for s in scores:
+        counted = f"{len(s.images)}" + (f" ({len(s.missing)} missing)" if s.missing else "")
+        rows.append((s.method, f"{s.psnr:.2f}", f"{s.ssim:.4f}", counted))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)

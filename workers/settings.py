@@ -1,0 +1,132 @@
+"""Process-wide configuration: one frozen :class:`Settings`, built once from the environment.
+
+Every field is read from the environment variable of the same name in upper case
+(``broker_url`` <- ``BROKER_URL``). The ``producer`` CLI generates a flag with the same name for each
+non-secret field (``--broker-url``), so a flag and its variable are always the same setting.
+Secrets (passwords, keys) are never flags: they come from the environment only.
+
+Per-run pipeline choices (denoise strength, channel order, ...) are not here: they live in the run
+manifest (:mod:`workers.runs`) so every worker processes a run the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from workers.errors import ConfigError
+
+DEFAULT_MODEL_REPO = "danhtran2mind/Real-ESRGAN-Anime-finetuning"
+DEFAULT_MODEL_FILE = "Real-ESRGAN-Anime-finetuning.pth"
+
+
+def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Deployment settings. Field ``x`` is environment variable ``X`` and flag ``--x``."""
+
+    # Where work goes. Empty broker: run everything in-process (the embedded default).
+    broker_url: str = _setting("", "Celery broker (redis://[:password@]host:port/db). Empty: run in-process.")
+    storage_url: str = _setting(".", "Where runs are stored: a local directory, or s3://bucket[/prefix].")
+    s3_endpoint: str = _setting("127.0.0.1:9000", "S3/MinIO endpoint host:port.")
+    s3_secure: bool = _setting(False, "Use TLS for S3.")
+    s3_region: str = _setting("", "S3 region (empty: the server's default).")
+    aws_access_key_id: str = _setting("", "S3 access key (environment only).", secret=True)
+    aws_secret_access_key: str = _setting("", "S3 secret key (environment only).", secret=True)
+
+    # Model.
+    weights: str = _setting("", "Local .pth/.safetensors checkpoint. Empty: download MODEL_REPO/MODEL_FILE from the Hub.")
+    model_repo: str = _setting(DEFAULT_MODEL_REPO, "Hugging Face Hub repository of the default weights.")
+    model_file: str = _setting(DEFAULT_MODEL_FILE, "File inside MODEL_REPO.")
+    model_revision: str = _setting("main", "Hub revision (branch, tag or commit) of MODEL_REPO.")
+    device: str = _setting("auto", "Torch device for the upscaler: auto, cpu, cuda, cuda:N.")
+    precision: str = _setting("auto", "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.")
+    gpu_batch_size: int = _setting(8, "Most same-size images per forward pass.")
+    gpu_batch_wait_s: float = _setting(0.05, "How long a GPU worker waits to fill a batch.")
+    tile_max_pixels: int = _setting(1_048_576, "Inputs above this many pixels are upscaled in tiles.")
+    tile_size: int = _setting(256, "Tile edge in input pixels when tiling.")
+    tile_overlap: int = _setting(16, "Overlap between tiles in input pixels.")
+
+    # Input limits (decompression bombs, hostile files).
+    max_image_bytes: int = _setting(50 * 1024 * 1024, "Largest accepted input file, in bytes.")
+    max_image_pixels: int = _setting(16_000_000, "Largest accepted input, in pixels (width x height).")
+
+    # Execution.
+    cpu_workers: int = _setting(0, "Denoising threads in-process (0: one per CPU core).")
+    opencv_threads: int = _setting(1, "OpenCV threads per denoising call (1 scales best across workers).")
+    visibility_timeout_s: int = _setting(3600, "Redis visibility timeout: longer than the slowest task.")
+    task_max_retries: int = _setting(12, "Retries of a transient failure before a task gives up.")
+    result_expires_s: int = _setting(86_400, "How long task results stay in Redis.")
+
+    def __post_init__(self) -> None:
+        if self.gpu_batch_size < 1:
+            raise ConfigError(f"GPU_BATCH_SIZE must be >= 1, got {self.gpu_batch_size}")
+        if self.tile_size <= 2 * self.tile_overlap:
+            raise ConfigError(
+                f"TILE_SIZE ({self.tile_size}) must exceed twice TILE_OVERLAP ({self.tile_overlap})"
+            )
+        if self.precision not in {"auto", "fp16", "bf16", "fp32"}:
+            raise ConfigError(f"PRECISION must be auto, fp16, bf16 or fp32, got {self.precision!r}")
+        for name in ("max_image_bytes", "max_image_pixels", "tile_max_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.upper()} must be positive")
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: the producer runs the stages itself."""
+        return not self.broker_url
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from ``env`` (default ``os.environ``); ``overrides`` win over it."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = overrides.get(f.name)
+            if raw is None:
+                raw = env.get(f.name.upper())
+            if raw is not None:
+                values[f.name] = _coerce(f, raw)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        shown = {
+            f.name: ("***" if f.metadata["secret"] and getattr(self, f.name) else getattr(self, f.name))
+            for f in fields(self)
+        }
+        return f"Settings({shown})"
+
+
+def public_fields() -> list[dataclasses.Field[Any]]:
+    """The settings that get a command-line flag (everything except secrets)."""
+    return [f for f in fields(Settings) if not f.metadata["secret"]]
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    kind = type(f.default)
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered not in _TRUE | _FALSE:
+                raise ValueError(raw)
+            return lowered in _TRUE
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None

@@ -1,0 +1,280 @@
+"""The pipeline's stages as plain functions over storage keys: no Celery, no threads.
+
+Celery tasks (:mod:`workers.tasks`) and the in-process runner (:mod:`producer.embedded`) both call
+exactly these, so the embedded default and the distributed system cannot drift apart.
+
+Each stage is idempotent: it returns at once if its output exists. A permanent per-image problem
+is recorded under ``failed/`` and returned as a ``failed`` outcome; a transient problem raises
+(single-image stages) or is returned as a ``retry`` outcome (batch stage), never recorded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+
+from workers.denoise import denoise
+from workers.errors import (
+    ObjectNotFoundError,
+    PermanentImageError,
+    SubmissionMismatchError,
+    TransientError,
+)
+from workers.imageio import DecodeLimits, decode_image, decode_png, encode_png
+from workers.runs import RunKeys, RunManifest, RunProgress, load_manifest, now_iso, stem
+from workers.settings import Settings
+from workers.storage import Storage, StorageFactory
+from workers.submission import SubmissionWriter, format_row, grey_subsample, submission_id
+from workers.upscale import TilePolicy, Upscaler, load_upscaler, resize_to_multiple
+from workers.weights import resolve_weights
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["denoised", "done", "failed", "skipped", "retry"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a stage did with one image."""
+
+    name: str
+    status: Status
+    reason: str = ""
+    seconds: float = 0.0
+    size: tuple[int, int] | None = None  # (width, height) of the stage's input
+    error: BaseException | None = field(default=None, compare=False, repr=False)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "status": self.status, "reason": self.reason, "seconds": round(self.seconds, 4)}
+
+
+class StageContext:
+    """Everything a stage needs, built once per process and shared by its threads.
+
+    The model is loaded on first use (or by :meth:`warm_up` at worker start) and kept.
+    """
+
+    def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
+        self.settings = settings
+        self.storages = StorageFactory(settings)
+        self.storage = storage or self.storages.open(settings.storage_url)
+        self.limits = DecodeLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self.hostname = socket.gethostname()
+        self._model_lock = threading.Lock()
+        self._upscaler: Upscaler | None = None
+        self.model_source = ""
+        self._manifest = lru_cache(maxsize=64)(self._load_manifest)
+        self._source = lru_cache(maxsize=64)(self.storages.open)
+
+    def upscaler(self) -> Upscaler:
+        with self._model_lock:
+            if self._upscaler is None:
+                ref = resolve_weights(self.settings)
+                s = self.settings
+                self._upscaler = load_upscaler(
+                    ref.path, s.device, s.precision, TilePolicy(s.tile_max_pixels, s.tile_size, s.tile_overlap)
+                )
+                self.model_source = ref.source
+            return self._upscaler
+
+    def warm_up(self) -> None:
+        self.upscaler()
+
+    def manifest(self, run_id: str) -> RunManifest:
+        # The pipeline and source of a run never change; only the name list can grow on re-enqueue,
+        # and stages do not read it.
+        return self._manifest(run_id)
+
+    def _load_manifest(self, run_id: str) -> RunManifest:
+        return load_manifest(self.storage, run_id)
+
+    def source(self, manifest: RunManifest) -> Storage:
+        return self._source(manifest.source)
+
+
+# -- recording -------------------------------------------------------------------------------------
+
+
+def record_failure(ctx: StageContext, run_id: str, name: str, stage: str, reason: str) -> Outcome:
+    """Write ``failed/<stem>.json``; the image then counts as finished (failed) for the run."""
+    logger.warning("run %s: %s failed in %s: %s", run_id, name, stage, reason)
+    record = {"name": name, "stage": stage, "reason": reason, "worker": ctx.hostname, "at": now_iso()}
+    ctx.storage.put(RunKeys(run_id).failed(name), json.dumps(record).encode())
+    return Outcome(name, "failed", reason)
+
+
+def _record_meta(ctx: StageContext, run_id: str, name: str, stage: str, **values: object) -> None:
+    meta = {"stage": stage, "worker": ctx.hostname, "at": now_iso(), **values}
+    ctx.storage.put(RunKeys(run_id).meta(name, stage), json.dumps(meta).encode())
+
+
+def is_finished(ctx: StageContext, run_id: str, name: str) -> bool:
+    keys = RunKeys(run_id)
+    return ctx.storage.exists(keys.row(name)) or ctx.storage.exists(keys.failed(name))
+
+
+# -- stage 1: load, validate, denoise (CPU) -------------------------------------------------------------
+
+
+def denoise_stage(ctx: StageContext, run_id: str, name: str) -> Outcome:
+    """Decode the input, denoise it, store ``denoised/<stem>.png``.
+
+    Raises:
+        TransientError: storage unreachable; retry later.
+    """
+    keys = RunKeys(run_id)
+    if ctx.storage.exists(keys.denoised(name)) or is_finished(ctx, run_id, name):
+        return Outcome(name, "skipped")
+    manifest = ctx.manifest(run_id)
+    started = time.perf_counter()
+    try:
+        try:
+            data = ctx.source(manifest).get(name)
+        except ObjectNotFoundError:
+            raise PermanentImageError(name, "input object is missing from the source") from None
+        rgb = decode_image(data, name, ctx.limits)
+        clean = denoise(rgb, manifest.pipeline.denoise)
+    except PermanentImageError as exc:
+        return record_failure(ctx, run_id, name, "denoise", exc.reason)
+    ctx.storage.put(keys.denoised(name), encode_png(clean))
+    seconds = time.perf_counter() - started
+    height, width = rgb.shape[:2]
+    _record_meta(ctx, run_id, name, "denoise", seconds=seconds, width=width, height=height, input_bytes=len(data))
+    return Outcome(name, "denoised", seconds=seconds, size=(width, height))
+
+
+# -- stage 2: upscale, write the 4x image and the submission row (GPU) --------------------------------------
+
+
+def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[Outcome]:
+    """Upscale the denoised images ``names`` of one run, same-size images in shared batches.
+
+    Never raises for a single image: each name gets an :class:`Outcome`; transient problems come
+    back as ``retry`` outcomes carrying the error, for the caller to reschedule.
+    """
+    outcomes: dict[str, Outcome] = {}
+    manifest = ctx.manifest(run_id)
+    keys = RunKeys(run_id)
+    loaded: dict[tuple[int, int], list[tuple[str, np.ndarray]]] = defaultdict(list)
+    for name in dict.fromkeys(names):  # de-duplicate, keep order
+        try:
+            if is_finished(ctx, run_id, name):
+                outcomes[name] = Outcome(name, "skipped")
+                continue
+            try:
+                image = decode_png(ctx.storage.get(keys.denoised(name)))
+            except ObjectNotFoundError:
+                outcomes[name] = record_failure(ctx, run_id, name, "upscale", "denoised image is missing")
+                continue
+            loaded[image.shape[:2]].append((name, image))
+        except TransientError as exc:
+            outcomes[name] = Outcome(name, "retry", str(exc), error=exc)
+
+    upscaler = ctx.upscaler()
+    for (height, width), items in loaded.items():
+        for batch in _chunks(items, ctx.settings.gpu_batch_size):
+            started = time.perf_counter()
+            try:
+                outputs = upscaler.upscale(np.stack([img for _, img in batch]), manifest.pipeline.channel_order)
+            except TransientError as exc:
+                outcomes.update((n, Outcome(n, "retry", str(exc), error=exc)) for n, _ in batch)
+                continue
+            per_image = (time.perf_counter() - started) / len(batch)
+            for (name, _), hr in zip(batch, outputs, strict=True):
+                outcomes[name] = _store_upscaled(ctx, manifest, name, hr, per_image, (width, height), len(batch))
+    return [outcomes[name] for name in dict.fromkeys(names)]
+
+
+def _store_upscaled(
+    ctx: StageContext, manifest: RunManifest, name: str, hr: np.ndarray, seconds: float, size: tuple[int, int], batch: int
+) -> Outcome:
+    keys = RunKeys(manifest.run_id)
+    try:
+        if manifest.pipeline.resize_multiple:
+            hr = resize_to_multiple(hr, manifest.pipeline.resize_multiple)
+        values = grey_subsample(hr)
+        ctx.storage.put(keys.sr(name), encode_png(hr))
+        expected = manifest.expected_columns
+        if expected is not None and len(values) != expected:
+            raise SubmissionMismatchError(
+                name,
+                f"output {hr.shape[1]}x{hr.shape[0]} gives {len(values)} values, sample_submission.csv has {expected} columns",
+            )
+        _record_meta(ctx, manifest.run_id, name, "upscale", seconds=seconds, batch=batch, model=ctx.model_source,
+                     out_width=hr.shape[1], out_height=hr.shape[0])
+        # The row goes last: its presence is what marks the image done.
+        ctx.storage.put(keys.row(name), format_row(submission_id(name), values).encode())
+    except PermanentImageError as exc:
+        return record_failure(ctx, manifest.run_id, name, "upscale", exc.reason)
+    except TransientError as exc:
+        return Outcome(name, "retry", str(exc), error=exc)
+    return Outcome(name, "done", seconds=seconds, size=size)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- stage 3: aggregate ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    run_id: str
+    total: int
+    written: int
+    failed: int
+    pending: int
+    complete: bool  # False: pending images remain and nothing was written
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in ("run_id", "total", "written", "failed", "pending", "complete")}
+
+
+def aggregate_stage(ctx: StageContext, run_id: str, allow_partial: bool = False) -> AggregateResult:
+    """Stream every row, in manifest order, into ``submission.csv``; list failures in ``failures.json``.
+
+    Idempotent: it rewrites both files from the per-image objects each time. With images still
+    pending it writes nothing unless ``allow_partial``.
+    """
+    manifest = load_manifest(ctx.storage, run_id)  # fresh: the name list may have grown
+    keys = RunKeys(run_id)
+    progress = RunProgress.read(ctx.storage, run_id)
+    pending = [n for n in manifest.names if stem(n) not in progress.done | progress.failed]
+    if pending and not allow_partial:
+        return AggregateResult(run_id, manifest.total, 0, 0, len(pending), complete=False)
+
+    failures: list[dict[str, object]] = []
+    with ctx.storage.writer(keys.submission) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        writer = SubmissionWriter(text, manifest.expected_columns)
+        for name in manifest.names:
+            s = stem(name)
+            if s in progress.done:
+                line = ctx.storage.get(keys.row(name)).decode()
+                try:
+                    writer.add(name, line)
+                except SubmissionMismatchError as exc:
+                    failures.append({"name": name, "stage": "aggregate", "reason": exc.reason})
+            elif s in progress.failed:
+                failures.append(json.loads(ctx.storage.get(keys.failed(name))))
+        writer.close()
+        text.flush()
+        text.detach()
+    failures.extend({"name": n, "stage": "listing", "reason": reason} for n, reason in manifest.rejected)
+    failures.extend({"name": n, "stage": "pending", "reason": "not finished"} for n in pending)
+    ctx.storage.put(keys.failures, json.dumps(failures, indent=1).encode())
+    logger.info("run %s: submission with %d rows, %d failures", run_id, writer.rows, len(failures))
+    return AggregateResult(run_id, manifest.total, writer.rows, len(failures) - len(pending), len(pending), True)

@@ -1,0 +1,208 @@
+"""4x super-resolution with any checkpoint spandrel can load (Real-ESRGAN by default).
+
+* :func:`load_upscaler` loads and checks a model once; the result is immutable and safe to share.
+* :meth:`Upscaler.upscale` maps a batch of same-size uint8 RGB images to their 4x versions. It owns
+  dtype conversion, channel order, clamping and rounding, and falls back from a whole batch to
+  single images to tiles when the device runs out of memory.
+* :func:`tiled_forward` is the tiling itself, a pure function tested against the untiled result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from workers.errors import DeviceOutOfMemoryError, UnsupportedModelError
+
+logger = logging.getLogger(__name__)
+
+ChannelOrder = Literal["rgb", "bgr"]
+Forward = Callable[[torch.Tensor], torch.Tensor]
+REQUIRED_SCALE = 4
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class TilePolicy:
+    """When and how to tile: above ``max_pixels`` input pixels, in ``size`` tiles with ``overlap``."""
+
+    max_pixels: int = 1_048_576
+    size: int = 256
+    overlap: int = 16
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return _DTYPES[precision]
+
+
+def load_upscaler(path: Path, device: str = "auto", precision: str = "auto", tiles: TilePolicy = TilePolicy()) -> Upscaler:
+    """Load a checkpoint and check it is a 3-channel 4x image super-resolution model.
+
+    Raises:
+        UnsupportedModelError: spandrel cannot load the file, or it is not a 4x RGB SR model.
+    """
+    import spandrel
+
+    try:
+        descriptor = spandrel.ModelLoader().load_from_file(path)
+    except (spandrel.UnsupportedModelError, ValueError, RuntimeError, KeyError) as exc:
+        raise UnsupportedModelError(f"{path}: not a checkpoint spandrel can load ({exc})") from None
+    if not isinstance(descriptor, spandrel.ImageModelDescriptor):
+        raise UnsupportedModelError(f"{path}: {descriptor.architecture.name} is not an image-to-image model")
+    if descriptor.scale != REQUIRED_SCALE:
+        raise UnsupportedModelError(f"{path}: model scale is x{descriptor.scale}, this pipeline needs x{REQUIRED_SCALE}")
+    if descriptor.input_channels != 3 or descriptor.output_channels != 3:
+        raise UnsupportedModelError(
+            f"{path}: model maps {descriptor.input_channels} to {descriptor.output_channels} channels, need 3 to 3"
+        )
+    torch_device = resolve_device(device)
+    dtype = resolve_dtype(precision, torch_device)
+    if (dtype is torch.float16 and not descriptor.supports_half) or (
+        dtype is torch.bfloat16 and not descriptor.supports_bfloat16
+    ):
+        logger.warning("%s does not support %s; using fp32", descriptor.architecture.name, dtype)
+        dtype = torch.float32
+    descriptor.eval().to(torch_device)
+    descriptor.model.to(dtype=dtype)
+    if torch_device.type == "cuda":
+        # Convolutions run fastest on NHWC tensors with cuDNN's fp16 kernels.
+        descriptor.model.to(memory_format=torch.channels_last)
+    logger.info("loaded %s (%s) on %s as %s", path.name, descriptor.architecture.name, torch_device, dtype)
+    return Upscaler(descriptor, torch_device, dtype, tiles)
+
+
+@dataclass(frozen=True)
+class Upscaler:
+    """A loaded model plus how to run it. Holds no per-call state."""
+
+    descriptor: object  # spandrel.ImageModelDescriptor
+    device: torch.device
+    dtype: torch.dtype
+    tiles: TilePolicy
+
+    @property
+    def scale(self) -> int:
+        return REQUIRED_SCALE
+
+    @property
+    def architecture(self) -> str:
+        return self.descriptor.architecture.name
+
+    def upscale(self, images: np.ndarray, channel_order: ChannelOrder = "rgb") -> np.ndarray:
+        """``N x H x W x 3`` uint8 RGB -> ``N x 4H x 4W x 3`` uint8 RGB.
+
+        ``channel_order="bgr"`` feeds the network BGR and flips the output back, as the seed did.
+
+        Raises:
+            DeviceOutOfMemoryError: even a single tile does not fit on the device.
+        """
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"expected N x H x W x 3 uint8 images, got {images.shape} {images.dtype}")
+        if channel_order == "bgr":
+            images = images[..., ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
+        x = x.float().div_(255.0).to(self.dtype)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            y = self._forward_resilient(x)
+            out = y.float().clamp_(0, 1).mul_(255.0).round_().to(torch.uint8)
+        result = out.permute(0, 2, 3, 1).cpu().numpy()
+        if channel_order == "bgr":
+            result = result[..., ::-1]
+        return np.ascontiguousarray(result)
+
+    def _model_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.descriptor(x)
+
+    def _forward_resilient(self, x: torch.Tensor) -> torch.Tensor:
+        """Whole batch if it fits; else halves; else one image in tiles."""
+        n, _, h, w = x.shape
+        if h * w > self.tiles.max_pixels:
+            return torch.cat([self._tiled(x[i : i + 1]) for i in range(n)])
+        try:
+            return self._model_forward(x)
+        except torch.OutOfMemoryError:
+            _release_cached_memory(self.device)
+            if n > 1:
+                logger.warning("out of memory on a batch of %d %dx%d images; splitting", n, w, h)
+                half = n // 2
+                return torch.cat([self._forward_resilient(x[:half]), self._forward_resilient(x[half:])])
+            logger.warning("out of memory on one %dx%d image; tiling", w, h)
+            return self._tiled(x)
+
+    def _tiled(self, x: torch.Tensor) -> torch.Tensor:
+        size, overlap = self.tiles.size, self.tiles.overlap
+        while True:
+            try:
+                return tiled_forward(self._model_forward, x, size, overlap, self.scale)
+            except torch.OutOfMemoryError:
+                _release_cached_memory(self.device)
+                if size // 2 <= 2 * overlap:
+                    raise DeviceOutOfMemoryError(
+                        f"out of memory even with {size}px tiles on {self.device}"
+                    ) from None
+                size //= 2
+                logger.warning("out of memory while tiling; retrying with %dpx tiles", size)
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def tiled_forward(forward: Forward, x: torch.Tensor, tile: int, overlap: int, scale: int) -> torch.Tensor:
+    """Run ``forward`` over ``x`` (N x C x H x W) tile by tile and stitch the outputs.
+
+    Each ``tile x tile`` core is processed with ``overlap`` pixels of context on every side (less at
+    the image border) and only the core's output is kept, so seams see the same context as the
+    untiled pass up to the overlap.
+    """
+    if tile <= 0 or overlap < 0:
+        raise ValueError(f"tile must be > 0 and overlap >= 0, got {tile}, {overlap}")
+    n, c, h, w = x.shape
+    out = x.new_empty((n, c, h * scale, w * scale))
+    for top in range(0, h, tile):
+        for left in range(0, w, tile):
+            bottom, right = min(top + tile, h), min(left + tile, w)
+            y0, x0 = max(top - overlap, 0), max(left - overlap, 0)
+            y1, x1 = min(bottom + overlap, h), min(right + overlap, w)
+            result = forward(x[:, :, y0:y1, x0:x1])
+            oy, ox = (top - y0) * scale, (left - x0) * scale
+            out[:, :, top * scale : bottom * scale, left * scale : right * scale] = result[
+                :, :, oy : oy + (bottom - top) * scale, ox : ox + (right - left) * scale
+            ]
+    return out
+
+
+def tile_count(height: int, width: int, tile: int) -> int:
+    return math.ceil(height / tile) * math.ceil(width / tile)
+
+
+def resize_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
+    """The seed's final step: Lanczos-resize to ``floor(w/m)*m x floor(h/m)*m`` (no-op if aligned).
+
+    Each side is at least ``m`` so a tiny image does not collapse to nothing (the seed crashed there).
+    """
+    h, w = rgb.shape[:2]
+    target = (max(w // multiple * multiple, multiple), max(h // multiple * multiple, multiple))
+    if target == (w, h):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize(target, Image.Resampling.LANCZOS))
