@@ -11,6 +11,7 @@ the command (its one-line message says why).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -144,26 +145,23 @@ def _report_result(storage: Any, run_id: str, written: int, failed: int, pending
 @_settings_options
 def status(run_id: str, settings: Settings) -> None:
     """Counts per stage and the failures of RUN_ID."""
-    import json
-
     from workers.stages import StageContext
 
     ctx = StageContext(settings)
     manifest = load_manifest(ctx.storage, run_id)
-    progress = RunProgress.read(ctx.storage, run_id)
-    counts = progress.counts(manifest.names)
-    click.echo(f"run {run_id}  source {manifest.source}  created {manifest.created_at}")
-    click.echo("  " + "  ".join(f"{state.value} {n}" for state, n in counts.items())
-               + f"  rejected {len(manifest.rejected)}  total {manifest.total}")
     keys = RunKeys(run_id)
-    for name in manifest.names:
-        if progress.state(name).value == "failed":
-            record = json.loads(ctx.storage.get(keys.failed(name)))
-            click.echo(f"  failed  {name}: {record['reason']}")
-    for name, reason in manifest.rejected:
-        click.echo(f"  rejected {name}: {reason}")
-    if ctx.storage.exists(keys.submission):
-        click.echo(f"  submission: {ctx.storage.url(keys.submission)}")
+    counts = RunProgress.read(ctx.storage, run_id).counts(manifest.names)
+    click.echo(f"run {run_id}  source {manifest.source}  created {manifest.created_at}")
+    click.echo("  stages: " + "  ".join(f"{state.value} {n}" for state, n in counts.items())
+               + f"  rejected {len(manifest.rejected)}  total {manifest.total}")
+    if not ctx.storage.exists(keys.summary):
+        click.echo("  not aggregated yet")
+        return
+    summary = json.loads(ctx.storage.get(keys.summary))
+    click.echo(f"  submission: {summary['written']} rows, {summary['failed']} failed, {summary['pending']} pending"
+               f" (aggregated {summary['at']}) -> {ctx.storage.url(keys.submission)}")
+    for failure in json.loads(ctx.storage.get(keys.failures)):
+        click.echo(f"  failed ({failure['stage']}) {failure['name']}: {failure['reason']}")
 
 
 @cli.command()

@@ -52,7 +52,9 @@ def decode_image(data: bytes, name: str, limits: DecodeLimits) -> np.ndarray:
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         raise InvalidImageError(name, "not a recognised image (expected PNG, JPEG, WebP or TIFF)") from None
-    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(name, f"{exc} (MAX_IMAGE_PIXELS)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidImageError(name, f"unreadable image header: {exc}") from None
     with image:
         width, height = image.size

@@ -9,6 +9,7 @@ import numpy as np
 
 _SSIM_C1 = (0.01 * 255) ** 2
 _SSIM_C2 = (0.03 * 255) ** 2
+_SSIM_RADIUS = 5
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
@@ -20,15 +21,19 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean SSIM of two greyscale images (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5)."""
+    """Mean SSIM of two greyscale images (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5).
+
+    Like scikit-image, the mean leaves out the 5-pixel border where the window is incomplete.
+    """
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"need two same-shape 2-D images, got {a.shape} and {b.shape}")
     x, y = a.astype(np.float64), b.astype(np.float64)
 
     def blur(img: np.ndarray) -> np.ndarray:
-        return cv2.GaussianBlur(img, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+        return cv2.GaussianBlur(img, (2 * _SSIM_RADIUS + 1,) * 2, 1.5, borderType=cv2.BORDER_REFLECT)
 
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
     ssim_map = ((2 * mx * my + _SSIM_C1) * (2 * cxy + _SSIM_C2)) / ((mx * mx + my * my + _SSIM_C1) * (vx + vy + _SSIM_C2))
-    return float(ssim_map.mean())
+    r = _SSIM_RADIUS if min(a.shape) > 2 * _SSIM_RADIUS else 0
+    return float(ssim_map[r : a.shape[0] - r, r : a.shape[1] - r].mean())

@@ -11,7 +11,7 @@ Layout under ``runs/<run>/``::
     rows/<stem>.csv            the image's submission row; written last, it marks the image done
     failed/<stem>.json         why the image failed (it is then done too, as failed)
     meta/<stem>.<stage>.json   timing and sizes, for reports
-    submission.csv, failures.json   written by the aggregator
+    submission.csv, failures.json, summary.json   written by the aggregator
 """
 
 from __future__ import annotations
@@ -164,6 +164,10 @@ class RunKeys:
     @property
     def failures(self) -> str:
         return join_key(self.root, "failures.json")
+
+    @property
+    def summary(self) -> str:
+        return join_key(self.root, "summary.json")
 
 
 def load_manifest(storage: Storage, run_id: str) -> RunManifest:

@@ -16,7 +16,7 @@ import logging
 import socket
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -35,7 +35,7 @@ from workers.imageio import DecodeLimits, decode_image, decode_png, encode_png
 from workers.runs import RunKeys, RunManifest, RunProgress, load_manifest, now_iso, stem
 from workers.settings import Settings
 from workers.storage import Storage, StorageFactory
-from workers.submission import SubmissionWriter, format_row, grey_subsample, submission_id
+from workers.submission import SubmissionWriter, format_row, grey_subsample, row_width, submission_id
 from workers.upscale import TilePolicy, Upscaler, load_upscaler, resize_to_multiple
 from workers.weights import resolve_weights
 
@@ -256,10 +256,12 @@ def aggregate_stage(ctx: StageContext, run_id: str, allow_partial: bool = False)
     if pending and not allow_partial:
         return AggregateResult(run_id, manifest.total, 0, 0, len(pending), complete=False)
 
+    done = [n for n in manifest.names if stem(n) in progress.done]
+    n_columns = manifest.expected_columns or _most_common_width(ctx.storage, keys, done)
     failures: list[dict[str, object]] = []
     with ctx.storage.writer(keys.submission) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-        writer = SubmissionWriter(text, manifest.expected_columns)
+        writer = SubmissionWriter(text, n_columns)
         for name in manifest.names:
             s = stem(name)
             if s in progress.done:
@@ -276,5 +278,16 @@ def aggregate_stage(ctx: StageContext, run_id: str, allow_partial: bool = False)
     failures.extend({"name": n, "stage": "listing", "reason": reason} for n, reason in manifest.rejected)
     failures.extend({"name": n, "stage": "pending", "reason": "not finished"} for n in pending)
     ctx.storage.put(keys.failures, json.dumps(failures, indent=1).encode())
+    result = AggregateResult(run_id, manifest.total, writer.rows, len(failures) - len(pending), len(pending), True)
+    ctx.storage.put(keys.summary, json.dumps({**result.as_dict(), "at": now_iso()}).encode())
     logger.info("run %s: submission with %d rows, %d failures", run_id, writer.rows, len(failures))
-    return AggregateResult(run_id, manifest.total, writer.rows, len(failures) - len(pending), len(pending), True)
+    return result
+
+
+def _most_common_width(storage: Storage, keys: RunKeys, names: Sequence[str]) -> int | None:
+    """Without a sample submission, the width most rows share wins (first seen on ties).
+
+    An extra streaming pass over the rows; a run with a sample submission never pays it.
+    """
+    widths = Counter(row_width(storage.get(keys.row(name)).decode()) for name in names)
+    return max(widths, key=widths.__getitem__) if widths else None

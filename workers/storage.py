@@ -114,7 +114,9 @@ class LocalStorage:
         return iter(sorted(keys))
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        if path.is_file():
+            path.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[IO[bytes]]:
@@ -135,7 +137,7 @@ class LocalStorage:
         try:
             with self._path(key).open("rb") as f:
                 shutil.copyfileobj(f, out)
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFoundError(key) from None
 
     def url(self, key: str) -> str:

@@ -62,8 +62,8 @@ def load_upscaler(path: Path, device: str = "auto", precision: str = "auto", til
 
     try:
         descriptor = spandrel.ModelLoader().load_from_file(path)
-    except (spandrel.UnsupportedModelError, ValueError, RuntimeError, KeyError) as exc:
-        raise UnsupportedModelError(f"{path}: not a checkpoint spandrel can load ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - unpickling/zip/safetensors each raise their own types
+        raise UnsupportedModelError(f"{path}: not a checkpoint spandrel can load ({type(exc).__name__}: {exc})") from None
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise UnsupportedModelError(f"{path}: {descriptor.architecture.name} is not an image-to-image model")
     if descriptor.scale != REQUIRED_SCALE:

@@ -1,0 +1,35 @@
+# One-command set-up: `make demo` runs the sample through the pipeline, `make test` runs the tests.
+# Both create .venv and install the project into it on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+# Offline machines: use the shared stand-in for the default Hub model when it is there.
+# With internet, `make demo WEIGHTS=` downloads danhtran2mind/Real-ESRGAN-Anime-finetuning instead.
+WEIGHTS ?= $(firstword $(wildcard ../shared/weights/RealESRGAN_x4plus.pth))
+export WEIGHTS
+
+.PHONY: demo test test-fast system-deps clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/producer enqueue dataset/
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+test: $(BIN)/.installed system-deps
+	$(BIN)/pytest -q
+
+# Unit tests only: no servers, no worker processes.
+test-fast: $(BIN)/.installed
+	$(BIN)/pytest -q -m "not integration"
+
+clean:
+	rm -rf runs .pytest_cache test-artifacts

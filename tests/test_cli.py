@@ -1,0 +1,105 @@
+"""The producer command in embedded mode, run as users run it: a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATASET
+from tests.fixtures import BAD, GOOD, write_hostile_folder, write_images
+
+
+def producer(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "producer", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture
+def env(tmp_path, weights_path):
+    clean = {k: v for k, v in os.environ.items() if k not in {"BROKER_URL", "STORAGE_URL", "WEIGHTS"}}
+    return {**clean, "WEIGHTS": str(weights_path), "STORAGE_URL": str(tmp_path / "store"), "DEVICE": "cpu"}
+
+
+def run_dir(tmp_path: Path) -> Path:
+    (run,) = (tmp_path / "store" / "runs").iterdir()
+    return run
+
+
+def test_demo_on_the_sample_dataset_matches_the_sample_submission_and_resumes(tmp_path, env):
+    first = producer("enqueue", str(DATASET), env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run = run_dir(tmp_path)
+    submission = (run / "submission.csv").read_text().splitlines()
+    sample = (DATASET / "sample_submission.csv").read_text().splitlines()
+    assert submission[0] == sample[0]
+    assert [r.split(",", 1)[0] for r in submission[1:]] == [r.split(",", 1)[0] for r in sample[1:]]
+    assert all(r.count(",") == sample[0].count(",") for r in submission)
+    assert len(list((run / "sr").glob("*.png"))) == 8
+    stamps = {p.name: p.stat().st_mtime_ns for p in (run / "sr").iterdir()}
+
+    again = producer("enqueue", str(DATASET), env=env, cwd=tmp_path)
+    assert again.returncode == 0 and "8 already finished" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "sr").iterdir()} == stamps
+    assert (run / "submission.csv").read_text().splitlines() == submission
+
+    out = tmp_path / "collected.csv"
+    collected = producer("collect", run.name, "-o", str(out), env=env, cwd=tmp_path)
+    assert collected.returncode == 0 and out.read_text().splitlines() == submission
+
+
+def test_hostile_folder_every_file_gets_a_result_and_the_rest_complete(tmp_path, env):
+    folder = write_hostile_folder(tmp_path / "photos")
+    result = producer("enqueue", str(folder), env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr  # some images failed
+    run = run_dir(tmp_path)
+    failures = {f["name"]: f["reason"] for f in json.loads((run / "failures.json").read_text())}
+    assert set(failures) == set(BAD)
+    for name, expected in BAD.items():
+        assert expected in failures[name], (name, failures[name])
+    rows = (run / "submission.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(GOOD)
+
+    status = producer("status", run.name, env=env, cwd=tmp_path)
+    assert "4 rows, 6 failed" in status.stdout
+    assert "(denoise) test_00006_empty.png: empty file" in status.stdout
+
+
+def test_retry_failed_reprocesses_a_fixed_file(tmp_path, env):
+    folder = tmp_path / "photos"
+    write_images(folder, 1)
+    (folder / "test_00002.png").write_bytes(b"")
+    assert producer("enqueue", str(folder), env=env, cwd=tmp_path).returncode == 1
+    write_images(folder, 2)  # the broken file is now a real image
+    assert producer("enqueue", str(folder), env=env, cwd=tmp_path).returncode == 1  # still recorded as failed
+    fixed = producer("enqueue", str(folder), "--retry-failed", env=env, cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+
+
+def test_missing_weights_is_one_line_not_a_traceback(tmp_path, env):
+    write_images(tmp_path / "photos", 1)
+    result = producer("enqueue", str(tmp_path / "photos"), env={**env, "WEIGHTS": "/nowhere/model.pth"}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "WEIGHTS='/nowhere/model.pth'" in result.stderr
+
+
+def test_missing_source_is_a_clear_error(tmp_path, env):
+    result = producer("enqueue", str(tmp_path / "nope"), env=env, cwd=tmp_path)
+    assert result.returncode == 2 and "not a directory" in result.stderr
+
+
+def test_evaluate_prints_pipeline_and_baselines(tmp_path, env):
+    result = producer("evaluate", str(DATASET), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    table = result.stdout
+    assert "| pipeline run val-" in table and "| bicubic x4" in table and "| NL-means + bicubic x4" in table
+    assert "missing" not in table
+
+
+def test_help_lists_flags_with_their_environment_variables(tmp_path, env):
+    result = producer("enqueue", "--help", env=env, cwd=tmp_path)
+    assert result.returncode == 0
+    assert "--broker-url" in result.stdout and "BROKER_URL" in result.stdout
+    assert "--aws-secret-access-key" not in result.stdout

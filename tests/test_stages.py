@@ -1,0 +1,121 @@
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import noisy_image, png_bytes
+from tests.fixtures import make_run, write_images
+from workers.imageio import decode_png
+from workers.runs import PipelineSpec, RunKeys, RunProgress
+from workers.stages import StageContext, aggregate_stage, denoise_stage, upscale_stage
+from workers.submission import grey_subsample
+
+
+@pytest.fixture
+def ctx(settings):
+    return StageContext(settings.replace(gpu_batch_size=2))
+
+
+def test_denoise_writes_output_and_is_idempotent(ctx, tmp_path):
+    names = write_images(tmp_path / "in", 1)
+    make_run(ctx.storage, tmp_path / "in", names)
+    first = denoise_stage(ctx, "r1", names[0])
+    assert first.status == "denoised" and first.size == (32, 24)
+    key = RunKeys("r1").denoised(names[0])
+    before = ctx.storage.get(key)
+    assert denoise_stage(ctx, "r1", names[0]).status == "skipped"
+    assert ctx.storage.get(key) == before
+
+
+def test_denoise_records_bad_and_missing_inputs_as_failed(ctx, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "bad.png").write_bytes(b"nope")
+    make_run(ctx.storage, folder, ["bad.png", "gone.png"])
+    assert denoise_stage(ctx, "r1", "bad.png").status == "failed"
+    assert denoise_stage(ctx, "r1", "gone.png").status == "failed"
+    record = json.loads(ctx.storage.get(RunKeys("r1").failed("gone.png")))
+    assert record["stage"] == "denoise" and "missing" in record["reason"]
+    assert RunProgress.read(ctx.storage, "r1").failed == {"bad", "gone"}
+
+
+def test_upscale_batches_same_sizes_and_writes_image_then_row(ctx, tmp_path):
+    folder = tmp_path / "in"
+    names = write_images(folder, 3) + write_images(folder, 1, width=16, height=16, prefix="small_")
+    make_run(ctx.storage, folder, names)
+    for name in names:
+        denoise_stage(ctx, "r1", name)
+    outcomes = upscale_stage(ctx, "r1", names)
+    assert [o.status for o in outcomes] == ["done"] * 4
+    keys = RunKeys("r1")
+    for name in names:
+        hr = decode_png(ctx.storage.get(keys.sr(name)))
+        row = ctx.storage.get(keys.row(name)).decode().strip().split(",")
+        assert np.array_equal(np.array(row[1:], int), grey_subsample(hr))
+    batches = [json.loads(ctx.storage.get(keys.meta(n, "upscale")))["batch"] for n in names]
+    assert batches == [2, 2, 1, 1]  # gpu_batch_size=2: the 3 same-size images go as 2 + 1
+    assert {o.status for o in upscale_stage(ctx, "r1", names)} == {"skipped"}
+
+
+def test_upscale_records_missing_denoised_image(ctx, tmp_path):
+    names = write_images(tmp_path / "in", 1)
+    make_run(ctx.storage, tmp_path / "in", names)
+    assert upscale_stage(ctx, "r1", names)[0].status == "failed"
+
+
+def test_seed_compat_pipeline_resizes_odd_sizes_to_multiple_of_8(ctx, tmp_path):
+    folder = tmp_path / "in"
+    names = write_images(folder, 1, width=13, height=9)
+    make_run(ctx.storage, folder, names, pipeline=PipelineSpec.seed_compatible())
+    denoise_stage(ctx, "r1", names[0])
+    upscale_stage(ctx, "r1", names)
+    assert decode_png(ctx.storage.get(RunKeys("r1").sr(names[0]))).shape == (32, 48, 3)
+
+
+def test_wrong_width_against_sample_is_a_failure_but_keeps_the_image(ctx, tmp_path):
+    names = write_images(tmp_path / "in", 1)
+    make_run(ctx.storage, tmp_path / "in", names, expected_columns=5120)
+    denoise_stage(ctx, "r1", names[0])
+    outcome = upscale_stage(ctx, "r1", names)[0]
+    assert outcome.status == "failed" and "5120 columns" in outcome.reason
+    assert ctx.storage.exists(RunKeys("r1").sr(names[0]))
+
+
+def test_aggregate_waits_for_pending_then_writes_in_manifest_order(ctx, tmp_path):
+    folder = tmp_path / "in"
+    names = write_images(folder, 3)
+    (folder / "broken.png").write_bytes(b"")
+    order = [names[2], "broken.png", names[0], names[1]]
+    make_run(ctx.storage, folder, order)
+    assert not aggregate_stage(ctx, "r1").complete
+    for name in order:
+        denoise_stage(ctx, "r1", name)
+    upscale_stage(ctx, "r1", names)
+    result = aggregate_stage(ctx, "r1")
+    assert (result.complete, result.written, result.failed, result.pending) == (True, 3, 1, 0)
+    lines = ctx.storage.get(RunKeys("r1").submission).decode().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["gt_00003", "gt_00001", "gt_00002"]
+    assert lines[0].count(",") == 32 * 4 * 24 * 4 // 8
+    failures = json.loads(ctx.storage.get(RunKeys("r1").failures))
+    assert [f["name"] for f in failures] == ["broken.png"]
+    assert aggregate_stage(ctx, "r1").as_dict() == result.as_dict()  # idempotent
+
+
+def test_partial_aggregate_lists_pending(ctx, tmp_path):
+    names = write_images(tmp_path / "in", 2)
+    make_run(ctx.storage, tmp_path / "in", names)
+    result = aggregate_stage(ctx, "r1", allow_partial=True)
+    assert result.complete and result.written == 0 and result.pending == 2
+
+
+def test_without_sample_the_most_common_width_wins(ctx, tmp_path):
+    folder = tmp_path / "in"
+    (folder).mkdir()
+    (folder / "a_tiny.png").write_bytes(png_bytes(noisy_image(2, 2)))
+    names = ["a_tiny.png", *write_images(folder, 2)]
+    make_run(ctx.storage, folder, names)
+    for name in names:
+        denoise_stage(ctx, "r1", name)
+    upscale_stage(ctx, "r1", names)
+    result = aggregate_stage(ctx, "r1")
+    assert (result.written, result.failed) == (2, 1)
