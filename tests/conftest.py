@@ -13,6 +13,8 @@ from PIL import Image
 
 from workers.settings import Settings
 
+pytest_plugins = ["tests.fixtures_servers", "tests.fixtures_cluster"]
+
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = Path(os.environ.get("TEST_WEIGHTS_DIR", REPO.parent / "shared" / "weights"))
 DATASET = REPO / "dataset"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -66,3 +68,9 @@ def make_run(storage: Storage, folder: Path, names: list[str], run_id: str = "r1
                            expected_columns)
     save_manifest(storage, manifest)
     return manifest
+
+
+def run_producer(*args: str, env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``producer ARGS`` as a user runs it: a separate process."""
+    return subprocess.run([sys.executable, "-m", "producer", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)

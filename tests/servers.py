@@ -116,6 +116,7 @@ class _Process:
     def __init__(self, argv: list[str], *, log: Path, cwd: Path, env: dict[str, str] | None = None) -> None:
         self.argv = argv
         self.log = log
+        self._finished = False
         with open(log, "ab") as out:
             out.write(f"\n===== {time.strftime('%H:%M:%S')} start: {' '.join(argv)}\n".encode())
             out.flush()
@@ -127,6 +128,7 @@ class _Process:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: killpg reaches every child
+                preexec_fn=_die_with_parent(),
             )
         _LIVE.add(self)
 
@@ -145,6 +147,8 @@ class _Process:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the group, wait, SIGKILL whatever is left."""
+        if self._finished:
+            return
         if self.alive():
             self._signal_group(signal.SIGTERM)
             try:
@@ -154,13 +158,44 @@ class _Process:
         self.kill()
 
     def kill(self) -> None:
-        """SIGKILL the whole group (children included) and reap the leader."""
+        """SIGKILL the whole group (children included) and reap the leader.
+
+        Done once: later calls must not signal the group id again, which the kernel may by then
+        have handed to an unrelated process.
+        """
+        if self._finished:
+            return
         self._signal_group(signal.SIGKILL)
         try:
             self.popen.wait(10)
         except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
-            pass
+            return
+        self._finished = True
         _LIVE.discard(self)
+
+
+def _die_with_parent():  # noqa: ANN202 - a preexec_fn or None
+    """On Linux, have the kernel SIGKILL the server if the test process dies (even by SIGKILL).
+
+    Finalizers and the atexit hook cover failing tests and Ctrl-C; this covers a killed pytest.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 @atexit.register
@@ -381,6 +416,11 @@ class S3Server:
             "-admin.ui=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            # Every bucket is a collection with volumes of its own: keep them small and allow
+            # plenty, rather than weed's "free disk / 1 GiB" (a test session makes many buckets).
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=1000",
+            "-volume.preStopSeconds=0",  # faster stop (restarts in outage tests)
             f"-filer.localSocket={self.sock_dir / 'filer.sock'}",
             f"-s3.localSocket={self.sock_dir / 's3.sock'}",
         ]
@@ -423,6 +463,9 @@ class S3Server:
         """Start (again) on the same ports and data directory; no-op when running."""
         if self._proc is not None and self._proc.alive():
             return
+        # Stale sockets of a killed weed that had our ports would make the new one fail to listen
+        # (our gRPC ports were free when drawn, so no live server owns a socket named after them).
+        self._remove_sockets()
         self._proc = _Process(self.argv(), log=self.log, cwd=self.dir, env=self._env())
         self._wait_ready()
 

@@ -2,19 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import DATASET
 from tests.fixtures import BAD, GOOD, write_hostile_folder, write_images
-
-
-def producer(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "producer", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+from tests.fixtures import run_producer as producer
 
 
 @pytest.fixture

@@ -127,4 +127,3 @@ def test_s3_wrong_credentials_are_refused(s3_server: S3Server) -> None:
     assert info.value.code in {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied"}
 
 
-pytest_plugins = ["tests.fixtures_servers"]

@@ -35,3 +35,15 @@ def test_secrets_have_no_flag_and_are_masked():
     assert "aws_secret_access_key" not in names and "aws_access_key_id" not in names
     settings = Settings.from_env({"AWS_SECRET_ACCESS_KEY": "hunter2"})
     assert "hunter2" not in repr(settings)
+
+
+def test_redis_password_from_environment_is_added_to_the_broker_url():
+    settings = Settings.from_env({"BROKER_URL": "redis://127.0.0.1:6379/0", "REDIS_PASSWORD": "p@ss/word"})
+    assert settings.broker_url_with_password == "redis://:p%40ss%2Fword@127.0.0.1:6379/0"
+    assert "p@ss" not in repr(settings)
+
+
+def test_password_already_in_the_url_is_kept_and_redacted():
+    settings = Settings.from_env({"BROKER_URL": "redis://:s3cret@h:1/0", "REDIS_PASSWORD": "other"})
+    assert settings.broker_url_with_password == "redis://:s3cret@h:1/0"
+    assert "s3cret" not in repr(settings)

@@ -23,7 +23,7 @@ def test_denoise_writes_output_and_is_idempotent(ctx, tmp_path):
     assert first.status == "denoised" and first.size == (32, 24)
     key = RunKeys("r1").denoised(names[0])
     before = ctx.storage.get(key)
-    assert denoise_stage(ctx, "r1", names[0]).status == "skipped"
+    assert denoise_stage(ctx, "r1", names[0]).reason == "already denoised"
     assert ctx.storage.get(key) == before
 
 

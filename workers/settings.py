@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from workers.errors import ConfigError
 
@@ -32,7 +33,8 @@ class Settings:
     """Deployment settings. Field ``x`` is environment variable ``X`` and flag ``--x``."""
 
     # Where work goes. Empty broker: run everything in-process (the embedded default).
-    broker_url: str = _setting("", "Celery broker (redis://[:password@]host:port/db). Empty: run in-process.")
+    broker_url: str = _setting("", "Celery broker redis://host:port/db (password: REDIS_PASSWORD). Empty: run in-process.")
+    redis_password: str = _setting("", "Password of the broker's Redis (environment only).", secret=True)
     storage_url: str = _setting(".", "Where runs are stored: a local directory, or s3://bucket[/prefix].")
     s3_endpoint: str = _setting("127.0.0.1:9000", "S3/MinIO endpoint host:port.")
     s3_secure: bool = _setting(False, "Use TLS for S3.")
@@ -82,6 +84,19 @@ class Settings:
         """True when no broker is configured: the producer runs the stages itself."""
         return not self.broker_url
 
+    @property
+    def broker_url_with_password(self) -> str:
+        """BROKER_URL with REDIS_PASSWORD filled in, so the password never needs to be on a command line."""
+        if not self.redis_password or not self.broker_url:
+            return self.broker_url
+        parsed = urlsplit(self.broker_url)
+        if parsed.password:
+            return self.broker_url
+        user = parsed.username or ""
+        host = parsed.netloc.rpartition("@")[2]
+        netloc = f"{user}:{quote(self.redis_password, safe='')}@{host}"
+        return urlunsplit(parsed._replace(netloc=netloc))
+
     @classmethod
     def from_env(
         cls, env: Mapping[str, str] | None = None, **overrides: Any
@@ -105,6 +120,7 @@ class Settings:
             f.name: ("***" if f.metadata["secret"] and getattr(self, f.name) else getattr(self, f.name))
             for f in fields(self)
         }
+        shown["broker_url"] = redact_url(self.broker_url)
         return f"Settings({shown})"
 
 
@@ -130,3 +146,12 @@ def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
         return kind(raw)
     except ValueError:
         raise ConfigError(f"{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def redact_url(url: str) -> str:
+    """``redis://:secret@host:6379/0`` -> ``redis://:***@host:6379/0``, for messages and logs."""
+    parsed = urlsplit(url)
+    if not parsed.password:
+        return url
+    user = parsed.username or ""
+    return urlunsplit(parsed._replace(netloc=f"{user}:***@{parsed.netloc.rpartition('@')[2]}"))

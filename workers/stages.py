@@ -3,7 +3,8 @@
 Celery tasks (:mod:`workers.tasks`) and the in-process runner (:mod:`producer.embedded`) both call
 exactly these, so the embedded default and the distributed system cannot drift apart.
 
-Each stage is idempotent: it returns at once if its output exists. A permanent per-image problem
+Each stage is idempotent: it returns at once if its output exists (``skipped`` when the image is
+already finished, ``denoised`` when only the next stage remains). A permanent per-image problem
 is recorded under ``failed/`` and returned as a ``failed`` outcome; a transient problem raises
 (single-image stages) or is returned as a ``retry`` outcome (batch stage), never recorded.
 """
@@ -134,8 +135,10 @@ def denoise_stage(ctx: StageContext, run_id: str, name: str) -> Outcome:
         TransientError: storage unreachable; retry later.
     """
     keys = RunKeys(run_id)
-    if ctx.storage.exists(keys.denoised(name)) or is_finished(ctx, run_id, name):
+    if is_finished(ctx, run_id, name):
         return Outcome(name, "skipped")
+    if ctx.storage.exists(keys.denoised(name)):
+        return Outcome(name, "denoised", reason="already denoised")
     manifest = ctx.manifest(run_id)
     started = time.perf_counter()
     try:
@@ -160,8 +163,9 @@ def denoise_stage(ctx: StageContext, run_id: str, name: str) -> Outcome:
 def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[Outcome]:
     """Upscale the denoised images ``names`` of one run, same-size images in shared batches.
 
-    Never raises for a single image: each name gets an :class:`Outcome`; transient problems come
-    back as ``retry`` outcomes carrying the error, for the caller to reschedule.
+    Never raises for a single image: each distinct name gets one :class:`Outcome`, in first-seen
+    order; transient problems come back as ``retry`` outcomes carrying the error, for the caller to
+    reschedule.
     """
     outcomes: dict[str, Outcome] = {}
     manifest = ctx.manifest(run_id)

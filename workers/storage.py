@@ -159,8 +159,9 @@ class S3Storage:
         return join_key(self.prefix, check_key(key)) if self.prefix else check_key(key)
 
     def _call(self, key: str, fn, *args, **kwargs):  # noqa: ANN001, ANN202 - thin error mapper
-        from minio.error import S3Error
+        from minio.error import MinioException, S3Error
 
+        where = self._where(key)
         try:
             return fn(*args, **kwargs)
         except S3Error as exc:
@@ -168,12 +169,18 @@ class S3Storage:
                 raise ObjectNotFoundError(key) from None
             if exc.code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket"}:
                 raise ConfigError(
-                    f"S3 refused {self.url(key)}: {exc.code} ({exc.message}); "
+                    f"S3 refused {where}: {exc.code} ({exc.message}); "
                     "check S3_ENDPOINT, STORAGE_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                 ) from None
-            raise StorageUnavailableError(f"S3 error on {self.url(key)}: {exc.code} {exc.message}") from exc
+            raise StorageUnavailableError(f"S3 error on {where}: {exc.code} {exc.message}") from exc
+        except MinioException as exc:  # a non-S3 answer: proxy error page, 429, ...
+            raise StorageUnavailableError(f"S3 error on {where}: {exc}") from exc
         except (OSError, _urllib3_errors()) as exc:
-            raise StorageUnavailableError(f"S3 unreachable at {self.url(key)}: {exc}") from exc
+            raise StorageUnavailableError(f"S3 unreachable at {where}: {exc}") from exc
+
+    def _where(self, key: str) -> str:
+        """url(key), also for the empty list prefix (which url() rightly refuses as a key)."""
+        return self.url(key) if key.strip("/") else f"s3://{self.bucket}/{self.prefix}"
 
     def get(self, key: str) -> bytes:
         def read() -> bytes:
@@ -212,11 +219,12 @@ class S3Storage:
 
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[IO[bytes]]:
+        name = self._key(key)  # refuse a bad key before the caller writes anything
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as buffer:
             yield buffer
-            size = buffer.tell()
+            size = buffer.seek(0, io.SEEK_END)  # everything written, even after a seek back
             buffer.seek(0)
-            self._call(key, self.client.put_object, self.bucket, self._key(key), buffer, size)
+            self._call(key, self.client.put_object, self.bucket, name, buffer, size)
 
     def copy_to(self, key: str, out: IO[bytes]) -> None:
         def stream() -> None:

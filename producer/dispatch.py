@@ -1,0 +1,89 @@
+"""Distributed mode: hand a planned run to the Celery workers and follow it.
+
+The producer sends tasks by name, so it needs the broker and the store but not the models or
+the task code.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+from tqdm import tqdm
+
+from producer.planning import RunPlan
+from workers.celery_app import create_app
+from workers.errors import ConfigError
+from workers.runs import RunKeys, load_manifest
+from workers.settings import Settings, redact_url
+from workers.stages import AggregateResult
+from workers.storage import Storage
+from workers.tracking import RunTracker
+
+DENOISE, UPSCALE, AGGREGATE = "workers.tasks.denoise", "workers.tasks.upscale", "workers.tasks.aggregate"
+POLL_S = 1.0
+
+
+def connect_tracker(settings: Settings) -> RunTracker:
+    """A tracker on the broker's Redis, checked with PING so a bad URL fails in one clear line.
+
+    Raises:
+        ConfigError: Redis is unreachable or refuses the credentials.
+    """
+    where = redact_url(settings.broker_url)
+    tracker = RunTracker.from_url(settings.broker_url_with_password)
+    try:
+        tracker.client.ping()
+    except redis.AuthenticationError as exc:
+        raise ConfigError(f"Redis at {where} refused the credentials ({exc}); check REDIS_PASSWORD") from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConfigError(f"cannot reach Redis at {where}: {exc}") from None
+    except redis.ResponseError as exc:
+        raise ConfigError(f"Redis at {where} answered: {exc}; check REDIS_PASSWORD") from None
+    return tracker
+
+
+def enqueue_plan(settings: Settings, storage: Storage, plan: RunPlan) -> None:
+    """Send one task per remaining image; aggregate at once if nothing remains."""
+    tracker = connect_tracker(settings)
+    run_id = plan.run_id
+    tracker.start(run_id, len(plan.manifest.names))
+    # Images finished earlier count towards completion (Redis may have lost them, storage has not).
+    tracker.finish_many(run_id, plan.finished)
+    app = create_app(settings)
+    has_work = bool(plan.to_denoise or plan.to_upscale)
+    if has_work:
+        storage.delete(RunKeys(run_id).summary)  # stale: the run is not complete any more
+    with app.producer_or_acquire() as producer:
+        for name in plan.to_denoise:
+            app.send_task(DENOISE, (run_id, name), producer=producer)
+        for name in plan.to_upscale:
+            app.send_task(UPSCALE, (run_id, name), producer=producer)
+        if not has_work:
+            app.send_task(AGGREGATE, (run_id,), producer=producer)
+
+
+def wait_for_run(settings: Settings, storage: Storage, run_id: str) -> AggregateResult:
+    """Show a progress bar until the run is aggregated; Ctrl-C stops watching, not the run."""
+    tracker = connect_tracker(settings)
+    keys = RunKeys(run_id)
+    manifest = load_manifest(storage, run_id)
+    with tqdm(total=len(manifest.names), desc=f"run {run_id}", unit="img") as bar:
+        while True:
+            finished, _ = tracker.counts(run_id)
+            bar.update(max(finished - bar.n, 0))
+            if finished >= len(manifest.names) and storage.exists(keys.summary):
+                summary = json.loads(storage.get(keys.summary))
+                if summary["pending"] == 0:
+                    break
+            time.sleep(POLL_S)
+    return AggregateResult(**{k: summary[k] for k in ("run_id", "total", "written", "failed", "pending", "complete")})
+
+
+def aggregate(settings: Settings, run_id: str, allow_partial: bool, timeout_s: float = 600) -> dict[str, Any]:
+    """Run the aggregate task on a CPU worker and return its result."""
+    connect_tracker(settings)
+    app = create_app(settings)
+    return app.send_task(AGGREGATE, (run_id, allow_partial)).get(timeout=timeout_s)

@@ -1,0 +1,77 @@
+"""Real ``celery worker`` processes for integration tests, started the way operators start them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from tests.conftest import REPO
+from tests.servers import RedisServer, S3Server, _Process
+
+READY_MARK = "ready."
+
+
+class CeleryWorker:
+    """``celery -A workers worker -Q <queue>`` in its own process group, logging to a file."""
+
+    def __init__(self, queue: str, env: dict[str, str], log_dir: Path, concurrency: int = 1,
+                 pool: str | None = None, name: str | None = None) -> None:
+        self.queue = queue
+        self.name = name or f"{queue}-{uuid.uuid4().hex[:6]}@127.0.0.1"
+        self.log = log_dir / f"worker-{self.name.split('@')[0]}.log"
+        pool = pool or ("solo" if queue == "gpu" else "prefork")
+        argv = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queue, "-n", self.name,
+                f"--pool={pool}", "--loglevel=INFO", "--without-gossip", "--without-mingle"]
+        if pool != "solo":
+            argv.append(f"--concurrency={concurrency}")
+        self._process = _Process(argv, log=self.log, cwd=REPO, env=env)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def wait_ready(self, timeout: float = 120) -> CeleryWorker:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._process.alive():
+                raise RuntimeError(f"worker {self.name} exited:\n{self.tail()}")
+            if READY_MARK in self.log.read_text(errors="replace"):
+                return self
+            time.sleep(0.2)
+        raise TimeoutError(f"worker {self.name} not ready after {timeout}s:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no warm shutdown, no chance to requeue anything."""
+        self._process.kill()
+
+    def warm_shutdown(self, timeout: float = 120) -> None:
+        """SIGTERM to the main process only, as an orchestrator does: finish the current task, then exit."""
+        os.kill(self._process.pid, signal.SIGTERM)
+        try:
+            self._process.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        self._process.kill()
+
+    def stop(self) -> None:
+        self._process.stop(timeout=30)
+
+
+def cluster_env(base: dict[str, str], redis: RedisServer, db: int, s3: S3Server, bucket: str, weights: Path,
+                **extra: str) -> dict[str, str]:
+    """Environment for workers and producer: the password in REDIS_PASSWORD (not the URL), S3 storage."""
+    env = {k: v for k, v in base.items() if k not in {"BROKER_URL", "STORAGE_URL", "WEIGHTS", "CELERY_BROKER_URL"}}
+    env.update(
+        BROKER_URL=f"redis://{redis.host}:{redis.port}/{db}", REDIS_PASSWORD=redis.password,
+        STORAGE_URL=f"s3://{bucket}", S3_ENDPOINT=s3.endpoint, AWS_ACCESS_KEY_ID=s3.access_key,
+        AWS_SECRET_ACCESS_KEY=s3.secret_key, WEIGHTS=str(weights), DEVICE="cpu", PYTHONUNBUFFERED="1", **extra,
+    )
+    return env

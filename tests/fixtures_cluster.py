@@ -1,0 +1,72 @@
+"""A small cluster for integration tests: real Redis and S3 (session-wide), real Celery workers.
+
+Each test gets its own Redis database and bucket, so leftover messages of one test never reach
+another's workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.celery_workers import CeleryWorker, cluster_env
+from tests.fixtures import run_producer
+from tests.servers import RedisServer, S3Server
+
+__all__ = ["Cluster", "cluster"]
+
+_DATABASES = itertools.cycle(range(1, 16))
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    redis: RedisServer
+    db: int
+    s3: S3Server
+    bucket: str
+    logs: Path
+    workers: list[CeleryWorker] = field(default_factory=list)
+
+    def start(self, queue: str, concurrency: int = 1, **extra_env: str) -> CeleryWorker:
+        worker = CeleryWorker(queue, {**self.env, **extra_env}, self.logs, concurrency=concurrency)
+        self.workers.append(worker)
+        return worker.wait_ready()
+
+    def start_default(self) -> Cluster:
+        """One CPU worker (2 processes) and one GPU-queue worker (solo, on the CPU here)."""
+        self.start("cpu", concurrency=2)
+        self.start("gpu")
+        return self
+
+    def producer(self, *args: str, cwd: Path, **extra_env: str):  # noqa: ANN201 - CompletedProcess
+        return run_producer(*args, env={**self.env, **extra_env}, cwd=cwd)
+
+    def redis_client(self):  # noqa: ANN201 - redis.Redis
+        return self.redis.client(db=self.db)
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+@pytest.fixture
+def cluster(redis_server: RedisServer, s3_server: S3Server, s3_bucket: str, weights_path: Path,
+            tmp_path: Path) -> Iterator[Cluster]:
+    """Servers and environment, no workers yet: call ``start_default()`` or ``start(queue)``."""
+    db = next(_DATABASES)
+    redis_server.client(db=db).flushdb()
+    env = cluster_env(dict(os.environ), redis_server, db, s3_server, s3_bucket, weights_path,
+                      VISIBILITY_TIMEOUT_S="10", GPU_BATCH_SIZE="4", MAX_IMAGE_PIXELS="100000")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    cluster = Cluster(env, redis_server, db, s3_server, s3_bucket, logs)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,0 +1,190 @@
+"""The distributed system end to end: real redis-server, real S3 (weed), real Celery workers.
+
+The GPU queue's worker runs Real-ESRGAN on the CPU here (no GPU exists on CI).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATASET, noisy_image, png_bytes
+from tests.fixtures import png_bomb, run_producer, write_images
+from workers.celery_app import create_app
+from workers.runs import RunKeys
+from workers.settings import Settings
+from workers.storage import StorageFactory
+
+pytestmark = pytest.mark.integration
+
+
+def store(cluster):  # noqa: ANN001, ANN201 - S3Storage of the cluster's bucket
+    return StorageFactory(Settings.from_env(cluster.env)).open(cluster.env["STORAGE_URL"])
+
+
+def embedded_submission(src: str, tmp_path: Path, env: dict[str, str]) -> str:
+    """The same inputs through the embedded default (no broker, local storage)."""
+    local = {k: v for k, v in env.items() if k not in {"BROKER_URL", "STORAGE_URL"}}
+    local["STORAGE_URL"] = str(tmp_path / "embedded")
+    result = run_producer("enqueue", src, env=local, cwd=tmp_path)
+    assert result.returncode in (0, 1), result.stderr
+    (run,) = (tmp_path / "embedded" / "runs").iterdir()
+    return (run / "submission.csv").read_text()
+
+
+def run_id_from(stdout: str) -> str:
+    return stdout.split()[1].rstrip(":")
+
+
+def wait_until(condition, timeout: float, what: str, poll: float = 0.2) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(poll)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_distributed_submission_is_identical_to_embedded(cluster, tmp_path):
+    cluster.start_default()
+    result = cluster.producer("enqueue", str(DATASET), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = run_id_from(result.stdout)
+    s3 = store(cluster)
+    keys = RunKeys(run_id)
+    manifest = json.loads(s3.get(keys.manifest))
+    assert manifest["source"] == f"s3://{cluster.bucket}/runs/{run_id}/input"  # local inputs were uploaded
+
+    out = tmp_path / "distributed.csv"
+    collected = cluster.producer("collect", run_id, "-o", str(out), cwd=tmp_path)
+    assert collected.returncode == 0, collected.stderr
+    assert out.read_text() == embedded_submission(str(DATASET), tmp_path, cluster.env)
+
+    status = cluster.producer("status", run_id, cwd=tmp_path)
+    assert "done 8" in status.stdout and "8 rows, 0 failed" in status.stdout
+    again = cluster.producer("aggregate", run_id, cwd=tmp_path)
+    assert again.returncode == 0 and "8 rows" in again.stdout
+    assert s3.get(keys.submission).decode() == out.read_text()
+
+
+def test_messages_carry_ids_not_pixels(cluster, tmp_path):
+    """No worker running: look at the queued messages themselves."""
+    write_images(tmp_path / "in", 3, width=64, height=48)
+    result = cluster.producer("enqueue", str(tmp_path / "in"), "--no-wait", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    messages = cluster.redis_client().lrange("cpu", 0, -1)
+    assert len(messages) == 3
+    for raw in messages:
+        message = json.loads(raw)
+        assert message["content-type"] == "application/json"
+        assert len(raw) < 4096  # a 64x48 PNG alone would be larger than the whole message
+        assert message["headers"]["task"] == "workers.tasks.denoise"
+
+
+def test_gpu_worker_killed_mid_run_another_finishes_it_exactly_once(cluster, tmp_path):
+    names = write_images(tmp_path / "in", 12, width=48, height=40)
+    cluster.start("cpu", concurrency=2)
+    doomed = cluster.start("gpu")
+    result = cluster.producer("enqueue", str(tmp_path / "in"), "--no-wait", cwd=tmp_path)
+    run_id = run_id_from(result.stdout)
+    s3, keys = store(cluster), RunKeys(run_id)
+
+    def batch_in_flight() -> bool:
+        return len(list(s3.list(keys.prefix("denoised")))) >= 4
+
+    wait_until(batch_in_flight, 120, "the first batch to reach the GPU worker")
+    time.sleep(0.5)  # inside the forward pass of the first batch
+    doomed.kill()
+    rows_at_kill = len(list(s3.list(keys.prefix("rows"))))
+    assert rows_at_kill < len(names), "the run finished before the kill; the test proves nothing"
+
+    cluster.start("gpu")  # picks up the dead worker's unacknowledged messages after VISIBILITY_TIMEOUT_S
+    waited = cluster.producer("enqueue", str(tmp_path / "in"), cwd=tmp_path)  # resumes and waits
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+
+    rows = s3.get(keys.submission).decode().splitlines()[1:]
+    ids = [r.split(",", 1)[0] for r in rows]
+    assert sorted(ids) == sorted(f"gt_{i:05d}" for i in range(1, 13))
+    assert len(ids) == len(set(ids))
+    assert s3.get(keys.submission).decode() == embedded_submission(str(tmp_path / "in"), tmp_path, cluster.env)
+
+
+def test_the_same_task_delivered_twice_changes_nothing(cluster, tmp_path):
+    cluster.start_default()
+    write_images(tmp_path / "in", 2)
+    result = cluster.producer("enqueue", str(tmp_path / "in"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_id = run_id_from(result.stdout)
+    s3, keys = store(cluster), RunKeys(run_id)
+    name = "test_00001.png"
+    client = cluster.s3.client()
+
+    def snapshot() -> dict[str, tuple[bytes, object]]:
+        tracked = [keys.denoised(name), keys.sr(name), keys.row(name), keys.submission, keys.summary]
+        return {k: (s3.get(k), client.stat_object(cluster.bucket, k).last_modified) for k in tracked}
+
+    before = snapshot()
+    app = create_app(Settings.from_env(cluster.env))
+    for _ in range(2):
+        app.send_task("workers.tasks.denoise", (run_id, name))
+        app.send_task("workers.tasks.upscale", (run_id, name))
+    redis = cluster.redis_client()
+
+    def consumed() -> bool:
+        return redis.llen("cpu") == 0 and redis.llen("gpu") == 0 and not redis.hlen("unacked")
+
+    wait_until(consumed, 60, "the duplicates to be consumed")
+    time.sleep(1)
+    assert snapshot() == before  # no object rewritten, no second aggregation
+    rows = s3.get(keys.submission).decode().splitlines()
+    assert len(rows) == 3
+
+
+def test_bad_objects_in_the_bucket_fail_alone(cluster, tmp_path):
+    cluster.start_default()
+    client = cluster.s3.client()
+    objects = {
+        "inbox/test_00001.png": png_bytes(noisy_image(32, 24, seed=1)),
+        "inbox/test_00002.png": png_bytes(noisy_image(32, 24, seed=2)),
+        "inbox/test_00003.png": png_bytes(noisy_image(32, 24, seed=3))[:150],
+        "inbox/test_00004.png": b"%PDF-1.4 not an image",
+        "inbox/test_00005.png": png_bomb(3000, 3000),
+    }
+    import io
+
+    for key, data in objects.items():
+        client.put_object(cluster.bucket, key, io.BytesIO(data), len(data))
+    result = cluster.producer("enqueue", f"s3://{cluster.bucket}/inbox", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    run_id = run_id_from(result.stdout)
+    s3, keys = store(cluster), RunKeys(run_id)
+    failures = {f["name"]: f["reason"] for f in json.loads(s3.get(keys.failures))}
+    assert set(failures) == {"test_00003.png", "test_00004.png", "test_00005.png"}
+    assert "truncated" in failures["test_00003.png"]
+    assert "not a recognised image" in failures["test_00004.png"]
+    assert "MAX_IMAGE_PIXELS" in failures["test_00005.png"]
+    assert len(s3.get(keys.submission).decode().splitlines()) == 3
+    assert json.loads(s3.get(keys.manifest))["source"] == f"s3://{cluster.bucket}/inbox"
+
+
+def test_wrong_s3_credentials_is_one_clear_line(cluster, tmp_path):
+    write_images(tmp_path / "in", 1)
+    result = cluster.producer("enqueue", str(tmp_path / "in"), cwd=tmp_path, AWS_SECRET_ACCESS_KEY="wrong")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "AWS_SECRET_ACCESS_KEY" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("case", ["unreachable", "wrong-password"])
+def test_redis_problems_are_one_clear_line(cluster, tmp_path, case):
+    from tests.servers import free_port
+
+    write_images(tmp_path / "in", 1)
+    extra = {"BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"} if case == "unreachable" else {"REDIS_PASSWORD": "nope"}
+    result = cluster.producer("enqueue", str(tmp_path / "in"), cwd=tmp_path, **extra)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "Redis" in result.stderr
+    assert cluster.redis.password not in result.stderr

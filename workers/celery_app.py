@@ -1,0 +1,116 @@
+"""The Celery application: queues, routing and reliability settings. No task logic lives here.
+
+Start workers with::
+
+    celery -A workers worker -Q cpu                 # NL-means: prefork, one process per core
+    celery -A workers worker -Q gpu --pool=solo     # Real-ESRGAN: one process owns the GPU
+
+GPU workers use ``--pool=solo`` because CUDA does not survive ``fork()``: the prefork pool would
+fork children from a parent that already holds the CUDA context (the model is loaded at start-up),
+and every child would crash on its first kernel. One process per GPU also keeps the model in memory
+exactly once; throughput comes from batching, not from more processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Exchange, Queue
+
+from workers.errors import ConfigError
+from workers.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CPU_QUEUE = "cpu"
+GPU_QUEUE = "gpu"
+
+# Separate queues so one class of work can never starve the other: a flood of cheap denoise tasks
+# must not sit in front of the GPU's work, and GPU workers must never pick up CPU work.
+TASK_ROUTES = {
+    "workers.tasks.denoise": {"queue": CPU_QUEUE},
+    "workers.tasks.upscale": {"queue": GPU_QUEUE},
+    "workers.tasks.aggregate": {"queue": CPU_QUEUE},
+}
+
+
+def create_app(settings: Settings) -> Celery:
+    """A configured app. Producers call this with their own settings; workers use :data:`app`."""
+    broker = settings.broker_url_with_password or "redis://127.0.0.1:6379/0"
+    app = Celery("workers", broker=broker, backend=broker, include=["workers.tasks"])
+    transport_options = {
+        # An unacknowledged task is handed to another worker after this long: it must exceed the
+        # slowest task, or a healthy long task would run twice.
+        "visibility_timeout": settings.visibility_timeout_s,
+        "socket_timeout": 30,
+        "socket_connect_timeout": 10,
+        "retry_on_timeout": True,
+    }
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],  # never pickle: a message can never execute code on a worker
+        result_accept_content=["json"],
+        # Each queue on its own direct exchange: sharing the default one would bind both queues to
+        # the same routing key and deliver every message twice.
+        task_queues=tuple(Queue(q, Exchange(q, type="direct"), routing_key=q) for q in (CPU_QUEUE, GPU_QUEUE)),
+        task_default_queue=CPU_QUEUE,
+        task_routes=TASK_ROUTES,
+        # Redelivery instead of loss: acknowledge only after the work is stored, and put the task
+        # back if the worker process dies mid-task.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # GPU workers raise this to one batch, see _configure_gpu_worker
+        broker_transport_options=transport_options,
+        result_backend_transport_options=transport_options,
+        result_expires=settings.result_expires_s,
+        result_extended=True,  # keep task name and args with results, for Flower and debugging
+        task_track_started=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # survive a Redis restart: keep reconnecting
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_hijack_root_logger=False,
+    )
+    app.conf.lowlight_settings = settings
+    return app
+
+
+def _worker_app() -> Celery:
+    settings = Settings.from_env()
+    # The `celery` command reads BROKER_URL itself and exports it as CELERY_BROKER_URL, which beats
+    # any configured broker_url; point it at the URL with REDIS_PASSWORD filled in.
+    if os.environ.get("CELERY_BROKER_URL") == settings.broker_url:
+        os.environ["CELERY_BROKER_URL"] = settings.broker_url_with_password
+    return create_app(settings)
+
+
+app = _worker_app()
+
+
+def consumed_queues(worker: Any) -> set[str]:
+    consume_from = worker.app.amqp.queues.consume_from or worker.app.amqp.queues
+    return set(consume_from)
+
+
+@signals.worker_init.connect
+def _configure_gpu_worker(sender: Any, **_: Any) -> None:
+    """On a worker that serves the GPU queue: prefetch one batch, check the pool, load the model."""
+    if GPU_QUEUE not in consumed_queues(sender):
+        return
+    from workers.tasks import stage_context
+
+    ctx = stage_context()
+    pool = str(getattr(sender, "pool_cls", "")).lower()
+    if "prefork" in pool and ctx.settings.device != "cpu":
+        raise ConfigError("GPU workers must run with --pool=solo (or threads): CUDA does not survive fork")
+    if "solo" in pool:
+        sender.concurrency = 1  # the banner's default is the core count; solo runs one thing at a time
+    # Batching needs up to one batch of messages in hand: this is "prefetch 1", counted in batches.
+    sender.prefetch_multiplier = max(sender.prefetch_multiplier, ctx.settings.gpu_batch_size)
+    ctx.warm_up()
+    logger.info("GPU worker ready: model %s on %s", ctx.model_source, ctx.upscaler().device)

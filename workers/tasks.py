@@ -1,0 +1,168 @@
+"""Celery tasks: thin shells that take ids, call one stage function and report what happened.
+
+Messages carry a run id and an input name, never pixels. Every stage skips work whose output
+exists, so a redelivered or duplicated message is harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+from celery_batches import Batches, SimpleRequest
+
+from workers.celery_app import app
+from workers.errors import RunNotFoundError, TransientError
+from workers.stages import StageContext, aggregate_stage, denoise_stage, upscale_stage
+from workers.tracking import RunTracker
+
+logger = logging.getLogger(__name__)
+
+SETTINGS = app.conf.lowlight_settings
+RETRY = {
+    "autoretry_for": (TransientError,),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,  # keep well under the visibility timeout: a waiting retry is unacked
+    "retry_jitter": True,
+    "max_retries": SETTINGS.task_max_retries,
+}
+
+
+@functools.cache
+def stage_context() -> StageContext:
+    """One per worker process: one storage client, one model."""
+    return StageContext(SETTINGS)
+
+
+@functools.cache
+def tracker() -> RunTracker:
+    return RunTracker.from_url(SETTINGS.broker_url_with_password)
+
+
+def finish_image(run_id: str, name: str) -> None:
+    """Record that ``name`` is finished; the call that completes the run enqueues its aggregation."""
+    if tracker().finish(run_id, name):
+        logger.info("run %s: last image finished, aggregating", run_id)
+        aggregate.apply_async((run_id,))
+
+
+@app.task(name="workers.tasks.denoise", **RETRY)
+def denoise(run_id: str, name: str) -> dict[str, Any]:
+    """CPU stage for one image, then hand it to the GPU queue."""
+    if tracker().is_cancelled(run_id):
+        return {"name": name, "status": "cancelled"}
+    outcome = denoise_stage(stage_context(), run_id, name)
+    if outcome.status == "denoised":
+        upscale.apply_async((run_id, name))
+    else:
+        finish_image(run_id, name)
+    return outcome.as_dict()
+
+
+@app.task(name="workers.tasks.upscale", base=Batches, flush_every=SETTINGS.gpu_batch_size,
+          flush_interval=SETTINGS.gpu_batch_wait_s)
+def upscale(requests: list[SimpleRequest]) -> None:
+    """GPU stage. celery-batches hands over the messages waiting on this worker (up to one batch);
+    each run's images go through :func:`upscale_stage`, which batches same-size images.
+
+    celery-batches acknowledges every message once this returns, whatever happened, so nothing may
+    escape: each image is either finished or rescheduled here.
+    """
+    by_run: dict[str, list[SimpleRequest]] = defaultdict(list)
+    for request in requests:
+        by_run[request.args[0]].append(request)
+    with _TaskEvents(requests) as events:
+        for run_id, run_requests in by_run.items():
+            try:
+                _upscale_run(run_id, run_requests, events)
+            except Exception as exc:  # noqa: BLE001 - see the docstring: reschedule, never drop
+                logger.exception("run %s: upscale batch failed; rescheduling %d images", run_id, len(run_requests))
+                for request in run_requests:
+                    _reschedule(request, exc)
+                events.failed(run_requests, exc)
+
+
+def _upscale_run(run_id: str, requests: list[SimpleRequest], events: _TaskEvents) -> None:
+    if tracker().is_cancelled(run_id):
+        events.succeeded(requests, lambda r: {"status": "cancelled"})
+        return
+    started = time.perf_counter()
+    try:
+        outcomes = upscale_stage(stage_context(), run_id, [r.args[1] for r in requests])
+    except RunNotFoundError as exc:  # the run was deleted: nothing to do for these messages
+        events.failed(requests, exc)
+        return
+    elapsed = time.perf_counter() - started
+    by_name = {outcome.name: outcome for outcome in outcomes}  # duplicates of a name share one outcome
+    for request in requests:
+        outcome = by_name[request.args[1]]
+        if outcome.status == "retry":
+            error = outcome.error or TransientError(outcome.reason)
+            _reschedule(request, error)
+            events.failed([request], error)
+        else:
+            finish_image(run_id, outcome.name)
+            events.succeeded([request], lambda r, o=outcome: o.as_dict(), runtime=elapsed)
+
+
+def _reschedule(request: SimpleRequest, error: BaseException) -> None:
+    """Retry one image later with exponential backoff; after TASK_MAX_RETRIES it stays pending."""
+    retries = int((request.request_dict or {}).get("retries") or 0)
+    if retries >= SETTINGS.task_max_retries:
+        logger.error("giving up on %s after %d retries: %s (re-enqueue the run to resume)", request.args, retries, error)
+        return
+    countdown = min(2 ** (retries + 1), RETRY["retry_backoff_max"])
+    upscale.apply_async(request.args, task_id=request.id, countdown=countdown, retries=retries + 1)
+
+
+class _TaskEvents:
+    """Per-image task events for Flower: celery-batches runs one batch but sends none of its own.
+
+    Best effort: monitoring trouble is logged, never allowed to fail the batch.
+    """
+
+    def __init__(self, requests: list[SimpleRequest]) -> None:
+        self.requests = requests
+        self._stack = contextlib.ExitStack()
+        self._dispatcher: Any = None
+
+    def __enter__(self) -> _TaskEvents:
+        hostname = self.requests[0].hostname if self.requests else None
+        try:
+            self._dispatcher = self._stack.enter_context(app.events.default_dispatcher(hostname=hostname))
+        except Exception:  # noqa: BLE001
+            logger.warning("task events unavailable for this batch", exc_info=True)
+        self._send("task-started", self.requests)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._stack.close()
+        except Exception:  # noqa: BLE001
+            logger.warning("closing the event dispatcher failed", exc_info=True)
+
+    def succeeded(self, requests: list[SimpleRequest], result: Any, runtime: float = 0.0) -> None:
+        self._send("task-succeeded", requests, lambda r: {"result": repr(result(r)), "runtime": runtime})
+
+    def failed(self, requests: list[SimpleRequest], error: BaseException) -> None:
+        self._send("task-failed", requests, lambda r: {"exception": repr(error), "traceback": ""})
+
+    def _send(self, event: str, requests: list[SimpleRequest], fields: Any = None) -> None:
+        if self._dispatcher is None:
+            return
+        try:
+            for request in requests:
+                self._dispatcher.send(event, uuid=request.id, **(fields(request) if fields else {}))
+        except Exception:  # noqa: BLE001
+            logger.warning("could not send %s events", event, exc_info=True)
+
+
+@app.task(name="workers.tasks.aggregate", **RETRY)
+def aggregate(run_id: str, allow_partial: bool = False) -> dict[str, Any]:
+    """Write the run's submission.csv and failures report from the per-image objects (idempotent)."""
+    return aggregate_stage(stage_context(), run_id, allow_partial).as_dict()
+
