@@ -21,9 +21,9 @@ from workers.runs import (
     now_iso,
     save_manifest,
 )
+from workers.settings import Settings
 from workers.storage import LocalStorage, Storage, StorageFactory, join_key
 from workers.submission import read_expected_columns
-from workers.settings import Settings
 from workers.weights import describe_weights
 
 logger = logging.getLogger(__name__)

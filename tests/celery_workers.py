@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -55,10 +56,8 @@ class CeleryWorker:
     def warm_shutdown(self, timeout: float = 120) -> None:
         """SIGTERM to the main process only, as an orchestrator does: finish the current task, then exit."""
         os.kill(self._process.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
         self._process.kill()
 
     def stop(self) -> None:

@@ -11,6 +11,7 @@ an interrupted test session leaves nothing behind.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import os
 import secrets
@@ -140,10 +141,8 @@ class _Process:
         return self.popen.poll() is None
 
     def _signal_group(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the group, wait, SIGKILL whatever is left."""
@@ -151,10 +150,8 @@ class _Process:
             return
         if self.alive():
             self._signal_group(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill()
 
     def kill(self) -> None:

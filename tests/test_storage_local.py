@@ -196,29 +196,26 @@ class StorageContract:
     @pytest.mark.parametrize("exc_type", [RuntimeError, KeyboardInterrupt])
     def test_writer_interrupted_leaves_no_object(self, backend: Backend, exc_type: type[BaseException]) -> None:
         store = backend.store
-        with pytest.raises(exc_type):
-            with store.writer("w/aborted") as f:
-                f.write(b"x" * 1000)
-                raise exc_type("boom")
+        with pytest.raises(exc_type), store.writer("w/aborted") as f:
+            f.write(b"x" * 1000)
+            raise exc_type("boom")
         assert not store.exists("w/aborted")
         assert list(store.list("")) == []
 
     def test_writer_interrupted_keeps_previous_object(self, backend: Backend) -> None:
         store = backend.store
         store.put("w/keep", b"previous")
-        with pytest.raises(RuntimeError):
-            with store.writer("w/keep") as f:
-                f.write(b"half of the new content")
-                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError), store.writer("w/keep") as f:
+            f.write(b"half of the new content")
+            raise RuntimeError("boom")
         assert store.get("w/keep") == b"previous"
         assert list(store.list("w")) == ["w/keep"]
 
     def test_writer_large_interrupted_leaves_no_object(self, backend: Backend) -> None:
         store = backend.store
-        with pytest.raises(RuntimeError):
-            with store.writer("big/aborted") as f:
-                f.write(big_payload())
-                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError), store.writer("big/aborted") as f:
+            f.write(big_payload())
+            raise RuntimeError("boom")
         assert not store.exists("big/aborted")
 
     def test_writer_stores_everything_written_even_after_seeking_back(self, backend: Backend) -> None:
@@ -275,10 +272,9 @@ class StorageContract:
     @pytest.mark.parametrize("key", ["../escape", "/abs", "a/../b"], ids=repr)
     def test_writer_refuses_bad_key_before_the_block_runs(self, backend: Backend, key: str) -> None:
         ran = False
-        with pytest.raises(InvalidKeyError):
-            with backend.store.writer(key) as f:
-                ran = True
-                f.write(b"x")
+        with pytest.raises(InvalidKeyError), backend.store.writer(key) as f:
+            ran = True
+            f.write(b"x")
         assert not ran, "the with-block ran (and buffered its data) before the key was refused"
 
     def test_url_names_the_key(self, backend: Backend) -> None:
@@ -334,9 +330,8 @@ class TestLocalStorageOnly:
         ):
             with pytest.raises(InvalidKeyError):
                 op()
-        with pytest.raises(InvalidKeyError):
-            with store.writer("link/streamed") as f:
-                f.write(b"x")
+        with pytest.raises(InvalidKeyError), store.writer("link/streamed") as f:
+            f.write(b"x")
         assert sorted(p.name for p in outside.iterdir()) == ["secret"]
         assert (outside / "secret").read_bytes() == b"secret"
 
@@ -369,12 +364,11 @@ class TestLocalStorageOnly:
     @pytest.mark.parametrize("exc_type", [RuntimeError, KeyboardInterrupt])
     def test_interrupted_writer_leaves_no_partial_file(self, root: Path, exc_type: type[BaseException]) -> None:
         store = LocalStorage(root)
-        with pytest.raises(exc_type):
-            with store.writer("runs/r/submission.csv") as f:
-                f.write(b"a,b\n" * 10_000)
-                tmp_files = [p for p in (root / "runs" / "r").iterdir()]
-                assert len(tmp_files) == 1 and tmp_files[0].name.startswith(".tmp-")
-                raise exc_type("boom")
+        with pytest.raises(exc_type), store.writer("runs/r/submission.csv") as f:
+            f.write(b"a,b\n" * 10_000)
+            tmp_files = [p for p in (root / "runs" / "r").iterdir()]
+            assert len(tmp_files) == 1 and tmp_files[0].name.startswith(".tmp-")
+            raise exc_type("boom")
         assert list((root / "runs" / "r").iterdir()) == []
 
     def test_leftover_temp_files_are_not_listed(self, root: Path) -> None:

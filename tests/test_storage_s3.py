@@ -173,9 +173,8 @@ def test_wrong_credentials_raise_config_error(s3_server: S3Server, s3_bucket: st
         with pytest.raises(ConfigError) as info:
             op()
         _assert_names_credential_vars(info.value)
-    with pytest.raises(ConfigError):
-        with store.writer("k3") as f:
-            f.write(b"v")
+    with pytest.raises(ConfigError), store.writer("k3") as f:
+        f.write(b"v")
     assert open_store(s3_settings_for(s3_server, s3_bucket)).get("k") == b"v"
 
 

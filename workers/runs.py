@@ -17,12 +17,13 @@ Layout under ``runs/<run>/``::
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -121,6 +122,14 @@ def make_run_id(label: str, source: str, pipeline: PipelineSpec, model: str) -> 
     return f"{slug}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:10]}"
 
 
+def code_version() -> str:
+    """The installed package version (recorded with every output, for reports)."""
+    try:
+        return importlib.metadata.version("lowlight-sr")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -181,7 +190,7 @@ def save_manifest(storage: Storage, manifest: RunManifest) -> None:
     storage.put(RunKeys(manifest.run_id).manifest, manifest.to_json())
 
 
-class ImageState(str, Enum):
+class ImageState(StrEnum):
     PENDING = "pending"
     DENOISED = "denoised"
     DONE = "done"

@@ -33,15 +33,16 @@ from workers.errors import (
     TransientError,
 )
 from workers.imageio import DecodeLimits, decode_image, decode_png, encode_png
-from workers.runs import RunKeys, RunManifest, RunProgress, load_manifest, now_iso, stem
+from workers.runs import RunKeys, RunManifest, RunProgress, code_version, load_manifest, now_iso, stem
 from workers.settings import Settings
 from workers.storage import Storage, StorageFactory
 from workers.submission import SubmissionWriter, format_row, grey_subsample, row_width, submission_id
 from workers.upscale import TilePolicy, Upscaler, load_upscaler, resize_to_multiple
-from workers.weights import resolve_weights
+from workers.weights import file_sha256, resolve_weights
 
 logger = logging.getLogger(__name__)
 
+CODE_VERSION = code_version()
 Status = Literal["denoised", "done", "failed", "skipped", "retry"]
 
 
@@ -75,6 +76,7 @@ class StageContext:
         self._model_lock = threading.Lock()
         self._upscaler: Upscaler | None = None
         self.model_source = ""
+        self.model_sha256 = ""
         self._manifest = lru_cache(maxsize=64)(self._load_manifest)
         self._source = lru_cache(maxsize=64)(self.storages.open)
 
@@ -87,6 +89,7 @@ class StageContext:
                     ref.path, s.device, s.precision, TilePolicy(s.tile_max_pixels, s.tile_size, s.tile_overlap)
                 )
                 self.model_source = ref.source
+                self.model_sha256 = file_sha256(ref.path)
             return self._upscaler
 
     def warm_up(self) -> None:
@@ -116,7 +119,7 @@ def record_failure(ctx: StageContext, run_id: str, name: str, stage: str, reason
 
 
 def _record_meta(ctx: StageContext, run_id: str, name: str, stage: str, **values: object) -> None:
-    meta = {"stage": stage, "worker": ctx.hostname, "at": now_iso(), **values}
+    meta = {"stage": stage, "worker": ctx.hostname, "at": now_iso(), "code_version": CODE_VERSION, **values}
     ctx.storage.put(RunKeys(run_id).meta(name, stage), json.dumps(meta).encode())
 
 
@@ -216,6 +219,7 @@ def _store_upscaled(
                 f"output {hr.shape[1]}x{hr.shape[0]} gives {len(values)} values, sample_submission.csv has {expected} columns",
             )
         _record_meta(ctx, manifest.run_id, name, "upscale", seconds=seconds, batch=batch, model=ctx.model_source,
+                     model_sha256=ctx.model_sha256, device=str(ctx.upscaler().device),
                      out_width=hr.shape[1], out_height=hr.shape[0])
         # The row goes last: its presence is what marks the image done.
         ctx.storage.put(keys.row(name), format_row(submission_id(name), values).encode())
