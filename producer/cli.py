@@ -16,14 +16,21 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from workers.calibration import PipelineChoice
 from workers.denoise import DENOISERS, DenoiseSpec
 from workers.errors import ConfigError, EnhanceError
-from workers.runs import PipelineSpec, RunKeys, RunProgress, load_manifest
+from workers.presets import PRESETS
+from workers.runs import RunKeys, RunProgress, load_manifest
 from workers.settings import Settings, public_fields
+from workers.storage import Storage, StorageFactory
+
+if TYPE_CHECKING:
+    from producer.planning import RunPlan
+    from workers.stages import AggregateResult, StageContext
 
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
 
@@ -54,8 +61,13 @@ def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def _pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
     defaults = DenoiseSpec()
     options = [
-        click.option("--seed-compat", is_flag=True, envvar="SEED_COMPAT",
-                     help="Reproduce the seed exactly: BGR network feed and Lanczos resize to a multiple of 8."),
+        click.option("--preset", type=click.Choice(sorted(PRESETS)), default="standard", envvar="PRESET",
+                     show_default=True, help="Pipeline recipe: seed (exact seed), standard, quality (best PSNR: "
+                     "tone + scaled NL-means + bicubic), perceptual (tone + NL-means + Real-ESRGAN)."),
+        click.option("--seed-compat", is_flag=True, envvar="SEED_COMPAT", help="Same as --preset seed."),
+        click.option("--calibration", envvar="CALIBRATION",
+                     help="Tone-curve artifact (path or s3:// URL) from `producer calibrate`. Default for quality/"
+                     "perceptual: calibration.json at the dataset root."),
         click.option("--denoise", "denoise_method", type=click.Choice(sorted(DENOISERS)), default=defaults.method,
                      envvar="DENOISE", show_default=True, help="Denoiser of the CPU stage."),
         click.option("--nlm-h", type=float, default=defaults.h, envvar="NLM_H", show_default=True,
@@ -79,8 +91,9 @@ def _pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
             template=kwargs.pop("nlm_template"),
             search=kwargs.pop("nlm_search"),
         )
-        seed = kwargs.pop("seed_compat")
-        kwargs["pipeline"] = PipelineSpec.seed_compatible(spec) if seed else PipelineSpec(denoise=spec)
+        preset = "seed" if kwargs.pop("seed_compat") else kwargs.pop("preset")
+        kwargs.pop("preset", None)
+        kwargs["choice"] = PipelineChoice(preset, spec, kwargs.pop("calibration"))
         return command(**kwargs)
 
     return wrapper
@@ -107,35 +120,47 @@ def cli(verbose: int) -> None:
 @_pipeline_options
 @_settings_options
 def enqueue(src: str, run_id: str | None, sample_submission: str | None, retry_failed: bool, wait: bool,
-            pipeline: PipelineSpec, settings: Settings) -> None:
+            choice: PipelineChoice, settings: Settings) -> None:
     """Process every image in SRC (a folder, a dataset root with test/, or s3://bucket/prefix)."""
     from producer.planning import prepare_run
+    from workers.calibration import resolve_pipeline
     from workers.stages import StageContext
 
     ctx = StageContext(settings)
+    pipeline = resolve_pipeline(choice, src, ctx.storages)
     plan = prepare_run(settings, ctx.storage, src, pipeline, run_id, sample_submission, retry_failed,
                        show_progress=True)
     click.echo(f"run {plan.run_id}: {plan.manifest.total} inputs, {len(plan.finished)} already finished")
-    if settings.embedded:
+    result = _execute(ctx, plan, wait)
+    if result is not None:
+        _report_result(ctx.storage, plan.run_id, result.written, result.failed, result.pending)
+
+
+def _execute(ctx: StageContext, plan: RunPlan, wait: bool = True) -> AggregateResult | None:
+    """Run the plan in this process, or hand it to the workers (and follow it when ``wait``)."""
+    if ctx.settings.embedded:
         from producer.embedded import run_embedded
 
-        result = run_embedded(ctx, plan)
-    else:
-        from producer import dispatch
+        return run_embedded(ctx, plan)
+    from producer import dispatch
 
-        dispatch.enqueue_plan(settings, ctx.storage, plan)
-        click.echo(plan.run_id)
-        if not wait:
-            return
-        result = dispatch.wait_for_run(settings, ctx.storage, plan.run_id)
-    _report_result(ctx.storage, plan.run_id, result.written, result.failed, result.pending)
+    dispatch.enqueue_plan(ctx.settings, ctx.storage, plan)
+    click.echo(f"enqueued run {plan.run_id}")
+    return dispatch.wait_for_run(ctx.settings, ctx.storage, plan.run_id) if wait else None
 
 
-def _report_result(storage: Any, run_id: str, written: int, failed: int, pending: int) -> None:
+def _storage(settings: Settings) -> Storage:
+    """The run store alone, for commands that neither process images nor load a model."""
+    return StorageFactory(settings).open(settings.storage_url)
+
+
+def _report_result(storage: Storage, run_id: str, written: int, failed: int, pending: int) -> None:
     keys = RunKeys(run_id)
     click.echo(f"run {run_id}: {written} rows written, {failed} failed, {pending} pending")
     click.echo(f"  submission: {storage.url(keys.submission)}")
     click.echo(f"  failures:   {storage.url(keys.failures)}")
+    if storage.exists(keys.report):
+        click.echo(f"  report:     {storage.url(keys.report)}")
     if failed or pending:
         sys.exit(EXIT_FAILURES)
 
@@ -145,22 +170,20 @@ def _report_result(storage: Any, run_id: str, written: int, failed: int, pending
 @_settings_options
 def status(run_id: str, settings: Settings) -> None:
     """Counts per stage and the failures of RUN_ID."""
-    from workers.stages import StageContext
-
-    ctx = StageContext(settings)
-    manifest = load_manifest(ctx.storage, run_id)
+    storage = _storage(settings)
+    manifest = load_manifest(storage, run_id)
     keys = RunKeys(run_id)
-    counts = RunProgress.read(ctx.storage, run_id).counts(manifest.names)
+    counts = RunProgress.read(storage, run_id).counts(manifest.names)
     click.echo(f"run {run_id}  source {manifest.source}  created {manifest.created_at}")
     click.echo("  stages: " + "  ".join(f"{state.value} {n}" for state, n in counts.items())
                + f"  rejected {len(manifest.rejected)}  total {manifest.total}")
-    if not ctx.storage.exists(keys.summary):
+    if not storage.exists(keys.summary):
         click.echo("  not aggregated yet")
         return
-    summary = json.loads(ctx.storage.get(keys.summary))
+    summary = json.loads(storage.get(keys.summary))
     click.echo(f"  submission: {summary['written']} rows, {summary['failed']} failed, {summary['pending']} pending"
-               f" (aggregated {summary['at']}) -> {ctx.storage.url(keys.submission)}")
-    for failure in json.loads(ctx.storage.get(keys.failures)):
+               f" (aggregated {summary['at']}) -> {storage.url(keys.submission)}")
+    for failure in json.loads(storage.get(keys.failures)):
         click.echo(f"  failed ({failure['stage']}) {failure['name']}: {failure['reason']}")
 
 
@@ -171,15 +194,13 @@ def status(run_id: str, settings: Settings) -> None:
 @_settings_options
 def collect(run_id: str, output: str, settings: Settings) -> None:
     """Download RUN_ID's submission.csv."""
-    from workers.stages import StageContext
-
-    ctx = StageContext(settings)
+    storage = _storage(settings)
     key = RunKeys(run_id).submission
-    if not ctx.storage.exists(key):
+    if not storage.exists(key):
         raise ConfigError(f"run {run_id} has no submission yet (see: producer status {run_id})")
     tmp = Path(output).with_name(Path(output).name + ".part")
     with tmp.open("wb") as out:
-        ctx.storage.copy_to(key, out)
+        storage.copy_to(key, out)
     tmp.replace(output)
     click.echo(f"wrote {output}")
 
@@ -205,40 +226,111 @@ def aggregate(run_id: str, partial: bool, settings: Settings) -> None:
 
 
 @cli.command()
+@click.argument("run_id")
+@_settings_options
+def cancel(run_id: str, settings: Settings) -> None:
+    """Cancel RUN_ID: workers drop its queued tasks; `producer enqueue` on it again resumes it."""
+    if settings.embedded:
+        raise ConfigError("no broker configured: an in-process run stops with Ctrl-C and resumes when re-run")
+    from producer import dispatch
+
+    load_manifest(_storage(settings), run_id)  # a clear error for a run that does not exist
+    dispatch.cancel(settings, run_id)
+    click.echo(f"run {run_id} cancelled; finished images are kept")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default="report.html",
+              show_default=True, help="Where to write the HTML report.")
+@click.option("--gt", type=click.Path(file_okay=False, exists=True),
+              help="Ground truth (gt_X.* per input val_X.*): adds per-image PSNR/SSIM, worst first.")
+@click.option("--max-images", type=click.IntRange(min=0), default=60, show_default=True,
+              help="Most images shown (the rest are counted).")
+@_settings_options
+def report(run_id: str, output: str, gt: str | None, max_images: int, settings: Settings) -> None:
+    """Write a self-contained HTML report of RUN_ID (settings, timings, images side by side, failures)."""
+    from workers.report import collect_report_data, render_report, truth_by_name
+    from workers.stages import StageContext
+
+    ctx = StageContext(settings)
+    manifest = load_manifest(ctx.storage, run_id)
+    truth = truth_by_name(manifest.names, Path(gt)) if gt else None
+    data = collect_report_data(ctx.storage, ctx.source(manifest), run_id, truth, max_images, ctx.limits)
+    page = render_report(data).encode("utf-8")
+    tmp = Path(output).with_name(Path(output).name + ".part")
+    tmp.write_bytes(page)
+    tmp.replace(output)
+    click.echo(f"wrote {output} ({len(page) // 1024} KiB)")
+
+
+@cli.command()
+@click.argument("dataset")
+@click.option("-o", "--output", help="Where to store the artifact (default: DATASET/calibration.json).")
+@_settings_options
+def calibrate(dataset: str, output: str | None, settings: Settings) -> None:
+    """Fit the tone curve on DATASET's training pairs (train/train -> train/gt; never val/ or test/).
+
+    Streaming: memory stays flat in the number of pairs. A dataset in object storage (s3://...) is
+    fitted by a CPU worker when a broker is configured.
+    """
+    from workers.calibration import calibrate_here
+
+    if dataset.startswith("s3://") and not settings.embedded:
+        from producer import dispatch
+
+        result = dispatch.calibrate(settings, dataset, output)
+        click.echo(f"tone curve from {result['pairs']} pairs -> {result['location']}")
+        return
+    curve, where = calibrate_here(dataset, output, StorageFactory(settings))
+    click.echo(f"tone curve from {curve.n_pairs} pairs ({sum(curve.pixels):,} pixel samples) -> {where}")
+
+
+@cli.command()
 @click.argument("dataset", type=click.Path(file_okay=False, exists=True))
-@click.option("--run", "run_id", help="Score this existing run instead of running the pipeline on the inputs.")
+@click.option("--preset", "presets", multiple=True, type=click.Choice(sorted(PRESETS)),
+              help="Preset to score (repeatable). Default: all; those needing a tone curve only if one exists.")
+@click.option("--calibration", envvar="CALIBRATION", help="Tone-curve artifact (default: DATASET/calibration.json).")
+@click.option("--run", "run_ids", multiple=True, help="Also score these existing runs (repeatable).")
 @click.option("--inputs", type=click.Path(file_okay=False, exists=True), help="Inputs (default: DATASET/val/val).")
 @click.option("--gt", type=click.Path(file_okay=False, exists=True), help="Ground truth (default: DATASET/val/gt).")
-@click.option("--baselines/--no-baselines", default=True, show_default=True, help="Also score bicubic and NL-means + bicubic.")
-@_pipeline_options
+@click.option("--baselines/--no-baselines", default=True, show_default=True,
+              help="Also score bicubic, NL-means + bicubic (and tone + bicubic when calibrated).")
 @_settings_options
-def evaluate(dataset: str, run_id: str | None, inputs: str | None, gt: str | None, baselines: bool,
-             pipeline: PipelineSpec, settings: Settings) -> None:
-    """Competition PSNR and SSIM of the pipeline (and baselines) on DATASET's validation split."""
+def evaluate(dataset: str, presets: tuple[str, ...], calibration: str | None, run_ids: tuple[str, ...],
+             inputs: str | None, gt: str | None, baselines: bool, settings: Settings) -> None:
+    """Competition PSNR and SSIM of the presets (and baselines) on DATASET's validation split.
+
+    Each preset runs through the normal pipeline (in-process, or on the workers when a broker is
+    configured) and is scored from its submission rows.
+    """
     from producer import evaluate as ev
     from producer.planning import prepare_run
+    from workers.calibration import resolve_pipeline
+    from workers.presets import NEEDS_CURVE, TAKES_CURVE
     from workers.stages import StageContext
 
     inputs_dir = Path(inputs) if inputs else Path(dataset) / ev.VAL_INPUTS
     pairs = ev.truth_pairs(inputs_dir, Path(gt) if gt else Path(dataset) / ev.VAL_TRUTH)
     ctx = StageContext(settings)
-    if run_id is None:
+    scores, curve = [], None
+    for preset in presets or sorted(PRESETS, key=list(PRESETS).index):
+        try:
+            curve_file = calibration if preset in TAKES_CURVE else None
+            pipeline = resolve_pipeline(PipelineChoice(preset, DenoiseSpec(), curve_file), dataset, ctx.storages)
+        except ConfigError as exc:
+            if presets or preset not in NEEDS_CURVE:
+                raise
+            click.echo(f"skipping preset {preset}: {exc}", err=True)
+            continue
+        curve = curve or ctx.tone_curve_of(pipeline)
         plan = prepare_run(settings, ctx.storage, str(inputs_dir), pipeline, show_progress=True)
-        run_id = plan.run_id
-        if settings.embedded:
-            from producer.embedded import run_embedded
-
-            run_embedded(ctx, plan)
-        else:
-            from producer import dispatch
-
-            dispatch.enqueue_plan(settings, ctx.storage, plan)
-            dispatch.wait_for_run(settings, ctx.storage, run_id)
-    manifest = load_manifest(ctx.storage, run_id)
-    label = "pipeline (seed-compat)" if manifest.pipeline.channel_order == "bgr" else "pipeline"
-    scores = [ev.score_run(ctx.storage, manifest, pairs, f"{label} run {run_id}")]
+        _execute(ctx, plan)
+        scores.append(ev.score_run(ctx.storage, plan.manifest, pairs, f"{preset} (run {plan.run_id})"))
+    for run_id in run_ids:
+        scores.append(ev.score_run(ctx.storage, load_manifest(ctx.storage, run_id), pairs, f"run {run_id}"))
     if baselines:
-        scores += ev.baselines(pairs, manifest.pipeline.denoise)
+        scores += ev.baselines(pairs, DenoiseSpec(), curve)
     click.echo(ev.format_table(scores))
 
 

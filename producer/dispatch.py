@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from producer.planning import RunPlan
 from workers.celery_app import create_app
-from workers.errors import ConfigError
+from workers.errors import ConfigError, RunCancelledError, TransientError
 from workers.runs import RunKeys, load_manifest
 from workers.settings import Settings, redact_url
 from workers.stages import AggregateResult
@@ -23,6 +23,7 @@ from workers.storage import Storage
 from workers.tracking import RunTracker
 
 DENOISE, UPSCALE, AGGREGATE = "workers.tasks.denoise", "workers.tasks.upscale", "workers.tasks.aggregate"
+CALIBRATE = "workers.tasks.calibrate"
 POLL_S = 1.0
 
 
@@ -66,20 +67,36 @@ def enqueue_plan(settings: Settings, storage: Storage, plan: RunPlan) -> None:
 
 
 def wait_for_run(settings: Settings, storage: Storage, run_id: str) -> AggregateResult:
-    """Show a progress bar until the run is aggregated; Ctrl-C stops watching, not the run."""
+    """Show a progress bar until the run is aggregated; Ctrl-C stops watching, not the run.
+
+    Rides out broker and storage outages (workers retry; so does this loop).
+
+    Raises:
+        RunCancelledError: someone ran ``producer cancel`` on the run.
+    """
     tracker = connect_tracker(settings)
     keys = RunKeys(run_id)
     manifest = load_manifest(storage, run_id)
     with tqdm(total=len(manifest.names), desc=f"run {run_id}", unit="img") as bar:
         while True:
-            finished, _ = tracker.counts(run_id)
-            bar.update(max(finished - bar.n, 0))
-            if finished >= len(manifest.names) and storage.exists(keys.summary):
-                summary = json.loads(storage.get(keys.summary))
-                if summary["pending"] == 0:
-                    break
+            try:
+                if tracker.is_cancelled(run_id):
+                    raise RunCancelledError(f"run {run_id} was cancelled; `producer enqueue` on it again resumes it")
+                finished, _ = tracker.counts(run_id)
+                bar.update(max(finished - bar.n, 0))
+                if finished >= len(manifest.names) and storage.exists(keys.summary):
+                    summary = json.loads(storage.get(keys.summary))
+                    if summary["pending"] == 0:
+                        break
+            except (redis.ConnectionError, redis.TimeoutError, TransientError) as exc:
+                bar.set_postfix_str(f"waiting for servers: {type(exc).__name__}")
             time.sleep(POLL_S)
     return AggregateResult(**{k: summary[k] for k in ("run_id", "total", "written", "failed", "pending", "complete")})
+
+
+def cancel(settings: Settings, run_id: str) -> None:
+    """Mark the run cancelled: workers drop its queued tasks as they reach them, unharmed."""
+    connect_tracker(settings).cancel(run_id)
 
 
 def aggregate(settings: Settings, run_id: str, allow_partial: bool, timeout_s: float = 600) -> dict[str, Any]:
@@ -87,3 +104,9 @@ def aggregate(settings: Settings, run_id: str, allow_partial: bool, timeout_s: f
     connect_tracker(settings)
     app = create_app(settings)
     return app.send_task(AGGREGATE, (run_id, allow_partial)).get(timeout=timeout_s)
+
+
+def calibrate(settings: Settings, dataset_url: str, output_url: str | None, timeout_s: float = 3600) -> dict[str, Any]:
+    """Fit the tone curve on a CPU worker (the dataset is in object storage) and return its summary."""
+    connect_tracker(settings)
+    return create_app(settings).send_task(CALIBRATE, (dataset_url, output_url)).get(timeout=timeout_s)

@@ -14,7 +14,15 @@ import cv2
 from tqdm import tqdm
 
 from producer.planning import RunPlan
-from workers.stages import AggregateResult, Outcome, StageContext, aggregate_stage, denoise_stage, upscale_stage
+from workers.stages import (
+    AggregateResult,
+    Outcome,
+    StageContext,
+    aggregate_stage,
+    denoise_stage,
+    report_stage,
+    upscale_stage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,4 +83,6 @@ def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -
     finally:
         bar.close()
     pool.shutdown()
-    return aggregate_stage(ctx, run_id)
+    result = aggregate_stage(ctx, run_id)
+    report_stage(ctx, run_id)
+    return result

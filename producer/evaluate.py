@@ -12,17 +12,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from workers.denoise import DenoiseSpec, denoise
 from workers.errors import ConfigError
 from workers.imageio import decode_png
-from workers.metrics import psnr, ssim
+from workers.metrics import competition_scores
 from workers.runs import RunKeys, RunManifest, RunProgress, stem
 from workers.storage import Storage
 from workers.submission import grey_subsample, submission_id
+from workers.tone import ToneCurve, apply_tone
+from workers.upscale import bicubic_x4
 
 VAL_INPUTS = Path("val/val")
 VAL_TRUTH = Path("val/gt")
@@ -73,10 +74,7 @@ def load_rgb(path: Path) -> np.ndarray:
 
 def score(name: str, output: np.ndarray, truth: np.ndarray, row: np.ndarray | None = None) -> ImageScore:
     """Score one 4x output; ``row`` is the stored submission vector when there is one."""
-    values = grey_subsample(output) if row is None else row
-    grey = np.asarray(Image.fromarray(output).convert("L"))
-    grey_truth = np.asarray(Image.fromarray(truth).convert("L"))
-    return ImageScore(name, psnr(values, grey_subsample(truth)), ssim(grey, grey_truth))
+    return ImageScore(name, *competition_scores(output, truth, row))
 
 
 def score_function(method: str, pairs: Iterable[tuple[Path, Path]], make: Callable[[np.ndarray], np.ndarray]) -> MethodScore:
@@ -110,16 +108,14 @@ def score_run(storage: Storage, manifest: RunManifest, pairs: Iterable[tuple[Pat
     return result
 
 
-def bicubic_x4(rgb: np.ndarray) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    return cv2.resize(rgb, (w * 4, h * 4), interpolation=cv2.INTER_CUBIC)
-
-
-def baselines(pairs: list[tuple[Path, Path]], spec: DenoiseSpec) -> list[MethodScore]:
-    return [
+def baselines(pairs: list[tuple[Path, Path]], spec: DenoiseSpec, curve: ToneCurve | None = None) -> list[MethodScore]:
+    scores = [
         score_function("bicubic x4", pairs, bicubic_x4),
         score_function("NL-means + bicubic x4", pairs, lambda rgb: bicubic_x4(denoise(rgb, spec))),
     ]
+    if curve is not None:
+        scores.append(score_function("tone + bicubic x4", pairs, lambda rgb: bicubic_x4(apply_tone(rgb, curve))))
+    return scores
 
 
 def format_table(scores: Iterable[MethodScore]) -> str:

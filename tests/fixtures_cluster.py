@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,26 @@ import pytest
 from tests.celery_workers import CeleryWorker, cluster_env
 from tests.fixtures import run_producer
 from tests.servers import RedisServer, S3Server
+from workers.settings import Settings
+from workers.storage import Storage, StorageFactory
 
-__all__ = ["Cluster", "cluster"]
+__all__ = ["Cluster", "cluster", "run_id_from", "wait_until"]
 
 _DATABASES = itertools.cycle(range(1, 16))
+
+
+def run_id_from(stdout: str) -> str:
+    """The run id from ``producer enqueue``'s first line (``run <id>: ...``)."""
+    return stdout.split()[1].rstrip(":")
+
+
+def wait_until(condition, timeout: float, what: str, poll: float = 0.2) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(poll)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass
@@ -49,6 +66,20 @@ class Cluster:
 
     def redis_client(self):  # noqa: ANN201 - redis.Redis
         return self.redis.client(db=self.db)
+
+    def store(self) -> Storage:
+        """The cluster's run store (its bucket), as workers see it."""
+        return StorageFactory(Settings.from_env(self.env)).open(self.env["STORAGE_URL"])
+
+    def embedded_submission(self, src: str, tmp_path: Path, *args: str) -> str:
+        """The submission of the same inputs through the embedded default (no broker, local store):
+        the fault-free reference."""
+        local = {k: v for k, v in self.env.items() if k not in {"BROKER_URL", "STORAGE_URL"}}
+        local["STORAGE_URL"] = str(tmp_path / "embedded")
+        result = run_producer("enqueue", src, *args, env=local, cwd=tmp_path)
+        assert result.returncode in (0, 1), result.stderr
+        run_id = run_id_from(result.stdout)
+        return (tmp_path / "embedded" / "runs" / run_id / "submission.csv").read_text()
 
     def stop(self) -> None:
         for worker in self.workers:

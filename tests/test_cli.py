@@ -84,12 +84,35 @@ def test_missing_source_is_a_clear_error(tmp_path, env):
     assert result.returncode == 2 and "not a directory" in result.stderr
 
 
-def test_evaluate_prints_pipeline_and_baselines(tmp_path, env):
-    result = producer("evaluate", str(DATASET), env=env, cwd=tmp_path)
+def psnr_of(table: str, label: str) -> float:
+    (row,) = [line for line in table.splitlines() if line.startswith(f"| {label}")]
+    return float(row.split("|")[2])
+
+
+def test_calibrate_then_quality_preset_beats_seed_by_a_wide_margin(tmp_path, env):
+    curve = tmp_path / "calibration.json"
+    fitted = producer("calibrate", str(DATASET), "-o", str(curve), env=env, cwd=tmp_path)
+    assert fitted.returncode == 0, fitted.stderr
+    assert "from 5 pairs" in fitted.stdout and curve.is_file()
+    result = producer("evaluate", str(DATASET), "--preset", "seed", "--preset", "quality",
+                      "--calibration", str(curve), env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     table = result.stdout
-    assert "| pipeline run val-" in table and "| bicubic x4" in table and "| NL-means + bicubic x4" in table
     assert "missing" not in table
+    for baseline in ("bicubic x4", "NL-means + bicubic x4", "tone + bicubic x4"):
+        assert f"| {baseline}" in table
+    assert psnr_of(table, "quality") > psnr_of(table, "seed") + 5
+
+
+def test_calibrate_refuses_the_validation_split(tmp_path, env):
+    result = producer("calibrate", str(DATASET / "val"), "-o", str(tmp_path / "c.json"), env=env, cwd=tmp_path)
+    assert result.returncode == 2 and "refusing" in result.stderr and not (tmp_path / "c.json").exists()
+
+
+def test_quality_preset_without_a_curve_says_how_to_make_one(tmp_path, env):
+    write_images(tmp_path / "photos", 1)
+    result = producer("enqueue", str(tmp_path / "photos"), "--preset", "quality", env=env, cwd=tmp_path)
+    assert result.returncode == 2 and "producer calibrate" in result.stderr
 
 
 def test_help_lists_flags_with_their_environment_variables(tmp_path, env):

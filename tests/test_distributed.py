@@ -7,45 +7,17 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import DATASET, noisy_image, png_bytes
-from tests.fixtures import png_bomb, run_producer, write_images
+from tests.fixtures import png_bomb, write_images
+from tests.fixtures_cluster import run_id_from, wait_until
 from workers.celery_app import create_app
 from workers.runs import RunKeys
 from workers.settings import Settings
-from workers.storage import StorageFactory
 
 pytestmark = pytest.mark.integration
-
-
-def store(cluster):  # noqa: ANN001, ANN201 - S3Storage of the cluster's bucket
-    return StorageFactory(Settings.from_env(cluster.env)).open(cluster.env["STORAGE_URL"])
-
-
-def embedded_submission(src: str, tmp_path: Path, env: dict[str, str]) -> str:
-    """The same inputs through the embedded default (no broker, local storage)."""
-    local = {k: v for k, v in env.items() if k not in {"BROKER_URL", "STORAGE_URL"}}
-    local["STORAGE_URL"] = str(tmp_path / "embedded")
-    result = run_producer("enqueue", src, env=local, cwd=tmp_path)
-    assert result.returncode in (0, 1), result.stderr
-    (run,) = (tmp_path / "embedded" / "runs").iterdir()
-    return (run / "submission.csv").read_text()
-
-
-def run_id_from(stdout: str) -> str:
-    return stdout.split()[1].rstrip(":")
-
-
-def wait_until(condition, timeout: float, what: str, poll: float = 0.2) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(poll)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_distributed_submission_is_identical_to_embedded(cluster, tmp_path):
@@ -53,7 +25,7 @@ def test_distributed_submission_is_identical_to_embedded(cluster, tmp_path):
     result = cluster.producer("enqueue", str(DATASET), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     run_id = run_id_from(result.stdout)
-    s3 = store(cluster)
+    s3 = cluster.store()
     keys = RunKeys(run_id)
     manifest = json.loads(s3.get(keys.manifest))
     assert manifest["source"] == f"s3://{cluster.bucket}/runs/{run_id}/input"  # local inputs were uploaded
@@ -61,7 +33,7 @@ def test_distributed_submission_is_identical_to_embedded(cluster, tmp_path):
     out = tmp_path / "distributed.csv"
     collected = cluster.producer("collect", run_id, "-o", str(out), cwd=tmp_path)
     assert collected.returncode == 0, collected.stderr
-    assert out.read_text() == embedded_submission(str(DATASET), tmp_path, cluster.env)
+    assert out.read_text() == cluster.embedded_submission(str(DATASET), tmp_path)
 
     status = cluster.producer("status", run_id, cwd=tmp_path)
     assert "done 8" in status.stdout and "8 rows, 0 failed" in status.stdout
@@ -90,7 +62,7 @@ def test_gpu_worker_killed_mid_run_another_finishes_it_exactly_once(cluster, tmp
     doomed = cluster.start("gpu")
     result = cluster.producer("enqueue", str(tmp_path / "in"), "--no-wait", cwd=tmp_path)
     run_id = run_id_from(result.stdout)
-    s3, keys = store(cluster), RunKeys(run_id)
+    s3, keys = cluster.store(), RunKeys(run_id)
 
     def batch_in_flight() -> bool:
         return len(list(s3.list(keys.prefix("denoised")))) >= 4
@@ -109,7 +81,7 @@ def test_gpu_worker_killed_mid_run_another_finishes_it_exactly_once(cluster, tmp
     ids = [r.split(",", 1)[0] for r in rows]
     assert sorted(ids) == sorted(f"gt_{i:05d}" for i in range(1, 13))
     assert len(ids) == len(set(ids))
-    assert s3.get(keys.submission).decode() == embedded_submission(str(tmp_path / "in"), tmp_path, cluster.env)
+    assert s3.get(keys.submission).decode() == cluster.embedded_submission(str(tmp_path / "in"), tmp_path)
 
 
 def test_the_same_task_delivered_twice_changes_nothing(cluster, tmp_path):
@@ -118,7 +90,7 @@ def test_the_same_task_delivered_twice_changes_nothing(cluster, tmp_path):
     result = cluster.producer("enqueue", str(tmp_path / "in"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run_id = run_id_from(result.stdout)
-    s3, keys = store(cluster), RunKeys(run_id)
+    s3, keys = cluster.store(), RunKeys(run_id)
     name = "test_00001.png"
     client = cluster.s3.client()
 
@@ -160,7 +132,7 @@ def test_bad_objects_in_the_bucket_fail_alone(cluster, tmp_path):
     result = cluster.producer("enqueue", f"s3://{cluster.bucket}/inbox", cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     run_id = run_id_from(result.stdout)
-    s3, keys = store(cluster), RunKeys(run_id)
+    s3, keys = cluster.store(), RunKeys(run_id)
     failures = {f["name"]: f["reason"] for f in json.loads(s3.get(keys.failures))}
     assert set(failures) == {"test_00003.png", "test_00004.png", "test_00005.png"}
     assert "truncated" in failures["test_00003.png"]

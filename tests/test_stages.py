@@ -5,8 +5,10 @@ import pytest
 
 from tests.conftest import noisy_image, png_bytes
 from tests.fixtures import make_run, write_images
+from workers.denoise import DenoiseSpec
 from workers.imageio import decode_png
-from workers.runs import PipelineSpec, RunKeys, RunProgress
+from workers.presets import build_pipeline
+from workers.runs import RunKeys, RunProgress
 from workers.stages import StageContext, aggregate_stage, denoise_stage, upscale_stage
 from workers.submission import grey_subsample
 
@@ -66,7 +68,7 @@ def test_upscale_records_missing_denoised_image(ctx, tmp_path):
 def test_seed_compat_pipeline_resizes_odd_sizes_to_multiple_of_8(ctx, tmp_path):
     folder = tmp_path / "in"
     names = write_images(folder, 1, width=13, height=9)
-    make_run(ctx.storage, folder, names, pipeline=PipelineSpec.seed_compatible())
+    make_run(ctx.storage, folder, names, pipeline=build_pipeline("seed", DenoiseSpec()))
     denoise_stage(ctx, "r1", names[0])
     upscale_stage(ctx, "r1", names)
     assert decode_png(ctx.storage.get(RunKeys("r1").sr(names[0]))).shape == (32, 48, 3)

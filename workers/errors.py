@@ -67,6 +67,10 @@ class RunNotFoundError(ConfigError):
     """No run manifest exists under the given run id."""
 
 
+class RunCancelledError(EnhanceError):
+    """The run was cancelled while the command waited for it."""
+
+
 class InvalidKeyError(EnhanceError, ValueError):
     """An object key would escape its prefix (``..``, absolute path, control characters)."""
 

@@ -6,6 +6,7 @@ import math
 
 import cv2
 import numpy as np
+from PIL import Image
 
 _SSIM_C1 = (0.01 * 255) ** 2
 _SSIM_C2 = (0.03 * 255) ** 2
@@ -37,3 +38,25 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     ssim_map = ((2 * mx * my + _SSIM_C1) * (2 * cxy + _SSIM_C2)) / ((mx * mx + my * my + _SSIM_C1) * (vx + vy + _SSIM_C2))
     r = _SSIM_RADIUS if min(a.shape) > 2 * _SSIM_RADIUS else 0
     return float(ssim_map[r : a.shape[0] - r, r : a.shape[1] - r].mean())
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+    """Pillow's ``convert("L")`` (ITU-R 601-2 luma), the competition's greyscale."""
+    return np.asarray(Image.fromarray(rgb).convert("L"))
+
+
+def competition_scores(output: np.ndarray, truth: np.ndarray, row: np.ndarray | None = None) -> tuple[float, float]:
+    """(PSNR, SSIM) of a 4x output against its ground truth, as the competition scores it.
+
+    PSNR is on the submission vectors (every 8th greyscale value; ``row`` when the stored row is at
+    hand), SSIM on the full-resolution greyscale images.
+
+    Raises:
+        ValueError: the output and the ground truth differ in size.
+    """
+    from workers.submission import grey_subsample  # submission imports grey from here
+
+    if output.shape != truth.shape:
+        raise ValueError(f"output {output.shape} and ground truth {truth.shape} differ")
+    values = grey_subsample(output) if row is None else row
+    return psnr(values, grey_subsample(truth)), ssim(grey(output), grey(truth))

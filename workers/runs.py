@@ -11,7 +11,7 @@ Layout under ``runs/<run>/``::
     rows/<stem>.csv            the image's submission row; written last, it marks the image done
     failed/<stem>.json         why the image failed (it is then done too, as failed)
     meta/<stem>.<stage>.json   timing and sizes, for reports
-    submission.csv, failures.json, summary.json   written by the aggregator
+    submission.csv, failures.json, summary.json, report.html   written by the aggregator
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import importlib.metadata
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
@@ -54,21 +54,28 @@ def stem(name: str) -> str:
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """Per-run processing choices, recorded in the manifest so every worker applies the same."""
+    """Per-run processing choices, recorded in the manifest so every worker applies the same.
 
+    Built from a preset (:mod:`workers.presets`); the fields say exactly what each stage does.
+    """
+
+    preset: str = "standard"
     denoise: DenoiseSpec = field(default_factory=DenoiseSpec)
     channel_order: str = "rgb"  # "bgr" reproduces the seed's feed order
     resize_multiple: int = 0  # 8 reproduces the seed's final Lanczos resize; 0 = none
+    upscaler: str = "model"  # "model" (the worker's checkpoint) or "bicubic"
+    tone: str = ""  # a tone-curve artifact (JSON text) applied before denoising; empty = off
+    scale_nlm_by_gain: bool = False  # raise NL-means strength where the tone curve amplifies noise
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("rgb", "bgr"):
             raise ConfigError(f"channel order must be rgb or bgr, got {self.channel_order!r}")
         if self.resize_multiple < 0:
             raise ConfigError("resize multiple must be >= 0")
-
-    @classmethod
-    def seed_compatible(cls, denoise: DenoiseSpec | None = None) -> PipelineSpec:
-        return cls(denoise=denoise or DenoiseSpec(), channel_order="bgr", resize_multiple=8)
+        if self.upscaler not in UPSCALERS:
+            raise ConfigError(f"upscaler must be one of {sorted(UPSCALERS)}, got {self.upscaler!r}")
+        if self.scale_nlm_by_gain and not self.tone:
+            raise ConfigError("scaling NL-means by the tone curve's gain needs a tone curve")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,8 +83,14 @@ class PipelineSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineSpec:
         data = dict(data)
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"run pipeline has unknown fields {sorted(unknown)}: written by a newer version?")
         data["denoise"] = DenoiseSpec(**data.get("denoise", {}))
         return cls(**data)
+
+
+UPSCALERS = frozenset({"model", "bicubic"})
 
 
 @dataclass(frozen=True)
@@ -131,7 +144,7 @@ def code_version() -> str:
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class RunKeys:
@@ -177,6 +190,10 @@ class RunKeys:
     @property
     def summary(self) -> str:
         return join_key(self.root, "summary.json")
+
+    @property
+    def report(self) -> str:
+        return join_key(self.root, "report.html")
 
 
 def load_manifest(storage: Storage, run_id: str) -> RunManifest:

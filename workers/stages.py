@@ -11,6 +11,7 @@ is recorded under ``failed/`` and returned as a ``failed`` outcome; a transient 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -33,11 +34,12 @@ from workers.errors import (
     TransientError,
 )
 from workers.imageio import DecodeLimits, decode_image, decode_png, encode_png
-from workers.runs import RunKeys, RunManifest, RunProgress, code_version, load_manifest, now_iso, stem
+from workers.runs import PipelineSpec, RunKeys, RunManifest, RunProgress, code_version, load_manifest, now_iso, stem
 from workers.settings import Settings
 from workers.storage import Storage, StorageFactory
 from workers.submission import SubmissionWriter, format_row, grey_subsample, row_width, submission_id
-from workers.upscale import TilePolicy, Upscaler, load_upscaler, resize_to_multiple
+from workers.tone import ToneCurve, apply_tone, scaled_nlm_strength
+from workers.upscale import TilePolicy, Upscaler, bicubic_x4, load_upscaler, resize_to_multiple
 from workers.weights import file_sha256, resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class StageContext:
         self.model_sha256 = ""
         self._manifest = lru_cache(maxsize=64)(self._load_manifest)
         self._source = lru_cache(maxsize=64)(self.storages.open)
+        self._tone = lru_cache(maxsize=16)(lambda text: ToneCurve.from_json(text.encode()))
 
     def upscaler(self) -> Upscaler:
         with self._model_lock:
@@ -105,6 +108,12 @@ class StageContext:
 
     def source(self, manifest: RunManifest) -> Storage:
         return self._source(manifest.source)
+
+    def tone_curve(self, manifest: RunManifest) -> ToneCurve | None:
+        return self.tone_curve_of(manifest.pipeline)
+
+    def tone_curve_of(self, pipeline: PipelineSpec) -> ToneCurve | None:
+        return self._tone(pipeline.tone) if pipeline.tone else None
 
 
 # -- recording -------------------------------------------------------------------------------------
@@ -150,7 +159,7 @@ def denoise_stage(ctx: StageContext, run_id: str, name: str) -> Outcome:
         except ObjectNotFoundError:
             raise PermanentImageError(name, "input object is missing from the source") from None
         rgb = decode_image(data, name, ctx.limits)
-        clean = denoise(rgb, manifest.pipeline.denoise)
+        clean = denoise_image(rgb, manifest.pipeline, ctx.tone_curve(manifest))
     except PermanentImageError as exc:
         return record_failure(ctx, run_id, name, "denoise", exc.reason)
     ctx.storage.put(keys.denoised(name), encode_png(clean))
@@ -188,12 +197,11 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[
         except TransientError as exc:
             outcomes[name] = Outcome(name, "retry", str(exc), error=exc)
 
-    upscaler = ctx.upscaler()
     for (height, width), items in loaded.items():
         for batch in _chunks(items, ctx.settings.gpu_batch_size):
             started = time.perf_counter()
             try:
-                outputs = upscaler.upscale(np.stack([img for _, img in batch]), manifest.pipeline.channel_order)
+                outputs = upscale_images(ctx, np.stack([img for _, img in batch]), manifest.pipeline)
             except TransientError as exc:
                 outcomes.update((n, Outcome(n, "retry", str(exc), error=exc)) for n, _ in batch)
                 continue
@@ -201,6 +209,25 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[
             for (name, _), hr in zip(batch, outputs, strict=True):
                 outcomes[name] = _store_upscaled(ctx, manifest, name, hr, per_image, (width, height), len(batch))
     return [outcomes[name] for name in dict.fromkeys(names)]
+
+
+def denoise_image(rgb: np.ndarray, pipeline: PipelineSpec, curve: ToneCurve | None) -> np.ndarray:
+    """The CPU stage's pixels: tone curve (if any), then the denoiser, its strength scaled by the
+    curve's gain where the pipeline asks for it (brightening amplifies noise)."""
+    spec = pipeline.denoise
+    if curve is not None:
+        if pipeline.scale_nlm_by_gain:
+            h, h_color = scaled_nlm_strength(rgb, curve, spec.h, spec.h_color)
+            spec = dataclasses.replace(spec, h=h, h_color=h_color)
+        rgb = apply_tone(rgb, curve)
+    return denoise(rgb, spec)
+
+
+def upscale_images(ctx: StageContext, images: np.ndarray, pipeline: PipelineSpec) -> np.ndarray:
+    """The GPU stage's pixels: N same-size images to their 4x versions with the pipeline's upscaler."""
+    if pipeline.upscaler == "bicubic":
+        return np.stack([bicubic_x4(image) for image in images])
+    return ctx.upscaler().upscale(images, pipeline.channel_order)
 
 
 def _store_upscaled(
@@ -218,8 +245,9 @@ def _store_upscaled(
                 name,
                 f"output {hr.shape[1]}x{hr.shape[0]} gives {len(values)} values, sample_submission.csv has {expected} columns",
             )
-        _record_meta(ctx, manifest.run_id, name, "upscale", seconds=seconds, batch=batch, model=ctx.model_source,
-                     model_sha256=ctx.model_sha256, device=str(ctx.upscaler().device),
+        model = {"model": ctx.model_source, "model_sha256": ctx.model_sha256, "device": str(ctx.upscaler().device)}
+        _record_meta(ctx, manifest.run_id, name, "upscale", seconds=seconds, batch=batch,
+                     **(model if manifest.pipeline.upscaler == "model" else {"model": manifest.pipeline.upscaler}),
                      out_width=hr.shape[1], out_height=hr.shape[0])
         # The row goes last: its presence is what marks the image done.
         ctx.storage.put(keys.row(name), format_row(submission_id(name), values).encode())
@@ -299,3 +327,16 @@ def _most_common_width(storage: Storage, keys: RunKeys, names: Sequence[str]) ->
     """
     widths = Counter(row_width(storage.get(keys.row(name)).decode()) for name in names)
     return max(widths, key=widths.__getitem__) if widths else None
+
+
+def report_stage(ctx: StageContext, run_id: str) -> str:
+    """Write the run's self-contained ``report.html``; return its key.
+
+    Raises:
+        TransientError: storage unreachable.
+    """
+    from workers.report import collect_report_data, render_report, write_report
+
+    manifest = load_manifest(ctx.storage, run_id)
+    data = collect_report_data(ctx.storage, ctx.source(manifest), run_id, limits=ctx.limits)
+    return write_report(ctx.storage, run_id, render_report(data))

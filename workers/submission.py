@@ -14,9 +14,9 @@ from pathlib import PurePosixPath
 from typing import IO
 
 import numpy as np
-from PIL import Image
 
 from workers.errors import ConfigError, SubmissionMismatchError
+from workers.metrics import grey
 
 SUBSAMPLE_STEP = 8
 _SPLIT_PREFIXES = ("test_", "val_")
@@ -34,8 +34,7 @@ def submission_id(name: str) -> str:
 
 def grey_subsample(rgb: np.ndarray, step: int = SUBSAMPLE_STEP) -> np.ndarray:
     """Every ``step``-th value of the flattened Pillow luma (ITU-R 601-2) of an RGB image."""
-    grey = np.asarray(Image.fromarray(rgb).convert("L"))
-    return grey.ravel()[::step]
+    return grey(rgb).ravel()[::step]
 
 
 def format_row(image_id: str, values: np.ndarray) -> str:

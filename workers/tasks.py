@@ -15,9 +15,10 @@ from typing import Any
 
 from celery_batches import Batches, SimpleRequest
 
+from workers.calibration import calibrate_here
 from workers.celery_app import app
 from workers.errors import RunNotFoundError, TransientError
-from workers.stages import StageContext, aggregate_stage, denoise_stage, upscale_stage
+from workers.stages import StageContext, aggregate_stage, denoise_stage, report_stage, upscale_stage
 from workers.tracking import RunTracker
 
 logger = logging.getLogger(__name__)
@@ -161,8 +162,19 @@ class _TaskEvents:
             logger.warning("could not send %s events", event, exc_info=True)
 
 
+@app.task(name="workers.tasks.calibrate", **RETRY)
+def calibrate(dataset_url: str, output_url: str | None = None) -> dict[str, Any]:
+    """Fit the tone curve on a dataset in object storage (streaming) and store the artifact."""
+    curve, where = calibrate_here(dataset_url, output_url, stage_context().storages)
+    return {"location": where, "pairs": curve.n_pairs, "pixels": list(curve.pixels)}
+
+
 @app.task(name="workers.tasks.aggregate", **RETRY)
 def aggregate(run_id: str, allow_partial: bool = False) -> dict[str, Any]:
-    """Write the run's submission.csv and failures report from the per-image objects (idempotent)."""
-    return aggregate_stage(stage_context(), run_id, allow_partial).as_dict()
+    """Write the run's submission.csv, failures report and HTML report from the per-image objects
+    (idempotent)."""
+    result = aggregate_stage(stage_context(), run_id, allow_partial)
+    if result.complete:
+        report_stage(stage_context(), run_id)
+    return result.as_dict()
 

@@ -1,0 +1,143 @@
+"""Fault suite: the distributed system against restarts, outages, kills, overlap and cancellation.
+
+Every scenario runs against the real servers and real workers and ends the same way: the run's
+submission.csv has every expected row exactly once and is byte-identical to a fault-free run.
+Run it alone with ``make faults`` (``pytest -m faults``). The GPU-queue workers use the small
+SRVGGNet model (realesr-animevideov3) when it is available, to keep CPU time low.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, weights_file
+from tests.fixtures import write_images
+from tests.fixtures_cluster import Cluster, run_id_from, wait_until
+from workers.runs import RunKeys
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+IMAGES = 16
+
+
+@pytest.fixture
+def faults(cluster: Cluster) -> Cluster:
+    compact = weights_file("realesr-animevideov3.pth")
+    if compact.is_file():
+        cluster.env["WEIGHTS"] = str(compact)
+    return cluster
+
+
+def count(cluster: Cluster, run_id: str, stage: str) -> int:
+    return len(list(cluster.store().list(RunKeys(run_id).prefix(stage))))
+
+
+def start_run(cluster: Cluster, folder: Path, tmp_path: Path, *args: str) -> str:
+    result = cluster.producer("enqueue", str(folder), "--no-wait", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return run_id_from(result.stdout)
+
+
+def follow(cluster: Cluster, folder: Path, tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    """``producer enqueue --wait`` in the background: it resumes the run and follows it to the end."""
+    return subprocess.Popen([sys.executable, "-m", "producer", "enqueue", str(folder), *args], env=cluster.env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def assert_complete_and_identical(cluster: Cluster, run_id: str, folder: Path, tmp_path: Path, *args: str) -> None:
+    keys = RunKeys(run_id)
+    submission = cluster.store().get(keys.submission).decode()
+    ids = [line.split(",", 1)[0] for line in submission.splitlines()[1:]]
+    assert len(ids) == len(set(ids)) == len(list(folder.iterdir())), ids
+    assert json.loads(cluster.store().get(keys.failures)) == []
+    assert submission == cluster.embedded_submission(str(folder), tmp_path, *args)
+
+
+def test_redis_restart_mid_run(faults, tmp_path):
+    folder = tmp_path / "in"
+    write_images(folder, IMAGES, width=96, height=64)
+    faults.start_default()
+    run_id = start_run(faults, folder, tmp_path)
+    waiter = follow(faults, folder, tmp_path)
+    wait_until(lambda: count(faults, run_id, "rows") >= 2, 120, "first rows")
+    faults.redis.restart()  # append-only file on, as in docker-compose.yml
+    out, err = waiter.communicate(timeout=300)
+    assert waiter.returncode == 0, out + err
+    assert_complete_and_identical(faults, run_id, folder, tmp_path)
+
+
+def test_s3_outage_of_20s_mid_run(faults, tmp_path):
+    folder = tmp_path / "in"
+    write_images(folder, IMAGES, width=96, height=64)
+    faults.start_default()
+    run_id = start_run(faults, folder, tmp_path)
+    wait_until(lambda: count(faults, run_id, "denoised") >= 2, 120, "first denoised images")
+    faults.s3.stop()
+    time.sleep(20)
+    faults.s3.start()
+    result = faults.producer("enqueue", str(folder), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr  # nothing marked failed for an outage
+    assert_complete_and_identical(faults, run_id, folder, tmp_path)
+
+
+def test_workers_killed_and_terminated_mid_task(faults, tmp_path):
+    folder = tmp_path / "in"
+    write_images(folder, IMAGES, width=160, height=120)
+    cpu_a = faults.start("cpu", concurrency=1)
+    faults.start("cpu", concurrency=1)
+    gpu_a = faults.start("gpu")
+    run_id = start_run(faults, folder, tmp_path)
+    wait_until(lambda: count(faults, run_id, "denoised") >= 1, 120, "denoising to start")
+    cpu_a.kill()
+    wait_until(lambda: count(faults, run_id, "rows") >= 1, 120, "upscaling to start")
+    gpu_a.kill()
+    gpu_b = faults.start("gpu")
+    rows = count(faults, run_id, "rows")
+    wait_until(lambda: count(faults, run_id, "rows") > rows, 120, "the new GPU worker to make progress")
+    gpu_b.warm_shutdown()  # SIGTERM mid-batch: finish the batch, hand the rest back
+    faults.start("gpu")
+    result = faults.producer("enqueue", str(folder), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_complete_and_identical(faults, run_id, folder, tmp_path)
+
+
+def test_two_runs_on_overlapping_inputs_never_mix(faults, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_images(first, 6)
+    write_images(second, 9)  # images 1-6 are byte-identical to the first folder's
+    faults.start_default()
+    waiters = [follow(faults, first, tmp_path), follow(faults, second, tmp_path, "--nlm-h", "5")]
+    run_ids = []
+    for waiter in waiters:
+        out, err = waiter.communicate(timeout=300)
+        assert waiter.returncode == 0, out + err
+        run_ids.append(run_id_from(out))
+    assert run_ids[0] != run_ids[1]
+    assert_complete_and_identical(faults, run_ids[0], first, tmp_path)
+    assert_complete_and_identical(faults, run_ids[1], second, tmp_path, "--nlm-h", "5")
+
+
+def test_cancel_drops_queued_work_and_resume_finishes(faults, tmp_path):
+    folder = tmp_path / "in"
+    write_images(folder, 40, width=64, height=48)
+    worker = faults.start("cpu", concurrency=1)
+    faults.start("gpu")
+    run_id = start_run(faults, folder, tmp_path)
+    wait_until(lambda: count(faults, run_id, "denoised") >= 2, 120, "progress")
+    cancelled = faults.producer("cancel", run_id, cwd=tmp_path)
+    assert cancelled.returncode == 0, cancelled.stderr
+    redis = faults.redis_client()
+    wait_until(lambda: redis.llen("cpu") == 0 and redis.llen("gpu") == 0, 120, "queued tasks to be dropped")
+    assert count(faults, run_id, "rows") < 40
+    ping = subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "inspect", "ping", "-d", worker.name],
+                          env=faults.env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "pong" in ping.stdout  # the worker is healthy
+    result = faults.producer("enqueue", str(folder), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_complete_and_identical(faults, run_id, folder, tmp_path)

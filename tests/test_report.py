@@ -1,0 +1,271 @@
+import dataclasses
+import html
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from producer.evaluate import load_rgb, score
+from tests.conftest import REPO, noisy_image, png_bytes
+from tests.fixtures import write_images
+from workers.errors import ConfigError
+from workers.imageio import decode_png, encode_png
+from workers.report import collect_report_data, render_report, truth_by_name, write_report
+from workers.runs import PipelineSpec, RunKeys, RunManifest, now_iso, save_manifest
+from workers.settings import Settings
+from workers.stages import StageContext, aggregate_stage, denoise_stage, upscale_stage
+from workers.storage import storage_url_for
+from workers.submission import format_row, grey_subsample
+
+HOSTILE_DONE = ("<img src=x onerror=alert(1)>.png", "a&b\"quote'.png")
+HOSTILE_FAILED = '"><svg onload=alert(2)>.png'  # not an image: fails in the denoise stage
+REJECTED = ("evil<b>.txt", "<script>alert(3)</script> is not an image")
+RAW_TAGS = ("<img src=x", "<svg onload", "<script", "<b>")
+
+
+@dataclasses.dataclass
+class Run:
+    ctx: StageContext
+    folder: Path
+    names: list[str]
+    done: list[str]
+    truth: dict[str, Path]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, weights_path) -> Run:
+    """A finished, aggregated run of 24x16 images: 4 done (2 with hostile names), 1 failed, 1 rejected."""
+    root = tmp_path_factory.mktemp("report")
+    settings = Settings(storage_url=str(root / "store"), weights=str(weights_path), device="cpu", cpu_workers=1)
+    ctx = StageContext(settings)
+    folder = root / "in"
+    done = write_images(folder, 2, width=24, height=16)
+    for seed, name in enumerate(HOSTILE_DONE, 10):
+        (folder / name).write_bytes(png_bytes(noisy_image(24, 16, seed=seed)))
+    done += list(HOSTILE_DONE)
+    (folder / HOSTILE_FAILED).write_bytes(b"this is not an image")
+    names = [*done, HOSTILE_FAILED]
+    save_manifest(ctx.storage, RunManifest("r1", storage_url_for(folder), tuple(names), PipelineSpec(), "file:test",
+                                           rejected=(REJECTED,), created_at=now_iso()))
+    for name in names:
+        denoise_stage(ctx, "r1", name)
+    upscale_stage(ctx, "r1", names)
+    assert aggregate_stage(ctx, "r1").complete
+    truth = {}
+    for i, name in enumerate(done):  # brighter and brighter ground truth: different PSNRs
+        gt = cv2.resize(noisy_image(24, 16, seed=i), (96, 64), interpolation=cv2.INTER_CUBIC)
+        truth[name] = root / "gt" / f"gt_{i}.png"
+        truth[name].parent.mkdir(exist_ok=True)
+        truth[name].write_bytes(png_bytes(np.clip(gt.astype(int) + 30 * i, 0, 255).astype(np.uint8)))
+    return Run(ctx, folder, names, done, truth)
+
+
+def collect(run: Run, **kwargs):
+    return collect_report_data(run.ctx.storage, run.ctx.storages.open(storage_url_for(run.folder)), "r1", **kwargs)
+
+
+def assert_self_contained_and_escaped(page: str) -> None:
+    assert '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:;' in page
+    for reference in ("http://", "https://", 'src="//', "<script", "<link", "@import", "url("):
+        assert reference not in page
+    assert all(src.startswith("data:image/") for src in re.findall(r'src="([^"]*)"', page))
+    for raw in RAW_TAGS:
+        assert raw not in page
+
+
+def test_report_shows_every_image_and_failure_escaped(run):
+    data = collect(run)
+    page = render_report(data)
+    assert dict(data.counts) == {"done": 4, "failed": 1, "pending": 0, "denoised": 0, "rejected": 1, "total": 6}
+    assert [i.name for i in data.images] == run.names  # input order without ground truth
+    for name in run.names:
+        assert html.escape(name) in page
+    assert [(f.name, f.stage) for f in data.failures] == [(HOSTILE_FAILED, "denoise"), (REJECTED[0], "listing")]
+    assert html.escape(REJECTED[1]) in page and "not a recognised image" in page
+    assert_self_contained_and_escaped(page)
+    done = data.images[0]
+    assert set(done.panels) == {"input", "denoised", "sr", "crop_input", "crop_sr"}
+    assert (done.input_size, done.output_size) == ((24, 16), (96, 64))
+    failed = data.images[-1]
+    assert failed.state == "failed" and set(failed.panels) == set() and "not a recognised image" in failed.notes[0]
+
+
+def test_settings_timings_and_throughput(run):
+    data = collect(run)
+    page = render_report(data)
+    assert [(t.stage, t.count) for t in data.timings] == [("denoise", 4), ("upscale", 4)]  # a failed denoise records no meta
+    assert all(0 <= t.p50 <= t.p95 for t in data.timings)
+    assert sum(n for _, n in data.throughput) == 5  # 4 upscaled + 1 failed
+    assert data.wall_seconds is not None and data.wall_seconds >= 0
+    assert [m[2] for m in data.models] == ["cpu"] and len(data.models[0][1]) == 64
+    assert data.summary and data.summary["written"] == 4
+    for text in ("pipeline.denoise.h_color", "pipeline.channel_order", "seed-compat", data.models[0][1], "p95"):
+        assert text in page
+    assert page.count("<svg") == 1  # throughput only: no scores without ground truth
+
+
+def test_extra_pipeline_fields_render_generically_and_escaped(run):
+    """New pipeline fields need no report change: nested dicts and JSON artifacts (the tone curve) are
+    flattened, long values summarised."""
+    data = collect(run, max_images=0)
+    curve = {"kind": "lowlight-sr/tone-curve", "lut": [[float(v) for v in range(256)]] * 3, "created_at": "<b>x</b>"}
+    extra = {"tone": json.dumps(curve), "future": {"mode": "<b>fast</b>", "long": "y" * 500}}
+    page = render_report(dataclasses.replace(data, pipeline={**data.pipeline, **extra}))
+    for text in ("pipeline.tone.kind", "lowlight-sr/tone-curve", "list, 3 x 256", "pipeline.tone.created_at",
+                 "&lt;b&gt;x&lt;/b&gt;", "pipeline.future.mode", "&lt;b&gt;fast&lt;/b&gt;", "(500 characters)"):
+        assert text in page
+    assert "0.0, 1.0" not in page and "y" * 200 not in page  # summarised, not dumped
+    assert_self_contained_and_escaped(page)
+
+
+def test_with_ground_truth_scores_match_evaluate_worst_first(run):
+    data = collect(run, truth=run.truth)
+    keys = RunKeys("r1")
+    expected = {}
+    for name in run.done:
+        output = decode_png(run.ctx.storage.get(keys.sr(name)))
+        expected[name] = score(name, output, load_rgb(run.truth[name]))
+    shown = [i for i in data.images if i.score]
+    assert [i.name for i in shown] == sorted(run.done, key=lambda n: expected[n].psnr)
+    for image in shown:
+        assert image.score.psnr == pytest.approx(expected[image.name].psnr)
+        assert image.score.ssim == pytest.approx(expected[image.name].ssim)
+    assert data.images[-1].name == HOSTILE_FAILED  # unscored images follow, in input order
+    page = render_report(data)
+    assert page.count("<svg") == 2 and "worst PSNR first" in page and "mean PSNR" in page
+    assert_self_contained_and_escaped(page)
+
+
+def test_truth_by_name_matches_by_submission_id(tmp_path):
+    (tmp_path / "gt_00001.png").write_bytes(b"")
+    (tmp_path / "other.png").write_bytes(b"")
+    assert truth_by_name(["val_00001.png", "val_00002.png", "other.png"], tmp_path) == {
+        "val_00001.png": tmp_path / "gt_00001.png", "other.png": tmp_path / "other.png"}
+    with pytest.raises(ConfigError):
+        truth_by_name([], tmp_path / "missing")
+
+
+def test_max_images_caps_and_says_how_many_are_left_out(run):
+    data = collect(run, max_images=2)
+    assert len(data.images) == 2 and data.omitted == 3
+    page = render_report(data)
+    assert "3 more images not shown" in page
+    assert all(html.escape(name) in page for name in run.names[:2])
+    assert all(html.escape(name) not in page for name in HOSTILE_DONE)  # done and not shown
+    assert html.escape(HOSTILE_FAILED) in page  # not shown, but listed with the failures
+
+
+def test_large_images_become_small_thumbnails_and_unfinished_ones_count_as_pending(settings, tmp_path):
+    """No model here: the stage outputs are written directly, as a 400x300 run would leave them."""
+    ctx = StageContext(settings)
+    folder = tmp_path / "in"
+    names = write_images(folder, 3, width=400, height=300)
+    save_manifest(ctx.storage, RunManifest("big", storage_url_for(folder), tuple(names), PipelineSpec(), "file:test"))
+    keys = RunKeys("big")
+    big = cv2.resize(noisy_image(400, 300), (1600, 1200), interpolation=cv2.INTER_NEAREST)
+    ctx.storage.put(keys.denoised(names[0]), encode_png(noisy_image(400, 300)))
+    ctx.storage.put(keys.sr(names[0]), encode_png(big))
+    ctx.storage.put(keys.row(names[0]), format_row("gt_00001", grey_subsample(big)).encode())
+    ctx.storage.put(keys.denoised(names[1]), encode_png(noisy_image(400, 300)))
+    data = collect_report_data(ctx.storage, ctx.storages.open(storage_url_for(folder)), "big")
+    assert {k: data.counts[k] for k in ("done", "pending", "denoised")} == {"done": 1, "pending": 2, "denoised": 1}
+    panels = data.images[0].panels
+    assert (panels["sr"].mime, panels["sr"].width, panels["sr"].height) == ("image/jpeg", 384, 288)
+    assert (panels["input"].width, panels["crop_sr"].width, panels["crop_input"].width) == (384, 128, 128)
+    assert data.wall_seconds is None and data.timings == () and data.summary is None
+    page = render_report(data)
+    assert "not aggregated yet" in page and "no timings yet" in page and "2 (1 denoised)" in page
+    assert len(page) < 300_000
+
+
+def test_write_report_stores_it_under_the_run(run):
+    page = render_report(collect(run))
+    key = write_report(run.ctx.storage, "r1", page)
+    assert key == RunKeys("r1").report == "runs/r1/report.html"
+    assert run.ctx.storage.get(key).decode() == page
+    assert len(page) < 2_000_000
+
+
+# -- in a real browser ------------------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def open_browser():
+    pytest.importorskip("selenium", reason="selenium is not installed")
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER}")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1440,900", "--proxy-server=http://127.0.0.1:9",  # nothing listens there
+                "--host-resolver-rules=MAP * ~NOTFOUND"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_network_conditions(offline=True, latency=0, download_throughput=0, upload_throughput=0)
+    # Record dialogs instead of opening them (a real one would block the page load); DevTools
+    # scripts run before the page's own and are not subject to its CSP.
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_DIALOGS})
+    return driver
+
+
+RECORD_DIALOGS = """
+window.__dialogs = [];
+for (const kind of ["alert", "confirm", "prompt", "print"]) {
+  window[kind] = (...args) => { window.__dialogs.push([kind, ...args.map(String)]); };
+}
+"""
+
+
+def assert_loads_cleanly(driver, path: Path) -> None:
+    """Every image decoded, and no script ran a dialog (an unrecorded one would raise here too)."""
+    driver.get(path.as_uri())
+    images = driver.execute_script(
+        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
+    assert images and all(complete and width > 0 for complete, width, _ in images), images
+    assert driver.execute_script("return window.__dialogs") == []
+
+
+@pytest.mark.integration
+def test_report_in_headless_chromium(run, tmp_path):
+    page = render_report(collect(run, truth=run.truth))
+    report = tmp_path / "report.html"
+    report.write_text(page, encoding="utf-8")
+    # The same page without its CSP: escaping alone must keep the hostile names inert.
+    unprotected = tmp_path / "no-csp.html"
+    unprotected.write_text(re.sub(r"<meta http-equiv=\"Content-Security-Policy\"[^>]*>", "", page), encoding="utf-8")
+    driver = open_browser()
+    try:
+        assert_loads_cleanly(driver, unprotected)
+        assert_loads_cleanly(driver, report)
+        charts = driver.execute_script("return ['svg', 'svg > rect', 'svg > circle'].map("
+                                       "q => document.querySelectorAll(q).length)")
+        assert charts[:2] == [2, 4] and charts[2] > 0  # marks are direct children: the SVG parsed as meant
+        shot = save_full_page_screenshot(driver, REPO / "test-artifacts" / "report.png")
+    finally:
+        driver.quit()
+    if os.environ.get("UPDATE_DOCS_SCREENSHOTS") == "1":
+        (REPO / "docs").mkdir(exist_ok=True)
+        shutil.copyfile(shot, REPO / "docs" / "report.png")
+
+
+def save_full_page_screenshot(driver, path: Path) -> Path:
+    import base64
+
+    width, height = driver.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(base64.b64decode(shot["data"]))
+    return path
