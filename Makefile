@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 WEIGHTS ?= $(firstword $(wildcard ../shared/weights/RealESRGAN_x4plus.pth))
 export WEIGHTS
 
-.PHONY: demo test test-fast system-deps clean
+.PHONY: demo test test-fast faults soak system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ test: $(BIN)/.installed system-deps
 # Unit tests only: no servers, no worker processes.
 test-fast: $(BIN)/.installed
 	$(BIN)/pytest -q -m "not integration"
+
+# Fault-injection scenarios alone (they are also part of `make test`).
+faults: $(BIN)/.installed system-deps
+	$(BIN)/pytest -q -m faults
+
+# Long load run: 2,000 tiny images through real workers (SOAK_IMAGES to change); not in `make test`.
+soak: $(BIN)/.installed system-deps
+	$(BIN)/pytest -q -s -m soak tests/test_soak.py
 
 clean:
 	rm -rf runs .pytest_cache test-artifacts

@@ -84,9 +84,11 @@ def wait_for_run(settings: Settings, storage: Storage, run_id: str) -> Aggregate
                     raise RunCancelledError(f"run {run_id} was cancelled; `producer enqueue` on it again resumes it")
                 finished, _ = tracker.counts(run_id)
                 bar.update(max(finished - bar.n, 0))
-                if finished >= len(manifest.names) and storage.exists(keys.summary):
+                # enqueue_plan deleted any stale summary: one that exists now is this run's outcome.
+                if storage.exists(keys.summary):
                     summary = json.loads(storage.get(keys.summary))
                     if summary["pending"] == 0:
+                        bar.update(bar.total - bar.n)
                         break
             except (redis.ConnectionError, redis.TimeoutError, TransientError) as exc:
                 bar.set_postfix_str(f"waiting for servers: {type(exc).__name__}")

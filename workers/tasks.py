@@ -51,7 +51,8 @@ def finish_image(run_id: str, name: str) -> None:
         aggregate.apply_async((run_id,))
 
 
-@app.task(name="workers.tasks.denoise", **RETRY)
+# Nobody reads a denoise result (Flower gets events): storing 10,000 of them would only fill Redis.
+@app.task(name="workers.tasks.denoise", ignore_result=True, **RETRY)
 def denoise(run_id: str, name: str) -> dict[str, Any]:
     """CPU stage for one image, then hand it to the GPU queue."""
     if tracker().is_cancelled(run_id):
@@ -176,5 +177,7 @@ def aggregate(run_id: str, allow_partial: bool = False) -> dict[str, Any]:
     result = aggregate_stage(stage_context(), run_id, allow_partial)
     if result.complete:
         report_stage(stage_context(), run_id)
+        if not result.pending:
+            tracker().forget(run_id)  # storage holds the outcome; keep Redis at its baseline
     return result.as_dict()
 

@@ -75,6 +75,10 @@ class RunTracker:
             finished, total = pipe.execute()
         return int(finished), (int(total) if total is not None else None)
 
+    def forget(self, run_id: str) -> None:
+        """Drop a finished run's keys (``producer enqueue`` rebuilds them if the run is resumed)."""
+        self.client.delete(*self._keys(run_id)[:2])
+
     def cancel(self, run_id: str) -> None:
         self.client.set(self._keys(run_id)[2], 1, ex=TTL_S)
 
