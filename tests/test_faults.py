@@ -23,7 +23,7 @@ from workers.runs import RunKeys
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-IMAGES = 16
+IMAGES = 12
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_s3_outage_of_20s_mid_run(faults, tmp_path):
 
 def test_workers_killed_and_terminated_mid_task(faults, tmp_path):
     folder = tmp_path / "in"
-    write_images(folder, IMAGES, width=160, height=120)
+    write_images(folder, IMAGES, width=128, height=96)
     cpu_a = faults.start("cpu", concurrency=1)
     faults.start("cpu", concurrency=1)
     gpu_a = faults.start("gpu")
@@ -125,19 +125,19 @@ def test_two_runs_on_overlapping_inputs_never_mix(faults, tmp_path):
 
 def test_cancel_drops_queued_work_and_resume_finishes(faults, tmp_path):
     folder = tmp_path / "in"
-    write_images(folder, 40, width=64, height=48)
-    worker = faults.start("cpu", concurrency=1)
-    faults.start("gpu")
-    run_id = start_run(faults, folder, tmp_path)
-    wait_until(lambda: count(faults, run_id, "denoised") >= 2, 120, "progress")
+    write_images(folder, 12)
+    run_id = start_run(faults, folder, tmp_path)  # no worker yet: every task is still queued
+    redis = faults.redis_client()
+    assert redis.llen("cpu") == 12
     cancelled = faults.producer("cancel", run_id, cwd=tmp_path)
     assert cancelled.returncode == 0, cancelled.stderr
-    redis = faults.redis_client()
-    wait_until(lambda: redis.llen("cpu") == 0 and redis.llen("gpu") == 0, 120, "queued tasks to be dropped")
-    assert count(faults, run_id, "rows") < 40
+    worker = faults.start("cpu", concurrency=1)
+    faults.start("gpu")
+    wait_until(lambda: redis.llen("cpu") == 0 and not redis.hlen("unacked"), 120, "queued tasks to be dropped")
+    assert count(faults, run_id, "denoised") == 0 and count(faults, run_id, "rows") == 0
     ping = subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "inspect", "ping", "-d", worker.name],
                           env=faults.env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "pong" in ping.stdout  # the worker is healthy
-    result = faults.producer("enqueue", str(folder), cwd=tmp_path)
+    result = faults.producer("enqueue", str(folder), cwd=tmp_path)  # resume
     assert result.returncode == 0, result.stdout + result.stderr
     assert_complete_and_identical(faults, run_id, folder, tmp_path)

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
@@ -76,6 +77,7 @@ class StageContext:
         self.limits = DecodeLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.hostname = socket.gethostname()
         self._model_lock = threading.Lock()
+        self.io_pool = ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="store")
         self._upscaler: Upscaler | None = None
         self.model_source = ""
         self.model_sha256 = ""
@@ -197,6 +199,8 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[
         except TransientError as exc:
             outcomes[name] = Outcome(name, "retry", str(exc), error=exc)
 
+    # PNG encoding and uploads run on I/O threads, overlapping the next batch's forward pass.
+    stores: dict[str, Future[Outcome]] = {}
     for (height, width), items in loaded.items():
         for batch in _chunks(items, ctx.settings.gpu_batch_size):
             started = time.perf_counter()
@@ -207,7 +211,10 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[
                 continue
             per_image = (time.perf_counter() - started) / len(batch)
             for (name, _), hr in zip(batch, outputs, strict=True):
-                outcomes[name] = _store_upscaled(ctx, manifest, name, hr, per_image, (width, height), len(batch))
+                stores[name] = ctx.io_pool.submit(
+                    _store_upscaled, ctx, manifest, name, hr, per_image, (width, height), len(batch)
+                )
+    outcomes.update((name, future.result()) for name, future in stores.items())
     return [outcomes[name] for name in dict.fromkeys(names)]
 
 

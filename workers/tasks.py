@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from celery import signals
 from celery_batches import Batches, SimpleRequest
 
 from workers.calibration import calibrate_here
@@ -109,6 +110,17 @@ def _upscale_run(run_id: str, requests: list[SimpleRequest], events: _TaskEvents
         else:
             finish_image(run_id, outcome.name)
             events.succeeded([request], lambda r, o=outcome: o.as_dict(), runtime=elapsed)
+
+
+@signals.task_received.connect
+def _announce_batched_request(sender: Any, request: Any, **_: Any) -> None:
+    """celery-batches buffers upscale messages without the task-received event Celery's default
+    strategy sends; send it, so Flower shows when each image reached the GPU worker."""
+    if request.name != upscale.name or not getattr(sender, "event_dispatcher", None):
+        return
+    sender.event_dispatcher.send("task-received", uuid=request.id, name=request.name, args=request.argsrepr,
+                                 kwargs=request.kwargsrepr, root_id=request.root_id, parent_id=request.parent_id,
+                                 retries=(request.request_dict or {}).get("retries", 0))
 
 
 def _reschedule(request: SimpleRequest, error: BaseException) -> None:
