@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 WEIGHTS ?= $(firstword $(wildcard ../shared/weights/RealESRGAN_x4plus.pth))
 export WEIGHTS
 
-.PHONY: demo test test-fast faults soak system-deps clean
+.PHONY: demo test test-fast faults soak bench system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ faults: $(BIN)/.installed system-deps
 # Long load run: 2,000 tiny images through real workers (SOAK_IMAGES to change); not in `make test`.
 soak: $(BIN)/.installed system-deps
 	$(BIN)/pytest -q -s -m soak tests/test_soak.py
+
+# Benchmark tables on stdout (benchmarks/README.md); these sizes finish in minutes on 2 cores.
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/throughput.py --size 64x40 --count 4
+	$(BIN)/python benchmarks/quality.py --dataset dataset
 
 clean:
 	rm -rf runs .pytest_cache test-artifacts

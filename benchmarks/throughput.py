@@ -1,0 +1,443 @@
+"""End-to-end throughput: the seed's serial loop vs the embedded pipeline vs the distributed system.
+
+All modes process the same synthetic images (written as PNG files) in one run of this script:
+
+(a) the seed's loop, reproduced: per image PIL open + RGB, OpenCV NL-means (7, 7, 7, 21) on BGR,
+    Real-ESRGAN the way stablepy calls it, Lanczos resize to a multiple of 8, PNG save, submission
+    row. How stablepy calls the model (read from R3gm/stablepy, ``stablepy/upscalers/``):
+    ``UpscalerCommon.__init__`` loads the checkpoint once with ``spandrel.ModelLoader(device=...)``
+    and ``model.half()`` when half is asked for (``half=True`` on CUDA in ``high_resolution.py``);
+    every ``do_upscale`` then starts with ``release_resources_upscaler()`` =
+    ``torch.cuda.empty_cache(); gc.collect()`` and runs ``upscale_pil_patch``: numpy RGB->BGR,
+    ``/255`` in float64, ``.to(device, dtype)``, one forward at batch 1, ``.float().cpu().clamp_(0, 1)``,
+    ``*255``, round, BGR->RGB; ``Upscaler.upscale`` Lanczos-resizes to ``floor(4w/8)*8 x floor(4h/8)*8``.
+    So what is "re-set per call" is the CUDA cache and a full garbage collection, not the weights.
+    Only stablepy's diffusion pipeline (``process_images_high_resolution``) builds a new upscaler,
+    i.e. reloads the checkpoint, once per pipeline call; ``--seed-reload`` times that variant too.
+(b) the embedded default: ``producer.planning.prepare_run`` + ``producer.embedded.run_embedded``
+    on a temporary local store (what ``producer enqueue DIR`` does with no broker).
+(c) ``--distributed``: real redis-server, SeaweedFS S3 and two Celery workers (one CPU worker with
+    one process per core, one GPU-queue worker, solo pool), started with the integration tests'
+    helpers; the producer plans, uploads, enqueues and waits in this process. Server and worker
+    start-up (and one warm-up run of one tiny image) are timed separately and excluded.
+
+Model loading is excluded everywhere (stablepy does not repeat it per image, the workers do it
+once per process). Then the per-stage cost: NL-means ms per megapixel on one thread, and the
+upscaler's ms per megapixel and achieved TFLOP/s against the device's peak.
+
+    python benchmarks/throughput.py --size 256x160 --count 8 [--distributed] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
+    sys.path.insert(0, ROOT)
+from benchmarks import common  # noqa: E402
+from benchmarks.common import fmt, log  # noqa: E402
+
+
+@dataclass
+class ModeResult:
+    label: str
+    images: int
+    seconds: float
+    note: str = ""
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds
+
+
+@dataclass
+class SeedBreakdown:
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add(self, step: str, started: float) -> float:
+        now = time.perf_counter()
+        self.seconds[step] += now - started
+        return now
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="throughput.py",
+        description="Images/s of the seed's serial loop, the embedded pipeline and (--distributed) the "
+                    "Celery/Redis/S3 system on the same synthetic images; per-stage cost and FLOP/s.",
+    )
+    common.add_common_arguments(parser, count=8)
+    parser.add_argument("--distributed", action="store_true",
+                        help="also time the distributed system (needs redis-server and weed, as the integration tests)")
+    parser.add_argument("--gpu-batch-size", type=int, default=None,
+                        help="GPU_BATCH_SIZE for (b) and (c) [default: the Settings default]")
+    parser.add_argument("--cpu-workers", type=int, default=0,
+                        help="denoising threads of (b) and processes of (c)'s CPU worker [default: one per core]")
+    parser.add_argument("--stage-images", type=int, default=None,
+                        help="images for the per-stage upscale timing [default: min(count, 4); CUDA: count]")
+    parser.add_argument("--seed-reload", action="store_true",
+                        help="also time the seed loop reloading the checkpoint per image (stablepy's diffusion-pipeline path)")
+    parser.add_argument("--skip-seed", action="store_true", help="leave out (a)")
+    parser.add_argument("--skip-embedded", action="store_true", help="leave out (b)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.count = common.QUICK_SIZE, common.QUICK_COUNT
+    if args.count < 1:
+        parser.error("--count must be >= 1")
+    return args
+
+
+# -- (a) the seed's loop -------------------------------------------------------------------------------
+
+
+def load_seed_model(weights: Path, device: Any) -> Any:
+    """As stablepy's ``load_spandrel_model``: spandrel on the device, ``.half()`` on CUDA, eval."""
+    import spandrel
+
+    descriptor = spandrel.ModelLoader(device=device).load_from_file(str(weights))
+    if device.type == "cuda" and descriptor.supports_half:
+        descriptor.model.half()
+    descriptor.model.eval()
+    return descriptor
+
+
+def release_resources(device: Any) -> None:
+    """stablepy's ``release_resources_upscaler``, run before every upscale."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    gc.collect()
+
+
+def seed_upscale_patch(descriptor: Any, image: Any) -> Any:
+    """stablepy's ``upscale_pil_patch`` without tiles: BGR float64 in, one forward, BGR->RGB uint8 out."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    param = next(descriptor.model.parameters())
+    with torch.inference_mode():
+        arr = np.array(image.convert("RGB"))[:, :, ::-1]
+        arr = np.ascontiguousarray(np.transpose(arr, (2, 0, 1))) / 255
+        tensor = torch.from_numpy(arr).unsqueeze(0).to(device=param.device, dtype=param.dtype)
+        out = descriptor(tensor).squeeze(0).float().cpu().clamp_(0, 1).numpy()
+        out = (255.0 * np.moveaxis(out, 0, 2)).round().astype(np.uint8)[:, :, ::-1]
+        return Image.fromarray(np.ascontiguousarray(out), "RGB")
+
+
+def run_seed_loop(inputs: list[Path], out_dir: Path, weights: Path, device: Any, descriptor: Any | None,
+                  cv2_threads: int, breakdown: SeedBreakdown) -> tuple[float, float]:
+    """Return (seconds, seconds spent loading models inside the loop); fills ``breakdown``.
+
+    ``descriptor`` None reloads the checkpoint for every image.
+    """
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    cv2.setNumThreads(cv2_threads)  # the seed never set it: OpenCV's default
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[list[object]] = []
+    loading = 0.0
+    started = time.perf_counter()
+    for path in inputs:
+        t = time.perf_counter()
+        image = Image.open(path).convert("RGB")
+        t = breakdown.add("decode (PIL open + convert RGB)", t)
+        bgr = cv2.cvtColor(np.array(image), cv2.COLOR_RGB2BGR)
+        clean = cv2.fastNlMeansDenoisingColored(bgr, None, 7, 7, 7, 21)
+        image = Image.fromarray(cv2.cvtColor(clean, cv2.COLOR_BGR2RGB))
+        t = breakdown.add(f"NL-means (OpenCV, {cv2_threads} threads)", t)
+        model = descriptor
+        if model is None:
+            model = load_seed_model(weights, device)
+            loading += time.perf_counter() - t
+            t = breakdown.add("checkpoint reload", t)
+        release_resources(device)
+        t = breakdown.add("release (empty_cache + gc.collect)", t)
+        dest = (image.width * 4 // 8 * 8, image.height * 4 // 8 * 8)
+        hr = seed_upscale_patch(model, image)
+        t = breakdown.add("upscale (BGR float64 -> forward -> uint8)", t)
+        if hr.size != dest:
+            hr = hr.resize(dest, resample=Image.Resampling.LANCZOS)
+        t = breakdown.add("Lanczos resize to a multiple of 8", t)
+        hr.save(out_dir / path.name)
+        t = breakdown.add("PNG save", t)
+        values = np.array(hr.convert("L")).flatten()[::8]
+        rows.append([path.stem.replace("test_", "gt_"), *values.tolist()])
+        breakdown.add("submission row (convert L, flat[::8])", t)
+    t = time.perf_counter()
+    with (out_dir / "submission.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ID", *(f"pixel_{i}" for i in range(len(rows[0]) - 1))])
+        writer.writerows(rows)
+    breakdown.add("submission row (convert L, flat[::8])", t)
+    return time.perf_counter() - started, loading
+
+
+# -- (b) embedded ----------------------------------------------------------------------------------------
+
+
+def pipeline_settings(args: argparse.Namespace, storage_url: str) -> Any:
+    from workers.settings import Settings
+
+    values: dict[str, Any] = {"storage_url": storage_url, "weights": str(args.weights), "device": args.device,
+                              "cpu_workers": args.cpu_workers}
+    if args.gpu_batch_size:
+        values["gpu_batch_size"] = args.gpu_batch_size
+    return Settings(**values)
+
+
+def run_embedded_mode(args: argparse.Namespace, input_dir: Path, store: Path, images: list[Any]) -> tuple[float, float]:
+    """Return (seconds for plan + run + aggregate, model load seconds)."""
+    from producer.embedded import run_embedded
+    from producer.planning import prepare_run
+    from workers.runs import PipelineSpec
+    from workers.stages import StageContext
+
+    ctx = StageContext(pipeline_settings(args, str(store)))
+    _, load_s = common.timed(ctx.warm_up)
+    common.warm_up_upscaler(ctx.upscaler(), images, ctx.settings.gpu_batch_size)
+    started = time.perf_counter()
+    plan = prepare_run(ctx.settings, ctx.storage, str(input_dir), PipelineSpec(), show_progress=False)
+    result = run_embedded(ctx, plan, show_progress=False)
+    seconds = time.perf_counter() - started
+    if result.written != len(images):
+        raise RuntimeError(f"embedded run wrote {result.written} of {len(images)} rows; see {store}")
+    return seconds, load_s
+
+
+# -- (c) distributed -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    startup: dict[str, float]
+    env: dict[str, str]
+    stop: Any
+
+
+def start_cluster(args: argparse.Namespace, tmp: Path) -> Cluster:
+    from tests.celery_workers import CeleryWorker, cluster_env
+    from tests.servers import RedisServer, S3Server
+
+    startup: dict[str, float] = {}
+    stack: list[Any] = []
+
+    def stop() -> None:
+        for item in reversed(stack):
+            try:
+                item()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                log(f"while stopping: {exc!r}")
+
+    try:
+        redis, startup["redis-server"] = common.timed(lambda: RedisServer(tmp / "redis"))
+        stack.append(redis.stop)
+        s3, startup["S3 (weed mini)"] = common.timed(lambda: S3Server(tmp / "s3"))
+        stack.append(s3.cleanup)
+        bucket = s3.make_bucket("bench")
+        extra = {"GPU_BATCH_SIZE": str(args.gpu_batch_size)} if args.gpu_batch_size else {}
+        env = cluster_env(dict(os.environ), redis, 0, s3, bucket, args.weights.resolve(), **extra)
+        env["DEVICE"] = args.device  # cluster_env pins the tests to the CPU
+        if args.torch_threads:
+            env["OMP_NUM_THREADS"] = str(args.torch_threads)
+        logs = tmp / "logs"
+        logs.mkdir()
+        processes = args.cpu_workers or common.core_count()
+        started = time.perf_counter()
+        workers = [CeleryWorker("cpu", env, logs, concurrency=processes), CeleryWorker("gpu", env, logs)]
+        stack.extend(w.stop for w in workers)
+        for worker in workers:
+            worker.wait_ready()
+        startup[f"workers (cpu x{processes} processes, gpu solo; model load)"] = time.perf_counter() - started
+    except BaseException:
+        stop()
+        raise
+    return Cluster(startup, env, stop)
+
+
+def enqueue_and_wait(env: dict[str, str], input_dir: Path, expected: int) -> float:
+    """What ``producer enqueue DIR`` does with a broker: plan (and upload), enqueue, wait for the submission."""
+    from producer import dispatch
+    from producer.planning import prepare_run
+    from workers.runs import PipelineSpec
+    from workers.settings import Settings
+    from workers.stages import StageContext
+
+    settings = Settings.from_env(env)
+    started = time.perf_counter()
+    ctx = StageContext(settings)
+    plan = prepare_run(settings, ctx.storage, str(input_dir), PipelineSpec(), show_progress=False)
+    dispatch.enqueue_plan(settings, ctx.storage, plan)
+    result = dispatch.wait_for_run(settings, ctx.storage, plan.run_id)
+    seconds = time.perf_counter() - started
+    if result.written != expected:
+        raise RuntimeError(f"distributed run {plan.run_id} wrote {result.written} of {expected} rows")
+    return seconds
+
+
+def run_distributed_mode(args: argparse.Namespace, tmp: Path, input_dir: Path, count: int) -> tuple[float, dict[str, float]]:
+    cluster = start_cluster(args, tmp)
+    try:
+        warm_dir = tmp / "warm-up"
+        common.write_inputs(warm_dir, common.synthetic_images(1, 8, 8, seed=99))
+        log("distributed: warm-up run (1 image of 8x8)")
+        cluster.startup["warm-up run (1 image of 8x8)"] = enqueue_and_wait(cluster.env, warm_dir, 1)
+        log(f"distributed: timing {count} images")
+        seconds = enqueue_and_wait(cluster.env, input_dir, count)
+    finally:
+        cluster.stop()
+    return seconds, cluster.startup
+
+
+# -- report ----------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import cv2
+
+    from workers.settings import Settings
+    from workers.upscale import load_upscaler
+
+    default_cv2_threads = cv2.getNumThreads()
+    common.apply_torch_threads(args.torch_threads)
+    device = common.resolve_device(args.device)
+    width, height = args.size
+    images = common.synthetic_images(args.count, width, height)
+    batch_size = args.gpu_batch_size or Settings().gpu_batch_size
+    load_notes: list[tuple[str, str]] = []
+    modes: list[ModeResult] = []
+    breakdown = SeedBreakdown()
+    reload_breakdown = SeedBreakdown()
+    startup: dict[str, float] = {}
+    load_avg_start = common.load_average()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    try:
+        inputs = common.write_inputs(tmp / "in", images)
+        upscaler, load_s = common.timed(lambda: load_upscaler(args.weights, args.device))
+        load_notes.append(("model load, production loader (excluded)", f"{load_s:.2f} s"))
+        macs = common.conv_macs_per_pixel(upscaler.descriptor.model, upscaler.device, upscaler.dtype)
+
+        if not args.skip_seed:
+            seed_model, load_s = common.timed(lambda: load_seed_model(args.weights, device))
+            load_notes.append(("model load, stablepy-style (excluded from (a))", f"{load_s:.2f} s"))
+            seed_upscale_patch(seed_model, _pil(images[0] if device.type == "cuda" else images[0][:8, :8]))
+            log(f"(a) seed loop: {args.count} images")
+            seconds, _ = run_seed_loop(inputs, tmp / "seed-out", args.weights, device, seed_model,
+                                       default_cv2_threads, breakdown)
+            modes.append(ModeResult("(a) seed serial loop (stablepy-style upscale, batch 1, BGR)", args.count, seconds))
+            del seed_model
+            if args.seed_reload:
+                log(f"(a') seed loop reloading the checkpoint per image: {args.count} images")
+                seconds, loading = run_seed_loop(inputs, tmp / "seed-reload-out", args.weights, device, None,
+                                                 default_cv2_threads, reload_breakdown)
+                modes.append(ModeResult("(a') seed loop, checkpoint reloaded per image", args.count, seconds,
+                                         f"{loading:.2f} s of it loading"))
+
+        if not args.skip_embedded:
+            log(f"(b) embedded: {args.count} images")
+            seconds, load_s = run_embedded_mode(args, tmp / "in", tmp / "store", images)
+            load_notes.append(("model load, embedded StageContext (excluded from (b))", f"{load_s:.2f} s"))
+            threads = args.cpu_workers or common.core_count()
+            modes.append(ModeResult(f"(b) embedded (producer enqueue, no broker; {threads} denoise threads, "
+                                    f"GPU_BATCH_SIZE {batch_size})", args.count, seconds))
+
+        if args.distributed:
+            log("(c) distributed: starting redis-server, S3 and two Celery workers")
+            seconds, startup = run_distributed_mode(args, tmp, tmp / "in", args.count)
+            processes = args.cpu_workers or common.core_count()
+            modes.append(ModeResult(f"(c) distributed (Redis + S3; CPU worker x{processes} processes, "
+                                    f"GPU-queue worker solo, GPU_BATCH_SIZE {batch_size})", args.count, seconds))
+
+        log("per-stage cost")
+        nlm = common.measure_nlm(images, threads=1)
+        stage_n = args.stage_images or (args.count if device.type == "cuda" else min(args.count, 4))
+        stages = [common.measure_upscale(upscaler, images[:stage_n], 1)]
+        if device.type == "cuda" and batch_size > 1 and stage_n > 1:
+            stages.append(common.measure_upscale(upscaler, images[:stage_n], min(batch_size, stage_n)))
+        cv2.setNumThreads(default_cv2_threads)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    peak = common.device_peak(upscaler.device)
+    model_label = common.describe_model(args.weights, upscaler.descriptor, upscaler.dtype)
+    print(f"## Throughput: {args.count} images {width}x{height} -> {4 * width}x{4 * height}\n")
+    print(report_modes(modes))
+    if load_notes or startup:
+        print()
+        print(common.markdown_table(("excluded from the timings", "seconds"),
+                                    load_notes + [(f"(c) start-up: {k}", f"{v:.2f} s") for k, v in startup.items()]))
+    for label, parts in (("(a)", breakdown), ("(a')", reload_breakdown)):
+        if parts.seconds:
+            print(f"\n### Where the seed loop's time goes {label}\n")
+            print(report_breakdown(parts, macs, args.count * width * height))
+    print("\n### Per-stage cost\n")
+    print(report_stages(nlm, stages, macs, peak))
+    best = max(stages, key=lambda s: s.images_per_second)
+    needed = best.images_per_second * nlm.seconds / nlm.images
+    print(f"\nCPU cores of NL-means one {upscaler.device.type.upper()} upscaler keeps busy: "
+          f"{fmt(best.images_per_second)} img/s x {fmt(nlm.seconds / nlm.images)} s/img = **{fmt(needed)} cores** "
+          f"(at {width}x{height}, default NL-means settings).")
+    print(f"\nModel: {fmt(macs / 1e6)} M multiply-adds per input pixel (Conv2d layers, counted); "
+          f"peak: {peak.assumption}.\n")
+    print(common.machine_table(upscaler.device, model_label, f"{width}x{height} -> {4 * width}x{4 * height}",
+                               [("load average at start", load_avg_start)]))
+    return 0
+
+
+def _pil(rgb: Any) -> Any:
+    from PIL import Image
+
+    return Image.fromarray(rgb)
+
+
+def report_modes(modes: list[ModeResult]) -> str:
+    base = next((m for m in modes if m.label.startswith("(a)")), None)
+    rows = []
+    for m in modes:
+        ratio = f"{m.images_per_second / base.images_per_second:.2f}x" if base else "n/a"
+        rows.append((m.label, m.images, f"{m.seconds:.2f}", fmt(m.images_per_second), ratio, m.note))
+    return common.markdown_table(("mode", "images", "wall s", "images/s", "vs (a)", "note"), rows)
+
+
+def report_breakdown(parts: SeedBreakdown, macs: float, pixels: int) -> str:
+    total = sum(parts.seconds.values())
+    rows = []
+    for step, seconds in parts.seconds.items():
+        note = ""
+        if step.startswith("upscale"):
+            note = f"{2 * macs * pixels / seconds / 1e12:.4f} TFLOP/s"
+        rows.append((step, f"{seconds:.3f}", f"{100 * seconds / total:.1f}%", note))
+    return common.markdown_table(("step", "seconds", "share", "achieved"), rows)
+
+
+def report_stages(nlm: common.StageTiming, stages: list[common.StageTiming], macs: float, peak: common.Peak) -> str:
+    rows = [(nlm.label, nlm.images, fmt(nlm.ms_per_image), fmt(nlm.ms_per_megapixel), fmt(nlm.images_per_second),
+             "-", "-")]
+    for s in stages:
+        achieved = common.tflops(macs, s)
+        share = f"{100 * achieved * 1e12 / peak.flops:.1f}%" if peak.flops else "n/a"
+        rows.append((s.label, s.images, fmt(s.ms_per_image), fmt(s.ms_per_megapixel), fmt(s.images_per_second),
+                     f"{achieved:.4f}", share))
+    return common.markdown_table(
+        ("stage", "images", "ms/image", "ms per input MP", "images/s", "TFLOP/s", "of peak"), rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Smoke tests of benchmarks/: every script runs on tiny inputs and prints its tables.
+
+They check that the scripts work, never how fast anything is: speed claims live in the
+benchmarks' output only. A one-block random RRDBNet keeps them quick on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import REPO, make_random_rrdb, noisy_image
+from tests.servers import find_redis_server, find_weed
+
+BENCHMARKS = REPO / "benchmarks"
+SCRIPTS = ("throughput", "batching", "cpu_per_gpu", "quality")
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_random_rrdb(tmp_path_factory.mktemp("bench-weights") / "tiny_x4.pth", blocks=1)
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads() -> Iterator[None]:
+    """The scripts' --torch-threads changes this process; give later tests their threads back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_main(name: str, *args: str) -> int:
+    return load_script(name).main([*args, "--device", "cpu", "--torch-threads", "1"])
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_help(name):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--help"], capture_output=True,
+                            text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: {name}.py")
+
+
+def assert_machine_table(out: str) -> None:
+    for row in ("| CPU ", "| cores ", "| torch ", "| device ", "| model ", "| image size "):
+        assert row in out, out
+
+
+def test_throughput_quick(tiny_weights, capsys):
+    assert run_main("throughput", "--quick", "--weights", str(tiny_weights), "--seed-reload") == 0
+    out = capsys.readouterr().out
+    assert "| mode " in out and "| images/s " in out
+    assert "| (a) seed serial loop" in out and "| (a') seed loop, checkpoint reloaded" in out
+    assert "| (b) embedded" in out and "(c) distributed" not in out
+    assert "| upscale (BGR float64 -> forward -> uint8)" in out  # the seed loop's breakdown
+    assert "| NL-means (OpenCV, 1 thread)" in out and "| upscale, batch 1 (float32, cpu)" in out
+    assert "cores" in out and "FLOP/cycle" in out
+    assert_machine_table(out)
+
+
+@pytest.mark.integration
+def test_throughput_distributed_quick(tiny_weights, capsys):
+    if not find_redis_server() or not find_weed():
+        pytest.skip("needs redis-server and weed, as the integration tests")
+    assert run_main("throughput", "--quick", "--distributed", "--skip-seed", "--skip-embedded",
+                    "--weights", str(tiny_weights)) == 0
+    out = capsys.readouterr().out
+    assert "| (c) distributed" in out and "| (b) embedded" not in out
+    assert "(c) start-up: redis-server" in out and "(c) start-up: workers" in out
+
+
+def test_batching_quick(tiny_weights, capsys):
+    assert run_main("batching", "--quick", "--batch-sizes", "1,2", "--formats", "nchw,channels_last",
+                    "--weights", str(tiny_weights)) == 0
+    out = capsys.readouterr().out
+    assert "| vs batch 1 " in out
+    assert out.count("| nchw (production) ") == 2 and out.count("| channels_last ") == 2
+    assert "- nchw (production): best batch" in out and "- channels_last: best batch" in out
+    assert "runs the same convolutions over more pixels" in out  # the CPU caveat
+    assert_machine_table(out)
+
+
+def test_batching_skips_batches_larger_than_the_image_count(tiny_weights, capsys):
+    assert run_main("batching", "--quick", "--batch-sizes", "1,4", "--weights", str(tiny_weights)) == 0
+    assert "skipped (only 2 images)" in capsys.readouterr().out
+
+
+def test_cpu_per_gpu_quick(tiny_weights, capsys):
+    assert run_main("cpu_per_gpu", "--quick", "--weights", str(tiny_weights)) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\| cores_needed = upscale images/s x NL-means s/image +\| \*\*[0-9.]+\*\*", out), out
+    assert_machine_table(out)
+
+
+def test_quality_on_a_tiny_dataset(tmp_path, tiny_weights, capsys):
+    for folder in ("val/val", "val/gt"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    Image.fromarray(noisy_image(16, 12, seed=1)).save(tmp_path / "data/val/val/val_00001.png")
+    Image.fromarray(noisy_image(64, 48, seed=2)).save(tmp_path / "data/val/gt/gt_00001.png")
+    models = tmp_path / "models"
+    models.mkdir()
+    make_random_rrdb(models / "other_x4.pth", blocks=1)
+    (models / "broken.pth").write_bytes(b"not a checkpoint")
+    (models / "README.md").write_text("not a model")
+
+    assert run_main("quality", "--dataset", str(tmp_path / "data"), "--weights", str(tiny_weights),
+                    "--weights-dir", str(models)) == 0
+    out = capsys.readouterr().out
+    assert "| method " in out and "| PSNR (dB) " in out
+    for label in ("bicubic x4", "NL-means + bicubic x4", "seed pipeline: NL-means + tiny_x4.pth",
+                  "default pipeline: NL-means + tiny_x4.pth, RGB", "no denoise + tiny_x4.pth",
+                  "NL-means + other_x4.pth, RGB"):
+        assert f"| {label}" in out, label
+    assert "left out broken.pth" in out and "README.md" not in out
+    assert "(1 missing)" not in out  # every variant produced a 4x image of the truth's size
+    assert_machine_table(out)
