@@ -65,6 +65,9 @@ def _pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="Pipeline recipe: seed (exact seed), standard, quality (best PSNR: "
                      "tone + scaled NL-means + bicubic), perceptual (tone + NL-means + Real-ESRGAN)."),
         click.option("--seed-compat", is_flag=True, envvar="SEED_COMPAT", help="Same as --preset seed."),
+        click.option("--denoise-on", type=click.Choice(["cpu", "gpu"]), default="cpu", envvar="DENOISE_ON",
+                     show_default=True, help="Where NL-means runs: the CPU workers (OpenCV) or fused into the GPU "
+                     "task (PyTorch port, identical output; use when CPU cores are scarce)."),
         click.option("--calibration", envvar="CALIBRATION",
                      help="Tone-curve artifact (path or s3:// URL) from `producer calibrate`. Default for quality/"
                      "perceptual: calibration.json at the dataset root."),
@@ -93,7 +96,7 @@ def _pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
         )
         preset = "seed" if kwargs.pop("seed_compat") else kwargs.pop("preset")
         kwargs.pop("preset", None)
-        kwargs["choice"] = PipelineChoice(preset, spec, kwargs.pop("calibration"))
+        kwargs["choice"] = PipelineChoice(preset, spec, kwargs.pop("calibration"), kwargs.pop("denoise_on"))
         return command(**kwargs)
 
     return wrapper

@@ -57,9 +57,11 @@ def enqueue_plan(settings: Settings, storage: Storage, plan: RunPlan) -> None:
     has_work = bool(plan.to_denoise or plan.to_upscale)
     if has_work:
         storage.delete(RunKeys(run_id).summary)  # stale: the run is not complete any more
+    # With denoising fused into the GPU stage, new images skip the CPU queue altogether.
+    first_task = UPSCALE if plan.manifest.pipeline.denoise_on == "gpu" else DENOISE
     with app.producer_or_acquire() as producer:
         for name in plan.to_denoise:
-            app.send_task(DENOISE, (run_id, name), producer=producer)
+            app.send_task(first_task, (run_id, name), producer=producer)
         for name in plan.to_upscale:
             app.send_task(UPSCALE, (run_id, name), producer=producer)
         if not has_work:

@@ -55,10 +55,13 @@ def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -
         bar.update(1)
         bar.set_postfix(failed=failed)
 
-    ready = list(plan.to_upscale)
+    # With denoising fused into the GPU stage there is no CPU stage: everything goes to the upscaler.
+    fused = plan.manifest.pipeline.denoise_on == "gpu"
+    ready = list(plan.to_denoise + plan.to_upscale) if fused else list(plan.to_upscale)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="denoise")
     try:
-        pending: set[Future[Outcome]] = {pool.submit(denoise_stage, ctx, run_id, n) for n in plan.to_denoise}
+        cpu_work = () if fused else plan.to_denoise
+        pending: set[Future[Outcome]] = {pool.submit(denoise_stage, ctx, run_id, n) for n in cpu_work}
         while pending or ready:
             if pending:
                 # Block only when there is nothing to upscale; otherwise just collect what finished.

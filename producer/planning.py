@@ -67,7 +67,7 @@ def prepare_run(
         existing = load_manifest(storage, run_id)
     except RunNotFoundError:
         existing = None
-    if existing and (existing.pipeline != pipeline or existing.model != model):
+    if existing and (existing.pipeline.content() != pipeline.content() or existing.model != model):
         raise ConfigError(f"run {run_id} already exists with a different pipeline or model; choose another --run")
 
     source_url = source.url

@@ -160,3 +160,13 @@ def test_redis_problems_are_one_clear_line(cluster, tmp_path, case):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and "Redis" in result.stderr
     assert cluster.redis.password not in result.stderr
+
+
+def test_denoising_on_the_gpu_worker_needs_no_cpu_stage(cluster, tmp_path):
+    cpu, _ = cluster.start("cpu", concurrency=1), cluster.start("gpu")
+    result = cluster.producer("enqueue", str(DATASET), "--denoise-on", "gpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = run_id_from(result.stdout)
+    assert "Task workers.tasks.denoise[" not in cpu.log.read_text()  # the CPU worker only aggregated
+    submission = cluster.store().get(RunKeys(run_id).submission).decode()
+    assert submission == cluster.embedded_submission(str(DATASET), tmp_path)  # OpenCV on the CPU, same bytes

@@ -121,3 +121,25 @@ def test_without_sample_the_most_common_width_wins(ctx, tmp_path):
     upscale_stage(ctx, "r1", names)
     result = aggregate_stage(ctx, "r1")
     assert (result.written, result.failed) == (2, 1)
+
+
+def test_denoising_fused_into_the_gpu_stage_gives_identical_outputs(ctx, tmp_path):
+    """The GPU placement (PyTorch NL-means, here on the CPU) matches the CPU stage (OpenCV) byte for byte."""
+    import dataclasses
+
+    from workers.runs import PipelineSpec
+
+    folder = tmp_path / "in"
+    names = write_images(folder, 3) + ["broken.png"]
+    (folder / "broken.png").write_bytes(b"not an image")
+    make_run(ctx.storage, folder, names, run_id="cpu")
+    make_run(ctx.storage, folder, names, run_id="gpu", pipeline=dataclasses.replace(PipelineSpec(), denoise_on="gpu"))
+    for name in names:
+        denoise_stage(ctx, "cpu", name)
+    upscale_stage(ctx, "cpu", names)
+    fused = upscale_stage(ctx, "gpu", names)  # no CPU stage at all
+    assert [o.status for o in fused] == ["done", "done", "done", "failed"]
+    for name in names[:3]:
+        for key in ("denoised", "sr", "row"):
+            assert ctx.storage.get(getattr(RunKeys("gpu"), key)(name)) == ctx.storage.get(getattr(RunKeys("cpu"), key)(name))
+    assert aggregate_stage(ctx, "gpu").written == 3

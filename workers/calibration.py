@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ class PipelineChoice:
     preset: str
     denoise: DenoiseSpec
     calibration: str | None = None  # artifact path or s3:// URL
+    denoise_on: str = "cpu"  # "gpu": NL-means fused into the GPU task
 
 
 def split_location(location: str) -> tuple[str, str]:
@@ -63,7 +65,7 @@ def resolve_pipeline(choice: PipelineChoice, dataset: str | None, storages: Stor
         if storages.open(folder).exists(name):
             location = candidate
     curve = load_curve(location, storages) if location else None
-    return build_pipeline(choice.preset, choice.denoise, curve)
+    return dataclasses.replace(build_pipeline(choice.preset, choice.denoise, curve), denoise_on=choice.denoise_on)
 
 
 def calibrate_here(dataset: str, output: str | None, storages: StorageFactory) -> tuple[ToneCurve, str]:

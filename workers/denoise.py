@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from workers.errors import ConfigError
+from workers.errors import ConfigError, DeviceOutOfMemoryError
 
 
 @dataclass(frozen=True)
@@ -55,3 +55,28 @@ DENOISERS: dict[str, Callable[[np.ndarray, DenoiseSpec], np.ndarray]] = {
 def denoise(rgb: np.ndarray, spec: DenoiseSpec) -> np.ndarray:
     """Apply the denoiser ``spec`` names to ``rgb`` (H x W x 3 uint8)."""
     return DENOISERS[spec.method](rgb, spec)
+
+
+def denoise_on_device(images: np.ndarray, spec: DenoiseSpec, device: object) -> np.ndarray:
+    """NL-means for a batch (``N x H x W x 3`` uint8 RGB) on a torch device: the PyTorch port of
+    OpenCV's colored NL-means, bit-identical to :func:`nlm_opencv` (see :mod:`workers.nlm_torch`).
+
+    Raises:
+        DeviceOutOfMemoryError: the batch does not fit even one search row at a time.
+    """
+    import torch
+
+    from workers.nlm_torch import nlm_colored_torch
+
+    if spec.method == "none":
+        return images
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    try:
+        out = nlm_colored_torch(x, spec.h, spec.h_color, spec.template, spec.search)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        try:  # one row of the search window at a time: the least memory it can use
+            out = nlm_colored_torch(x, spec.h, spec.h_color, spec.template, spec.search, chunk=spec.search)
+        except torch.OutOfMemoryError:
+            raise DeviceOutOfMemoryError(f"NL-means of {len(images)} images does not fit on {device}") from None
+    return out.cpu().numpy()

@@ -66,6 +66,9 @@ class PipelineSpec:
     upscaler: str = "model"  # "model" (the worker's checkpoint) or "bicubic"
     tone: str = ""  # a tone-curve artifact (JSON text) applied before denoising; empty = off
     scale_nlm_by_gain: bool = False  # raise NL-means strength where the tone curve amplifies noise
+    # Where denoising runs: "cpu" (OpenCV in the CPU task) or "gpu" (the same NL-means in PyTorch,
+    # fused into the GPU task; bit-identical output). Placement, not content: not part of the run id.
+    denoise_on: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("rgb", "bgr"):
@@ -74,11 +77,21 @@ class PipelineSpec:
             raise ConfigError("resize multiple must be >= 0")
         if self.upscaler not in UPSCALERS:
             raise ConfigError(f"upscaler must be one of {sorted(UPSCALERS)}, got {self.upscaler!r}")
+        if self.denoise_on not in PLACEMENTS:
+            raise ConfigError(f"denoise_on must be one of {sorted(PLACEMENTS)}, got {self.denoise_on!r}")
+        if self.denoise_on == "gpu" and self.denoise.method not in GPU_DENOISERS:
+            raise ConfigError(f"denoiser {self.denoise.method!r} cannot run on the GPU; choose {sorted(GPU_DENOISERS)}")
         if self.scale_nlm_by_gain and not self.tone:
             raise ConfigError("scaling NL-means by the tone curve's gain needs a tone curve")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def content(self) -> dict[str, Any]:
+        """What the outputs depend on: everything but where the work runs."""
+        data = self.to_dict()
+        del data["denoise_on"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineSpec:
@@ -91,6 +104,8 @@ class PipelineSpec:
 
 
 UPSCALERS = frozenset({"model", "bicubic"})
+PLACEMENTS = frozenset({"cpu", "gpu"})
+GPU_DENOISERS = frozenset({"nlm", "none"})
 
 
 @dataclass(frozen=True)
@@ -131,7 +146,7 @@ class RunManifest:
 def make_run_id(label: str, source: str, pipeline: PipelineSpec, model: str) -> str:
     """Deterministic id: the same source, pipeline and model give the same run, so re-running resumes."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-._")[:40] or "run"
-    fingerprint = json.dumps([source, pipeline.to_dict(), model], sort_keys=True)
+    fingerprint = json.dumps([source, pipeline.content(), model], sort_keys=True)
     return f"{slug}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:10]}"
 
 

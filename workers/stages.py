@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from workers.denoise import denoise
+from workers.denoise import DenoiseSpec, denoise, denoise_on_device
 from workers.errors import (
     ObjectNotFoundError,
     PermanentImageError,
@@ -40,7 +40,7 @@ from workers.settings import Settings
 from workers.storage import Storage, StorageFactory
 from workers.submission import SubmissionWriter, format_row, grey_subsample, row_width, submission_id
 from workers.tone import ToneCurve, apply_tone, scaled_nlm_strength
-from workers.upscale import TilePolicy, Upscaler, bicubic_x4, load_upscaler, resize_to_multiple
+from workers.upscale import TilePolicy, Upscaler, bicubic_x4, load_upscaler, resize_to_multiple, resolve_device
 from workers.weights import file_sha256, resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -156,26 +156,61 @@ def denoise_stage(ctx: StageContext, run_id: str, name: str) -> Outcome:
     manifest = ctx.manifest(run_id)
     started = time.perf_counter()
     try:
-        try:
-            data = ctx.source(manifest).get(name)
-        except ObjectNotFoundError:
-            raise PermanentImageError(name, "input object is missing from the source") from None
-        rgb = decode_image(data, name, ctx.limits)
-        clean = denoise_image(rgb, manifest.pipeline, ctx.tone_curve(manifest))
+        rgb, size_bytes = read_input(ctx, manifest, name)
+        clean = denoise(*prepare_denoise(rgb, manifest.pipeline, ctx.tone_curve(manifest)))
     except PermanentImageError as exc:
         return record_failure(ctx, run_id, name, "denoise", exc.reason)
     ctx.storage.put(keys.denoised(name), encode_png(clean))
     seconds = time.perf_counter() - started
     height, width = rgb.shape[:2]
-    _record_meta(ctx, run_id, name, "denoise", seconds=seconds, width=width, height=height, input_bytes=len(data))
+    _record_meta(ctx, run_id, name, "denoise", seconds=seconds, width=width, height=height, input_bytes=size_bytes)
     return Outcome(name, "denoised", seconds=seconds, size=(width, height))
+
+
+def read_input(ctx: StageContext, manifest: RunManifest, name: str) -> tuple[np.ndarray, int]:
+    """Fetch and decode one input under the configured limits; (RGB array, file size).
+
+    Raises:
+        PermanentImageError: missing, undecodable or too large.
+        TransientError: the source could not be reached.
+    """
+    try:
+        data = ctx.source(manifest).get(name)
+    except ObjectNotFoundError:
+        raise PermanentImageError(name, "input object is missing from the source") from None
+    return decode_image(data, name, ctx.limits), len(data)
+
+
+def prepare_denoise(rgb: np.ndarray, pipeline: PipelineSpec, curve: ToneCurve | None) -> tuple[np.ndarray, DenoiseSpec]:
+    """Tone-correct ``rgb`` (if the run has a curve) and say how to denoise the result: the run's
+    denoiser, its strength scaled by the curve's gain where the pipeline asks (brightening
+    amplifies noise)."""
+    spec = pipeline.denoise
+    if curve is None:
+        return rgb, spec
+    if pipeline.scale_nlm_by_gain:
+        h, h_color = scaled_nlm_strength(rgb, curve, spec.h, spec.h_color)
+        spec = dataclasses.replace(spec, h=h, h_color=h_color)
+    return apply_tone(rgb, curve), spec
 
 
 # -- stage 2: upscale, write the 4x image and the submission row (GPU) --------------------------------------
 
 
+@dataclass(frozen=True)
+class _Loaded:
+    """One image ready for the GPU stage."""
+
+    name: str
+    image: np.ndarray  # denoised (CPU placement), or tone-corrected and still noisy (GPU placement)
+    denoise: DenoiseSpec | None  # what remains to run on the device; None once denoised
+
+
 def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[Outcome]:
-    """Upscale the denoised images ``names`` of one run, same-size images in shared batches.
+    """Upscale the images ``names`` of one run, same-size images in shared batches.
+
+    With the CPU placement the inputs are the CPU stage's denoised images; with the GPU placement
+    this stage also decodes the inputs and runs NL-means on the device first.
 
     Never raises for a single image: each distinct name gets one :class:`Outcome`, in first-seen
     order; transient problems come back as ``retry`` outcomes carrying the error, for the caller to
@@ -183,51 +218,81 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[
     """
     outcomes: dict[str, Outcome] = {}
     manifest = ctx.manifest(run_id)
-    keys = RunKeys(run_id)
-    loaded: dict[tuple[int, int], list[tuple[str, np.ndarray]]] = defaultdict(list)
+    loaded: dict[tuple[int, int], list[_Loaded]] = defaultdict(list)
     for name in dict.fromkeys(names):  # de-duplicate, keep order
         try:
             if is_finished(ctx, run_id, name):
                 outcomes[name] = Outcome(name, "skipped")
                 continue
-            try:
-                image = decode_png(ctx.storage.get(keys.denoised(name)))
-            except ObjectNotFoundError:
-                outcomes[name] = record_failure(ctx, run_id, name, "upscale", "denoised image is missing")
-                continue
-            loaded[image.shape[:2]].append((name, image))
+            item = _load_for_upscale(ctx, manifest, name)
+            loaded[item.image.shape[:2]].append(item)
+        except PermanentImageError as exc:
+            outcomes[name] = record_failure(ctx, run_id, name, "upscale", exc.reason)
         except TransientError as exc:
             outcomes[name] = Outcome(name, "retry", str(exc), error=exc)
 
     # PNG encoding and uploads run on I/O threads, overlapping the next batch's forward pass.
     stores: dict[str, Future[Outcome]] = {}
+    side_writes: list[Future[None]] = []
     for (height, width), items in loaded.items():
         for batch in _chunks(items, ctx.settings.gpu_batch_size):
             started = time.perf_counter()
             try:
-                outputs = upscale_images(ctx, np.stack([img for _, img in batch]), manifest.pipeline)
+                images = _denoise_on_device(ctx, manifest, batch, started, side_writes)
+                outputs = upscale_images(ctx, images, manifest.pipeline)
             except TransientError as exc:
-                outcomes.update((n, Outcome(n, "retry", str(exc), error=exc)) for n, _ in batch)
+                outcomes.update((item.name, Outcome(item.name, "retry", str(exc), error=exc)) for item in batch)
                 continue
             per_image = (time.perf_counter() - started) / len(batch)
-            for (name, _), hr in zip(batch, outputs, strict=True):
-                stores[name] = ctx.io_pool.submit(
-                    _store_upscaled, ctx, manifest, name, hr, per_image, (width, height), len(batch)
+            for item, hr in zip(batch, outputs, strict=True):
+                stores[item.name] = ctx.io_pool.submit(
+                    _store_upscaled, ctx, manifest, item.name, hr, per_image, (width, height), len(batch)
                 )
     outcomes.update((name, future.result()) for name, future in stores.items())
+    for future in side_writes:  # intermediate images: for reports, never a reason to fail an image
+        if future.exception() is not None:
+            logger.warning("run %s: could not store a denoised image: %s", run_id, future.exception())
     return [outcomes[name] for name in dict.fromkeys(names)]
 
 
-def denoise_image(rgb: np.ndarray, pipeline: PipelineSpec, curve: ToneCurve | None) -> np.ndarray:
-    """The CPU stage's pixels: tone curve (if any), then the denoiser, its strength scaled by the
-    curve's gain where the pipeline asks for it (brightening amplifies noise)."""
-    spec = pipeline.denoise
-    if curve is not None:
-        if pipeline.scale_nlm_by_gain:
-            h, h_color = scaled_nlm_strength(rgb, curve, spec.h, spec.h_color)
-            spec = dataclasses.replace(spec, h=h, h_color=h_color)
-        rgb = apply_tone(rgb, curve)
-    return denoise(rgb, spec)
+def _load_for_upscale(ctx: StageContext, manifest: RunManifest, name: str) -> _Loaded:
+    keys = RunKeys(manifest.run_id)
+    if manifest.pipeline.denoise_on == "cpu":
+        try:
+            return _Loaded(name, decode_png(ctx.storage.get(keys.denoised(name))), None)
+        except ObjectNotFoundError:
+            raise PermanentImageError(name, "denoised image is missing") from None
+    rgb, _ = read_input(ctx, manifest, name)
+    return _Loaded(name, *prepare_denoise(rgb, manifest.pipeline, ctx.tone_curve(manifest)))
+
+
+def _denoise_on_device(ctx: StageContext, manifest: RunManifest, batch: list[_Loaded], started: float,
+                       side_writes: list[Future[None]]) -> np.ndarray:
+    """The batch's images, denoised on the upscaler's device where the GPU placement left that to do
+    (images sharing a strength run together); the denoised images are stored as the CPU stage would."""
+    images = np.stack([item.image for item in batch])
+    pending = [i for i, item in enumerate(batch) if item.denoise is not None and item.denoise.method != "none"]
+    if not pending:
+        return images
+    device = resolve_device(ctx.settings.device)
+    by_spec: dict[DenoiseSpec, list[int]] = defaultdict(list)
+    for i in pending:
+        by_spec[batch[i].denoise].append(i)
+    for spec, indices in by_spec.items():
+        images[indices] = denoise_on_device(images[indices], spec, device)
+    seconds = (time.perf_counter() - started) / len(batch)
+    keys = RunKeys(manifest.run_id)
+    for i in pending:
+        name, clean = batch[i].name, images[i]
+        side_writes.append(ctx.io_pool.submit(_store_denoised, ctx, keys.denoised(name), clean))
+        side_writes.append(ctx.io_pool.submit(
+            _record_meta, ctx, manifest.run_id, name, "denoise", seconds=seconds, width=clean.shape[1],
+            height=clean.shape[0], device=str(device)))
+    return images
+
+
+def _store_denoised(ctx: StageContext, key: str, clean: np.ndarray) -> None:
+    ctx.storage.put(key, encode_png(clean))
 
 
 def upscale_images(ctx: StageContext, images: np.ndarray, pipeline: PipelineSpec) -> np.ndarray:

@@ -1,0 +1,213 @@
+"""workers.nlm_torch against OpenCV itself: colored NL-means, its Lab conversions, its border padding.
+
+CPU only and small images, so it runs in seconds; a CUDA test runs where a GPU is present.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import DATASET, noisy_image
+from workers.denoise import DenoiseSpec
+from workers.metrics import psnr
+from workers.nlm_torch import (
+    bytes_per_offset,
+    chunk_for_budget,
+    lab_to_rgb_u8,
+    nlm_colored_torch,
+    nlm_torch,
+    pad_reflect101,
+    rgb_to_lab_u8,
+)
+
+MIN_PSNR_DB = 40.0
+MAX_DIFFERING = 0.01  # fraction of values allowed to differ from OpenCV (today: none do)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_threaded():
+    """Tiny images: one thread each is fastest, and immune to oversubscribed CI machines."""
+    torch_threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    yield
+    torch.set_num_threads(torch_threads)
+    cv2.setNumThreads(cv_threads)
+
+
+def opencv_nlm(rgb: np.ndarray, h: float = 7, h_color: float = 7, template: int = 7, search: int = 21) -> np.ndarray:
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    return cv2.cvtColor(cv2.fastNlMeansDenoisingColored(bgr, None, h, h_color, template, search), cv2.COLOR_BGR2RGB)
+
+
+def torch_nlm(rgb: np.ndarray, h: float = 7, h_color: float = 7, template: int = 7, search: int = 21, **kw) -> np.ndarray:
+    return nlm_colored_torch(torch.from_numpy(rgb)[None], h, h_color, template, search, **kw)[0].numpy()
+
+
+def assert_close_to_opencv(ours: np.ndarray, ref: np.ndarray) -> None:
+    assert ours.shape == ref.shape and ours.dtype == np.uint8
+    assert psnr(ours, ref) >= MIN_PSNR_DB
+    assert np.mean(ours != ref) <= MAX_DIFFERING
+
+
+def synthetic(width: int, height: int, sigma: float, seed: int) -> np.ndarray:
+    """Smooth colored gradients, a bright square and an edge, plus Gaussian noise of ``sigma``."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    clean = np.stack([40 + 3 * x, 30 + 4 * y, 90 + 0 * x], axis=-1).astype(float)
+    clean[height // 3 : 2 * height // 3, width // 3 : 2 * width // 3] += 70
+    clean[:, : width // 5, 2] -= 60
+    return (clean + rng.normal(0, sigma, clean.shape)).clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "sigma", "seed"),
+    [(32, 24, 10, 0), (32, 24, 25, 1), (48, 40, 15, 2), (48, 40, 20, 3)],
+)
+def test_matches_opencv_on_noisy_images(width, height, sigma, seed):
+    rgb = synthetic(width, height, sigma, seed)
+    assert_close_to_opencv(torch_nlm(rgb), opencv_nlm(rgb))
+
+
+def test_matches_opencv_on_the_repo_sample():
+    bgr = cv2.imread(str(DATASET / "test" / "test_00001.png"), cv2.IMREAD_COLOR)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    assert rgb.shape == (40, 64, 3)
+    assert_close_to_opencv(torch_nlm(rgb), opencv_nlm(rgb))
+
+
+@pytest.mark.parametrize(
+    ("h", "h_color", "template", "search"),
+    [(3, 10, 7, 21), (15, 4, 5, 11), (10, 10, 3, 7), (7, 7, 1, 5), (7, 7, 9, 5)],
+)
+def test_matches_opencv_for_other_parameters(h, h_color, template, search):
+    rgb = noisy_image(20, 14, seed=5)
+    assert_close_to_opencv(torch_nlm(rgb, h, h_color, template, search), opencv_nlm(rgb, h, h_color, template, search))
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 1), (2, 5), (5, 2), (7, 3), (13, 17)])
+def test_tiny_and_odd_sizes(width, height):
+    rgb = noisy_image(width, height, seed=width * height)
+    out = torch_nlm(rgb)
+    assert out.shape == (height, width, 3)
+    assert_close_to_opencv(out, opencv_nlm(rgb))
+
+
+@pytest.mark.parametrize(("h", "h_color"), [(0, 0), (1e-6, 0), (0.3, 1e-3), (1e4, 1e4), (1e30, 3e38)])
+def test_extreme_strengths_match_opencv(h, h_color):
+    rgb = noisy_image(16, 12, seed=7)
+    assert_close_to_opencv(torch_nlm(rgb, h, h_color), opencv_nlm(rgb, h, h_color))
+
+
+def test_zero_strength_only_averages_identical_patches():
+    """With h = 0 only exact patch matches count, so the output is the input's Lab round trip."""
+    rgb = noisy_image(16, 12, seed=8)
+    round_trip = lab_to_rgb_u8(rgb_to_lab_u8(torch.from_numpy(rgb))).numpy()
+    assert np.array_equal(torch_nlm(rgb, 0, 0), round_trip)
+
+
+def test_batch_equals_single_images():
+    images = np.stack([synthetic(24, 16, 15, seed) for seed in range(3)])
+    batched = nlm_colored_torch(torch.from_numpy(images)).numpy()
+    for image, out in zip(images, batched, strict=True):
+        assert np.array_equal(out, torch_nlm(image))
+
+
+@pytest.mark.parametrize("chunk", [1, 21, 50, 10_000])
+def test_chunk_size_does_not_change_the_result(chunk):
+    rgb = synthetic(20, 12, 20, 9)
+    assert np.array_equal(torch_nlm(rgb, chunk=chunk), torch_nlm(rgb, chunk=441))
+
+
+def test_rgb_to_lab_matches_opencv():
+    rng = np.random.default_rng(0)
+    colors = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    colors[0, :4] = [[0, 0, 0], [255, 255, 255], [4, 55, 4], [0, 0, 255]]  # (4, 55, 4): the cbrt quirk
+    ref = cv2.cvtColor(cv2.cvtColor(colors, cv2.COLOR_RGB2BGR), cv2.COLOR_LBGR2Lab)
+    ours = rgb_to_lab_u8(torch.from_numpy(colors)).numpy()
+    assert np.abs(ours.astype(int) - ref).max() <= 1
+    assert np.mean(ours != ref) <= MAX_DIFFERING
+
+
+def test_lab_to_rgb_matches_opencv():
+    rng = np.random.default_rng(1)
+    lab = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    ref = cv2.cvtColor(cv2.cvtColor(lab, cv2.COLOR_Lab2LBGR), cv2.COLOR_BGR2RGB)
+    ours = lab_to_rgb_u8(torch.from_numpy(lab)).numpy()
+    assert np.abs(ours.astype(int) - ref).max() <= 1
+    assert np.mean(ours != ref) <= MAX_DIFFERING
+
+
+def test_lab_round_trip_error_is_opencvs():
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    ref = cv2.cvtColor(cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_LBGR2Lab), cv2.COLOR_Lab2LBGR), cv2.COLOR_BGR2RGB)
+    ours = lab_to_rgb_u8(rgb_to_lab_u8(torch.from_numpy(rgb))).numpy()
+    ours_error = np.abs(ours.astype(int) - rgb)
+    ref_error = np.abs(ref.astype(int) - rgb)
+    assert ours_error.max() <= ref_error.max() <= 6  # 8-bit Lab is lossy; OpenCV's round trip stays within a few levels
+    assert abs(ours_error.mean() - ref_error.mean()) < 0.01
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 1), (2, 5), (6, 4)])
+def test_reflect101_padding_matches_copymakeborder(width, height):
+    image = np.arange(width * height * 3, dtype=np.uint8).reshape(height, width, 3)
+    ref = cv2.copyMakeBorder(image, 13, 13, 13, 13, cv2.BORDER_REFLECT_101)
+    ours = pad_reflect101(torch.from_numpy(image).permute(2, 0, 1)[None], 13)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(ours, ref)
+
+
+def test_numpy_wrapper_takes_a_spec_and_non_contiguous_input():
+    wide = noisy_image(40, 12, seed=3)
+    view = wide[:, ::2]  # non-contiguous
+    spec = DenoiseSpec(h=9, h_color=5, template=5, search=11)
+    out = nlm_torch(view, spec)
+    assert isinstance(out, np.ndarray) and out.shape == view.shape
+    assert_close_to_opencv(out, opencv_nlm(np.ascontiguousarray(view), 9, 5, 5, 11))
+
+
+def test_empty_batch_and_empty_image_pass_through():
+    assert nlm_colored_torch(torch.zeros((0, 4, 4, 3), dtype=torch.uint8)).shape == (0, 4, 4, 3)
+    assert nlm_colored_torch(torch.zeros((1, 0, 4, 3), dtype=torch.uint8)).shape == (1, 0, 4, 3)
+
+
+@pytest.mark.parametrize(
+    ("images", "kwargs"),
+    [
+        (torch.zeros((4, 4, 3), dtype=torch.uint8), {}),
+        (torch.zeros((1, 4, 4, 3), dtype=torch.float32), {}),
+        (torch.zeros((1, 3, 4, 4), dtype=torch.uint8), {}),
+        (torch.zeros((1, 4, 4, 3), dtype=torch.uint8), {"template": 4}),
+        (torch.zeros((1, 4, 4, 3), dtype=torch.uint8), {"h": -1}),
+        (torch.zeros((1, 4, 4, 3), dtype=torch.uint8), {"chunk": 0}),
+    ],
+)
+def test_bad_input_raises_value_error(images, kwargs):
+    with pytest.raises(ValueError):
+        nlm_colored_torch(images, **kwargs)
+
+
+def test_bytes_per_offset_grows_with_batch_and_size():
+    one = bytes_per_offset(1, 160, 256)
+    assert 1.2 * 2**20 < one < 1.6 * 2**20
+    assert bytes_per_offset(8, 160, 256) == 8 * one
+    assert bytes_per_offset(1, 320, 512) > 3.5 * one
+
+
+def test_chunk_for_budget_gives_whole_search_rows():
+    per_row = bytes_per_offset(8, 160, 256) * 21
+    assert chunk_for_budget(5 * per_row + 1, 8, 160, 256) == 5 * 21
+    assert chunk_for_budget(1, 8, 160, 256) == 21  # never less than one row
+    assert chunk_for_budget(10**15, 8, 160, 256) == 441  # never more than the window
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    images = np.stack([synthetic(64, 40, 20, seed) for seed in range(4)])
+    cpu = nlm_colored_torch(torch.from_numpy(images)).numpy()
+    cuda = nlm_colored_torch(torch.from_numpy(images).cuda()).cpu().numpy()
+    assert np.array_equal(cuda, cpu)
