@@ -215,9 +215,7 @@ def main(argv: list[str] | None = None) -> int:
               "the input size and thread count. On a shared machine runs differ by tens of percent: repeat before "
               "trusting a ratio.")
     print(f"\nPeak: {peak.assumption}. Model: {fmt(macs / 1e6)} M multiply-adds per input pixel.\n")
-    model_label = common.describe_model(args.weights, upscaler.descriptor, upscaler.dtype)
-    print(common.machine_table(upscaler.device, model_label, f"{width}x{height} -> {4 * width}x{4 * height}",
-                               [("load average at start", load_avg_start)]))
+    common.print_machine(upscaler, args.weights, width, height, load_avg_start)
     return 0
 
 

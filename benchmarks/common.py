@@ -81,6 +81,23 @@ def add_common_arguments(parser: Any, size: bool = True, count: int | None = 8) 
                              "0: torch's default, one per core [default: 0]")
 
 
+def parse_common(parser: Any, argv: list[str] | None, min_count: int = 1) -> Any:
+    """Parse ``argv``; ``--quick`` shrinks ``--size`` and ``--count`` to a smoke run."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.count = QUICK_SIZE, QUICK_COUNT
+    if args.count < min_count:
+        parser.error(f"--count must be >= {min_count}")
+    return args
+
+
+def print_machine(upscaler: Any, weights: Path, width: int, height: int, load_avg_start: str) -> None:
+    """The machine table that ends every benchmark's output."""
+    model_label = describe_model(weights, upscaler.descriptor, upscaler.dtype)
+    print(machine_table(upscaler.device, model_label, f"{width}x{height} -> {4 * width}x{4 * height}",
+                        [("load average at start", load_avg_start)]))
+
+
 def apply_torch_threads(threads: int) -> None:
     """Pin torch's thread count (0 leaves torch's default). On a busy machine, OpenMP threads that
     wait for each other at every layer can make 2 threads several times slower than 1."""

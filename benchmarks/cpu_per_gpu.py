@@ -35,12 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="upscaler batch size [default: GPU_BATCH_SIZE's default on CUDA, 1 on CPU]")
     parser.add_argument("--upscale-images", type=int, default=0,
                         help="images for the upscaler timing [default: count on CUDA, min(count, 2) on CPU]")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.size, args.count = common.QUICK_SIZE, common.QUICK_COUNT
-    if args.count < 1:
-        parser.error("--count must be >= 1")
-    return args
+    return common.parse_common(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         ("CPU worker processes per upscaler device", f"{max(1, math.ceil(needed))} (rounded up, no headroom)"),
     ]))
     print()
-    model_label = common.describe_model(args.weights, upscaler.descriptor, upscaler.dtype)
-    print(common.machine_table(upscaler.device, model_label, f"{width}x{height} -> {4 * width}x{4 * height}",
-                               [("load average at start", load_avg_start)]))
+    common.print_machine(upscaler, args.weights, width, height, load_avg_start)
     return 0
 
 

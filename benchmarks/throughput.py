@@ -91,12 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also time the seed loop reloading the checkpoint per image (stablepy's diffusion-pipeline path)")
     parser.add_argument("--skip-seed", action="store_true", help="leave out (a)")
     parser.add_argument("--skip-embedded", action="store_true", help="leave out (b)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.size, args.count = common.QUICK_SIZE, common.QUICK_COUNT
-    if args.count < 1:
-        parser.error("--count must be >= 1")
-    return args
+    return common.parse_common(parser, argv)
 
 
 # -- (a) the seed's loop -------------------------------------------------------------------------------

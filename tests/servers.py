@@ -205,7 +205,45 @@ def _kill_leftovers() -> None:
 # Redis
 
 
-class RedisServer:
+class _Server:
+    """What both test servers share: one :class:`_Process`, restartable on the same ports and data."""
+
+    _proc: _Process | None
+
+    def start(self) -> None:  # pragma: no cover - each server starts its own way
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.alive()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def stop(self) -> None:
+        """SIGTERM the process group, wait, SIGKILL what is left; the data directory stays."""
+        if self._proc is not None:
+            self._proc.stop()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash."""
+        if self._proc is not None:
+            self._proc.kill()
+
+    def restart(self) -> None:
+        """Stop, then start again on the same ports and data directory."""
+        self.stop()
+        self.start()
+
+    def __enter__(self):  # noqa: ANN204 - the subclass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RedisServer(_Server):
     """``redis-server`` on 127.0.0.1:<random port> with a random password.
 
     ``appendonly=True`` turns on the AOF with ``appendfsync always``, so what a client was told is
@@ -301,35 +339,6 @@ class RedisServer:
             f"(last error: {last!r}); log {self.log}:\n{_tail(self.log)}"
         )
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.alive()
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def stop(self) -> None:
-        """SIGTERM and wait (redis flushes the AOF on a clean shutdown)."""
-        if self._proc is not None:
-            self._proc.stop()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash (the AOF, fsynced on every write, keeps acknowledged writes)."""
-        if self._proc is not None:
-            self._proc.kill()
-
-    def restart(self) -> None:
-        """Stop, then start again on the same port and data directory."""
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         return f"RedisServer({self.host}:{self.port}, appendonly={self.appendonly}, running={self.running})"
 
@@ -338,7 +347,7 @@ class RedisServer:
 # S3 (SeaweedFS)
 
 
-class S3Server:
+class S3Server(_Server):
     """SeaweedFS ``weed mini`` (master, volume, filer and S3 in one process) on 127.0.0.1.
 
     Every service gets free random ports; WebDAV, Iceberg and Lance are off, telemetry is off.
@@ -511,23 +520,12 @@ class S3Server:
             client.make_bucket(name)
         return name
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.alive()
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
     def stop(self) -> None:
-        """SIGTERM the process group, wait, SIGKILL what is left; the data directory stays."""
-        if self._proc is not None:
-            self._proc.stop()
+        super().stop()
         self._remove_sockets()
 
     def kill(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
+        super().kill()
         self._remove_sockets()
 
     def _remove_sockets(self) -> None:
@@ -537,18 +535,11 @@ class S3Server:
                 if sock.is_socket():
                     sock.unlink(missing_ok=True)
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def cleanup(self) -> None:
         """Stop and remove the private socket directory (the data directory is the caller's)."""
         self.stop()
         if self._own_sock_dir:
             shutil.rmtree(self.sock_dir, ignore_errors=True)
-
-    def __enter__(self) -> S3Server:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
