@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from tqdm import tqdm
 
-from producer.planning import RunPlan
+from producer.planning import RunPlan, plan_remaining
 from workers.celery_app import create_app
 from workers.errors import ConfigError, RunCancelledError, TransientError
 from workers.runs import RunKeys, load_manifest
@@ -25,6 +25,7 @@ from workers.tracking import RunTracker
 DENOISE, UPSCALE, AGGREGATE = "workers.tasks.denoise", "workers.tasks.upscale", "workers.tasks.aggregate"
 CALIBRATE = "workers.tasks.calibrate"
 POLL_S = 1.0
+RESUME_AFTER_S = 10.0  # how long the run may be unknown to Redis before the producer enqueues it again
 
 
 def connect_tracker(settings: Settings) -> RunTracker:
@@ -59,11 +60,13 @@ def enqueue_plan(settings: Settings, storage: Storage, plan: RunPlan) -> None:
         storage.delete(RunKeys(run_id).summary)  # stale: the run is not complete any more
     # With denoising fused into the GPU stage, new images skip the CPU queue altogether.
     first_task = UPSCALE if plan.manifest.pipeline.denoise_on == "gpu" else DENOISE
+    # Per-image results are never read (storage holds the outcome, Flower gets events): storing
+    # ten thousand of them would only fill Redis. A message's flag beats the task's own setting.
     with app.producer_or_acquire() as producer:
         for name in plan.to_denoise:
-            app.send_task(first_task, (run_id, name), producer=producer)
+            app.send_task(first_task, (run_id, name), producer=producer, ignore_result=True)
         for name in plan.to_upscale:
-            app.send_task(UPSCALE, (run_id, name), producer=producer)
+            app.send_task(UPSCALE, (run_id, name), producer=producer, ignore_result=True)
         if not has_work:
             app.send_task(AGGREGATE, (run_id,), producer=producer)
 
@@ -71,7 +74,9 @@ def enqueue_plan(settings: Settings, storage: Storage, plan: RunPlan) -> None:
 def wait_for_run(settings: Settings, storage: Storage, run_id: str) -> AggregateResult:
     """Show a progress bar until the run is aggregated; Ctrl-C stops watching, not the run.
 
-    Rides out broker and storage outages (workers retry; so does this loop).
+    Rides out broker and storage outages (workers retry; so does this loop). If Redis forgets the
+    run (a restart without persistence loses queued tasks and the completion set), the run is
+    enqueued again from what storage holds, so it still completes.
 
     Raises:
         RunCancelledError: someone ran ``producer cancel`` on the run.
@@ -79,19 +84,24 @@ def wait_for_run(settings: Settings, storage: Storage, run_id: str) -> Aggregate
     tracker = connect_tracker(settings)
     keys = RunKeys(run_id)
     manifest = load_manifest(storage, run_id)
+    last_resume = time.monotonic()
     with tqdm(total=len(manifest.names), desc=f"run {run_id}", unit="img") as bar:
         while True:
             try:
-                if tracker.is_cancelled(run_id):
-                    raise RunCancelledError(f"run {run_id} was cancelled; `producer enqueue` on it again resumes it")
-                finished, _ = tracker.counts(run_id)
-                bar.update(max(finished - bar.n, 0))
                 # enqueue_plan deleted any stale summary: one that exists now is this run's outcome.
                 if storage.exists(keys.summary):
                     summary = json.loads(storage.get(keys.summary))
                     if summary["pending"] == 0:
                         bar.update(bar.total - bar.n)
                         break
+                if tracker.is_cancelled(run_id):
+                    raise RunCancelledError(f"run {run_id} was cancelled; `producer enqueue` on it again resumes it")
+                finished, total = tracker.counts(run_id)
+                bar.update(max(finished - bar.n, 0))
+                if total is None and time.monotonic() - last_resume > RESUME_AFTER_S:
+                    bar.set_postfix_str("Redis lost the run: enqueueing it again")
+                    enqueue_plan(settings, storage, plan_remaining(storage, load_manifest(storage, run_id)))
+                    last_resume = time.monotonic()
             except (redis.ConnectionError, redis.TimeoutError, TransientError) as exc:
                 bar.set_postfix_str(f"waiting for servers: {type(exc).__name__}")
             time.sleep(POLL_S)

@@ -72,6 +72,30 @@ def test_redis_restart_mid_run(faults, tmp_path):
     assert_complete_and_identical(faults, run_id, folder, tmp_path)
 
 
+def test_redis_restart_without_persistence_is_resumed_by_the_waiting_producer(faults, tmp_path):
+    """Without the append-only file Redis comes back empty: queued tasks and the completion set are
+    gone. The producer that waits on the run notices and enqueues what storage says is left."""
+    from tests.servers import RedisServer
+
+    volatile = RedisServer(tmp_path / "volatile-redis", appendonly=False)
+    try:
+        faults.env.update(BROKER_URL=f"redis://{volatile.host}:{volatile.port}/0", REDIS_PASSWORD=volatile.password)
+        folder = tmp_path / "in"
+        write_images(folder, IMAGES, width=96, height=64)
+        faults.start_default()
+        run_id = start_run(faults, folder, tmp_path)
+        waiter = follow(faults, folder, tmp_path)
+        wait_until(lambda: count(faults, run_id, "rows") >= 2, 120, "first rows")
+        volatile.restart()
+        assert volatile.client().dbsize() == 0  # everything Redis held is gone
+        out, err = waiter.communicate(timeout=300)
+        assert waiter.returncode == 0, out + err
+        assert_complete_and_identical(faults, run_id, folder, tmp_path)
+    finally:
+        faults.stop()
+        volatile.stop()
+
+
 def test_s3_outage_of_20s_mid_run(faults, tmp_path):
     folder = tmp_path / "in"
     write_images(folder, IMAGES, width=96, height=64)

@@ -58,7 +58,9 @@ def test_soak(cluster, tmp_path):
     elapsed = time.monotonic() - started
     late = [rss_mb(w.pid) for w in workers]
     time.sleep(2)
-    after = redis.info("memory")["used_memory"]
+    memory = redis.info("memory")
+    after = memory["used_memory"]
+    redis_keys = sorted(k.decode() for k in redis.keys("*"))
 
     rows = store.get(keys.submission).decode().splitlines()[1:]
     assert len(rows) == len({r.split(",", 1)[0] for r in rows}) == IMAGES
@@ -66,5 +68,7 @@ def test_soak(cluster, tmp_path):
     for worker, before_mb, after_mb in zip(workers, early, late, strict=True):
         print(f"  {worker.name}: RSS {before_mb:.0f} MiB after 100 images, {after_mb:.0f} MiB at the end")
         assert after_mb <= before_mb * 1.25 + RSS_SLACK_MB
-    print(f"  redis used_memory: {baseline / 1e6:.2f} MB before, {after / 1e6:.2f} MB after")
+    print(f"  redis used_memory: {baseline / 1e6:.2f} MB before, {after / 1e6:.2f} MB after "
+          f"(clients {memory['mem_clients_normal'] / 1e6:.2f} MB, scripts {memory['used_memory_scripts'] / 1e3:.1f} kB, "
+          f"{len(redis_keys)} keys: {', '.join(redis_keys[:8])})")
     assert after <= baseline + 1_000_000

@@ -28,6 +28,7 @@ from workers.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+_FILE_MODE = 0o644
 # Spool to disk past this size while streaming a write to S3 (submission.csv can be large).
 _SPOOL_BYTES = 16 * 1024 * 1024
 
@@ -128,6 +129,7 @@ class LocalStorage:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; outputs are meant to be shared
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

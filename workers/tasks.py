@@ -52,7 +52,7 @@ def finish_image(run_id: str, name: str) -> None:
         aggregate.apply_async((run_id,))
 
 
-# Nobody reads a denoise result (Flower gets events): storing 10,000 of them would only fill Redis.
+# Nobody reads a per-image result (Flower gets events): storing 10,000 of them would only fill Redis.
 @app.task(name="workers.tasks.denoise", ignore_result=True, **RETRY)
 def denoise(run_id: str, name: str) -> dict[str, Any]:
     """CPU stage for one image, then hand it to the GPU queue."""
@@ -60,7 +60,7 @@ def denoise(run_id: str, name: str) -> dict[str, Any]:
         return {"name": name, "status": "cancelled"}
     outcome = denoise_stage(stage_context(), run_id, name)
     if outcome.status == "denoised":
-        upscale.apply_async((run_id, name))
+        upscale.apply_async((run_id, name), ignore_result=True)
     else:
         finish_image(run_id, name)
     return outcome.as_dict()
@@ -130,7 +130,8 @@ def _reschedule(request: SimpleRequest, error: BaseException) -> None:
         logger.error("giving up on %s after %d retries: %s (re-enqueue the run to resume)", request.args, retries, error)
         return
     countdown = min(2 ** (retries + 1), RETRY["retry_backoff_max"])
-    upscale.apply_async(request.args, task_id=request.id, countdown=countdown, retries=retries + 1)
+    upscale.apply_async(request.args, task_id=request.id, countdown=countdown, retries=retries + 1,
+                        ignore_result=True)
 
 
 class _TaskEvents:

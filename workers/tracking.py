@@ -19,7 +19,12 @@ import redis
 KEY_PREFIX = "lowlight:run"
 TTL_S = 14 * 24 * 3600
 
+# A run Redis does not know (never started here, lost in a restart, or forgotten after aggregation)
+# is left alone: a late duplicate must not recreate its keys. `producer enqueue` starts it again.
 _FINISH = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+    return 0
+end
 local added = redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local total = tonumber(redis.call('GET', KEYS[2]) or '-1')
