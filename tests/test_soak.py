@@ -54,7 +54,7 @@ def test_soak(cluster, tmp_path):
     store, keys = cluster.store(), RunKeys(run_id)
     wait_until(lambda: len(list(store.list(keys.prefix("rows")))) >= 100, 600, "the first 100 images", poll=1)
     early = [rss_mb(w.pid) for w in workers]
-    wait_until(lambda: store.exists(keys.summary), 3600, "the run to finish", poll=2)
+    wait_until(lambda: store.exists(keys.report), 3600, "the run and its report to finish", poll=2)
     elapsed = time.monotonic() - started
     late = [rss_mb(w.pid) for w in workers]
     time.sleep(2)

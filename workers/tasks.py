@@ -188,9 +188,9 @@ def aggregate(run_id: str, allow_partial: bool = False) -> dict[str, Any]:
     """Write the run's submission.csv, failures report and HTML report from the per-image objects
     (idempotent)."""
     result = aggregate_stage(stage_context(), run_id, allow_partial)
+    if result.complete and not result.pending:
+        tracker().forget(run_id)  # storage holds the outcome; keep Redis at its baseline
     if result.complete:
         report_stage(stage_context(), run_id)
-        if not result.pending:
-            tracker().forget(run_id)  # storage holds the outcome; keep Redis at its baseline
     return result.as_dict()
 
