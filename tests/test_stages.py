@@ -59,10 +59,11 @@ def test_upscale_batches_same_sizes_and_writes_image_then_row(ctx, tmp_path):
     assert {o.status for o in upscale_stage(ctx, "r1", names)} == {"skipped"}
 
 
-def test_upscale_records_missing_denoised_image(ctx, tmp_path):
+def test_upscale_without_a_denoised_image_denoises_itself(ctx, tmp_path):
     names = write_images(tmp_path / "in", 1)
     make_run(ctx.storage, tmp_path / "in", names)
-    assert upscale_stage(ctx, "r1", names)[0].status == "failed"
+    assert upscale_stage(ctx, "r1", names)[0].status == "done"
+    assert ctx.storage.exists(RunKeys("r1").denoised(names[0]))
 
 
 def test_seed_compat_pipeline_resizes_odd_sizes_to_multiple_of_8(ctx, tmp_path):

@@ -256,12 +256,13 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[
 
 
 def _load_for_upscale(ctx: StageContext, manifest: RunManifest, name: str) -> _Loaded:
-    keys = RunKeys(manifest.run_id)
+    """The CPU stage's denoised image when it exists; otherwise the input, to denoise on the device
+    (the GPU placement, or a run whose placement changed while this worker held its manifest)."""
     if manifest.pipeline.denoise_on == "cpu":
         try:
-            return _Loaded(name, decode_png(ctx.storage.get(keys.denoised(name))), None)
+            return _Loaded(name, decode_png(ctx.storage.get(RunKeys(manifest.run_id).denoised(name))), None)
         except ObjectNotFoundError:
-            raise PermanentImageError(name, "denoised image is missing") from None
+            pass
     rgb, _ = read_input(ctx, manifest, name)
     return _Loaded(name, *prepare_denoise(rgb, manifest.pipeline, ctx.tone_curve(manifest)))
 

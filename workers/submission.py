@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
 from pathlib import PurePosixPath
 from typing import IO
 
@@ -114,12 +113,3 @@ class SubmissionWriter:
         if not self._header_written:
             self._out.write(header(self.n_columns or 0))
             self._header_written = True
-
-
-def write_submission(out: IO[str], rows: Iterable[tuple[str, str]], n_columns: int | None) -> SubmissionWriter:
-    """Convenience for tests and tools: write all ``(name, line)`` rows, return the writer."""
-    writer = SubmissionWriter(out, n_columns)
-    for name, line in rows:
-        writer.add(name, line)
-    writer.close()
-    return writer

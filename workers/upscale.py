@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,10 +191,6 @@ def tiled_forward(forward: Forward, x: torch.Tensor, tile: int, overlap: int, sc
                 :, :, oy : oy + (bottom - top) * scale, ox : ox + (right - left) * scale
             ]
     return out
-
-
-def tile_count(height: int, width: int, tile: int) -> int:
-    return math.ceil(height / tile) * math.ceil(width / tile)
 
 
 def resize_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
