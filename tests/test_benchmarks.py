@@ -22,7 +22,7 @@ from tests.conftest import REPO, make_random_rrdb, noisy_image
 from tests.servers import find_redis_server, find_weed
 
 BENCHMARKS = REPO / "benchmarks"
-SCRIPTS = ("throughput", "batching", "cpu_per_gpu", "quality")
+SCRIPTS = ("throughput", "batching", "cpu_per_gpu", "quality", "denoise_placement")
 
 
 def load_script(name: str) -> ModuleType:
@@ -108,6 +108,15 @@ def test_cpu_per_gpu_quick(tiny_weights, capsys):
     out = capsys.readouterr().out
     assert re.search(r"\| cores_needed = upscale images/s x NL-means s/image +\| \*\*[0-9.]+\*\*", out), out
     assert_machine_table(out)
+
+
+def test_denoise_placement_quick(tiny_weights, capsys):
+    from benchmarks import denoise_placement
+
+    assert denoise_placement.main(["--quick", "--device", "cpu", "--weights", str(tiny_weights),
+                                   "--torch-threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "NL-means, PyTorch port" in out and "| cpu        |" in out and "| gpu        |" in out
 
 
 def test_quality_on_a_tiny_dataset(tmp_path, tiny_weights, capsys):

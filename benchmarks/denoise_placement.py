@@ -1,0 +1,124 @@
+"""Where should NL-means run? OpenCV on CPU cores, or the PyTorch port on the upscaler's device.
+
+Prints, for the same images:
+1. NL-means images/s: OpenCV on one core, and ``workers.nlm_torch`` on the device (batched);
+2. the upscaler alone (images/s), the ceiling both placements aim at;
+3. the whole embedded pipeline with ``DENOISE_ON=cpu`` and ``DENOISE_ON=gpu`` when the process may
+   use 2, 4 and 16 CPU cores (``os.sched_setaffinity``; counts above the machine's are skipped), as
+   images/s and as a share of the upscaler-only rate.
+
+    python benchmarks/denoise_placement.py --size 256x160 --count 32 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
+    sys.path.insert(0, ROOT)
+from benchmarks import common  # noqa: E402
+from benchmarks.common import fmt, log  # noqa: E402
+
+CORE_COUNTS = (2, 4, 16)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="denoise_placement.py", description=__doc__.split("\n\n")[0])
+    common.add_common_arguments(parser, count=16)
+    parser.add_argument("--batch", type=int, default=8, help="upscaler and device NL-means batch [default: 8]")
+    return common.parse_common(parser, argv)
+
+
+def torch_nlm_rate(images: list, device: object, batch: int) -> float:
+    import numpy as np
+
+    from workers.denoise import DenoiseSpec, denoise_on_device
+
+    spec = DenoiseSpec()
+    denoise_on_device(np.stack(images[:batch]), spec, device)  # warm-up
+    started = time.perf_counter()
+    for group in common.chunks(images, batch):
+        denoise_on_device(np.stack(group), spec, device)
+    common.synchronize(device)
+    return len(images) / (time.perf_counter() - started)
+
+
+def pipeline_rate(args: argparse.Namespace, folder: Path, placement: str, cores: int, tmp: Path) -> float:
+    """images/s of a whole embedded run with this placement, limited to ``cores`` CPU cores."""
+    from producer.embedded import run_embedded
+    from producer.planning import prepare_run
+    from workers.runs import PipelineSpec
+    from workers.settings import Settings
+    from workers.stages import StageContext
+
+    os.sched_setaffinity(0, set(range(cores)))
+    settings = Settings(storage_url=str(tmp / f"{placement}-{cores}"), weights=str(args.weights),
+                        device=str(args.device_obj), cpu_workers=cores, gpu_batch_size=args.batch)
+    ctx = StageContext(settings)
+    ctx.warm_up()
+    pipeline = dataclasses.replace(PipelineSpec(), denoise_on=placement)
+    plan = prepare_run(settings, ctx.storage, str(folder), pipeline, show_progress=False)
+    started = time.perf_counter()
+    run_embedded(ctx, plan, show_progress=False)
+    return len(plan.manifest.names) / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    common.apply_torch_threads(args.torch_threads)
+    from workers.upscale import load_upscaler
+
+    width, height = args.size
+    load_avg_start = common.load_average()
+    args.device_obj = common.resolve_device(args.device)
+    images = common.synthetic_images(args.count, width, height)
+    upscaler = load_upscaler(args.weights, str(args.device_obj))
+    log("NL-means: OpenCV, one core")
+    opencv = common.measure_nlm(images, threads=1)
+    log("NL-means: PyTorch on the device")
+    torch_rate = torch_nlm_rate(images, args.device_obj, args.batch)
+    log("upscaler alone")
+    common.warm_up_upscaler(upscaler, images, args.batch)
+    upscale_rate = common.measure_upscale(upscaler, images, args.batch).images_per_second
+
+    available = len(os.sched_getaffinity(0))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        folder = tmp / "inputs"
+        common.write_inputs(folder, images)
+        all_cores = os.sched_getaffinity(0)
+        try:
+            for cores in [c for c in CORE_COUNTS if c <= available] or [available]:
+                for placement in ("cpu", "gpu"):
+                    log(f"pipeline: denoise on {placement}, {cores} cores")
+                    rate = pipeline_rate(args, folder, placement, cores, tmp)
+                    rows.append((placement, cores, fmt(rate), f"{rate / upscale_rate:.0%}"))
+        finally:
+            os.sched_setaffinity(0, all_cores)
+
+    print(f"## Denoise placement: {args.count} images {width}x{height}\n")
+    print(common.markdown_table(("stage", "images/s"), [
+        ("NL-means, OpenCV, 1 core", fmt(opencv.images_per_second)),
+        (f"NL-means, PyTorch port on {common.device_name(args.device_obj)}, batch {args.batch}", fmt(torch_rate)),
+        (f"upscaler alone, batch {args.batch}", fmt(upscale_rate)),
+    ]))
+    print()
+    print(common.markdown_table(("denoise on", "CPU cores", "pipeline images/s", "of upscaler-only"), rows))
+    skipped = [c for c in CORE_COUNTS if c > available]
+    if skipped:
+        print(f"\n(core counts above this machine's {available} skipped: {skipped})")
+    print()
+    common.print_machine(upscaler, args.weights, width, height, load_avg_start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
