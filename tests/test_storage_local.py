@@ -41,6 +41,23 @@ BAD_KEYS = [
 ]
 
 
+def assert_every_operation_refuses(store: Storage, key: str) -> None:
+    """Each key-taking operation raises InvalidKeyError for `key` (shared by every backend's tests)."""
+    for op in (
+        lambda: store.get(key),
+        lambda: store.put(key, b"x"),
+        lambda: store.exists(key),
+        lambda: store.delete(key),
+        lambda: store.copy_to(key, io.BytesIO()),
+        lambda: store.url(key),
+    ):
+        with pytest.raises(InvalidKeyError):
+            op()
+    if key.strip("/"):  # "" (and "/") as a list prefix means "everything"
+        with pytest.raises(InvalidKeyError):
+            list(store.list(key))
+
+
 @dataclass
 class Backend:
     store: Storage
@@ -253,20 +270,7 @@ class StorageContract:
 
     @pytest.mark.parametrize("key", BAD_KEYS, ids=repr)
     def test_bad_keys_are_refused(self, backend: Backend, key: str) -> None:
-        store = backend.store
-        for op in (
-            lambda: store.get(key),
-            lambda: store.put(key, b"x"),
-            lambda: store.exists(key),
-            lambda: store.delete(key),
-            lambda: store.copy_to(key, io.BytesIO()),
-            lambda: store.url(key),
-        ):
-            with pytest.raises(InvalidKeyError):
-                op()
-        if key.strip("/"):  # "" (and "/") as a list prefix means "everything"
-            with pytest.raises(InvalidKeyError):
-                list(store.list(key))
+        assert_every_operation_refuses(backend.store, key)
         assert list(backend.outer.list("")) == []
 
     @pytest.mark.parametrize("key", ["../escape", "/abs", "a/../b"], ids=repr)

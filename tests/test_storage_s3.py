@@ -14,7 +14,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.servers import S3Server, free_port
-from tests.test_storage_local import BAD_KEYS, BIG, PREFIX, Backend, StorageContract, big_payload
+from tests.test_storage_local import (
+    BAD_KEYS,
+    BIG,
+    PREFIX,
+    Backend,
+    StorageContract,
+    assert_every_operation_refuses,
+    big_payload,
+)
 from workers.errors import ConfigError, InvalidKeyError, StorageUnavailableError
 from workers.settings import Settings
 from workers.storage import S3Storage, StorageFactory, parse_s3_url
@@ -75,20 +83,7 @@ class _NoCalls:
 @pytest.mark.parametrize("prefix", ["", PREFIX])
 @pytest.mark.parametrize("key", BAD_KEYS, ids=repr)
 def test_bad_keys_refused_before_any_request(key: str, prefix: str) -> None:
-    store = S3Storage(_NoCalls(), "bucket", prefix)
-    for op in (
-        lambda: store.get(key),
-        lambda: store.put(key, b"x"),
-        lambda: store.exists(key),
-        lambda: store.delete(key),
-        lambda: store.copy_to(key, io.BytesIO()),
-        lambda: store.url(key),
-    ):
-        with pytest.raises(InvalidKeyError):
-            op()
-    if key.strip("/"):
-        with pytest.raises(InvalidKeyError):
-            list(store.list(key))
+    assert_every_operation_refuses(S3Storage(_NoCalls(), "bucket", prefix), key)
 
 
 @integration
