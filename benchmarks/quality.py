@@ -74,7 +74,7 @@ def sr_pipeline(models: Models, weights: Path, denoise_method: str = "nlm", chan
     import numpy as np
 
     from workers.denoise import DenoiseSpec, denoise
-    from workers.upscale import resize_to_multiple
+    from workers.resample import resize_to_multiple
 
     spec = DenoiseSpec(method=denoise_method)
 

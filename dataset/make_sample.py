@@ -133,7 +133,7 @@ def check_crops(crops: list[Crop], sources: dict[str, np.ndarray]) -> None:
     for crop in crops:
         height, width = sources[crop.source].shape[:2]
         x0, y0, x1, y1 = crop.box
-        assert 0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height, crop
+        assert x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height, crop
     for a, b in combinations(crops, 2):
         if a.source == b.source:
             assert not boxes_overlap(a.box, b.box), (a, b)

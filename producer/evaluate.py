@@ -19,11 +19,11 @@ from workers.denoise import DenoiseSpec, denoise
 from workers.errors import ConfigError
 from workers.imageio import decode_png
 from workers.metrics import competition_scores
+from workers.resample import bicubic_x4
 from workers.runs import RunKeys, RunManifest, RunProgress, stem
 from workers.storage import Storage
 from workers.submission import grey_subsample, submission_id
 from workers.tone import ToneCurve, apply_tone
-from workers.upscale import bicubic_x4
 
 VAL_INPUTS = Path("val/val")
 VAL_TRUTH = Path("val/gt")

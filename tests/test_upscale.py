@@ -7,7 +7,8 @@ import torch
 from tests.conftest import make_random_rrdb, noisy_image
 from workers.errors import DeviceOutOfMemoryError, UnsupportedModelError
 from workers.metrics import psnr
-from workers.upscale import TilePolicy, Upscaler, load_upscaler, resize_to_multiple, tiled_forward
+from workers.resample import resize_to_multiple
+from workers.upscale import TilePolicy, Upscaler, load_upscaler, tiled_forward
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -35,13 +35,16 @@ from workers.errors import (
     TransientError,
 )
 from workers.imageio import DecodeLimits, decode_image, decode_png, encode_png
+from workers.resample import bicubic_x4, resize_to_multiple
 from workers.runs import PipelineSpec, RunKeys, RunManifest, RunProgress, code_version, load_manifest, now_iso, stem
 from workers.settings import Settings
 from workers.storage import Storage, StorageFactory
 from workers.submission import SubmissionWriter, format_row, grey_subsample, row_width, submission_id
 from workers.tone import ToneCurve, apply_tone, scaled_nlm_strength
-from workers.upscale import TilePolicy, Upscaler, bicubic_x4, load_upscaler, resize_to_multiple, resolve_device
 from workers.weights import file_sha256, resolve_weights
+
+if TYPE_CHECKING:  # workers.upscale imports torch: only the processes that run a model load it
+    from workers.upscale import Upscaler
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,8 @@ class StageContext:
     def upscaler(self) -> Upscaler:
         with self._model_lock:
             if self._upscaler is None:
+                from workers.upscale import TilePolicy, load_upscaler
+
                 ref = resolve_weights(self.settings)
                 s = self.settings
                 self._upscaler = load_upscaler(
@@ -275,6 +280,8 @@ def _denoise_on_device(ctx: StageContext, manifest: RunManifest, batch: list[_Lo
     pending = [i for i, item in enumerate(batch) if item.denoise is not None and item.denoise.method != "none"]
     if not pending:
         return images
+    from workers.upscale import resolve_device
+
     device = resolve_device(ctx.settings.device)
     by_spec: dict[DenoiseSpec, list[int]] = defaultdict(list)
     for i in pending:

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from workers.errors import DeviceOutOfMemoryError, UnsupportedModelError
 
@@ -192,20 +190,3 @@ def tiled_forward(forward: Forward, x: torch.Tensor, tile: int, overlap: int, sc
             ]
     return out
 
-
-def resize_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
-    """The seed's final step: Lanczos-resize to ``floor(w/m)*m x floor(h/m)*m`` (no-op if aligned).
-
-    Each side is at least ``m`` so a tiny image does not collapse to nothing (the seed crashed there).
-    """
-    h, w = rgb.shape[:2]
-    target = (max(w // multiple * multiple, multiple), max(h // multiple * multiple, multiple))
-    if target == (w, h):
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize(target, Image.Resampling.LANCZOS))
-
-
-def bicubic_x4(rgb: np.ndarray) -> np.ndarray:
-    """The smooth baseline upscaler (OpenCV bicubic): cheap, and strong on PSNR after tone correction."""
-    height, width = rgb.shape[:2]
-    return cv2.resize(rgb, (width * 4, height * 4), interpolation=cv2.INTER_CUBIC)
