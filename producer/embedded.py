@@ -38,7 +38,7 @@ def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -
     settings = ctx.settings
     cv2.setNumThreads(settings.opencv_threads)
     threads = settings.cpu_workers or os.cpu_count() or 1
-    if plan.to_denoise or plan.to_upscale:
+    if (plan.to_denoise or plan.to_upscale) and plan.manifest.pipeline.upscaler == "model":
         ctx.warm_up()  # a missing model should fail before any work, not after the CPU stage
     bar = tqdm(
         total=plan.manifest.total,

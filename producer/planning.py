@@ -60,7 +60,8 @@ def prepare_run(
     """
     storages = StorageFactory(settings)
     source = resolve_source(src, storages)
-    model = describe_weights(settings)
+    # A pipeline that never runs the model (bicubic) does not depend on WEIGHTS: same run id.
+    model = describe_weights(settings) if pipeline.upscaler == "model" else pipeline.upscaler
     run_id = run_id or make_run_id(source.label, source.url, pipeline, model)
     keys = RunKeys(run_id)
     try:

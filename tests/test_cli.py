@@ -120,3 +120,18 @@ def test_help_lists_flags_with_their_environment_variables(tmp_path, env):
     assert result.returncode == 0
     assert "--broker-url" in result.stdout and "BROKER_URL" in result.stdout
     assert "--aws-secret-access-key" not in result.stdout
+
+
+def test_bicubic_preset_never_loads_or_downloads_a_model(tmp_path, env):
+    """`quality` upscales with bicubic: no weights (and offline, no Hub) needed; WEIGHTS does not change its run."""
+    curve = tmp_path / "calibration.json"
+    assert producer("calibrate", str(DATASET), "-o", str(curve), env=env, cwd=tmp_path).returncode == 0
+    write_images(tmp_path / "photos", 2)
+    args = ("enqueue", str(tmp_path / "photos"), "--preset", "quality", "--calibration", str(curve))
+    no_model = {**env, "WEIGHTS": "", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf")}
+    result = producer(*args, env=no_model, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = run_dir(tmp_path)
+    assert len(list((run / "sr").glob("*.png"))) == 2
+    again = producer(*args, env={**env, "WEIGHTS": "/another/model.pth"}, cwd=tmp_path)
+    assert again.returncode == 0 and run_dir(tmp_path) == run  # same run, resumed: nothing to redo

@@ -325,9 +325,11 @@ def _store_upscaled(
                 name,
                 f"output {hr.shape[1]}x{hr.shape[0]} gives {len(values)} values, sample_submission.csv has {expected} columns",
             )
-        model = {"model": ctx.model_source, "model_sha256": ctx.model_sha256, "device": str(ctx.upscaler().device)}
-        _record_meta(ctx, manifest.run_id, name, "upscale", seconds=seconds, batch=batch,
-                     **(model if manifest.pipeline.upscaler == "model" else {"model": manifest.pipeline.upscaler}),
+        if manifest.pipeline.upscaler == "model":
+            model = {"model": ctx.model_source, "model_sha256": ctx.model_sha256, "device": str(ctx.upscaler().device)}
+        else:  # asking for the upscaler's device would load (or download) a model this run never uses
+            model = {"model": manifest.pipeline.upscaler}
+        _record_meta(ctx, manifest.run_id, name, "upscale", seconds=seconds, batch=batch, **model,
                      out_width=hr.shape[1], out_height=hr.shape[0])
         # The row goes last: its presence is what marks the image done.
         ctx.storage.put(keys.row(name), format_row(submission_id(name), values).encode())
