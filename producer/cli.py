@@ -259,7 +259,9 @@ def report(run_id: str, output: str, gt: str | None, max_images: int, settings: 
     ctx = StageContext(settings)
     manifest = load_manifest(ctx.storage, run_id)
     truth = truth_by_name(manifest.names, Path(gt)) if gt else None
-    data = collect_report_data(ctx.storage, ctx.source(manifest), run_id, truth, max_images, ctx.limits)
+    data = collect_report_data(
+        ctx.storage, ctx.source(manifest), run_id, truth, max_images, ctx.limits, ctx.settings.io_threads
+    )
     page = render_report(data).encode("utf-8")
     tmp = Path(output).with_name(Path(output).name + ".part")
     tmp.write_bytes(page)

@@ -22,7 +22,7 @@ from tests.conftest import REPO, make_random_rrdb, noisy_image
 from tests.servers import find_redis_server, find_weed
 
 BENCHMARKS = REPO / "benchmarks"
-SCRIPTS = ("throughput", "batching", "cpu_per_gpu", "quality", "denoise_placement")
+SCRIPTS = ("throughput", "batching", "cpu_per_gpu", "quality", "denoise_placement", "aggregate")
 
 
 def load_script(name: str) -> ModuleType:
@@ -85,6 +85,16 @@ def test_throughput_distributed_quick(tiny_weights, capsys):
     out = capsys.readouterr().out
     assert "| (c) distributed" in out and "| (b) embedded" not in out
     assert "(c) start-up: redis-server" in out and "(c) start-up: workers" in out
+
+
+@pytest.mark.integration
+def test_aggregate_quick(capsys):
+    if not find_weed():
+        pytest.skip("needs weed, as the integration tests")
+    assert load_script("aggregate").main(["--count", "12", "--fail-every", "5", "--threads", "1,4", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "12 images (2 failed)" in out and "ms simulated round trip" in out
+    assert "| 1  " in out and "| 4  " in out
 
 
 def test_batching_quick(tiny_weights, capsys):

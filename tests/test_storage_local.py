@@ -400,3 +400,47 @@ class TestLocalStorageOnly:
             assert isinstance(store, LocalStorage)
             assert store.root == root.resolve()
         assert storage_url_for(root).startswith("file:///")
+
+
+# ---- fetch_in_order --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 2, 8])
+def test_fetch_in_order_keeps_order_and_bounds_what_is_in_flight(threads: int) -> None:
+    import random
+    import threading
+    import time
+
+    from workers.storage import fetch_in_order
+
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def fetch(i: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(random.random() / 500)  # finish out of order
+        with lock:
+            running[0] -= 1
+        return i * i
+
+    assert list(fetch_in_order(fetch, range(200), threads)) == [i * i for i in range(200)]
+    assert most[0] <= threads
+
+
+def test_fetch_in_order_raises_the_first_error_in_order_and_stops() -> None:
+    from workers.storage import fetch_in_order
+
+    started: list[int] = []
+
+    def fetch(i: int) -> int:
+        started.append(i)
+        if i in (3, 5):
+            raise ObjectNotFoundError(f"missing {i}")
+        return i
+
+    results = fetch_in_order(fetch, range(10_000), threads=4)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ObjectNotFoundError, match="missing 3"):
+        next(results)
+    assert len(started) < 100  # a bounded window, not the whole input

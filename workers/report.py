@@ -36,7 +36,7 @@ from workers.imageio import DecodeLimits, decode_image, decode_png
 from workers.metrics import competition_scores
 from workers.runs import RunKeys, RunManifest, RunProgress, load_manifest, now_iso, stem
 from workers.settings import Settings
-from workers.storage import Storage
+from workers.storage import Storage, fetch_in_order
 from workers.submission import grey_subsample, submission_id
 
 THUMB_MAX = 384  # longest edge of an embedded thumbnail, in pixels
@@ -153,12 +153,14 @@ def collect_report_data(
     truth: Mapping[str, Path] | None = None,
     max_images: int = 60,
     limits: DecodeLimits | None = None,
+    threads: int = 4,
 ) -> ReportData:
     """Read run ``run_id`` from ``storage`` (inputs from ``source``) into a :class:`ReportData`.
 
     ``truth`` maps input names to ground-truth image paths; with it, images are scored and shown
     worst PSNR first, else in input order. At most ``max_images`` images are shown. ``limits``
-    bound the decoding of inputs and ground truth (default: the settings' defaults).
+    bound the decoding of inputs and ground truth (default: the settings' defaults). Per-image
+    objects are read and scored ``threads`` at a time, in order.
 
     Raises:
         RunNotFoundError: no manifest for ``run_id``.
@@ -170,13 +172,11 @@ def collect_report_data(
     manifest = load_manifest(storage, run_id)
     keys = RunKeys(run_id)
     progress = RunProgress.read(storage, run_id)
-    metas = _read_metas(storage, keys)
-    markers = _read_failure_markers(storage, keys, manifest, progress)
-    scores = {
-        name: _score_image(storage, keys, name, truth[name], limits)
-        for name in manifest.names
-        if truth and name in truth and stem(name) in progress.done
-    }
+    metas = _read_metas(storage, keys, threads)
+    markers = _read_failure_markers(storage, keys, manifest, progress, threads)
+    scored = [n for n in manifest.names if truth and n in truth and stem(n) in progress.done]
+    scoring = fetch_in_order(lambda name: _score_image(storage, keys, name, truth[name], limits), scored, threads)
+    scores = dict(zip(scored, scoring, strict=True))
     order = _display_order(manifest.names, scores)
     shown = order[: max(max_images, 0)]
     starts, finishes = _start_and_finish_times(metas, markers)
@@ -218,13 +218,17 @@ def _read_json(storage: Storage, key: str) -> Any:
 Metas = Mapping[str, Mapping[str, Mapping[str, Any]]]  # stem -> stage -> the meta file's fields
 
 
-def _read_metas(storage: Storage, keys: RunKeys) -> Metas:
+def _read_metas(storage: Storage, keys: RunKeys, threads: int) -> Metas:
     """Every ``meta/<stem>.<stage>.json`` of the run (one listing, one read each)."""
     metas: dict[str, dict[str, Any]] = defaultdict(dict)
+    found = []
     for key in storage.list(keys.prefix("meta")):
         image_stem, _, stage = PurePosixPath(key).name.removesuffix(".json").rpartition(".")
         if image_stem and key.endswith(".json"):
-            metas[image_stem][stage] = json.loads(storage.get(key))
+            found.append((key, image_stem, stage))
+    contents = fetch_in_order(lambda item: storage.get(item[0]), found, threads)
+    for (_, image_stem, stage), data in zip(found, contents, strict=True):
+        metas[image_stem][stage] = json.loads(data)
     return metas
 
 
@@ -234,16 +238,15 @@ def _each_meta(metas: Metas) -> Iterator[tuple[str, Mapping[str, Any]]]:
 
 
 def _read_failure_markers(
-    storage: Storage, keys: RunKeys, manifest: RunManifest, progress: RunProgress
+    storage: Storage, keys: RunKeys, manifest: RunManifest, progress: RunProgress, threads: int
 ) -> dict[str, Failure]:
     """``failed/<stem>.json`` of every failed input, by input name."""
-    markers = {}
-    for name in manifest.names:
-        if stem(name) in progress.failed:
-            record = _read_json(storage, keys.failed(name)) or {}
-            markers[name] = Failure(name, str(record.get("stage", "?")), str(record.get("reason", "")),
-                                    str(record.get("at", "")))
-    return markers
+    failed = [name for name in manifest.names if stem(name) in progress.failed]
+    records = fetch_in_order(lambda name: _read_json(storage, keys.failed(name)) or {}, failed, threads)
+    return {
+        name: Failure(name, str(record.get("stage", "?")), str(record.get("reason", "")), str(record.get("at", "")))
+        for name, record in zip(failed, records, strict=True)
+    }
 
 
 def _failures(storage: Storage, keys: RunKeys, manifest: RunManifest, markers: Mapping[str, Failure]) -> tuple[Failure, ...]:

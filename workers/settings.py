@@ -62,7 +62,10 @@ class Settings:
     # Execution.
     cpu_workers: int = _setting(0, "Denoising threads in-process (0: one per CPU core).")
     opencv_threads: int = _setting(1, "OpenCV threads per denoising call (1 scales best across workers).")
-    io_threads: int = _setting(4, "Threads that encode and upload upscaled images while the next batch runs.")
+    io_threads: int = _setting(
+        4, "Threads that encode and upload upscaled images while the next batch runs, and that read a run's "
+        "per-image objects in parallel when aggregating and reporting."
+    )
     visibility_timeout_s: int = _setting(3600, "Redis visibility timeout: longer than the slowest task.")
     task_max_retries: int = _setting(12, "Retries of a transient failure before a task gives up.")
     result_expires_s: int = _setting(86_400, "How long task results stay in Redis.")

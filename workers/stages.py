@@ -38,7 +38,7 @@ from workers.imageio import DecodeLimits, decode_image, decode_png, encode_png
 from workers.resample import bicubic_x4, resize_to_multiple
 from workers.runs import PipelineSpec, RunKeys, RunManifest, RunProgress, code_version, load_manifest, now_iso, stem
 from workers.settings import Settings
-from workers.storage import Storage, StorageFactory
+from workers.storage import Storage, StorageFactory, fetch_in_order
 from workers.submission import SubmissionWriter, format_row, grey_subsample, row_width, submission_id
 from workers.tone import ToneCurve, apply_tone, scaled_nlm_strength
 from workers.weights import file_sha256, resolve_weights
@@ -375,21 +375,28 @@ def aggregate_stage(ctx: StageContext, run_id: str, allow_partial: bool = False)
         return AggregateResult(run_id, manifest.total, 0, 0, len(pending), complete=False)
 
     done = [n for n in manifest.names if stem(n) in progress.done]
-    n_columns = manifest.expected_columns or _most_common_width(ctx.storage, keys, done)
+    threads = ctx.settings.io_threads
+    n_columns = manifest.expected_columns or _most_common_width(ctx.storage, keys, done, threads)
+
+    def outcome(name: str) -> tuple[str, bool, bytes]:
+        """(name, done?, its row or its failure record)."""
+        if stem(name) in progress.done:
+            return name, True, ctx.storage.get(keys.row(name))
+        return name, False, ctx.storage.get(keys.failed(name))
+
+    finished = [n for n in manifest.names if stem(n) in progress.done | progress.failed]
     failures: list[dict[str, object]] = []
     with ctx.storage.writer(keys.submission) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         writer = SubmissionWriter(text, n_columns)
-        for name in manifest.names:
-            s = stem(name)
-            if s in progress.done:
-                line = ctx.storage.get(keys.row(name)).decode()
-                try:
-                    writer.add(name, line)
-                except SubmissionMismatchError as exc:
-                    failures.append({"name": name, "stage": "aggregate", "reason": exc.reason})
-            elif s in progress.failed:
-                failures.append(json.loads(ctx.storage.get(keys.failed(name))))
+        for name, is_done, data in fetch_in_order(outcome, finished, threads):
+            if not is_done:
+                failures.append(json.loads(data))
+                continue
+            try:
+                writer.add(name, data.decode())
+            except SubmissionMismatchError as exc:
+                failures.append({"name": name, "stage": "aggregate", "reason": exc.reason})
         writer.close()
         text.flush()
         text.detach()
@@ -402,12 +409,12 @@ def aggregate_stage(ctx: StageContext, run_id: str, allow_partial: bool = False)
     return result
 
 
-def _most_common_width(storage: Storage, keys: RunKeys, names: Sequence[str]) -> int | None:
+def _most_common_width(storage: Storage, keys: RunKeys, names: Sequence[str], threads: int) -> int | None:
     """Without a sample submission, the width most rows share wins (first seen on ties).
 
     An extra streaming pass over the rows; a run with a sample submission never pays it.
     """
-    widths = Counter(row_width(storage.get(keys.row(name)).decode()) for name in names)
+    widths = Counter(fetch_in_order(lambda name: row_width(storage.get(keys.row(name)).decode()), names, threads))
     return max(widths, key=widths.__getitem__) if widths else None
 
 
@@ -420,5 +427,7 @@ def report_stage(ctx: StageContext, run_id: str) -> str:
     from workers.report import collect_report_data, render_report, write_report
 
     manifest = load_manifest(ctx.storage, run_id)
-    data = collect_report_data(ctx.storage, ctx.source(manifest), run_id, limits=ctx.limits)
+    data = collect_report_data(
+        ctx.storage, ctx.source(manifest), run_id, limits=ctx.limits, threads=ctx.settings.io_threads
+    )
     return write_report(ctx.storage, run_id, render_report(data))

@@ -13,9 +13,11 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Protocol, TypeVar
 from urllib.parse import urlparse
 
 from workers.errors import (
@@ -282,6 +284,33 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     if prefix:
         check_key(prefix)
     return parsed.netloc, prefix
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def fetch_in_order(fetch: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
+    """``fetch(item)`` for each item, yielded in order, with up to ``2 * threads`` fetches in flight.
+
+    Reading a run's thousands of small objects one at a time is bound by round trips to S3; this
+    overlaps them while memory stays bounded (a fixed window, not the whole run). The first error
+    is raised in order, and unstarted fetches are cancelled when the caller stops early.
+    """
+    if threads <= 1:
+        yield from map(fetch, items)
+        return
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch")
+    window: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            window.append(pool.submit(fetch, item))
+            if len(window) >= 2 * threads:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class StorageFactory:

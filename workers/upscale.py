@@ -189,4 +189,3 @@ def tiled_forward(forward: Forward, x: torch.Tensor, tile: int, overlap: int, sc
                 :, :, oy : oy + (bottom - top) * scale, ox : ox + (right - left) * scale
             ]
     return out
-
