@@ -370,7 +370,9 @@ def aggregate_stage(ctx: StageContext, run_id: str, allow_partial: bool = False)
     manifest = load_manifest(ctx.storage, run_id)  # fresh: the name list may have grown
     keys = RunKeys(run_id)
     progress = RunProgress.read(ctx.storage, run_id)
-    pending = [n for n in manifest.names if stem(n) not in progress.done | progress.failed]
+    finished_stems = progress.done | progress.failed  # once: a union per name is quadratic in the run's size
+    finished = [n for n in manifest.names if stem(n) in finished_stems]
+    pending = [n for n in manifest.names if stem(n) not in finished_stems]
     if pending and not allow_partial:
         return AggregateResult(run_id, manifest.total, 0, 0, len(pending), complete=False)
 
@@ -384,7 +386,6 @@ def aggregate_stage(ctx: StageContext, run_id: str, allow_partial: bool = False)
             return name, True, ctx.storage.get(keys.row(name))
         return name, False, ctx.storage.get(keys.failed(name))
 
-    finished = [n for n in manifest.names if stem(n) in progress.done | progress.failed]
     failures: list[dict[str, object]] = []
     with ctx.storage.writer(keys.submission) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
@@ -426,8 +427,8 @@ def report_stage(ctx: StageContext, run_id: str) -> str:
     """
     from workers.report import collect_report_data, render_report, write_report
 
-    manifest = load_manifest(ctx.storage, run_id)
+    # collect_report_data reads the manifest itself; the source it names never changes, so the cached copy serves.
     data = collect_report_data(
-        ctx.storage, ctx.source(manifest), run_id, limits=ctx.limits, threads=ctx.settings.io_threads
+        ctx.storage, ctx.source(ctx.manifest(run_id)), run_id, limits=ctx.limits, threads=ctx.settings.io_threads
     )
     return write_report(ctx.storage, run_id, render_report(data))
