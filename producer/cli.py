@@ -94,8 +94,9 @@ def _pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
             template=kwargs.pop("nlm_template"),
             search=kwargs.pop("nlm_search"),
         )
-        preset = "seed" if kwargs.pop("seed_compat") else kwargs.pop("preset")
-        kwargs.pop("preset", None)
+        preset = kwargs.pop("preset")
+        if kwargs.pop("seed_compat"):
+            preset = "seed"
         kwargs["choice"] = PipelineChoice(preset, spec, kwargs.pop("calibration"), kwargs.pop("denoise_on"))
         return command(**kwargs)
 
@@ -319,7 +320,7 @@ def evaluate(dataset: str, presets: tuple[str, ...], calibration: str | None, ru
     pairs = ev.truth_pairs(inputs_dir, Path(gt) if gt else Path(dataset) / ev.VAL_TRUTH)
     ctx = StageContext(settings)
     scores, curve = [], None
-    for preset in presets or sorted(PRESETS, key=list(PRESETS).index):
+    for preset in presets or list(PRESETS):
         try:
             curve_file = calibration if preset in TAKES_CURVE else None
             pipeline = resolve_pipeline(PipelineChoice(preset, DenoiseSpec(), curve_file), dataset, ctx.storages)
@@ -328,7 +329,7 @@ def evaluate(dataset: str, presets: tuple[str, ...], calibration: str | None, ru
                 raise
             click.echo(f"skipping preset {preset}: {exc}", err=True)
             continue
-        curve = curve or ctx.tone_curve_of(pipeline)
+        curve = curve or ctx.tone_curve(pipeline)
         plan = prepare_run(settings, ctx.storage, str(inputs_dir), pipeline, show_progress=True)
         _execute(ctx, plan)
         scores.append(ev.score_run(ctx.storage, plan.manifest, pairs, f"{preset} (run {plan.run_id})"))

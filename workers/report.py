@@ -343,7 +343,7 @@ def _timestamp(value: object) -> float | None:
 def _start_and_finish_times(metas: Metas, markers: Mapping[str, Failure]) -> tuple[list[float], list[float]]:
     """Epoch seconds: starts (denoise end minus its duration) and finishes (upscaled or failed).
 
-    The stages record ``at`` to the second, so both are accurate to about a second.
+    The stages record ``at`` to the millisecond.
     """
     starts, finishes = [], []
     for stage, meta in _each_meta(metas):
@@ -588,8 +588,7 @@ def _timing_section(data: ReportData) -> str:
     rows = [(t.stage, t.count, _fmt_s(t.p50), _fmt_s(t.p95), _fmt_s(t.total)) for t in data.timings]
     table = _table(rows, ["stage", "images", "p50", "p95", "sum"], [False, True, True, True, True]) if rows else ""
     chart = _line_chart(data.throughput, data.throughput_bin_s) if data.throughput else "<p class=note>no timings yet</p>"
-    return (f"<h2>Timing</h2>{table}<h3 class=chart>Images finished per {data.throughput_bin_s} s "
-            f"(timestamps are to the second)</h3>{chart}")
+    return f"<h2>Timing</h2>{table}<h3 class=chart>Images finished per {data.throughput_bin_s} s</h3>{chart}"
 
 
 def _scores_section(data: ReportData) -> str:

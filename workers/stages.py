@@ -116,10 +116,7 @@ class StageContext:
     def source(self, manifest: RunManifest) -> Storage:
         return self._source(manifest.source)
 
-    def tone_curve(self, manifest: RunManifest) -> ToneCurve | None:
-        return self.tone_curve_of(manifest.pipeline)
-
-    def tone_curve_of(self, pipeline: PipelineSpec) -> ToneCurve | None:
+    def tone_curve(self, pipeline: PipelineSpec) -> ToneCurve | None:
         return self._tone(pipeline.tone) if pipeline.tone else None
 
 
@@ -162,7 +159,7 @@ def denoise_stage(ctx: StageContext, run_id: str, name: str) -> Outcome:
     started = time.perf_counter()
     try:
         rgb, size_bytes = read_input(ctx, manifest, name)
-        clean = denoise(*prepare_denoise(rgb, manifest.pipeline, ctx.tone_curve(manifest)))
+        clean = denoise(*prepare_denoise(rgb, manifest.pipeline, ctx.tone_curve(manifest.pipeline)))
     except PermanentImageError as exc:
         return record_failure(ctx, run_id, name, "denoise", exc.reason)
     ctx.storage.put(keys.denoised(name), encode_png(clean))
@@ -269,7 +266,7 @@ def _load_for_upscale(ctx: StageContext, manifest: RunManifest, name: str) -> _L
         except ObjectNotFoundError:
             pass
     rgb, _ = read_input(ctx, manifest, name)
-    return _Loaded(name, *prepare_denoise(rgb, manifest.pipeline, ctx.tone_curve(manifest)))
+    return _Loaded(name, *prepare_denoise(rgb, manifest.pipeline, ctx.tone_curve(manifest.pipeline)))
 
 
 def _denoise_on_device(ctx: StageContext, manifest: RunManifest, batch: list[_Loaded], started: float,
