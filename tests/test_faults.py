@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,17 +60,23 @@ def assert_complete_and_identical(cluster: Cluster, run_id: str, folder: Path, t
     assert submission == cluster.embedded_submission(str(folder), tmp_path, *args)
 
 
-def test_redis_restart_mid_run(faults, tmp_path):
+def restart_mid_run(faults: Cluster, tmp_path: Path, restart: Callable[[], None]) -> None:
+    """A run followed by a waiting producer; ``restart`` once the first rows exist. The waiting
+    producer must see the run through to a complete, identical submission."""
     folder = tmp_path / "in"
     write_images(folder, IMAGES, width=96, height=64)
     faults.start_default()
     run_id = start_run(faults, folder, tmp_path)
     waiter = follow(faults, folder, tmp_path)
     wait_until(lambda: count(faults, run_id, "rows") >= 2, 120, "first rows")
-    faults.redis.restart()  # append-only file on, as in docker-compose.yml
+    restart()
     out, err = waiter.communicate(timeout=300)
     assert waiter.returncode == 0, out + err
     assert_complete_and_identical(faults, run_id, folder, tmp_path)
+
+
+def test_redis_restart_mid_run(faults, tmp_path):
+    restart_mid_run(faults, tmp_path, faults.redis.restart)  # append-only file on, as in docker-compose.yml
 
 
 def test_redis_restart_without_persistence_is_resumed_by_the_waiting_producer(faults, tmp_path):
@@ -80,17 +87,12 @@ def test_redis_restart_without_persistence_is_resumed_by_the_waiting_producer(fa
     volatile = RedisServer(tmp_path / "volatile-redis", appendonly=False)
     try:
         faults.env.update(BROKER_URL=f"redis://{volatile.host}:{volatile.port}/0", REDIS_PASSWORD=volatile.password)
-        folder = tmp_path / "in"
-        write_images(folder, IMAGES, width=96, height=64)
-        faults.start_default()
-        run_id = start_run(faults, folder, tmp_path)
-        waiter = follow(faults, folder, tmp_path)
-        wait_until(lambda: count(faults, run_id, "rows") >= 2, 120, "first rows")
-        volatile.restart()
-        assert volatile.client().dbsize() == 0  # everything Redis held is gone
-        out, err = waiter.communicate(timeout=300)
-        assert waiter.returncode == 0, out + err
-        assert_complete_and_identical(faults, run_id, folder, tmp_path)
+
+        def restart_empty() -> None:
+            volatile.restart()
+            assert volatile.client().dbsize() == 0  # everything Redis held is gone
+
+        restart_mid_run(faults, tmp_path, restart_empty)
     finally:
         faults.stop()
         volatile.stop()
