@@ -278,7 +278,7 @@ def enqueue_and_wait(env: dict[str, str], input_dir: Path, expected: int) -> flo
     ctx = StageContext(settings)
     plan = prepare_run(settings, ctx.storage, str(input_dir), PipelineSpec(), show_progress=False)
     dispatch.enqueue_plan(settings, ctx.storage, plan)
-    result = dispatch.wait_for_run(settings, ctx.storage, plan.run_id)
+    result = dispatch.wait_for_run(settings, ctx.storage, plan)
     seconds = time.perf_counter() - started
     if result.written != expected:
         raise RuntimeError(f"distributed run {plan.run_id} wrote {result.written} of {expected} rows")

@@ -148,9 +148,10 @@ def _execute(ctx: StageContext, plan: RunPlan, wait: bool = True) -> AggregateRe
         return run_embedded(ctx, plan)
     from producer import dispatch
 
-    dispatch.enqueue_plan(ctx.settings, ctx.storage, plan)
+    tracker = dispatch.connect_tracker(ctx.settings)
+    dispatch.enqueue_plan(ctx.settings, ctx.storage, plan, tracker)
     click.echo(f"enqueued run {plan.run_id}")
-    return dispatch.wait_for_run(ctx.settings, ctx.storage, plan.run_id) if wait else None
+    return dispatch.wait_for_run(ctx.settings, ctx.storage, plan, tracker) if wait else None
 
 
 def _storage(settings: Settings) -> Storage:

@@ -62,6 +62,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def restartable_port() -> int:
+    """A free port for a server that tests stop and start again on the same port. Kernel-chosen
+    ports are ephemeral ones: while the server is down, a client reconnecting to it can be handed
+    that very port as its own source port (a TCP self-connect) and the restart fails to bind."""
+    return _free_port_pair(0, set())
+
+
 def _free_port_pair(offset: int, taken: set[int]) -> int:
     """A free port ``p`` with ``p + offset`` free as well, neither in ``taken``.
 
@@ -268,7 +275,7 @@ class RedisServer(_Server):
         self.appendonly = appendonly
         self.start_timeout = start_timeout
         self.host = _LOCALHOST
-        self.port = free_port()
+        self.port = restartable_port()
         self.password = secrets.token_hex(16)
         self._proc: _Process | None = None
         self.start()

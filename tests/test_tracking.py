@@ -1,5 +1,6 @@
 """Completion tracking in a real Redis: exactly one caller sees a run complete."""
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -45,3 +46,34 @@ def test_finish_many_reports_completion_and_cancel_flag(tracker):
     assert tracker.is_cancelled("run")
     tracker.start("run", 2)  # enqueueing again resumes a cancelled run
     assert not tracker.is_cancelled("run")
+
+
+def test_start_rebuilds_the_finished_set(tracker):
+    """Enqueueing again forgets which images had finished: a failure retried with --retry-failed (or
+    an input gone from the source) must not keep counting, or the run would complete too early."""
+    tracker.start("run", 2)
+    tracker.finish_many("run", ["a", "retried"])
+    tracker.start("run", 2)
+    assert not tracker.finish_many("run", ["a"])  # what storage still counts as finished
+    assert tracker.counts("run") == (1, 2)
+    assert tracker.finish("run", "retried")  # the retried image, once it finishes again, completes the run
+
+
+def test_a_tracker_from_a_url_rides_out_a_redis_restart(tmp_path):
+    """Workers and producers build their tracker from the broker URL: its calls wait out a Redis that
+    is down for a few seconds (here 3 s) instead of failing at once."""
+    from tests.servers import RedisServer
+
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    try:
+        tracker = RunTracker.from_url(server.url)
+        tracker.start("run", 1)
+        server.stop()
+        with ThreadPoolExecutor(1) as pool:
+            finished = pool.submit(tracker.finish, "run", "a.png")
+            time.sleep(3)
+            assert not finished.done(), finished.exception()
+            server.start()  # from this thread: test servers die with the thread that started them
+            assert finished.result(timeout=60)  # waited for Redis, then completed the run
+    finally:
+        server.stop()

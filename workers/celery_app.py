@@ -71,6 +71,10 @@ def create_app(settings: Settings) -> Celery:
         task_track_started=True,
         worker_send_task_events=True,
         task_send_sent_event=True,
+        # Sending a task rides out a Redis restart as the run tracker does (about 20 s), instead of
+        # Celery's default of under 2 s: a denoise task handing its image to the GPU queue, or a
+        # producer enqueueing, must not lose the message to a brief outage.
+        task_publish_retry_policy={"max_retries": 15, "interval_start": 0.2, "interval_step": 0.4, "interval_max": 2},
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # survive a Redis restart: keep reconnecting
         worker_cancel_long_running_tasks_on_connection_loss=False,

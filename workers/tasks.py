@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import redis
 from celery import signals
 from celery_batches import Batches, SimpleRequest
 
@@ -189,7 +190,12 @@ def aggregate(run_id: str, allow_partial: bool = False) -> dict[str, Any]:
     (idempotent)."""
     result = aggregate_stage(stage_context(), run_id, allow_partial)
     if result.complete and not result.pending:
-        tracker().forget(run_id)  # storage holds the outcome; keep Redis at its baseline
+        # Storage holds the outcome; keep Redis at its baseline. Best effort: the summary exists, so
+        # a retry would not come back here, and keys left behind expire with their TTL.
+        try:
+            tracker().forget(run_id)
+        except redis.RedisError:
+            logger.warning("run %s: could not drop its tracking keys; they expire on their own", run_id, exc_info=True)
     if result.complete:
         report_stage(stage_context(), run_id)
     return result.as_dict()

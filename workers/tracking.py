@@ -15,9 +15,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 KEY_PREFIX = "lowlight:run"
 TTL_S = 14 * 24 * 3600
+# Ride out a Redis restart (an append-only file to reload, a pod rescheduled): a refused or dropped
+# connection is retried with backoff 0.2, 0.4, ... capped at 2 s, about 20 s in all, before the
+# error surfaces. redis-py's own default gives up within milliseconds.
+OUTAGE_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=14)
 
 # A run Redis does not know (never started here, lost in a restart, or forgotten after aggregation)
 # is left alone: a late duplicate must not recreate its keys. `producer enqueue` starts it again.
@@ -44,7 +50,7 @@ class RunTracker:
 
     @classmethod
     def from_url(cls, url: str) -> RunTracker:
-        return cls(redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10, retry_on_timeout=True))
+        return cls(redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, retry=OUTAGE_RETRY))
 
     @staticmethod
     def _keys(run_id: str) -> tuple[str, str, str]:
@@ -52,11 +58,16 @@ class RunTracker:
         return f"{base}:finished", f"{base}:total", f"{base}:cancelled"
 
     def start(self, run_id: str, total: int) -> None:
-        """Set how many images the run has (call before enqueueing its tasks)."""
-        _, total_key, cancelled_key = self._keys(run_id)
+        """Set how many images the run has and forget which had finished (call before enqueueing its
+        tasks, then :meth:`finish_many` what storage says is finished).
+
+        The set is rebuilt rather than kept: names that storage no longer counts as finished (a
+        failure retried with ``--retry-failed``, an input removed from the source) must not count.
+        """
+        finished_key, total_key, cancelled_key = self._keys(run_id)
         with self.client.pipeline() as pipe:
+            pipe.delete(finished_key, cancelled_key)
             pipe.set(total_key, total, ex=TTL_S)
-            pipe.delete(cancelled_key)
             pipe.execute()
 
     def finish(self, run_id: str, name: str) -> bool:
