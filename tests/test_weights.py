@@ -28,9 +28,9 @@ def fill_hf_cache(cache: Path, weights: Path) -> Path:
     return target
 
 
-def run_resolve(cache: Path) -> subprocess.CompletedProcess[str]:
+def run_resolve(cache: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in {"WEIGHTS", "HF_HOME"}}
-    env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", **extra_env)
     return subprocess.run([sys.executable, "-c", RESOLVE], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -45,6 +45,13 @@ def test_hub_offline_without_cache_is_one_clear_error(tmp_path):
     result = run_resolve(tmp_path / "empty-hub")
     assert result.returncode != 0
     assert "WEIGHTS=" in result.stderr and "--weights" in result.stderr
+    assert "not in the HF cache" in result.stderr and "HF_HUB_OFFLINE" in result.stderr
+
+
+def test_hub_bad_repo_id_names_the_setting(tmp_path):
+    result = run_resolve(tmp_path / "empty-hub", MODEL_REPO="not a/valid//repo")
+    assert result.returncode != 0
+    assert "MODEL_REPO" in result.stderr and "WEIGHTS=" in result.stderr
 
 
 def test_local_weights_path(weights_path):

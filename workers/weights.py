@@ -55,14 +55,18 @@ def _from_hub(repo: str, filename: str, revision: str, source: str) -> WeightsRe
 
     try:
         path = hf_hub_download(repo_id=repo, filename=filename, revision=revision)
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
-        raise WeightsUnavailableError(
-            f"cannot get {filename} from the Hugging Face Hub repo {repo} (offline, or not cached): "
-            f"{type(exc).__name__}. Set WEIGHTS=/path/to/model.pth (flag --weights) to use a local "
-            "checkpoint, or fill the HF cache (HF_HOME) where this runs."
-        ) from None
-    logger.info("weights %s -> %s", source, path)
-    return WeightsRef(Path(path), source)
+    except LocalEntryNotFoundError:
+        why = "it is not in the HF cache (HF_HOME) and the Hub cannot be reached (no network, or HF_HUB_OFFLINE=1)"
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        why = f"{first_line} (check MODEL_REPO, MODEL_FILE and MODEL_REVISION; HF_TOKEN for a private repo)"
+    else:
+        logger.info("weights %s -> %s", source, path)
+        return WeightsRef(Path(path), source)
+    raise WeightsUnavailableError(
+        f"cannot get {filename}@{revision} from the Hugging Face Hub repo {repo}: {why}. Set WEIGHTS=/path/to/model.pth "
+        "(flag --weights) to use a local checkpoint, or fill the HF cache where this runs."
+    )
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
