@@ -13,16 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from workers.denoise import DenoiseSpec, denoise
 from workers.errors import ConfigError
-from workers.imageio import decode_png
+from workers.imageio import DecodeLimits, decode_image, decode_png
 from workers.metrics import competition_scores
 from workers.resample import bicubic_x4
 from workers.runs import RunKeys, RunManifest, RunProgress, stem
 from workers.storage import Storage
-from workers.submission import grey_subsample, submission_id
+from workers.submission import grey_subsample, parse_row, submission_id
 from workers.tone import ToneCurve, apply_tone
 
 VAL_INPUTS = Path("val/val")
@@ -68,8 +67,8 @@ def truth_pairs(inputs: Path, truth: Path) -> list[tuple[Path, Path]]:
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    """A local image decoded as the pipeline decodes its inputs (16-bit scaled, same limits)."""
+    return decode_image(path.read_bytes(), path.name, DecodeLimits.from_settings())
 
 
 def score(name: str, output: np.ndarray, truth: np.ndarray, row: np.ndarray | None = None) -> ImageScore:
@@ -100,7 +99,7 @@ def score_run(storage: Storage, manifest: RunManifest, pairs: Iterable[tuple[Pat
             result.missing.append(inp.name)
             continue
         output = decode_png(storage.get(keys.sr(inp.name)))
-        row = np.array(storage.get(keys.row(inp.name)).decode().strip().split(",")[1:], dtype=np.int64)
+        row = np.array(parse_row(storage.get(keys.row(inp.name)).decode())[1], dtype=np.int64)
         if output.shape != truth.shape or row.shape != grey_subsample(truth).shape:
             result.missing.append(inp.name)
             continue

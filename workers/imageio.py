@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from workers.errors import ImageTooLargeError, InvalidImageError
+from workers.settings import Settings
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF")
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"})
@@ -53,6 +54,12 @@ _TIFF_VALUE_SIZES = {3: 2, 4: 4, 5: 8, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 1
 class DecodeLimits:
     max_bytes: int
     max_pixels: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> DecodeLimits:
+        """MAX_IMAGE_BYTES and MAX_IMAGE_PIXELS of ``settings`` (default: the defaults)."""
+        settings = settings or Settings()
+        return cls(settings.max_image_bytes, settings.max_image_pixels)
 
 
 def decode_image(data: bytes, name: str, limits: DecodeLimits) -> np.ndarray:

@@ -35,7 +35,6 @@ from workers.errors import ConfigError, ObjectNotFoundError, PermanentImageError
 from workers.imageio import DecodeLimits, decode_image, decode_png
 from workers.metrics import competition_scores
 from workers.runs import RunKeys, RunManifest, RunProgress, load_manifest, now_iso, stem
-from workers.settings import Settings
 from workers.storage import Storage, fetch_in_order
 from workers.submission import grey_subsample, submission_id
 
@@ -46,7 +45,6 @@ JPEG_QUALITY = 85
 _LONG_TEXT = 160  # settings longer than this are summarised
 THROUGHPUT_BINS = 30  # about this many intervals on the throughput chart
 _NICE_BIN_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
-_DEFAULTS = Settings()
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
@@ -168,7 +166,7 @@ def collect_report_data(
         TransientError: a storage could not be reached.
         OSError: a ground-truth file could not be read.
     """
-    limits = limits or DecodeLimits(_DEFAULTS.max_image_bytes, _DEFAULTS.max_image_pixels)
+    limits = limits or DecodeLimits.from_settings()
     manifest = load_manifest(storage, run_id)
     keys = RunKeys(run_id)
     progress = RunProgress.read(storage, run_id)

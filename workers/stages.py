@@ -77,7 +77,7 @@ class StageContext:
         self.settings = settings
         self.storages = StorageFactory(settings)
         self.storage = storage or self.storages.open(settings.storage_url)
-        self.limits = DecodeLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self.limits = DecodeLimits.from_settings(settings)
         self.hostname = socket.gethostname()
         self._model_lock = threading.Lock()
         self.io_pool = ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="store")

@@ -66,10 +66,15 @@ def read_expected_columns(stream: IO[bytes]) -> int:
     return len(columns) - 1
 
 
+def parse_row(line: str) -> tuple[str, list[str]]:
+    """(ID, pixel values as text) of one stored row line, read by the rules :func:`format_row` wrote it with."""
+    image_id, *values = next(csv.reader([line]))
+    return image_id, values
+
+
 def row_width(line: str) -> int:
     """Number of pixel values in one stored row line."""
-    fields = next(csv.reader([line]))
-    return len(fields) - 1
+    return len(parse_row(line)[1])
 
 
 class SubmissionWriter:
@@ -105,7 +110,8 @@ class SubmissionWriter:
         self.rows += 1
 
     def close(self) -> None:
-        """Make sure a header exists even when no row was written."""
+        """Make sure a header exists even when no row was written, if the width is known (from the
+        sample submission); with neither, the file stays empty: no header can be right."""
         if self.n_columns is not None:
             self._write_header()
 
