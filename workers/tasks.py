@@ -16,6 +16,7 @@ from typing import Any
 import redis
 from celery import signals
 from celery_batches import Batches, SimpleRequest
+from kombu.exceptions import OperationalError
 
 from workers.calibration import calibrate_here
 from workers.celery_app import app
@@ -27,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 SETTINGS = app.conf.lowlight_settings
 RETRY = {
-    "autoretry_for": (TransientError,),
+    # Redis trouble outlasting the tracker's own retries is as transient as a storage outage.
+    "autoretry_for": (TransientError, redis.ConnectionError, redis.TimeoutError, OperationalError),
     "retry_backoff": 2,
     "retry_backoff_max": 60,  # keep well under the visibility timeout: a waiting retry is unacked
     "retry_jitter": True,
