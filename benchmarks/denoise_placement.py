@@ -1,11 +1,15 @@
 """Where should NL-means run? OpenCV on CPU cores, or the PyTorch port on the upscaler's device.
 
 Prints, for the same images:
-1. NL-means images/s: OpenCV on one core, and ``workers.nlm_torch`` on the device (batched);
-2. the upscaler alone (images/s), the ceiling both placements aim at;
-3. the whole embedded pipeline with ``DENOISE_ON=cpu`` and ``DENOISE_ON=gpu`` when the process may
+1. fidelity: the device port's output against OpenCV's, as PSNR and the share of values that
+   differ, on these synthetic images and on the sample dataset's inputs (``dataset/test``,
+   ``dataset/val/val``);
+2. NL-means images/s: OpenCV on one core, and ``workers.nlm_torch`` on the device (batched);
+3. the upscaler alone (images/s), the ceiling both placements aim at;
+4. the whole embedded pipeline with ``DENOISE_ON=cpu`` and ``DENOISE_ON=gpu`` when the process may
    use 2, 4 and 16 CPU cores (``os.sched_setaffinity``; counts above the machine's are skipped), as
-   images/s and as a share of the upscaler-only rate.
+   images/s, as a share of the upscaler-only rate, and whether its submission is byte-identical to
+   the ``DENOISE_ON=cpu`` one (same bytes: same competition score).
 
     python benchmarks/denoise_placement.py --size 256x160 --count 32 --device cuda
 """
@@ -50,11 +54,47 @@ def torch_nlm_rate(images: list, device: object, batch: int) -> float:
     return len(images) / (time.perf_counter() - started)
 
 
-def pipeline_rate(args: argparse.Namespace, folder: Path, placement: str, cores: int, tmp: Path) -> float:
-    """images/s of a whole embedded run with this placement, limited to ``cores`` CPU cores."""
+def fidelity_row(label: str, images: list, device: object, batch: int) -> tuple[object, ...]:
+    """How far the device port's output is from OpenCV's on ``images`` (same-size groups batched)."""
+    from collections import defaultdict
+
+    import numpy as np
+
+    from workers.denoise import DenoiseSpec, denoise_on_device, nlm_opencv
+    from workers.metrics import psnr
+
+    spec = DenoiseSpec()
+    by_shape: dict[tuple[int, ...], list] = defaultdict(list)
+    for image in images:
+        by_shape[image.shape].append(image)
+    ours, ref = [], []
+    for group in by_shape.values():
+        for chunk in common.chunks(group, batch):
+            ours += list(denoise_on_device(np.stack(chunk), spec, device))
+            ref += [nlm_opencv(image, spec) for image in chunk]
+    worst = min(psnr(a, b) for a, b in zip(ours, ref, strict=True))
+    differing = sum(int(np.count_nonzero(a != b)) for a, b in zip(ours, ref, strict=True)) / sum(a.size for a in ref)
+    largest = max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(ours, ref, strict=True))
+    sizes = ", ".join(sorted({f"{shape[1]}x{shape[0]}" for shape in by_shape}))
+    return label, len(images), sizes, "inf (identical)" if worst == float("inf") else f"{worst:.2f}", \
+        f"{differing:.4%}", largest
+
+
+def sample_inputs() -> list:
+    """The sample dataset's test and validation inputs (none when the dataset is not there)."""
+    import numpy as np
+    from PIL import Image
+
+    folders = [common.REPO / "dataset" / "test", common.REPO / "dataset" / "val" / "val"]
+    paths = sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.png"))
+    return [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+
+
+def pipeline_run(args: argparse.Namespace, folder: Path, placement: str, cores: int, tmp: Path) -> tuple[float, bytes]:
+    """(images/s, submission.csv) of a whole embedded run with this placement, on ``cores`` CPU cores."""
     from producer.embedded import run_embedded
     from producer.planning import prepare_run
-    from workers.runs import PipelineSpec
+    from workers.runs import PipelineSpec, RunKeys
     from workers.settings import Settings
     from workers.stages import StageContext
 
@@ -67,7 +107,8 @@ def pipeline_rate(args: argparse.Namespace, folder: Path, placement: str, cores:
     plan = prepare_run(settings, ctx.storage, str(folder), pipeline, show_progress=False)
     started = time.perf_counter()
     run_embedded(ctx, plan, show_progress=False)
-    return len(plan.manifest.names) / (time.perf_counter() - started)
+    rate = len(plan.manifest.names) / (time.perf_counter() - started)
+    return rate, ctx.storage.get(RunKeys(plan.run_id).submission)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     args.device_obj = common.resolve_device(args.device)
     images = common.synthetic_images(args.count, width, height)
     upscaler = load_upscaler(args.weights, str(args.device_obj))
+    log("fidelity of the port against OpenCV")
+    fidelity = [fidelity_row(f"synthetic (this run's {args.count} inputs)", images, args.device_obj, args.batch)]
+    sample = sample_inputs()
+    if sample:
+        fidelity.append(fidelity_row("dataset/test + dataset/val/val", sample, args.device_obj, args.batch))
     log("NL-means: OpenCV, one core")
     opencv = common.measure_nlm(images, threads=1)
     log("NL-means: PyTorch on the device")
@@ -97,21 +143,30 @@ def main(argv: list[str] | None = None) -> int:
         all_cores = os.sched_getaffinity(0)
         try:
             for cores in [c for c in CORE_COUNTS if c <= available] or [available]:
+                reference = None
                 for placement in ("cpu", "gpu"):
                     log(f"pipeline: denoise on {placement}, {cores} cores")
-                    rate = pipeline_rate(args, folder, placement, cores, tmp)
-                    rows.append((placement, cores, fmt(rate), f"{rate / upscale_rate:.0%}"))
+                    rate, submission = pipeline_run(args, folder, placement, cores, tmp)
+                    reference = reference or submission
+                    same = "yes" if submission == reference else "NO"
+                    rows.append((placement, cores, fmt(rate), f"{rate / upscale_rate:.0%}", same))
         finally:
             os.sched_setaffinity(0, all_cores)
 
     print(f"## Denoise placement: {args.count} images {width}x{height}\n")
+    print(f"Fidelity of the PyTorch port on {common.device_name(args.device_obj)} against OpenCV "
+          "(default settings h=7, hColor=7, 7, 21; PSNR of the worst image):\n")
+    print(common.markdown_table(("images", "count", "sizes", "PSNR vs OpenCV (dB)", "values differing",
+                                 "largest difference"), fidelity))
+    print()
     print(common.markdown_table(("stage", "images/s"), [
         ("NL-means, OpenCV, 1 core", fmt(opencv.images_per_second)),
         (f"NL-means, PyTorch port on {common.device_name(args.device_obj)}, batch {args.batch}", fmt(torch_rate)),
         (f"upscaler alone, batch {args.batch}", fmt(upscale_rate)),
     ]))
     print()
-    print(common.markdown_table(("denoise on", "CPU cores", "pipeline images/s", "of upscaler-only"), rows))
+    print(common.markdown_table(("denoise on", "CPU cores", "pipeline images/s", "of upscaler-only",
+                                 "submission identical to cpu"), rows))
     skipped = [c for c in CORE_COUNTS if c > available]
     if skipped:
         print(f"\n(core counts above this machine's {available} skipped: {skipped})")

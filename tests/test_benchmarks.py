@@ -127,6 +127,8 @@ def test_denoise_placement_quick(tiny_weights, capsys):
                                    "--torch-threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "NL-means, PyTorch port" in out and "| cpu        |" in out and "| gpu        |" in out
+    assert "| synthetic (this run's 2 inputs) | 2 " in out and "| dataset/test + dataset/val/val " in out
+    assert "| inf (identical) " in out and "| NO " not in out
 
 
 def test_quality_on_a_tiny_dataset(tmp_path, tiny_weights, capsys):
