@@ -35,6 +35,11 @@ def _needs_curve(name: str, curve: ToneCurve | None) -> ToneCurve:
 def seed(denoise: DenoiseSpec, curve: ToneCurve | None) -> PipelineSpec:
     if curve is not None:
         raise ConfigError("preset 'seed' reproduces the seed exactly and takes no tone curve")
+    if denoise != DenoiseSpec():
+        raise ConfigError(
+            "preset 'seed' reproduces the seed exactly: NL-means h=7, hColor=7, template 7, search 21; "
+            "drop --denoise/--nlm-* (DENOISE, NLM_*) or use --preset standard"
+        )
     return PipelineSpec(preset="seed", denoise=denoise, channel_order="bgr", resize_multiple=8)
 
 
