@@ -82,12 +82,10 @@ def fidelity_row(label: str, images: list, device: object, batch: int) -> tuple[
 
 def sample_inputs() -> list:
     """The sample dataset's test and validation inputs (none when the dataset is not there)."""
-    import numpy as np
-    from PIL import Image
+    from producer.evaluate import load_rgb
 
     folders = [common.REPO / "dataset" / "test", common.REPO / "dataset" / "val" / "val"]
-    paths = sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.png"))
-    return [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+    return [load_rgb(p) for p in sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.png"))]
 
 
 def pipeline_run(args: argparse.Namespace, folder: Path, placement: str, cores: int, tmp: Path) -> tuple[float, bytes]:

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import redis
-from kombu.exceptions import OperationalError
 from tqdm import tqdm
 
 from producer.planning import RunPlan, plan_remaining
@@ -21,15 +20,15 @@ from workers.runs import RunKeys
 from workers.settings import Settings, redact_url
 from workers.stages import AggregateResult
 from workers.storage import Storage
-from workers.tracking import RunTracker
+from workers.tracking import OUTAGE_ERRORS, RunTracker
 
 DENOISE, UPSCALE, AGGREGATE = "workers.tasks.denoise", "workers.tasks.upscale", "workers.tasks.aggregate"
 CALIBRATE = "workers.tasks.calibrate"
 POLL_S = 1.0
 RESUME_AFTER_S = 10.0  # how long the run may be unknown to Redis before the producer enqueues it again
 # How long every image may count as finished with no summary before the producer asks again: longer
-# than aggregating a big run takes (9.5 s per 2,000 images against an S3 with 2 ms round trips, see
-# benchmarks/aggregate.py). Asking early costs only time: aggregation is idempotent.
+# than aggregating a big run takes (4.8 s per 2,000 images against an S3 with 2 ms round trips, see
+# benchmarks/aggregate.py in the README). Asking early costs only time: aggregation is idempotent.
 AGGREGATION_GRACE_S = 120.0
 
 
@@ -117,7 +116,7 @@ def wait_for_run(settings: Settings, storage: Storage, plan: RunPlan, tracker: R
                     bar.set_postfix_str(f"{stall[0]}: enqueueing the rest again")
                     enqueue_plan(settings, storage, plan_remaining(storage, plan.manifest), tracker)
                     stalled_since = None
-            except (redis.ConnectionError, redis.TimeoutError, OperationalError, TransientError) as exc:
+            except (*OUTAGE_ERRORS, TransientError) as exc:
                 bar.set_postfix_str(f"waiting for servers: {type(exc).__name__}")
             time.sleep(POLL_S)
     return AggregateResult(**{k: summary[k] for k in ("run_id", "total", "written", "failed", "pending", "complete")})

@@ -48,8 +48,8 @@ def start_run(cluster: Cluster, folder: Path, tmp_path: Path, *args: str) -> str
 
 @contextlib.contextmanager
 def follow(cluster: Cluster, folder: Path, tmp_path: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """``producer enqueue --wait`` in the background: it resumes the run and follows it to the end.
-    Killed on the way out, so a test that failed never leaves it enqueueing into a database that a
+    """``producer enqueue`` in the background: it resumes the run and (unless ``--no-wait``) follows
+    it to the end. Killed on the way out, so a test that failed never leaves it enqueueing into a database that a
     later test reuses."""
     waiter = subprocess.Popen([sys.executable, "-m", "producer", "enqueue", str(folder), *args], env=cluster.env,
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

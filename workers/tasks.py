@@ -16,20 +16,19 @@ from typing import Any
 import redis
 from celery import signals
 from celery_batches import Batches, SimpleRequest
-from kombu.exceptions import OperationalError
 
 from workers.calibration import calibrate_here
 from workers.celery_app import app
 from workers.errors import RunNotFoundError, TransientError
 from workers.stages import StageContext, aggregate_stage, denoise_stage, report_stage, upscale_stage
-from workers.tracking import RunTracker
+from workers.tracking import OUTAGE_ERRORS, RunTracker
 
 logger = logging.getLogger(__name__)
 
 SETTINGS = app.conf.lowlight_settings
 RETRY = {
     # Redis trouble outlasting the tracker's own retries is as transient as a storage outage.
-    "autoretry_for": (TransientError, redis.ConnectionError, redis.TimeoutError, OperationalError),
+    "autoretry_for": (TransientError, *OUTAGE_ERRORS),
     "retry_backoff": 2,
     "retry_backoff_max": 60,  # keep well under the visibility timeout: a waiting retry is unacked
     "retry_jitter": True,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import redis
+from kombu.exceptions import OperationalError
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -24,6 +25,8 @@ TTL_S = 14 * 24 * 3600
 # connection is retried with backoff 0.2, 0.4, ... capped at 2 s, about 20 s in all, before the
 # error surfaces. redis-py's own default gives up within milliseconds.
 OUTAGE_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=14)
+# What a Redis outage that outlasted those retries raises, from redis-py and from kombu (sending tasks).
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, OperationalError)
 
 # A run Redis does not know (never started here, lost in a restart, or forgotten after aggregation)
 # is left alone: a late duplicate must not recreate its keys. `producer enqueue` starts it again.
