@@ -25,6 +25,7 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 test: $(BIN)/.installed system-deps
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 # Unit tests only: no servers, no worker processes.

@@ -111,8 +111,8 @@ def make_run(settings, folder: Path, count: int, size: tuple[int, int], fail_eve
     """Store a finished run of ``count`` inputs (uploaded from ``folder``) and return its id."""
     from producer.embedded import run_embedded
     from producer.planning import prepare_run
-    from workers.runs import PipelineSpec
-    from workers.stages import StageContext
+    from workers.run.context import StageContext
+    from workers.run.manifest import PipelineSpec
 
     paths = common.write_inputs(folder, common.synthetic_images(count, *size))
     for path in paths[fail_every - 1 :: fail_every] if fail_every else []:
@@ -125,8 +125,10 @@ def make_run(settings, folder: Path, count: int, size: tuple[int, int], fail_eve
 
 def time_stages(settings, run_id: str, threads: int, repeat: int) -> tuple[float, float, bytes]:  # noqa: ANN001
     """Best aggregate and report seconds over ``repeat`` tries, and the submission written."""
-    from workers.runs import RunKeys
-    from workers.stages import StageContext, aggregate_stage, report_stage
+    from workers.report import report_stage
+    from workers.run.aggregate import aggregate_stage
+    from workers.run.context import StageContext
+    from workers.run.keys import RunKeys
 
     ctx = StageContext(settings.replace(io_threads=threads))
     best_aggregate = best_report = float("inf")
@@ -142,7 +144,7 @@ def time_stages(settings, run_id: str, threads: int, repeat: int) -> tuple[float
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from tests.servers import S3Server
+    from testbed.servers import S3Server
     from workers.settings import Settings
 
     load_start = common.load_average()

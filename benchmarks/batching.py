@@ -1,7 +1,7 @@
 """What micro-batching gains the upscaler: images/s at batch sizes 1, 2, 4, 8 (and 16 on CUDA).
 
 The same synthetic images go through the model in batches of each size; a batch is converted,
-run and copied back exactly as ``workers.upscale.Upscaler.upscale`` does, but without its
+run and copied back exactly as ``workers.ops.upscale.Upscaler.upscale`` does, but without its
 out-of-memory fallback (which would quietly split the batch): an out-of-memory error ends that
 variant's sweep instead, so the largest batch that fits is visible. On CUDA the sweep is run for
 the production memory format (``channels_last``, what ``load_upscaler`` sets), plain NCHW, and
@@ -176,7 +176,7 @@ def report(points: list[Point], macs: float, pixels_per_image: int, cuda: bool) 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from workers.upscale import load_upscaler
+    from workers.ops.upscale import load_upscaler
 
     common.apply_torch_threads(args.torch_threads)
     device = common.resolve_device(args.device)

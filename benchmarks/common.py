@@ -361,10 +361,10 @@ class StageTiming:
 
 
 def measure_nlm(images: Sequence[np.ndarray], threads: int = 1) -> StageTiming:
-    """The production CPU stage (``workers.denoise.denoise``, seed settings) with ``threads`` OpenCV threads."""
+    """The production CPU stage (``workers.ops.denoise.denoise``, seed settings) with ``threads`` OpenCV threads."""
     import cv2
 
-    from workers.denoise import DenoiseSpec, denoise
+    from workers.ops.denoise import DenoiseSpec, denoise
 
     spec = DenoiseSpec()
     before = cv2.getNumThreads()

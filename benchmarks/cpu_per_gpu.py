@@ -3,7 +3,7 @@
     cores_needed = upscale images/s of the device x NL-means seconds per image on one core
 
 NL-means is timed with one OpenCV thread (``OPENCV_THREADS=1``, the production default: one
-denoising process or thread per core scales best), through ``workers.denoise.denoise`` with the
+denoising process or thread per core scales best), through ``workers.ops.denoise.denoise`` with the
 seed's (7, 7, 7, 21). The upscaler is timed through ``Upscaler.upscale`` at the production batch
 size (``GPU_BATCH_SIZE`` on CUDA, 1 on a CPU, where batching gains nothing). Size a CPU worker
 pool per GPU worker from this number plus headroom for decoding and storage.
@@ -40,8 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from workers.ops.upscale import load_upscaler
     from workers.settings import Settings
-    from workers.upscale import load_upscaler
 
     common.apply_torch_threads(args.torch_threads)
     device = common.resolve_device(args.device)

@@ -4,7 +4,7 @@ Prints, for the same images:
 1. fidelity: the device port's output against OpenCV's, as PSNR and the share of values that
    differ, on these synthetic images and on the sample dataset's inputs (``dataset/test``,
    ``dataset/val/val``);
-2. NL-means images/s: OpenCV on one core, and ``workers.nlm_torch`` on the device (batched);
+2. NL-means images/s: OpenCV on one core, and ``workers.ops.nlm_torch`` on the device (batched);
 3. the upscaler alone (images/s), the ceiling both placements aim at;
 4. the whole embedded pipeline with ``DENOISE_ON=cpu`` and ``DENOISE_ON=gpu`` when the process may
    use 2, 4 and 16 CPU cores (``os.sched_setaffinity``; counts above the machine's are skipped), as
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def torch_nlm_rate(images: list, device: object, batch: int) -> float:
     import numpy as np
 
-    from workers.denoise import DenoiseSpec, denoise_on_device
+    from workers.ops.denoise import DenoiseSpec, denoise_on_device
 
     spec = DenoiseSpec()
     denoise_on_device(np.stack(images[:batch]), spec, device)  # warm-up
@@ -60,8 +60,8 @@ def fidelity_row(label: str, images: list, device: object, batch: int) -> tuple[
 
     import numpy as np
 
-    from workers.denoise import DenoiseSpec, denoise_on_device, nlm_opencv
-    from workers.metrics import psnr
+    from workers.ops.denoise import DenoiseSpec, denoise_on_device, nlm_opencv
+    from workers.ops.metrics import psnr
 
     spec = DenoiseSpec()
     by_shape: dict[tuple[int, ...], list] = defaultdict(list)
@@ -92,9 +92,10 @@ def pipeline_run(args: argparse.Namespace, folder: Path, placement: str, cores: 
     """(images/s, submission.csv) of a whole embedded run with this placement, on ``cores`` CPU cores."""
     from producer.embedded import run_embedded
     from producer.planning import prepare_run
-    from workers.runs import PipelineSpec, RunKeys
+    from workers.run.context import StageContext
+    from workers.run.keys import RunKeys
+    from workers.run.manifest import PipelineSpec
     from workers.settings import Settings
-    from workers.stages import StageContext
 
     os.sched_setaffinity(0, set(range(cores)))
     settings = Settings(storage_url=str(tmp / f"{placement}-{cores}"), weights=str(args.weights),
@@ -112,7 +113,7 @@ def pipeline_run(args: argparse.Namespace, folder: Path, placement: str, cores: 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.apply_torch_threads(args.torch_threads)
-    from workers.upscale import load_upscaler
+    from workers.ops.upscale import load_upscaler
 
     width, height = args.size
     load_avg_start = common.load_average()

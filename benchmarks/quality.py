@@ -5,7 +5,7 @@ image to its 4x output; :func:`build_variants` lists them, so a new stage or pre
 curve, the ``seed``/``quality``/``perceptual`` presets) is one more entry. Scoring is
 ``producer.evaluate``'s: PSNR on the submission vectors (every 8th value of the greyscale 4x
 image), SSIM on the full greyscale images, averaged over images. No runs are created: the stage
-functions (``workers.denoise``, ``workers.upscale``) are called directly.
+functions (``workers.ops.denoise``, ``workers.ops.upscale``) are called directly.
 
 Variants: bicubic x4; NL-means + bicubic; the seed pipeline (``--seed-compat``: BGR feed and
 Lanczos resize to a multiple of 8); the default pipeline (RGB feed); no denoising + the model;
@@ -60,7 +60,7 @@ class Models:
         self._loaded: dict[Path, Any] = {}
 
     def get(self, path: Path) -> Any:
-        from workers.upscale import load_upscaler
+        from workers.ops.upscale import load_upscaler
 
         path = path.resolve()
         if path not in self._loaded:
@@ -73,8 +73,8 @@ def sr_pipeline(models: Models, weights: Path, denoise_method: str = "nlm", chan
     """The production stages in order: denoise, upscale (one image), optional seed resize."""
     import numpy as np
 
-    from workers.denoise import DenoiseSpec, denoise
-    from workers.resample import resize_to_multiple
+    from workers.ops.denoise import DenoiseSpec, denoise
+    from workers.ops.resample import resize_to_multiple
 
     spec = DenoiseSpec(method=denoise_method)
 
@@ -95,8 +95,8 @@ def other_checkpoints(folder: Path, default: Path) -> list[Path]:
 def build_variants(args: argparse.Namespace, models: Models) -> tuple[list[Variant], list[str]]:
     """The variants to score, and notes on checkpoints that were left out (and why)."""
     from producer.evaluate import bicubic_x4
-    from workers.denoise import DenoiseSpec, denoise
     from workers.errors import UnsupportedModelError
+    from workers.ops.denoise import DenoiseSpec, denoise
 
     nlm = DenoiseSpec()
     name = args.weights.name

@@ -200,8 +200,8 @@ def run_embedded_mode(args: argparse.Namespace, input_dir: Path, store: Path, im
     """Return (seconds for plan + run + aggregate, model load seconds)."""
     from producer.embedded import run_embedded
     from producer.planning import prepare_run
-    from workers.runs import PipelineSpec
-    from workers.stages import StageContext
+    from workers.run.context import StageContext
+    from workers.run.manifest import PipelineSpec
 
     ctx = StageContext(pipeline_settings(args, str(store)))
     _, load_s = common.timed(ctx.warm_up)
@@ -226,8 +226,8 @@ class Cluster:
 
 
 def start_cluster(args: argparse.Namespace, tmp: Path) -> Cluster:
-    from tests.celery_workers import CeleryWorker, cluster_env
-    from tests.servers import RedisServer, S3Server
+    from testbed.servers import RedisServer, S3Server
+    from testbed.workers import CeleryWorker, cluster_env
 
     startup: dict[str, float] = {}
     stack: list[Any] = []
@@ -269,9 +269,9 @@ def enqueue_and_wait(env: dict[str, str], input_dir: Path, expected: int) -> flo
     """What ``producer enqueue DIR`` does with a broker: plan (and upload), enqueue, wait for the submission."""
     from producer import dispatch
     from producer.planning import prepare_run
-    from workers.runs import PipelineSpec
+    from workers.run.context import StageContext
+    from workers.run.manifest import PipelineSpec
     from workers.settings import Settings
-    from workers.stages import StageContext
 
     settings = Settings.from_env(env)
     started = time.perf_counter()
@@ -306,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import cv2
 
+    from workers.ops.upscale import load_upscaler
     from workers.settings import Settings
-    from workers.upscale import load_upscaler
 
     default_cv2_threads = cv2.getNumThreads()
     common.apply_torch_threads(args.torch_threads)

@@ -20,17 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from workers.calibration import PipelineChoice
-from workers.denoise import DENOISERS, DenoiseSpec
 from workers.errors import ConfigError, EnhanceError
-from workers.presets import PRESETS
-from workers.runs import RunKeys, RunProgress, load_manifest
+from workers.io.storage import Storage, StorageFactory, is_local
+from workers.ops.denoise import DENOISERS, DenoiseSpec
+from workers.run.keys import RunKeys, RunProgress
+from workers.run.manifest import load_manifest
+from workers.run.presets import PRESETS
+from workers.run.resolve import PipelineChoice
 from workers.settings import Settings, public_fields
-from workers.storage import Storage, StorageFactory
 
 if TYPE_CHECKING:
     from producer.planning import RunPlan
-    from workers.stages import AggregateResult, StageContext
+    from workers.run.aggregate import AggregateResult
+    from workers.run.context import StageContext
 
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
 
@@ -127,8 +129,8 @@ def enqueue(src: str, run_id: str | None, sample_submission: str | None, retry_f
             choice: PipelineChoice, settings: Settings) -> None:
     """Process every image in SRC (a folder, a dataset root with test/, or s3://bucket/prefix)."""
     from producer.planning import prepare_run
-    from workers.calibration import resolve_pipeline
-    from workers.stages import StageContext
+    from workers.run.context import StageContext
+    from workers.run.resolve import resolve_pipeline
 
     ctx = StageContext(settings)
     pipeline = resolve_pipeline(choice, src, ctx.storages)
@@ -217,7 +219,8 @@ def collect(run_id: str, output: str, settings: Settings) -> None:
 def aggregate(run_id: str, partial: bool, settings: Settings) -> None:
     """(Re)build RUN_ID's submission.csv and failures report. Idempotent."""
     if settings.embedded:
-        from workers.stages import StageContext, aggregate_stage
+        from workers.run.aggregate import aggregate_stage
+        from workers.run.context import StageContext
 
         ctx = StageContext(settings)
         result = aggregate_stage(ctx, run_id, allow_partial=partial).as_dict()
@@ -256,7 +259,7 @@ def cancel(run_id: str, settings: Settings) -> None:
 def report(run_id: str, output: str, gt: str | None, max_images: int, settings: Settings) -> None:
     """Write a self-contained HTML report of RUN_ID (settings, timings, images side by side, failures)."""
     from workers.report import collect_report_data, render_report, truth_by_name
-    from workers.stages import StageContext
+    from workers.run.context import StageContext
 
     ctx = StageContext(settings)
     manifest = load_manifest(ctx.storage, run_id)
@@ -281,9 +284,9 @@ def calibrate(dataset: str, output: str | None, settings: Settings) -> None:
     Streaming: memory stays flat in the number of pairs. A dataset in object storage (s3://...) is
     fitted by a CPU worker when a broker is configured.
     """
-    from workers.calibration import calibrate_here
+    from workers.training.calibrate import calibrate_here
 
-    if dataset.startswith("s3://") and not settings.embedded:
+    if not is_local(dataset) and not settings.embedded:
         from producer import dispatch
 
         result = dispatch.calibrate(settings, dataset, output)
@@ -313,9 +316,9 @@ def evaluate(dataset: str, presets: tuple[str, ...], calibration: str | None, ru
     """
     from producer import evaluate as ev
     from producer.planning import prepare_run
-    from workers.calibration import resolve_pipeline
-    from workers.presets import NEEDS_CURVE, TAKES_CURVE
-    from workers.stages import StageContext
+    from workers.run.context import StageContext
+    from workers.run.presets import NEEDS_CURVE, TAKES_CURVE
+    from workers.run.resolve import resolve_pipeline
 
     inputs_dir = Path(inputs) if inputs else Path(dataset) / ev.VAL_INPUTS
     pairs = ev.truth_pairs(inputs_dir, Path(gt) if gt else Path(dataset) / ev.VAL_TRUTH)

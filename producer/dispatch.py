@@ -14,13 +14,13 @@ import redis
 from tqdm import tqdm
 
 from producer.planning import RunPlan, plan_remaining
-from workers.celery_app import create_app
 from workers.errors import ConfigError, RunCancelledError, TransientError
-from workers.runs import RunKeys
+from workers.io.storage import Storage
+from workers.run.aggregate import AggregateResult
+from workers.run.keys import RunKeys
+from workers.runtime.app import create_app
+from workers.runtime.tracking import OUTAGE_ERRORS, RunTracker
 from workers.settings import Settings, redact_url
-from workers.stages import AggregateResult
-from workers.storage import Storage
-from workers.tracking import OUTAGE_ERRORS, RunTracker
 
 DENOISE, UPSCALE, AGGREGATE = "workers.tasks.denoise", "workers.tasks.upscale", "workers.tasks.aggregate"
 CALIBRATE = "workers.tasks.calibrate"

@@ -14,15 +14,10 @@ import cv2
 from tqdm import tqdm
 
 from producer.planning import RunPlan
-from workers.stages import (
-    AggregateResult,
-    Outcome,
-    StageContext,
-    aggregate_stage,
-    denoise_stage,
-    report_stage,
-    upscale_stage,
-)
+from workers.report import report_stage
+from workers.run.aggregate import AggregateResult, aggregate_stage
+from workers.run.context import StageContext
+from workers.run.stages import Outcome, denoise_stage, upscale_stage
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +33,8 @@ def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -
     settings = ctx.settings
     cv2.setNumThreads(settings.opencv_threads)
     threads = settings.cpu_workers or os.cpu_count() or 1
-    if (plan.to_denoise or plan.to_upscale) and plan.manifest.pipeline.upscaler == "model":
-        ctx.warm_up()  # a missing model should fail before any work, not after the CPU stage
+    if plan.to_denoise or plan.to_upscale:
+        ctx.upscaler_for(plan.manifest.pipeline)  # a missing model should fail before any work, not after the CPU stage
     bar = tqdm(
         total=plan.manifest.total,
         initial=len(plan.finished) + len(plan.manifest.rejected),

@@ -14,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.denoise import DenoiseSpec, denoise
 from workers.errors import ConfigError
-from workers.imageio import DecodeLimits, decode_image, decode_png
-from workers.metrics import competition_scores
-from workers.resample import bicubic_x4
-from workers.runs import RunKeys, RunManifest, RunProgress, stem
-from workers.storage import Storage
-from workers.submission import grey_subsample, parse_row, submission_id
-from workers.tone import ToneCurve, apply_tone
+from workers.io.imageio import DecodeLimits, decode_image, decode_png
+from workers.io.storage import Storage
+from workers.io.submission import grey_subsample, parse_row, submission_id
+from workers.ops.denoise import DenoiseSpec, denoise
+from workers.ops.metrics import competition_scores
+from workers.ops.resample import bicubic_x4
+from workers.ops.tone import ToneCurve, apply_tone
+from workers.run.keys import RunKeys, RunProgress, stem
+from workers.run.manifest import RunManifest
 
 VAL_INPUTS = Path("val/val")
 VAL_TRUTH = Path("val/gt")

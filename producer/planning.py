@@ -10,21 +10,13 @@ from tqdm import tqdm
 
 from producer.sources import SAMPLE_SUBMISSION, Source, resolve_source
 from workers.errors import ConfigError, ObjectNotFoundError, RunNotFoundError
-from workers.runs import (
-    ImageState,
-    PipelineSpec,
-    RunKeys,
-    RunManifest,
-    RunProgress,
-    load_manifest,
-    make_run_id,
-    now_iso,
-    save_manifest,
-)
+from workers.io.storage import LocalStorage, Storage, StorageFactory, join_key
+from workers.io.submission import read_expected_columns
+from workers.io.weights import describe_weights
+from workers.ops.upscalers import upscaler_kind
+from workers.run.keys import ImageState, RunKeys, RunProgress
+from workers.run.manifest import PipelineSpec, RunManifest, load_manifest, make_run_id, now_iso, save_manifest
 from workers.settings import Settings
-from workers.storage import LocalStorage, Storage, StorageFactory, join_key
-from workers.submission import read_expected_columns
-from workers.weights import describe_weights
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +52,8 @@ def prepare_run(
     """
     storages = StorageFactory(settings)
     source = resolve_source(src, storages)
-    # A pipeline that never runs the model (bicubic) does not depend on WEIGHTS: same run id.
-    model = describe_weights(settings) if pipeline.upscaler == "model" else pipeline.upscaler
+    # A pipeline that runs no checkpoint (bicubic) does not depend on WEIGHTS: same run id.
+    model = describe_weights(settings) if upscaler_kind(pipeline.upscaler).runs_checkpoint else pipeline.upscaler
     run_id = run_id or make_run_id(source.label, source.url, pipeline, model)
     keys = RunKeys(run_id)
     try:

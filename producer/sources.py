@@ -1,6 +1,6 @@
 """Turn the SRC argument into a listing of input images.
 
-SRC is a local directory or ``s3://bucket/prefix``. A competition dataset root (one holding
+SRC is a local directory or ``s3://bucket/prefix`` (any backend :mod:`workers.io.storage` knows). A competition dataset root (one holding
 ``test/`` and ``sample_submission.csv``) is recognised and its ``test/`` split is processed.
 Every regular, non-hidden file is an input: a non-image gets its own clear failure rather than
 vanishing silently.
@@ -9,11 +9,12 @@ vanishing silently.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 from workers.errors import ConfigError, InvalidKeyError
-from workers.runs import check_name
-from workers.storage import Storage, StorageFactory, join_key, parse_s3_url, storage_url_for
+from workers.io.storage import LocalStorage, Storage, StorageFactory, is_local
+from workers.run.keys import check_name
 
 SAMPLE_SUBMISSION = "sample_submission.csv"
 TEST_SPLIT = "test"
@@ -30,40 +31,31 @@ class Source:
 
     @property
     def is_local(self) -> bool:
-        return self.url.startswith("file://")
+        return is_local(self.url)
 
 
 def resolve_source(src: str, storages: StorageFactory) -> Source:
-    """List the inputs ``src`` names.
+    """List the inputs ``src`` names: a folder or a dataset root, on any storage backend.
 
     Raises:
-        ConfigError: ``src`` does not exist or holds no files.
+        ConfigError: ``src`` does not exist, names an unknown backend, or holds no files.
     """
-    if src.startswith("s3://"):
-        bucket, prefix = parse_s3_url(src)
-        root = storages.open(src)
-        keys = list(root.list(""))
-        has_split = any(k.startswith(TEST_SPLIT + "/") for k in keys)
-        has_sample = SAMPLE_SUBMISSION in keys
-        folder_prefix = join_key(prefix, TEST_SPLIT) if has_split else prefix
-        folder = storages.open(f"s3://{bucket}/{folder_prefix}") if has_split else root
-        url = f"s3://{bucket}/{folder_prefix}".rstrip("/")
-        label = PurePosixPath(prefix).name or bucket
-        sample = root if has_sample else None
-    else:
-        path = Path(src).expanduser()
-        if not path.is_dir():
-            raise ConfigError(f"source {src!r} is not a directory or s3://bucket/prefix URL")
-        has_split = (path / TEST_SPLIT).is_dir()
-        sample = storages.open(str(path)) if (path / SAMPLE_SUBMISSION).is_file() else None
-        folder_path = path / TEST_SPLIT if has_split else path
-        folder = storages.open(str(folder_path))
-        url = storage_url_for(folder_path)
-        label = path.resolve().name
+    root = storages.open(src)
+    if isinstance(root, LocalStorage) and not root.root.is_dir():
+        raise ConfigError(f"source {src!r} is not a directory or s3://bucket/prefix URL")
+    has_split = next(iter(root.list(TEST_SPLIT)), None) is not None
+    folder = storages.open(f"{root.root_url}/{TEST_SPLIT}") if has_split else root
+    sample = root if root.exists(SAMPLE_SUBMISSION) else None
     names, rejected = _accept(k for k in folder.list("") if "/" not in k)
     if not names and not rejected:
         raise ConfigError(f"source {src!r} holds no files")
-    return Source(folder, url, label, names, rejected, sample)
+    return Source(folder, folder.root_url, _label(root.root_url), names, rejected, sample)
+
+
+def _label(url: str) -> str:
+    """A readable name for run ids: the folder's name, or the bucket's for a bucket root."""
+    parsed = urlsplit(url)
+    return PurePosixPath(unquote(parsed.path)).name or parsed.netloc
 
 
 def _accept(keys) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:  # noqa: ANN001

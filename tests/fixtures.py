@@ -9,8 +9,8 @@ import zlib
 from pathlib import Path
 
 from tests.conftest import noisy_image, png_bytes
-from workers.runs import PipelineSpec, RunManifest, save_manifest
-from workers.storage import Storage, storage_url_for
+from workers.io.storage import Storage, storage_url_for
+from workers.run.manifest import PipelineSpec, RunManifest, save_manifest
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.celery_workers import CeleryWorker, cluster_env
+from testbed.servers import RedisServer, S3Server
+from testbed.workers import CeleryWorker, cluster_env
 from tests.fixtures import run_producer
-from tests.servers import RedisServer, S3Server
+from workers.io.storage import Storage, StorageFactory
 from workers.settings import Settings
-from workers.storage import Storage, StorageFactory
 
 __all__ = ["Cluster", "cluster", "run_id_from", "wait_until"]
 

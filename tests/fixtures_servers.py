@@ -1,12 +1,12 @@
-"""Pytest fixtures for real servers (see :mod:`tests.servers`).
+"""Pytest fixtures for real servers (see :mod:`testbed.servers`).
 
 Import them into a conftest with ``from tests.fixtures_servers import *`` (or list this module in
 ``pytest_plugins``). The servers start once per session, on free random ports of 127.0.0.1; a test
 that needs one is skipped with a clear reason when the binary is missing.
 
-* ``redis_server``: a :class:`~tests.servers.RedisServer` with a password and the append-only file
+* ``redis_server``: a :class:`~testbed.servers.RedisServer` with a password and the append-only file
   on (so :meth:`restart` keeps the data). A test that stops it must start it again.
-* ``s3_server``: a :class:`~tests.servers.S3Server` (SeaweedFS ``weed mini``).
+* ``s3_server``: a :class:`~testbed.servers.S3Server` (SeaweedFS ``weed mini``).
 * ``s3_bucket``: a fresh, empty bucket on ``s3_server`` for each test (its name).
 * ``s3_settings``: :class:`~workers.settings.Settings` for ``s3_server`` with
   ``storage_url=s3://<s3_bucket>``.
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import RedisServer, S3Server, find_redis_server, find_weed
+from testbed.servers import RedisServer, S3Server, find_redis_server, find_weed
 
 __all__ = ["redis_server", "s3_bucket", "s3_server", "s3_settings"]
 

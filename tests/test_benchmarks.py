@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
+from testbed.servers import find_redis_server, find_weed
 from tests.conftest import REPO, make_random_rrdb, noisy_image
-from tests.servers import find_redis_server, find_weed
 
 BENCHMARKS = REPO / "benchmarks"
 SCRIPTS = ("throughput", "batching", "cpu_per_gpu", "quality", "denoise_placement", "aggregate")

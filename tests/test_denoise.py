@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import noisy_image
-from workers.denoise import DENOISERS, DenoiseSpec, denoise
 from workers.errors import ConfigError
+from workers.ops.denoise import DENOISERS, DenoiseSpec, denoise
 
 
 def test_default_is_the_seed_call_on_bgr():

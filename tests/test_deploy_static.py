@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from workers.celery_app import CPU_QUEUE, GPU_QUEUE
+from workers.runtime.app import CPU_QUEUE, GPU_QUEUE
 from workers.settings import Settings
 
 COMPOSE = REPO / "docker-compose.yml"

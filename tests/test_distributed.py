@@ -13,8 +13,8 @@ import pytest
 from tests.conftest import DATASET, noisy_image, png_bytes
 from tests.fixtures import png_bomb, write_images
 from tests.fixtures_cluster import run_id_from, wait_until
-from workers.celery_app import create_app
-from workers.runs import RunKeys
+from workers.run.keys import RunKeys
+from workers.runtime.app import create_app
 from workers.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -152,7 +152,7 @@ def test_wrong_s3_credentials_is_one_clear_line(cluster, tmp_path):
 
 @pytest.mark.parametrize("case", ["unreachable", "wrong-password"])
 def test_redis_problems_are_one_clear_line(cluster, tmp_path, case):
-    from tests.servers import free_port
+    from testbed.servers import free_port
 
     write_images(tmp_path / "in", 1)
     extra = {"BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"} if case == "unreachable" else {"REDIS_PASSWORD": "nope"}

@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import REPO, weights_file
 from tests.fixtures import write_images
 from tests.fixtures_cluster import Cluster, run_id_from, wait_until
-from workers.runs import RunKeys
+from workers.run.keys import RunKeys
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -104,7 +104,7 @@ def test_redis_restart_mid_run(faults, tmp_path):
 def test_redis_restart_without_persistence_is_resumed_by_the_waiting_producer(faults, tmp_path):
     """Without the append-only file Redis comes back empty: queued tasks and the completion set are
     gone. The producer that waits on the run notices and enqueues what storage says is left."""
-    from tests.servers import RedisServer
+    from testbed.servers import RedisServer
 
     volatile = RedisServer(tmp_path / "volatile-redis", appendonly=False)
     try:
@@ -124,7 +124,7 @@ def test_redis_restart_without_persistence_is_resumed_by_the_waiting_producer(fa
 def test_producer_rides_out_redis_starting_late(faults, tmp_path):
     """A producer that reaches the broker while Redis is down (restarting, its pod rescheduled)
     waits for it instead of failing: Redis comes up 3 s later and every task is enqueued."""
-    from tests.servers import RedisServer
+    from testbed.servers import RedisServer
 
     folder = tmp_path / "in"
     write_images(folder, 3)
@@ -150,7 +150,7 @@ def test_a_lost_completion_reply_is_mended_by_the_waiting_producer(faults, tmp_p
     finished with no summary: the waiting producer enqueues the aggregation itself."""
     from producer import dispatch
     from producer.planning import plan_remaining
-    from workers.runs import load_manifest
+    from workers.run.manifest import load_manifest
     from workers.settings import Settings
 
     folder = tmp_path / "in"

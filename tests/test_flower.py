@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.celery_workers import CeleryWorker, cluster_env
+from testbed.servers import RedisServer, S3Server, _Process, free_port
+from testbed.workers import CeleryWorker, cluster_env
 from tests.conftest import REPO, make_random_rrdb
 from tests.fixtures import write_images
 from tests.fixtures_cluster import _DATABASES, Cluster, run_id_from
-from tests.servers import RedisServer, S3Server, _Process, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Property-based hostile-input tests for the decode/validate stage (``workers.imageio.decode_image``).
+"""Property-based hostile-input tests for the decode/validate stage (``workers.io.imageio.decode_image``).
 
 Inputs:
 
@@ -68,7 +68,7 @@ from PIL import Image, PngImagePlugin
 
 from tests.conftest import REPO, noisy_image
 from workers.errors import ImageTooLargeError, InvalidImageError, PermanentImageError
-from workers.imageio import DecodeLimits, decode_image
+from workers.io.imageio import DecodeLimits, decode_image
 
 # ---------------------------------------------------------------------------------------------
 # Profiles and limits
@@ -845,7 +845,7 @@ _CHILD = textwrap.dedent(
     sys.path.insert(0, os.getcwd())
     warnings.simplefilter("ignore")
     from workers.errors import PermanentImageError
-    from workers.imageio import DecodeLimits, decode_image
+    from workers.io.imageio import DecodeLimits, decode_image
 
     folder, max_pixels, headroom = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     limits = DecodeLimits(max_bytes=64 << 20, max_pixels=max_pixels)
@@ -1022,7 +1022,7 @@ _SCAN_CHILD = textwrap.dedent(
     sys.path.insert(0, os.getcwd())
     warnings.simplefilter("ignore")
     from workers.errors import PermanentImageError
-    from workers.imageio import DecodeLimits, decode_image
+    from workers.io.imageio import DecodeLimits, decode_image
     data = open(sys.argv[1], "rb").read()
     start = time.perf_counter()
     try:

@@ -7,7 +7,7 @@ from PIL import Image
 from tests.conftest import noisy_image, png_bytes
 from tests.fixtures import png_bomb
 from workers.errors import ImageTooLargeError, InvalidImageError
-from workers.imageio import DecodeLimits, decode_image, decode_png, encode_png
+from workers.io.imageio import DecodeLimits, decode_image, decode_png, encode_png
 
 LIMITS = DecodeLimits(max_bytes=5_000_000, max_pixels=4_000_000)
 

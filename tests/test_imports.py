@@ -26,9 +26,9 @@ def torch_free(code: str, cwd: Path = ROOT) -> None:
 @pytest.mark.parametrize(
     "modules",
     [
-        "import workers; workers.app.loader.import_default_modules(); import workers.tasks",  # celery -A workers
+        "import workers; workers.app.loader.import_default_modules(); import workers.runtime.tasks",  # celery -A workers
         "import producer.cli, producer.dispatch, producer.planning",
-        "import workers.report, workers.calibration, producer.evaluate",
+        "import workers.report, workers.run.resolve, producer.evaluate",
     ],
 )
 def test_worker_and_producer_modules_do_not_import_torch(modules: str) -> None:
@@ -44,7 +44,10 @@ def test_cpu_stages_run_without_torch(tmp_path: Path) -> None:
         from pathlib import Path
         from tests.fixtures import make_run, write_images
         from workers.settings import Settings
-        from workers.stages import StageContext, aggregate_stage, denoise_stage, report_stage
+        from workers.run.context import StageContext
+        from workers.run.aggregate import aggregate_stage
+        from workers.run.stages import denoise_stage
+        from workers.report import report_stage
 
         tmp = Path({str(tmp_path)!r})
         ctx = StageContext(Settings().replace(storage_url=str(tmp / "store")))
@@ -56,3 +59,14 @@ def test_cpu_stages_run_without_torch(tmp_path: Path) -> None:
         """,
         cwd=tmp_path,
     )
+
+
+def test_opening_local_storage_does_not_load_the_s3_client(tmp_path: Path) -> None:
+    """Backends are imported only when their scheme is opened."""
+    code = f"""
+        import sys
+        from workers.io.storage import open_storage
+        open_storage({str(tmp_path)!r}).put("a/b.txt", b"x")
+        assert "minio" not in sys.modules and "workers.io.storage.s3" not in sys.modules
+        """
+    torch_free(code)

@@ -5,7 +5,7 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from tests.conftest import noisy_image
-from workers.metrics import psnr, ssim
+from workers.ops.metrics import psnr, ssim
 
 
 def test_psnr_known_value():

@@ -1,4 +1,4 @@
-"""workers.nlm_torch against OpenCV itself: colored NL-means, its Lab conversions, its border padding.
+"""workers.ops.nlm_torch against OpenCV itself: colored NL-means, its Lab conversions, its border padding.
 
 CPU only and small images, so it runs in seconds; a CUDA test runs where a GPU is present.
 """
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from tests.conftest import DATASET, noisy_image
-from workers.denoise import DenoiseSpec
-from workers.metrics import psnr
-from workers.nlm_torch import (
+from workers.ops.denoise import DenoiseSpec
+from workers.ops.metrics import psnr
+from workers.ops.nlm_torch import (
     bytes_per_offset,
     chunk_for_budget,
     lab_to_rgb_u8,

@@ -5,10 +5,10 @@ import re
 import numpy as np
 import pytest
 
-from workers.denoise import DenoiseSpec
 from workers.errors import ConfigError
-from workers.presets import PRESETS, build_pipeline
-from workers.tone import ToneCurve
+from workers.ops.denoise import DenoiseSpec
+from workers.ops.tone import ToneCurve
+from workers.run.presets import PRESETS, build_pipeline
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
 import dataclasses
-import html
 import json
 import os
 import re
@@ -9,18 +8,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from markupsafe import escape  # what the Jinja2 template escapes with
 
 from producer.evaluate import load_rgb, score
 from tests.conftest import REPO, noisy_image, png_bytes
 from tests.fixtures import write_images
 from workers.errors import ConfigError
-from workers.imageio import decode_png, encode_png
+from workers.io.imageio import decode_png, encode_png
+from workers.io.storage import storage_url_for
+from workers.io.submission import format_row, grey_subsample
 from workers.report import collect_report_data, render_report, truth_by_name, write_report
-from workers.runs import PipelineSpec, RunKeys, RunManifest, now_iso, save_manifest
+from workers.run.aggregate import aggregate_stage
+from workers.run.context import StageContext
+from workers.run.keys import RunKeys
+from workers.run.manifest import PipelineSpec, RunManifest, now_iso, save_manifest
+from workers.run.stages import denoise_stage, upscale_stage
 from workers.settings import Settings
-from workers.stages import StageContext, aggregate_stage, denoise_stage, upscale_stage
-from workers.storage import storage_url_for
-from workers.submission import format_row, grey_subsample
 
 HOSTILE_DONE = ("<img src=x onerror=alert(1)>.png", "a&b\"quote'.png")
 HOSTILE_FAILED = '"><svg onload=alert(2)>.png'  # not an image: fails in the denoise stage
@@ -84,9 +87,9 @@ def test_report_shows_every_image_and_failure_escaped(run):
     assert dict(data.counts) == {"done": 4, "failed": 1, "pending": 0, "denoised": 0, "rejected": 1, "total": 6}
     assert [i.name for i in data.images] == run.names  # input order without ground truth
     for name in run.names:
-        assert html.escape(name) in page
+        assert escape(name) in page
     assert [(f.name, f.stage) for f in data.failures] == [(HOSTILE_FAILED, "denoise"), (REJECTED[0], "listing")]
-    assert html.escape(REJECTED[1]) in page and "not a recognised image" in page
+    assert escape(REJECTED[1]) in page and "not a recognised image" in page
     assert_self_contained_and_escaped(page)
     done = data.images[0]
     assert set(done.panels) == {"input", "denoised", "sr", "crop_input", "crop_sr"}
@@ -155,9 +158,9 @@ def test_max_images_caps_and_says_how_many_are_left_out(run):
     assert len(data.images) == 2 and data.omitted == 3
     page = render_report(data)
     assert "3 more images not shown" in page
-    assert all(html.escape(name) in page for name in run.names[:2])
-    assert all(html.escape(name) not in page for name in HOSTILE_DONE)  # done and not shown
-    assert html.escape(HOSTILE_FAILED) in page  # not shown, but listed with the failures
+    assert all(escape(name) in page for name in run.names[:2])
+    assert all(escape(name) not in page for name in HOSTILE_DONE)  # done and not shown
+    assert escape(HOSTILE_FAILED) in page  # not shown, but listed with the failures
 
 
 def test_large_images_become_small_thumbnails_and_unfinished_ones_count_as_pending(settings, tmp_path):

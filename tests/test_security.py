@@ -12,9 +12,9 @@ import pytest
 
 from tests.conftest import REPO
 from tests.fixtures_cluster import Cluster, wait_until
-from workers.celery_app import create_app
 from workers.errors import InvalidKeyError
-from workers.runs import RunKeys, check_run_id
+from workers.run.keys import RunKeys, check_run_id
+from workers.runtime.app import create_app
 from workers.settings import Settings
 
 

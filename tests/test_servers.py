@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import RedisServer, S3Server, find_redis_server, find_weed, free_port
+from testbed.servers import RedisServer, S3Server, find_redis_server, find_weed, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import noisy_image, png_bytes
 from tests.fixtures_cluster import run_id_from, wait_until
-from workers.runs import RunKeys
+from workers.run.keys import RunKeys
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak]
 

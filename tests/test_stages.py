@@ -5,12 +5,14 @@ import pytest
 
 from tests.conftest import noisy_image, png_bytes
 from tests.fixtures import make_run, write_images
-from workers.denoise import DenoiseSpec
-from workers.imageio import decode_png
-from workers.presets import build_pipeline
-from workers.runs import RunKeys, RunProgress
-from workers.stages import StageContext, aggregate_stage, denoise_stage, upscale_stage
-from workers.submission import grey_subsample
+from workers.io.imageio import decode_png
+from workers.io.submission import grey_subsample
+from workers.ops.denoise import DenoiseSpec
+from workers.run.aggregate import aggregate_stage
+from workers.run.context import StageContext
+from workers.run.keys import RunKeys, RunProgress
+from workers.run.presets import build_pipeline
+from workers.run.stages import denoise_stage, upscale_stage
 
 
 @pytest.fixture
@@ -128,7 +130,7 @@ def test_denoising_fused_into_the_gpu_stage_gives_identical_outputs(ctx, tmp_pat
     """The GPU placement (PyTorch NL-means, here on the CPU) matches the CPU stage (OpenCV) byte for byte."""
     import dataclasses
 
-    from workers.runs import PipelineSpec
+    from workers.run.manifest import PipelineSpec
 
     folder = tmp_path / "in"
     names = write_images(folder, 3) + ["broken.png"]

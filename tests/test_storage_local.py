@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from workers.errors import InvalidKeyError, ObjectNotFoundError
+from workers.errors import ConfigError, InvalidKeyError, ObjectNotFoundError
+from workers.io.storage import LocalStorage, Storage, StorageFactory, storage_url_for
 from workers.settings import Settings
-from workers.storage import LocalStorage, Storage, StorageFactory, storage_url_for
 
 PREFIX = "some/prefix"
 BIG = 17 * 1024 * 1024  # past the 16 MiB spool threshold of S3Storage.writer
@@ -411,7 +411,7 @@ def test_fetch_in_order_keeps_order_and_bounds_what_is_in_flight(threads: int) -
     import threading
     import time
 
-    from workers.storage import fetch_in_order
+    from workers.io.storage import fetch_in_order
 
     lock, running, most = threading.Lock(), [0], [0]
 
@@ -429,7 +429,7 @@ def test_fetch_in_order_keeps_order_and_bounds_what_is_in_flight(threads: int) -
 
 
 def test_fetch_in_order_raises_the_first_error_in_order_and_stops() -> None:
-    from workers.storage import fetch_in_order
+    from workers.io.storage import fetch_in_order
 
     started: list[int] = []
 
@@ -444,3 +444,17 @@ def test_fetch_in_order_raises_the_first_error_in_order_and_stops() -> None:
     with pytest.raises(ObjectNotFoundError, match="missing 3"):
         next(results)
     assert len(started) < 100  # a bounded window, not the whole input
+
+
+def test_storage_backends_by_scheme(tmp_path: Path) -> None:
+    from workers.io.storage import BACKENDS, backend_class, is_local, scheme_of
+
+    assert scheme_of("s3://bucket/x") == "s3" and scheme_of("file:///tmp") == "file" and scheme_of("runs/") == "file"
+    assert is_local(str(tmp_path)) and not is_local("s3://b")
+    assert set(BACKENDS) == {"file", "s3"} and backend_class("file") is LocalStorage
+    with pytest.raises(ConfigError, match="No such storage backend: s4. Did you mean s3?"):
+        StorageFactory(Settings()).open("s4://bucket/prefix")
+    spaced = tmp_path / "with space"
+    spaced.mkdir()
+    opened = StorageFactory(Settings()).open(storage_url_for(spaced))  # manifests record percent-encoded URLs
+    assert opened.root == spaced.resolve() and opened.root_url == storage_url_for(spaced)

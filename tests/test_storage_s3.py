@@ -1,4 +1,4 @@
-"""S3Storage against a real S3 server (SeaweedFS ``weed mini`` on 127.0.0.1, see tests/servers.py).
+"""S3Storage against a real S3 server (SeaweedFS ``weed mini`` on 127.0.0.1, see testbed/servers.py).
 
 The shared behaviours come from :class:`tests.test_storage_local.StorageContract`; this module adds
 what only S3 has: credentials, endpoints, outages, the spooled writer, the client factory.
@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.servers import S3Server, free_port
+from testbed.servers import S3Server, free_port
 from tests.test_storage_local import (
     BAD_KEYS,
     BIG,
@@ -24,8 +24,9 @@ from tests.test_storage_local import (
     big_payload,
 )
 from workers.errors import ConfigError, InvalidKeyError, StorageUnavailableError
+from workers.io.storage import StorageFactory
+from workers.io.storage.s3 import S3Storage, parse_s3_url
 from workers.settings import Settings
-from workers.storage import S3Storage, StorageFactory, parse_s3_url
 
 # Until the lead imports them in conftest.py (harmless once they are there).
 

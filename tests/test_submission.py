@@ -7,7 +7,7 @@ from PIL import Image
 
 from tests.conftest import DATASET, noisy_image
 from workers.errors import ConfigError, SubmissionMismatchError
-from workers.submission import (
+from workers.io.submission import (
     SubmissionWriter,
     format_row,
     grey_subsample,

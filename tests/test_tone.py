@@ -14,18 +14,18 @@ from PIL import Image
 
 from tests.conftest import DATASET
 from workers.errors import ConfigError
-from workers.storage import LocalStorage
-from workers.tone import (
+from workers.io.storage import LocalStorage
+from workers.ops.tone import (
     ToneAccumulator,
     ToneCurve,
     apply_tone,
-    fit_from_dataset,
     fit_from_pairs,
     isotonic,
     local_gain,
     scaled_nlm_strength,
-    training_pairs,
 )
+from workers.training.calibrate import fit_from_dataset
+from workers.training.pairs import training_pairs
 
 LEVELS = np.arange(256)
 

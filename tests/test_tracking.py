@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from workers.tracking import RunTracker
+from workers.runtime.tracking import RunTracker
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ def test_start_rebuilds_the_finished_set(tracker):
 def test_a_tracker_from_a_url_rides_out_a_redis_restart(tmp_path):
     """Workers and producers build their tracker from the broker URL: its calls wait out a Redis that
     is down for a few seconds (here 3 s) instead of failing at once."""
-    from tests.servers import RedisServer
+    from testbed.servers import RedisServer
 
     server = RedisServer(tmp_path / "redis", appendonly=True)
     try:

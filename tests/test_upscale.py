@@ -6,9 +6,9 @@ import torch
 
 from tests.conftest import make_random_rrdb, noisy_image
 from workers.errors import DeviceOutOfMemoryError, UnsupportedModelError
-from workers.metrics import psnr
-from workers.resample import resize_to_multiple
-from workers.upscale import TilePolicy, Upscaler, load_upscaler, tiled_forward
+from workers.ops.metrics import psnr
+from workers.ops.resample import resize_to_multiple
+from workers.ops.upscale import TilePolicy, Upscaler, load_upscaler, tiled_forward
 
 
 @pytest.fixture(scope="module")

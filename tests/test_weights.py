@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from workers.errors import WeightsUnavailableError
+from workers.io.weights import describe_weights, file_sha256, resolve_weights
 from workers.settings import DEFAULT_MODEL_FILE, DEFAULT_MODEL_REPO, Settings
-from workers.weights import describe_weights, file_sha256, resolve_weights
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-RESOLVE = "from workers.settings import Settings; from workers.weights import resolve_weights; print(resolve_weights(Settings.from_env()).path)"
+RESOLVE = "from workers.settings import Settings; from workers.io.weights import resolve_weights; print(resolve_weights(Settings.from_env()).path)"
 
 
 def fill_hf_cache(cache: Path, weights: Path) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name == "app":
-        from workers.celery_app import app
+        from workers.runtime.app import app
 
         return app
     raise AttributeError(f"module 'workers' has no attribute {name!r}")

@@ -6,7 +6,7 @@ non-secret field (``--broker-url``), so a flag and its variable are always the s
 Secrets (passwords, keys) are never flags: they come from the environment only.
 
 Per-run pipeline choices (denoise strength, channel order, ...) are not here: they live in the run
-manifest (:mod:`workers.runs`) so every worker processes a run the same way.
+manifest (:mod:`workers.run.manifest`) so every worker processes a run the same way.
 """
 
 from __future__ import annotations

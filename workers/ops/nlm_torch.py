@@ -53,7 +53,7 @@ DEFAULT_CHUNK = 105
 
 
 class NlmParams(Protocol):
-    """Anything with the NL-means parameters, e.g. :class:`workers.denoise.DenoiseSpec`."""
+    """Anything with the NL-means parameters, e.g. :class:`workers.ops.denoise.DenoiseSpec`."""
 
     h: float
     h_color: float

@@ -13,17 +13,12 @@ exactly once; throughput comes from batching, not from more processes.
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import Any
 
-from celery import Celery, signals
+from celery import Celery
 from kombu import Exchange, Queue
 
-from workers.errors import ConfigError
 from workers.settings import Settings
-
-logger = logging.getLogger(__name__)
 
 CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"
@@ -40,7 +35,7 @@ TASK_ROUTES = {
 def create_app(settings: Settings) -> Celery:
     """A configured app. Producers call this with their own settings; workers use :data:`app`."""
     broker = settings.broker_url_with_password or "redis://127.0.0.1:6379/0"
-    app = Celery("workers", broker=broker, backend=broker, include=["workers.tasks"])
+    app = Celery("workers", broker=broker, backend=broker, include=["workers.runtime.tasks"])
     transport_options = {
         # An unacknowledged task is handed to another worker after this long: it must exceed the
         # slowest task, or a healthy long task would run twice.
@@ -63,7 +58,7 @@ def create_app(settings: Settings) -> Celery:
         # back if the worker process dies mid-task.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,  # GPU workers raise this to one batch, see _configure_gpu_worker
+        worker_prefetch_multiplier=1,  # GPU workers raise this to one batch: workers.runtime.worker
         broker_transport_options=transport_options,
         result_backend_transport_options=transport_options,
         result_expires=settings.result_expires_s,
@@ -94,27 +89,3 @@ def _worker_app() -> Celery:
 
 
 app = _worker_app()
-
-
-def consumed_queues(worker: Any) -> set[str]:
-    consume_from = worker.app.amqp.queues.consume_from or worker.app.amqp.queues
-    return set(consume_from)
-
-
-@signals.worker_init.connect
-def _configure_gpu_worker(sender: Any, **_: Any) -> None:
-    """On a worker that serves the GPU queue: prefetch one batch, check the pool, load the model."""
-    if GPU_QUEUE not in consumed_queues(sender):
-        return
-    from workers.tasks import stage_context
-
-    ctx = stage_context()
-    pool = str(getattr(sender, "pool_cls", "")).lower()
-    if "prefork" in pool and ctx.settings.device != "cpu":
-        raise ConfigError("GPU workers must run with --pool=solo (or threads): CUDA does not survive fork")
-    if "solo" in pool:
-        sender.concurrency = 1  # the banner's default is the core count; solo runs one thing at a time
-    # Batching needs up to one batch of messages in hand: this is "prefetch 1", counted in batches.
-    sender.prefetch_multiplier = max(sender.prefetch_multiplier, ctx.settings.gpu_batch_size)
-    ctx.warm_up()
-    logger.info("GPU worker ready: model %s on %s", ctx.model_source, ctx.upscaler().device)

@@ -1,4 +1,4 @@
-"""Real ``celery worker`` processes for integration tests, started the way operators start them."""
+"""Real ``celery worker`` processes for tests and benchmarks, started the way operators start them."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.conftest import REPO
-from tests.servers import RedisServer, S3Server, _Process
+from testbed.servers import RedisServer, S3Server, _Process
 
+REPO = Path(__file__).resolve().parent.parent  # workers run from the checkout, as `celery -A workers` expects
 READY_MARK = "ready."
 
 

@@ -1,4 +1,4 @@
-"""Pipeline presets: named recipes that fill in a :class:`~workers.runs.PipelineSpec`.
+"""Pipeline presets: named recipes that fill in a :class:`~workers.run.manifest.PipelineSpec`.
 
 * ``seed`` -- the Kaggle seed exactly: NL-means, Real-ESRGAN fed BGR, Lanczos resize to a multiple of 8.
 * ``standard`` -- the seed's stages done right: RGB feed, no resize; the tone curve if one is given.
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from workers.denoise import DenoiseSpec
 from workers.errors import ConfigError
-from workers.runs import PipelineSpec
-from workers.tone import ToneCurve
+from workers.ops.denoise import DenoiseSpec
+from workers.ops.tone import ToneCurve
+from workers.run.manifest import PipelineSpec
 
 Preset = Callable[[DenoiseSpec, ToneCurve | None], PipelineSpec]
 

@@ -1,7 +1,9 @@
-"""The pipeline's stages as plain functions over storage keys: no Celery, no threads.
+"""The per-image stages as plain functions over storage keys: no Celery.
 
-Celery tasks (:mod:`workers.tasks`) and the in-process runner (:mod:`producer.embedded`) both call
-exactly these, so the embedded default and the distributed system cannot drift apart.
+Celery tasks (:mod:`workers.runtime.tasks`) and the in-process runner (:mod:`producer.embedded`)
+both call exactly these, so the embedded default and the distributed system cannot drift apart.
+The GPU stage encodes and uploads its outputs on the context's I/O threads while the next batch
+runs; everything else runs in the caller's thread.
 
 Each stage is idempotent: it returns at once if its output exists (``skipped`` when the image is
 already finished, ``denoised`` when only the next stage remains). A permanent per-image problem
@@ -12,39 +14,26 @@ is recorded under ``failed/`` and returned as a ``failed`` outcome; a transient 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
-import socket
-import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
-from workers.denoise import DenoiseSpec, denoise, denoise_on_device
-from workers.errors import (
-    ObjectNotFoundError,
-    PermanentImageError,
-    SubmissionMismatchError,
-    TransientError,
-)
-from workers.imageio import DecodeLimits, decode_image, decode_png, encode_png
-from workers.resample import bicubic_x4, resize_to_multiple
-from workers.runs import PipelineSpec, RunKeys, RunManifest, RunProgress, code_version, load_manifest, now_iso, stem
-from workers.settings import Settings
-from workers.storage import Storage, StorageFactory, fetch_in_order
-from workers.submission import SubmissionWriter, format_row, grey_subsample, row_width, submission_id
-from workers.tone import ToneCurve, apply_tone, scaled_nlm_strength
-from workers.weights import file_sha256, resolve_weights
-
-if TYPE_CHECKING:  # workers.upscale imports torch: only the processes that run a model load it
-    from workers.upscale import Upscaler
+from workers.errors import ObjectNotFoundError, PermanentImageError, SubmissionMismatchError, TransientError
+from workers.io.imageio import decode_image, decode_png, encode_png
+from workers.io.submission import format_row, grey_subsample, submission_id
+from workers.ops.denoise import DenoiseSpec, denoise, denoise_on_device
+from workers.ops.resample import resize_to_multiple
+from workers.ops.tone import ToneCurve, apply_tone, scaled_nlm_strength
+from workers.run.context import StageContext
+from workers.run.keys import RunKeys
+from workers.run.manifest import PipelineSpec, RunManifest, code_version, now_iso
 
 logger = logging.getLogger(__name__)
 
@@ -65,59 +54,6 @@ class Outcome:
 
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "status": self.status, "reason": self.reason, "seconds": round(self.seconds, 4)}
-
-
-class StageContext:
-    """Everything a stage needs, built once per process and shared by its threads.
-
-    The model is loaded on first use (or by :meth:`warm_up` at worker start) and kept.
-    """
-
-    def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
-        self.settings = settings
-        self.storages = StorageFactory(settings)
-        self.storage = storage or self.storages.open(settings.storage_url)
-        self.limits = DecodeLimits.from_settings(settings)
-        self.hostname = socket.gethostname()
-        self._model_lock = threading.Lock()
-        self.io_pool = ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="store")
-        self._upscaler: Upscaler | None = None
-        self.model_source = ""
-        self.model_sha256 = ""
-        self._manifest = lru_cache(maxsize=64)(self._load_manifest)
-        self._source = lru_cache(maxsize=64)(self.storages.open)
-        self._tone = lru_cache(maxsize=16)(lambda text: ToneCurve.from_json(text.encode()))
-
-    def upscaler(self) -> Upscaler:
-        with self._model_lock:
-            if self._upscaler is None:
-                from workers.upscale import TilePolicy, load_upscaler
-
-                ref = resolve_weights(self.settings)
-                s = self.settings
-                self._upscaler = load_upscaler(
-                    ref.path, s.device, s.precision, TilePolicy(s.tile_max_pixels, s.tile_size, s.tile_overlap)
-                )
-                self.model_source = ref.source
-                self.model_sha256 = file_sha256(ref.path)
-            return self._upscaler
-
-    def warm_up(self) -> None:
-        self.upscaler()
-
-    def manifest(self, run_id: str) -> RunManifest:
-        # The pipeline and source of a run never change; only the name list can grow on re-enqueue,
-        # and stages do not read it.
-        return self._manifest(run_id)
-
-    def _load_manifest(self, run_id: str) -> RunManifest:
-        return load_manifest(self.storage, run_id)
-
-    def source(self, manifest: RunManifest) -> Storage:
-        return self._source(manifest.source)
-
-    def tone_curve(self, pipeline: PipelineSpec) -> ToneCurve | None:
-        return self._tone(pipeline.tone) if pipeline.tone else None
 
 
 # -- recording -------------------------------------------------------------------------------------
@@ -277,7 +213,7 @@ def _denoise_on_device(ctx: StageContext, manifest: RunManifest, batch: list[_Lo
     pending = [i for i, item in enumerate(batch) if item.denoise is not None and item.denoise.method != "none"]
     if not pending:
         return images
-    from workers.upscale import resolve_device
+    from workers.ops.upscale import resolve_device
 
     device = resolve_device(ctx.settings.device)
     by_spec: dict[DenoiseSpec, list[int]] = defaultdict(list)
@@ -302,9 +238,7 @@ def _store_denoised(ctx: StageContext, key: str, clean: np.ndarray) -> None:
 
 def upscale_images(ctx: StageContext, images: np.ndarray, pipeline: PipelineSpec) -> np.ndarray:
     """The GPU stage's pixels: N same-size images to their 4x versions with the pipeline's upscaler."""
-    if pipeline.upscaler == "bicubic":
-        return np.stack([bicubic_x4(image) for image in images])
-    return ctx.upscaler().upscale(images, pipeline.channel_order)
+    return ctx.upscaler_for(pipeline).upscale(images, pipeline.channel_order)
 
 
 def _store_upscaled(
@@ -322,10 +256,7 @@ def _store_upscaled(
                 name,
                 f"output {hr.shape[1]}x{hr.shape[0]} gives {len(values)} values, sample_submission.csv has {expected} columns",
             )
-        if manifest.pipeline.upscaler == "model":
-            model = {"model": ctx.model_source, "model_sha256": ctx.model_sha256, "device": str(ctx.upscaler().device)}
-        else:  # asking for the upscaler's device would load (or download) a model this run never uses
-            model = {"model": manifest.pipeline.upscaler}
+        model = ctx.upscaler_for(manifest.pipeline).describe()
         _record_meta(ctx, manifest.run_id, name, "upscale", seconds=seconds, batch=batch, **model,
                      out_width=hr.shape[1], out_height=hr.shape[0])
         # The row goes last: its presence is what marks the image done.
@@ -340,92 +271,3 @@ def _store_upscaled(
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-# -- stage 3: aggregate ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AggregateResult:
-    run_id: str
-    total: int
-    written: int
-    failed: int
-    pending: int
-    complete: bool  # False: pending images remain and nothing was written
-
-    def as_dict(self) -> dict[str, object]:
-        return {k: getattr(self, k) for k in ("run_id", "total", "written", "failed", "pending", "complete")}
-
-
-def aggregate_stage(ctx: StageContext, run_id: str, allow_partial: bool = False) -> AggregateResult:
-    """Stream every row, in manifest order, into ``submission.csv``; list failures in ``failures.json``.
-
-    Idempotent: it rewrites both files from the per-image objects each time. With images still
-    pending it writes nothing unless ``allow_partial``.
-    """
-    manifest = load_manifest(ctx.storage, run_id)  # fresh: the name list may have grown
-    keys = RunKeys(run_id)
-    progress = RunProgress.read(ctx.storage, run_id)
-    finished_stems = progress.done | progress.failed  # once: a union per name is quadratic in the run's size
-    finished = [n for n in manifest.names if stem(n) in finished_stems]
-    pending = [n for n in manifest.names if stem(n) not in finished_stems]
-    if pending and not allow_partial:
-        return AggregateResult(run_id, manifest.total, 0, 0, len(pending), complete=False)
-
-    done = [n for n in manifest.names if stem(n) in progress.done]
-    threads = ctx.settings.io_threads
-    n_columns = manifest.expected_columns or _most_common_width(ctx.storage, keys, done, threads)
-
-    def outcome(name: str) -> tuple[str, bool, bytes]:
-        """(name, done?, its row or its failure record)."""
-        if stem(name) in progress.done:
-            return name, True, ctx.storage.get(keys.row(name))
-        return name, False, ctx.storage.get(keys.failed(name))
-
-    failures: list[dict[str, object]] = []
-    with ctx.storage.writer(keys.submission) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-        writer = SubmissionWriter(text, n_columns)
-        for name, is_done, data in fetch_in_order(outcome, finished, threads):
-            if not is_done:
-                failures.append(json.loads(data))
-                continue
-            try:
-                writer.add(name, data.decode())
-            except SubmissionMismatchError as exc:
-                failures.append({"name": name, "stage": "aggregate", "reason": exc.reason})
-        writer.close()
-        text.flush()
-        text.detach()
-    failures.extend({"name": n, "stage": "listing", "reason": reason} for n, reason in manifest.rejected)
-    failures.extend({"name": n, "stage": "pending", "reason": "not finished"} for n in pending)
-    ctx.storage.put(keys.failures, json.dumps(failures, indent=1).encode())
-    result = AggregateResult(run_id, manifest.total, writer.rows, len(failures) - len(pending), len(pending), True)
-    ctx.storage.put(keys.summary, json.dumps({**result.as_dict(), "at": now_iso()}).encode())
-    logger.info("run %s: submission with %d rows, %d failures", run_id, writer.rows, len(failures))
-    return result
-
-
-def _most_common_width(storage: Storage, keys: RunKeys, names: Sequence[str], threads: int) -> int | None:
-    """Without a sample submission, the width most rows share wins (first seen on ties).
-
-    An extra streaming pass over the rows; a run with a sample submission never pays it.
-    """
-    widths = Counter(fetch_in_order(lambda name: row_width(storage.get(keys.row(name)).decode()), names, threads))
-    return max(widths, key=widths.__getitem__) if widths else None
-
-
-def report_stage(ctx: StageContext, run_id: str) -> str:
-    """Write the run's self-contained ``report.html``; return its key.
-
-    Raises:
-        TransientError: storage unreachable.
-    """
-    from workers.report import collect_report_data, render_report, write_report
-
-    # collect_report_data reads the manifest itself; the source it names never changes, so the cached copy serves.
-    data = collect_report_data(
-        ctx.storage, ctx.source(ctx.manifest(run_id)), run_id, limits=ctx.limits, threads=ctx.settings.io_threads
-    )
-    return write_report(ctx.storage, run_id, render_report(data))

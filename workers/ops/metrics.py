@@ -6,7 +6,8 @@ import math
 
 import cv2
 import numpy as np
-from PIL import Image
+
+from workers.io.submission import grey, grey_subsample
 
 _SSIM_C1 = (0.01 * 255) ** 2
 _SSIM_C2 = (0.03 * 255) ** 2
@@ -40,11 +41,6 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(ssim_map[r : a.shape[0] - r, r : a.shape[1] - r].mean())
 
 
-def grey(rgb: np.ndarray) -> np.ndarray:
-    """Pillow's ``convert("L")`` (ITU-R 601-2 luma), the competition's greyscale."""
-    return np.asarray(Image.fromarray(rgb).convert("L"))
-
-
 def competition_scores(output: np.ndarray, truth: np.ndarray, row: np.ndarray | None = None) -> tuple[float, float]:
     """(PSNR, SSIM) of a 4x output against its ground truth, as the competition scores it.
 
@@ -54,8 +50,6 @@ def competition_scores(output: np.ndarray, truth: np.ndarray, row: np.ndarray | 
     Raises:
         ValueError: the output and the ground truth differ in size.
     """
-    from workers.submission import grey_subsample  # submission imports grey from here
-
     if output.shape != truth.shape:
         raise ValueError(f"output {output.shape} and ground truth {truth.shape} differ")
     values = grey_subsample(output) if row is None else row

@@ -13,29 +13,20 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from workers.errors import DeviceOutOfMemoryError, UnsupportedModelError
+from workers.io.weights import file_sha256
+from workers.ops.upscalers import ChannelOrder, TilePolicy
 
 logger = logging.getLogger(__name__)
 
-ChannelOrder = Literal["rgb", "bgr"]
 Forward = Callable[[torch.Tensor], torch.Tensor]
 REQUIRED_SCALE = 4
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-@dataclass(frozen=True)
-class TilePolicy:
-    """When and how to tile: above ``max_pixels`` input pixels, in ``size`` tiles with ``overlap``."""
-
-    max_pixels: int = 1_048_576
-    size: int = 256
-    overlap: int = 16
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,8 +41,11 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return _DTYPES[precision]
 
 
-def load_upscaler(path: Path | str, device: str = "auto", precision: str = "auto", tiles: TilePolicy = TilePolicy()) -> Upscaler:
+def load_upscaler(path: Path | str, device: str = "auto", precision: str = "auto", tiles: TilePolicy | None = None,
+                  source: str = "") -> Upscaler:
     """Load a checkpoint and check it is a 3-channel 4x image super-resolution model.
+
+    ``source`` says where the file came from, for reports (default ``file:<path>``).
 
     Raises:
         UnsupportedModelError: spandrel cannot load the file, or it is not a 4x RGB SR model.
@@ -84,7 +78,7 @@ def load_upscaler(path: Path | str, device: str = "auto", precision: str = "auto
         # Convolutions run fastest on NHWC tensors with cuDNN's fp16 kernels.
         descriptor.model.to(memory_format=torch.channels_last)
     logger.info("loaded %s (%s) on %s as %s", path.name, descriptor.architecture.name, torch_device, dtype)
-    return Upscaler(descriptor, torch_device, dtype, tiles)
+    return Upscaler(descriptor, torch_device, dtype, tiles or TilePolicy(), source or f"file:{path.resolve()}", file_sha256(path))
 
 
 @dataclass(frozen=True)
@@ -95,6 +89,8 @@ class Upscaler:
     device: torch.device
     dtype: torch.dtype
     tiles: TilePolicy
+    source: str = ""  # where the checkpoint came from ("file:..." or "hf:repo/file@rev")
+    sha256: str = ""  # of the checkpoint file
 
     @property
     def scale(self) -> int:
@@ -103,6 +99,9 @@ class Upscaler:
     @property
     def architecture(self) -> str:
         return self.descriptor.architecture.name
+
+    def describe(self) -> dict[str, str]:
+        return {"model": self.source, "model_sha256": self.sha256, "device": str(self.device)}
 
     def upscale(self, images: np.ndarray, channel_order: ChannelOrder = "rgb") -> np.ndarray:
         """``N x H x W x 3`` uint8 RGB -> ``N x 4H x 4W x 3`` uint8 RGB.

@@ -13,9 +13,9 @@ from pathlib import PurePosixPath
 from typing import IO
 
 import numpy as np
+from PIL import Image
 
 from workers.errors import ConfigError, SubmissionMismatchError
-from workers.metrics import grey
 
 SUBSAMPLE_STEP = 8
 _SPLIT_PREFIXES = ("test_", "val_")
@@ -29,6 +29,11 @@ def submission_id(name: str) -> str:
         if stem.startswith(prefix):
             return "gt_" + stem[len(prefix) :]
     return stem
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+    """Pillow's ``convert("L")`` (ITU-R 601-2 luma), the competition's greyscale."""
+    return np.asarray(Image.fromarray(rgb).convert("L"))
 
 
 def grey_subsample(rgb: np.ndarray, step: int = SUBSAMPLE_STEP) -> np.ndarray:

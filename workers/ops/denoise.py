@@ -59,14 +59,14 @@ def denoise(rgb: np.ndarray, spec: DenoiseSpec) -> np.ndarray:
 
 def denoise_on_device(images: np.ndarray, spec: DenoiseSpec, device: object) -> np.ndarray:
     """NL-means for a batch (``N x H x W x 3`` uint8 RGB) on a torch device: the PyTorch port of
-    OpenCV's colored NL-means, bit-identical to :func:`nlm_opencv` (see :mod:`workers.nlm_torch`).
+    OpenCV's colored NL-means, bit-identical to :func:`nlm_opencv` (see :mod:`workers.ops.nlm_torch`).
 
     Raises:
         DeviceOutOfMemoryError: the batch does not fit even one search row at a time.
     """
     import torch
 
-    from workers.nlm_torch import nlm_colored_torch
+    from workers.ops.nlm_torch import nlm_colored_torch
 
     if spec.method == "none":
         return images

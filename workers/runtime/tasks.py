@@ -7,7 +7,6 @@ exists, so a redelivered or duplicated message is harmless.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from collections import defaultdict
@@ -17,15 +16,17 @@ import redis
 from celery import signals
 from celery_batches import Batches, SimpleRequest
 
-from workers.calibration import calibrate_here
-from workers.celery_app import app
 from workers.errors import RunNotFoundError, TransientError
-from workers.stages import StageContext, aggregate_stage, denoise_stage, report_stage, upscale_stage
-from workers.tracking import OUTAGE_ERRORS, RunTracker
+from workers.report import report_stage
+from workers.run.aggregate import aggregate_stage
+from workers.run.stages import denoise_stage, upscale_stage
+from workers.runtime.app import app
+from workers.runtime.tracking import OUTAGE_ERRORS
+from workers.runtime.worker import SETTINGS, stage_context, tracker
+from workers.training.calibrate import calibrate_here
 
 logger = logging.getLogger(__name__)
 
-SETTINGS = app.conf.lowlight_settings
 RETRY = {
     # Redis trouble outlasting the tracker's own retries is as transient as a storage outage.
     "autoretry_for": (TransientError, *OUTAGE_ERRORS),
@@ -34,17 +35,6 @@ RETRY = {
     "retry_jitter": True,
     "max_retries": SETTINGS.task_max_retries,
 }
-
-
-@functools.cache
-def stage_context() -> StageContext:
-    """One per worker process: one storage client, one model."""
-    return StageContext(SETTINGS)
-
-
-@functools.cache
-def tracker() -> RunTracker:
-    return RunTracker.from_url(SETTINGS.broker_url_with_password)
 
 
 def finish_image(run_id: str, name: str) -> None:

@@ -1,0 +1,100 @@
+"""A directory on a local (or shared) filesystem as a :class:`~workers.io.storage.base.Storage`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote, urlparse
+
+from workers.errors import InvalidKeyError, ObjectNotFoundError
+from workers.io.storage.base import check_key
+
+_FILE_MODE = 0o644
+
+
+def storage_url_for(path: str | os.PathLike[str]) -> str:
+    """The ``file://`` URL recorded in manifests for a local directory."""
+    return Path(path).resolve().as_uri()
+
+
+class LocalStorage:
+    """A directory on a local (or shared) filesystem."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+
+    @classmethod
+    def from_url(cls, url: str, factory: Any = None) -> LocalStorage:
+        """``file:///abs/dir`` (as :func:`storage_url_for` writes it, percent-encoded) or a plain path (``~`` expanded)."""
+        return cls(unquote(urlparse(url).path) if url.startswith("file://") else Path(url).expanduser())
+
+    @property
+    def root_url(self) -> str:
+        return self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        path = self.root / check_key(key)
+        # check_key already forbids '..'; this also catches symlinked escapes.
+        if not path.resolve().is_relative_to(self.root):
+            raise InvalidKeyError(f"object key {key!r} resolves outside {self.root}")
+        return path
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFoundError(key) from None
+
+    def put(self, key: str, data: bytes) -> None:
+        with self.writer(key) as f:
+            f.write(data)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self._path(prefix) if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return iter(())
+        keys = (
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".tmp-")
+        )
+        return iter(sorted(keys))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def writer(self, key: str) -> Iterator[IO[bytes]]:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; outputs are meant to be shared
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def copy_to(self, key: str, out: IO[bytes]) -> None:
+        try:
+            with self._path(key).open("rb") as f:
+                shutil.copyfileobj(f, out)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFoundError(key) from None
+
+    def url(self, key: str) -> str:
+        return str(self._path(key))

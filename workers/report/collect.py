@@ -1,0 +1,259 @@
+"""Read one run from storage into a :class:`~workers.report.data.ReportData`: counts, settings,
+timings, per-image panels (already encoded) and scores (already computed)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from workers.errors import ObjectNotFoundError, PermanentImageError
+from workers.io.imageio import DecodeLimits, decode_image
+from workers.io.storage import Storage, fetch_in_order
+from workers.report.data import Failure, ImageReport, ReportData, Score, StageTiming
+from workers.report.scoring import get_png, score_image
+from workers.report.thumbnails import crops, embed
+from workers.run.keys import RunKeys, RunProgress, stem
+from workers.run.manifest import RunManifest, load_manifest
+
+THROUGHPUT_BINS = 30  # about this many intervals on the throughput chart
+_NICE_BIN_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
+
+
+def collect_report_data(
+    storage: Storage,
+    source: Storage,
+    run_id: str,
+    truth: Mapping[str, Path] | None = None,
+    max_images: int = 60,
+    limits: DecodeLimits | None = None,
+    threads: int = 4,
+) -> ReportData:
+    """Read run ``run_id`` from ``storage`` (inputs from ``source``) into a :class:`ReportData`.
+
+    ``truth`` maps input names to ground-truth image paths; with it, images are scored and shown
+    worst PSNR first, else in input order. At most ``max_images`` images are shown. ``limits``
+    bound the decoding of inputs and ground truth (default: the settings' defaults). Per-image
+    objects are read and scored ``threads`` at a time, in order.
+
+    Raises:
+        RunNotFoundError: no manifest for ``run_id``.
+        InvalidKeyError: ``run_id`` is not a valid run id.
+        TransientError: a storage could not be reached.
+        OSError: a ground-truth file could not be read.
+    """
+    limits = limits or DecodeLimits.from_settings()
+    manifest = load_manifest(storage, run_id)
+    keys = RunKeys(run_id)
+    progress = RunProgress.read(storage, run_id)
+    metas = _read_metas(storage, keys, threads)
+    markers = _read_failure_markers(storage, keys, manifest, progress, threads)
+    scored = [n for n in manifest.names if truth and n in truth and stem(n) in progress.done]
+    scoring = fetch_in_order(lambda name: score_image(storage, keys, name, truth[name], limits), scored, threads)
+    scores = dict(zip(scored, scoring, strict=True))
+    order = _display_order(manifest.names, scores)
+    shown = order[: max(max_images, 0)]
+    starts, finishes = _start_and_finish_times(metas, markers)
+    bin_s, throughput = _throughput(starts, finishes)
+    upscale_metas = [m for stage, m in _each_meta(metas) if stage == "upscale"]
+    return ReportData(
+        run_id=manifest.run_id,
+        source=manifest.source,
+        created_at=manifest.created_at,
+        model=manifest.model,
+        expected_columns=manifest.expected_columns,
+        seed_compat=manifest.pipeline.channel_order == "bgr" and manifest.pipeline.resize_multiple == 8,
+        pipeline=manifest.pipeline.to_dict(),
+        models=tuple(sorted({(str(m.get("model", "")), str(m.get("model_sha256", "")), str(m.get("device", "")))
+                             for m in upscale_metas})),
+        code_versions=tuple(sorted({str(m["code_version"]) for _, m in _each_meta(metas) if "code_version" in m})),
+        counts=_counts(manifest, progress),
+        summary=_read_json(storage, keys.summary),
+        wall_seconds=(max(finishes) - min(starts)) if starts and finishes else None,
+        timings=_stage_timings(metas),
+        throughput_bin_s=bin_s,
+        throughput=throughput,
+        scores=tuple(sorted((s for s in scores.values() if s.psnr is not None), key=lambda s: s.psnr or 0.0)),
+        images=tuple(_image_report(storage, source, keys, name, progress, metas, scores.get(name), limits)
+                     for name in shown),
+        omitted=len(order) - len(shown),
+        failures=_failures(storage, keys, manifest, markers),
+    )
+
+
+def _read_json(storage: Storage, key: str) -> Any:
+    """The parsed object, or None when it does not exist."""
+    try:
+        return json.loads(storage.get(key))
+    except ObjectNotFoundError:
+        return None
+
+
+Metas = Mapping[str, Mapping[str, Mapping[str, Any]]]  # stem -> stage -> the meta file's fields
+
+
+def _read_metas(storage: Storage, keys: RunKeys, threads: int) -> Metas:
+    """Every ``meta/<stem>.<stage>.json`` of the run (one listing, one read each)."""
+    metas: dict[str, dict[str, Any]] = defaultdict(dict)
+    found = []
+    for key in storage.list(keys.prefix("meta")):
+        image_stem, _, stage = PurePosixPath(key).name.removesuffix(".json").rpartition(".")
+        if image_stem and key.endswith(".json"):
+            found.append((key, image_stem, stage))
+    contents = fetch_in_order(lambda item: storage.get(item[0]), found, threads)
+    for (_, image_stem, stage), data in zip(found, contents, strict=True):
+        metas[image_stem][stage] = json.loads(data)
+    return metas
+
+
+def _each_meta(metas: Metas) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(stage, meta) of every meta file."""
+    return ((stage, meta) for by_stage in metas.values() for stage, meta in by_stage.items())
+
+
+def _read_failure_markers(
+    storage: Storage, keys: RunKeys, manifest: RunManifest, progress: RunProgress, threads: int
+) -> dict[str, Failure]:
+    """``failed/<stem>.json`` of every failed input, by input name."""
+    failed = [name for name in manifest.names if stem(name) in progress.failed]
+    records = fetch_in_order(lambda name: _read_json(storage, keys.failed(name)) or {}, failed, threads)
+    return {
+        name: Failure(name, str(record.get("stage", "?")), str(record.get("reason", "")), str(record.get("at", "")))
+        for name, record in zip(failed, records, strict=True)
+    }
+
+
+def _failures(storage: Storage, keys: RunKeys, manifest: RunManifest, markers: Mapping[str, Failure]) -> tuple[Failure, ...]:
+    """Per-image failures (live), listing rejections, and the aggregator's width mismatches."""
+    aggregated = _read_json(storage, keys.failures) or []
+    mismatches = [Failure(str(f.get("name", "")), "aggregate", str(f.get("reason", "")))
+                  for f in aggregated if f.get("stage") == "aggregate"]
+    rejected = [Failure(name, "listing", reason) for name, reason in manifest.rejected]
+    return (*markers.values(), *mismatches, *rejected)
+
+
+def _counts(manifest: RunManifest, progress: RunProgress) -> dict[str, int]:
+    by_state = {state.value: n for state, n in progress.counts(manifest.names).items()}
+    return {
+        "done": by_state["done"],
+        "failed": by_state["failed"],
+        "pending": by_state["pending"] + by_state["denoised"],
+        "denoised": by_state["denoised"],
+        "rejected": len(manifest.rejected),
+        "total": manifest.total,
+    }
+
+
+def _display_order(names: Sequence[str], scores: Mapping[str, Score]) -> list[str]:
+    """Scored images worst PSNR first, then the rest in input order."""
+    scored = sorted((n for n in names if scores.get(n) and scores[n].psnr is not None),
+                    key=lambda n: scores[n].psnr or 0.0)
+    chosen = set(scored)
+    return scored + [n for n in names if n not in chosen]
+
+
+def _stage_timings(metas: Metas) -> tuple[StageTiming, ...]:
+    by_stage: dict[str, list[float]] = defaultdict(list)
+    for stage, meta in _each_meta(metas):
+        if isinstance(meta.get("seconds"), int | float):
+            by_stage[stage].append(float(meta["seconds"]))
+    return tuple(
+        StageTiming(stage, len(v), float(np.percentile(v, 50)), float(np.percentile(v, 95)), math.fsum(v))
+        for stage, v in sorted(by_stage.items(), key=lambda item: _stage_rank(item[0]))
+    )
+
+
+def _stage_rank(stage: str) -> tuple[int, str]:
+    known = ("denoise", "upscale")
+    return (known.index(stage) if stage in known else len(known), stage)
+
+
+def _timestamp(value: object) -> float | None:
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return None
+
+
+def _start_and_finish_times(metas: Metas, markers: Mapping[str, Failure]) -> tuple[list[float], list[float]]:
+    """Epoch seconds: starts (denoise end minus its duration) and finishes (upscaled or failed).
+
+    The stages record ``at`` to the millisecond.
+    """
+    starts, finishes = [], []
+    for stage, meta in _each_meta(metas):
+        at = _timestamp(meta.get("at"))
+        if at is None:
+            continue
+        if stage == "denoise":
+            starts.append(at - float(meta.get("seconds", 0.0)))
+        elif stage == "upscale":
+            finishes.append(at)
+    failed_at = [t for t in (_timestamp(f.at) for f in markers.values()) if t is not None]
+    return starts + failed_at, finishes + failed_at
+
+
+def _throughput(starts: Sequence[float], finishes: Sequence[float]) -> tuple[int, tuple[tuple[float, int], ...]]:
+    """Images finished per interval, from the first start; the interval is a round number of seconds."""
+    if not starts or not finishes:
+        return 1, ()
+    origin = min(starts)
+    span = max(max(finishes) - origin, 1.0)
+    bin_s = next((b for b in _NICE_BIN_S if span / b <= THROUGHPUT_BINS), _NICE_BIN_S[-1])
+    counts = [0] * (int(span // bin_s) + 1)
+    for t in finishes:
+        counts[min(max(int((t - origin) // bin_s), 0), len(counts) - 1)] += 1
+    return bin_s, tuple((i * float(bin_s), n) for i, n in enumerate(counts))
+
+
+def _image_report(
+    storage: Storage,
+    source: Storage,
+    keys: RunKeys,
+    name: str,
+    progress: RunProgress,
+    metas: Metas,
+    score: Score | None,
+    limits: DecodeLimits,
+) -> ImageReport:
+    notes = []
+    original, why = _load_input(source, name, limits)
+    if why:
+        notes.append(f"input: {why}")
+    denoised, output = get_png(storage, keys.denoised(name)), get_png(storage, keys.sr(name))
+    panels = {"input": original, "denoised": denoised, "sr": output}
+    if output is not None:
+        crop_input, crop_sr = crops(original, output)
+        panels |= {"crop_input": crop_input, "crop_sr": crop_sr}
+    seconds = {stage: float(m["seconds"]) for stage, m in metas.get(stem(name), {}).items()
+               if isinstance(m.get("seconds"), int | float)}
+    return ImageReport(
+        name=name,
+        state=progress.state(name).value,
+        score=score,
+        seconds=seconds,
+        input_size=_wh(original),
+        output_size=_wh(output),
+        panels={k: embed(v) for k, v in panels.items() if v is not None},
+        notes=tuple(notes),
+    )
+
+
+def _load_input(source: Storage, name: str, limits: DecodeLimits) -> tuple[np.ndarray | None, str]:
+    """The decoded input, or None and why not (inputs are untrusted: same limits as the pipeline)."""
+    try:
+        return decode_image(source.get(name), name, limits), ""
+    except ObjectNotFoundError:
+        return None, "missing from the source"
+    except PermanentImageError as exc:
+        return None, exc.reason
+
+
+def _wh(rgb: np.ndarray | None) -> tuple[int, int] | None:
+    return None if rgb is None else (rgb.shape[1], rgb.shape[0])

@@ -1,0 +1,90 @@
+"""The last stage: a run's per-image rows streamed into ``submission.csv``, plus its failures and summary."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from workers.errors import SubmissionMismatchError
+from workers.io.storage import Storage, fetch_in_order
+from workers.io.submission import SubmissionWriter, row_width
+from workers.run.context import StageContext
+from workers.run.keys import RunKeys, RunProgress, stem
+from workers.run.manifest import load_manifest, now_iso
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    run_id: str
+    total: int
+    written: int
+    failed: int
+    pending: int
+    complete: bool  # False: pending images remain and nothing was written
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in ("run_id", "total", "written", "failed", "pending", "complete")}
+
+
+def aggregate_stage(ctx: StageContext, run_id: str, allow_partial: bool = False) -> AggregateResult:
+    """Stream every row, in manifest order, into ``submission.csv``; list failures in ``failures.json``.
+
+    Idempotent: it rewrites both files from the per-image objects each time. With images still
+    pending it writes nothing unless ``allow_partial``.
+    """
+    manifest = load_manifest(ctx.storage, run_id)  # fresh: the name list may have grown
+    keys = RunKeys(run_id)
+    progress = RunProgress.read(ctx.storage, run_id)
+    finished_stems = progress.done | progress.failed  # once: a union per name is quadratic in the run's size
+    finished = [n for n in manifest.names if stem(n) in finished_stems]
+    pending = [n for n in manifest.names if stem(n) not in finished_stems]
+    if pending and not allow_partial:
+        return AggregateResult(run_id, manifest.total, 0, 0, len(pending), complete=False)
+
+    done = [n for n in manifest.names if stem(n) in progress.done]
+    threads = ctx.settings.io_threads
+    n_columns = manifest.expected_columns or _most_common_width(ctx.storage, keys, done, threads)
+
+    def outcome(name: str) -> tuple[str, bool, bytes]:
+        """(name, done?, its row or its failure record)."""
+        if stem(name) in progress.done:
+            return name, True, ctx.storage.get(keys.row(name))
+        return name, False, ctx.storage.get(keys.failed(name))
+
+    failures: list[dict[str, object]] = []
+    with ctx.storage.writer(keys.submission) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        writer = SubmissionWriter(text, n_columns)
+        for name, is_done, data in fetch_in_order(outcome, finished, threads):
+            if not is_done:
+                failures.append(json.loads(data))
+                continue
+            try:
+                writer.add(name, data.decode())
+            except SubmissionMismatchError as exc:
+                failures.append({"name": name, "stage": "aggregate", "reason": exc.reason})
+        writer.close()
+        text.flush()
+        text.detach()
+    failures.extend({"name": n, "stage": "listing", "reason": reason} for n, reason in manifest.rejected)
+    failures.extend({"name": n, "stage": "pending", "reason": "not finished"} for n in pending)
+    ctx.storage.put(keys.failures, json.dumps(failures, indent=1).encode())
+    result = AggregateResult(run_id, manifest.total, writer.rows, len(failures) - len(pending), len(pending), True)
+    ctx.storage.put(keys.summary, json.dumps({**result.as_dict(), "at": now_iso()}).encode())
+    logger.info("run %s: submission with %d rows, %d failures", run_id, writer.rows, len(failures))
+    return result
+
+
+def _most_common_width(storage: Storage, keys: RunKeys, names: Sequence[str], threads: int) -> int | None:
+    """Without a sample submission, the width most rows share wins (first seen on ties).
+
+    An extra streaming pass over the rows; a run with a sample submission never pays it.
+    """
+    widths = Counter(fetch_in_order(lambda name: row_width(storage.get(keys.row(name)).decode()), names, threads))
+    return max(widths, key=widths.__getitem__) if widths else None

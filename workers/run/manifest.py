@@ -1,0 +1,141 @@
+"""A run's manifest: its source, its ordered inputs, and the pipeline every worker applies to them.
+
+Where the run's objects live is :mod:`workers.run.keys`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any, Literal, get_args
+
+from workers.errors import ConfigError, ObjectNotFoundError, RunNotFoundError
+from workers.io.storage import Storage
+from workers.ops.denoise import DenoiseSpec
+from workers.ops.upscalers import ChannelOrder, UpscalerName, upscaler_kind
+from workers.run.keys import RunKeys
+
+MANIFEST_VERSION = 1
+DenoisePlacement = Literal["cpu", "gpu"]
+GPU_DENOISERS = frozenset({"nlm", "none"})
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Per-run processing choices, recorded in the manifest so every worker applies the same.
+
+    Built from a preset (:mod:`workers.run.presets`); the fields say exactly what each stage does.
+    """
+
+    preset: str = "standard"
+    denoise: DenoiseSpec = field(default_factory=DenoiseSpec)
+    channel_order: ChannelOrder = "rgb"  # "bgr" reproduces the seed's feed order
+    resize_multiple: int = 0  # 8 reproduces the seed's final Lanczos resize; 0 = none
+    upscaler: UpscalerName = "model"  # a name in workers.ops.upscalers.UPSCALERS
+    tone: str = ""  # a tone-curve artifact (JSON text) applied before denoising; empty = off
+    scale_nlm_by_gain: bool = False  # raise NL-means strength where the tone curve amplifies noise
+    # Where denoising runs: "cpu" (OpenCV in the CPU task) or "gpu" (the same NL-means in PyTorch,
+    # fused into the GPU task; bit-identical output). Placement, not content: not part of the run id.
+    denoise_on: DenoisePlacement = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in get_args(ChannelOrder):
+            raise ConfigError(f"channel order must be rgb or bgr, got {self.channel_order!r}")
+        if self.resize_multiple < 0:
+            raise ConfigError("resize multiple must be >= 0")
+        upscaler_kind(self.upscaler)
+        if self.denoise_on not in get_args(DenoisePlacement):
+            raise ConfigError(f"denoise_on must be one of {sorted(get_args(DenoisePlacement))}, got {self.denoise_on!r}")
+        if self.denoise_on == "gpu" and self.denoise.method not in GPU_DENOISERS:
+            raise ConfigError(f"denoiser {self.denoise.method!r} cannot run on the GPU; choose {sorted(GPU_DENOISERS)}")
+        if self.scale_nlm_by_gain and not self.tone:
+            raise ConfigError("scaling NL-means by the tone curve's gain needs a tone curve")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def content(self) -> dict[str, Any]:
+        """What the outputs depend on: everything but where the work runs."""
+        data = self.to_dict()
+        del data["denoise_on"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineSpec:
+        data = dict(data)
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"run pipeline has unknown fields {sorted(unknown)}: written by a newer version?")
+        data["denoise"] = DenoiseSpec(**data.get("denoise", {}))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    run_id: str
+    source: str  # URL of the input store: file:///dir or s3://bucket/prefix
+    names: tuple[str, ...]  # input names in submission order
+    pipeline: PipelineSpec
+    model: str  # the weights the producer asked for ("file:..." or "hf:repo/file@rev")
+    expected_columns: int | None = None  # from sample_submission.csv, when given
+    rejected: tuple[tuple[str, str], ...] = ()  # (name, reason) refused while listing the source
+    created_at: str = ""
+    version: int = MANIFEST_VERSION
+
+    @property
+    def total(self) -> int:
+        """Every input the source listed, processed or rejected."""
+        return len(self.names) + len(self.rejected)
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["pipeline"] = self.pipeline.to_dict()
+        data["names"] = list(self.names)
+        data["rejected"] = [list(r) for r in self.rejected]
+        return json.dumps(data, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> RunManifest:
+        data = json.loads(raw)
+        if data.get("version") != MANIFEST_VERSION:
+            raise ConfigError(f"run manifest version {data.get('version')} is not {MANIFEST_VERSION}")
+        data["pipeline"] = PipelineSpec.from_dict(data["pipeline"])
+        data["names"] = tuple(data["names"])
+        data["rejected"] = tuple(tuple(r) for r in data.get("rejected", ()))
+        return cls(**data)
+
+
+def make_run_id(label: str, source: str, pipeline: PipelineSpec, model: str) -> str:
+    """Deterministic id: the same source, pipeline and model give the same run, so re-running resumes."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-._")[:40] or "run"
+    fingerprint = json.dumps([source, pipeline.content(), model], sort_keys=True)
+    return f"{slug}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:10]}"
+
+
+def code_version() -> str:
+    """The installed package version (recorded with every output, for reports)."""
+    try:
+        return importlib.metadata.version("lowlight-sr")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def load_manifest(storage: Storage, run_id: str) -> RunManifest:
+    try:
+        return RunManifest.from_json(storage.get(RunKeys(run_id).manifest))
+    except ObjectNotFoundError:
+        raise RunNotFoundError(f"no run {run_id!r} in {storage.url('runs')}") from None
+
+
+def save_manifest(storage: Storage, manifest: RunManifest) -> None:
+    storage.put(RunKeys(manifest.run_id).manifest, manifest.to_json())
+
+

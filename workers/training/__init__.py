@@ -1,0 +1,1 @@
+"""Learning from a dataset's training pairs: calibration of the degradation, and fine-tuning."""
