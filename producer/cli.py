@@ -63,15 +63,18 @@ def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def _pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
     defaults = DenoiseSpec()
     options = [
-        click.option("--preset", type=click.Choice(sorted(PRESETS)), default="standard", envvar="PRESET",
-                     show_default=True, help="Pipeline recipe: seed (exact seed), standard, quality (best PSNR: "
-                     "tone + scaled NL-means + bicubic), perceptual (tone + NL-means + Real-ESRGAN)."),
+        click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None, envvar="PRESET",
+                     help="Pipeline recipe: seed (exact seed), standard, quality (calibrated NL-means + bicubic), "
+                     "perceptual (calibrated NL-means + Real-ESRGAN), learned (the dataset's model from `producer "
+                     "train`). Default: learned when the dataset has DATASET/trained_x4.safetensors, else standard."),
+        click.option("--tta", is_flag=True, envvar="TTA", help="learned: average the 8 flips/rotations of each "
+                     "image (x8 self-ensemble; about 8x the upscaling time)."),
         click.option("--seed-compat", is_flag=True, envvar="SEED_COMPAT", help="Same as --preset seed."),
         click.option("--denoise-on", type=click.Choice(["cpu", "gpu"]), default="cpu", envvar="DENOISE_ON",
                      show_default=True, help="Where NL-means runs: the CPU workers (OpenCV) or fused into the GPU "
                      "task (PyTorch port, identical output; use when CPU cores are scarce)."),
         click.option("--calibration", envvar="CALIBRATION",
-                     help="Tone-curve artifact (path or s3:// URL) from `producer calibrate`. Default for quality/"
+                     help="Calibration artifact (path or s3:// URL) from `producer calibrate`. Default for quality/"
                      "perceptual: calibration.json at the dataset root."),
         click.option("--denoise", "denoise_method", type=click.Choice(sorted(DENOISERS)), default=defaults.method,
                      envvar="DENOISE", show_default=True, help="Denoiser of the CPU stage."),
@@ -99,7 +102,12 @@ def _pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
         preset = kwargs.pop("preset")
         if kwargs.pop("seed_compat"):
             preset = "seed"
-        kwargs["choice"] = PipelineChoice(preset, spec, kwargs.pop("calibration"), kwargs.pop("denoise_on"))
+        # --weights on the command line names the model `learned` runs; WEIGHTS in the environment
+        # stays the workers' Real-ESRGAN checkpoint.
+        source = click.get_current_context().get_parameter_source("weights")
+        checkpoint = kwargs.get("weights") if source is click.core.ParameterSource.COMMANDLINE else None
+        kwargs["choice"] = PipelineChoice(preset, spec, kwargs.pop("calibration"), kwargs.pop("denoise_on"),
+                                          kwargs.pop("tta"), checkpoint)
         return command(**kwargs)
 
     return wrapper
@@ -133,10 +141,11 @@ def enqueue(src: str, run_id: str | None, sample_submission: str | None, retry_f
     from workers.run.resolve import resolve_pipeline
 
     ctx = StageContext(settings)
-    pipeline = resolve_pipeline(choice, src, ctx.storages)
-    plan = prepare_run(settings, ctx.storage, src, pipeline, run_id, sample_submission, retry_failed,
+    resolved = resolve_pipeline(choice, src, ctx.storages, ctx.storage)
+    plan = prepare_run(settings, ctx.storage, src, resolved.pipeline, run_id, sample_submission, retry_failed,
                        show_progress=True)
-    click.echo(f"run {plan.run_id}: {plan.manifest.total} inputs, {len(plan.finished)} already finished")
+    note = f" ({resolved.note})" if resolved.note else ""
+    click.echo(f"run {plan.run_id}: {plan.manifest.total} inputs, {len(plan.finished)} already finished{note}")
     result = _execute(ctx, plan, wait)
     if result is not None:
         _report_result(ctx.storage, plan.run_id, result.written, result.failed, result.pending)
@@ -279,10 +288,13 @@ def report(run_id: str, output: str, gt: str | None, max_images: int, settings: 
 @click.option("-o", "--output", help="Where to store the artifact (default: DATASET/calibration.json).")
 @_settings_options
 def calibrate(dataset: str, output: str | None, settings: Settings) -> None:
-    """Fit the tone curve on DATASET's training pairs (train/train -> train/gt; never val/ or test/).
+    """Measure DATASET's degradation on its training pairs (train/train -> train/gt; never val/ or test/).
 
-    Streaming: memory stays flat in the number of pairs. A dataset in object storage (s3://...) is
-    fitted by a CPU worker when a broker is configured.
+    Fits the forward model (downscale kernel, brightness ratio, noise gain and read variance,
+    quantisation), a tone curve (applied only when input and target differ in brightness) and the
+    NL-means strength of the classical presets; writes calibration.json. Streaming: memory stays
+    flat in the number of pairs. A dataset in object storage (s3://...) is calibrated by a CPU
+    worker when a broker is configured.
     """
     from workers.training.calibrate import calibrate_here
 
@@ -290,22 +302,102 @@ def calibrate(dataset: str, output: str | None, settings: Settings) -> None:
         from producer import dispatch
 
         result = dispatch.calibrate(settings, dataset, output)
-        click.echo(f"tone curve from {result['pairs']} pairs -> {result['location']}")
-        return
-    curve, where = calibrate_here(dataset, output, StorageFactory(settings))
-    click.echo(f"tone curve from {curve.n_pairs} pairs ({sum(curve.pixels):,} pixel samples) -> {where}")
+        lines, pairs, where = result["summary"], result["pairs"], result["location"]
+    else:
+        calibration, where = calibrate_here(dataset, output, StorageFactory(settings))
+        lines, pairs = calibration.summary(), calibration.n_pairs
+    click.echo(f"calibrated on {pairs} pairs -> {where}")
+    for line in lines:
+        click.echo(f"  {line}")
+
+
+def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The training recipe's flags (TRAIN_* in the environment); the command receives ``config``."""
+    from workers.training.config import TrainConfig
+
+    d = TrainConfig()
+    options = [
+        click.option("--steps", type=click.IntRange(min=1), default=d.steps, envvar="TRAIN_STEPS", show_default=True,
+                     help="Optimiser steps in all (a re-run continues up to this many)."),
+        click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None, envvar="TRAIN_MINUTES",
+                     help="Stop cleanly after this many minutes (the schedule fits the budget); the best checkpoint is kept."),
+        click.option("--seed", type=int, default=d.seed, envvar="TRAIN_SEED", show_default=True,
+                     help="Seed of crops, flips and fresh noise: the same seed gives the same weights on a CPU."),
+        click.option("--batch", type=click.IntRange(min=1), default=d.batch, envvar="TRAIN_BATCH", show_default=True),
+        click.option("--crop", type=click.IntRange(min=4), default=d.crop, envvar="TRAIN_CROP", show_default=True,
+                     help="Input crop side in pixels (the target crop is 4x)."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=d.lr, envvar="TRAIN_LR", show_default=True),
+        click.option("--loss", type=click.Choice(["l1", "charbonnier"]), default=d.loss, envvar="TRAIN_LOSS", show_default=True),
+        click.option("--luma-weight", type=click.FloatRange(0, 1), default=d.luma_weight, envvar="TRAIN_LUMA_WEIGHT",
+                     show_default=True, help="Share of the loss on the luma the competition scores."),
+        click.option("--fresh-share", type=click.FloatRange(0, 1), default=d.fresh_share, envvar="TRAIN_FRESH_SHARE",
+                     show_default=True, help="Share of each batch re-synthesised from its targets with the calibrated "
+                     "forward model (new noise every step)."),
+        click.option("--ema", "ema_decay", type=click.FloatRange(0, 1, max_open=True), default=d.ema_decay,
+                     envvar="TRAIN_EMA", show_default=True, help="Decay of the weights' moving average (what is saved)."),
+        click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=d.holdout, envvar="TRAIN_HOLDOUT",
+                     show_default=True, help="Share of the training pairs held back to pick the best checkpoint (never val/)."),
+        click.option("--eval-every", type=click.IntRange(min=1), default=d.eval_every, envvar="TRAIN_EVAL_EVERY",
+                     show_default=True, help="Steps between held-back evaluations (and saved states)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        names = ("steps", "minutes", "seed", "batch", "crop", "lr", "loss", "luma_weight", "fresh_share", "ema_decay",
+                 "holdout", "eval_every")
+        kwargs["config"] = TrainConfig(**{name: kwargs.pop(name) for name in names})
+        return command(**kwargs)
+
+    return wrapper
+
+
+@cli.command()
+@click.argument("dataset")
+@click.option("--from", "start", envvar="TRAIN_FROM", help="Checkpoint to start from: a path or hf:repo/file@rev (any "
+              "spandrel-loadable 4x RGB model; RRDBNet works too). Default: the compact SRVGG "
+              "realesr-animevideov3, from WEIGHTS_DIR when it is there.")
+@click.option("-o", "--output", help="Where the checkpoint goes (default: DATASET/trained_x4.safetensors).")
+@click.option("--restart", is_flag=True, help="Ignore a saved training state and start again from --from.")
+@_train_options
+@_settings_options
+def train(dataset: str, start: str | None, output: str | None, restart: bool, config: Any, settings: Settings) -> None:
+    """Fine-tune a fast 4x model on DATASET's training pairs (never val/ or test/), for --preset learned.
+
+    Fresh degradations from the calibrated forward model, EMA weights, the best checkpoint by PSNR on
+    a held-back slice of the training pairs. Ctrl-C keeps the last good checkpoint; re-running the
+    same command resumes. With a broker configured and DATASET in object storage, a worker serving
+    the `train` queue trains and this command follows it.
+    """
+    if not is_local(dataset) and not settings.embedded:
+        from producer import dispatch
+
+        result = dispatch.train(settings, dataset, output, start, config, restart)
+    else:
+        from producer.training import train_here
+
+        result = train_here(settings, dataset, output, start, config, restart)
+    best = f"{result.best_psnr:.2f} dB" if result.best_psnr is not None else "n/a (no pair held back)"
+    state = "done" if result.finished else "stopped early (re-run to continue)"
+    click.echo(f"trained {result.steps} steps ({state}) in {result.seconds:.0f} s; best held-back PSNR {best} "
+               f"at step {result.best_step} -> {result.output}")
+    for key, reason in result.skipped:
+        click.echo(f"  skipped {key}: {reason}")
 
 
 @cli.command()
 @click.argument("dataset", type=click.Path(file_okay=False, exists=True))
 @click.option("--preset", "presets", multiple=True, type=click.Choice(sorted(PRESETS)),
-              help="Preset to score (repeatable). Default: all; those needing a tone curve only if one exists.")
-@click.option("--calibration", envvar="CALIBRATION", help="Tone-curve artifact (default: DATASET/calibration.json).")
+              help="Preset to score (repeatable). Default: all; those needing a calibration or a trained model "
+              "only when the dataset has one. learned is scored with and without --tta.")
+@click.option("--calibration", envvar="CALIBRATION", help="Calibration artifact (default: DATASET/calibration.json).")
 @click.option("--run", "run_ids", multiple=True, help="Also score these existing runs (repeatable).")
 @click.option("--inputs", type=click.Path(file_okay=False, exists=True), help="Inputs (default: DATASET/val/val).")
 @click.option("--gt", type=click.Path(file_okay=False, exists=True), help="Ground truth (default: DATASET/val/gt).")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
-              help="Also score bicubic, NL-means + bicubic (and tone + bicubic when calibrated).")
+              help="Also score bicubic and NL-means + bicubic (seed and calibrated strength; tone + bicubic "
+              "where the tone stage applies).")
 @_settings_options
 def evaluate(dataset: str, presets: tuple[str, ...], calibration: str | None, run_ids: tuple[str, ...],
              inputs: str | None, gt: str | None, baselines: bool, settings: Settings) -> None:
@@ -317,30 +409,34 @@ def evaluate(dataset: str, presets: tuple[str, ...], calibration: str | None, ru
     from producer import evaluate as ev
     from producer.planning import prepare_run
     from workers.run.context import StageContext
-    from workers.run.presets import NEEDS_CURVE, TAKES_CURVE
+    from workers.run.presets import TAKES_CALIBRATION
     from workers.run.resolve import resolve_pipeline
+    from workers.training.calibrate import default_location, load_calibration
 
     inputs_dir = Path(inputs) if inputs else Path(dataset) / ev.VAL_INPUTS
     pairs = ev.truth_pairs(inputs_dir, Path(gt) if gt else Path(dataset) / ev.VAL_TRUTH)
     ctx = StageContext(settings)
-    scores, curve = [], None
+    scores = []
     for preset in presets or list(PRESETS):
-        try:
-            curve_file = calibration if preset in TAKES_CURVE else None
-            pipeline = resolve_pipeline(PipelineChoice(preset, DenoiseSpec(), curve_file), dataset, ctx.storages)
-        except ConfigError as exc:
-            if presets or preset not in NEEDS_CURVE:
-                raise
-            click.echo(f"skipping preset {preset}: {exc}", err=True)
-            continue
-        curve = curve or ctx.tone_curve(pipeline)
-        plan = prepare_run(settings, ctx.storage, str(inputs_dir), pipeline, show_progress=True)
-        _execute(ctx, plan)
-        scores.append(ev.score_run(ctx.storage, plan.manifest, pairs, f"{preset} (run {plan.run_id})"))
+        for tta in (False, True) if preset == "learned" else (False,):
+            label = preset + (" + tta" if tta else "")
+            choice = PipelineChoice(preset, DenoiseSpec(), calibration if preset in TAKES_CALIBRATION else None, tta=tta)
+            try:
+                pipeline = resolve_pipeline(choice, dataset, ctx.storages, ctx.storage).pipeline
+            except ConfigError as exc:
+                if presets:
+                    raise
+                click.echo(f"skipping preset {label}: {exc}", err=True)
+                continue
+            plan = prepare_run(settings, ctx.storage, str(inputs_dir), pipeline, show_progress=True)
+            _execute(ctx, plan)
+            scores.append(ev.score_run(ctx.storage, plan.manifest, pairs, f"{label} (run {plan.run_id})"))
     for run_id in run_ids:
         scores.append(ev.score_run(ctx.storage, load_manifest(ctx.storage, run_id), pairs, f"run {run_id}"))
     if baselines:
-        scores += ev.baselines(pairs, DenoiseSpec(), curve)
+        location = calibration or default_location(dataset)
+        calibrated = load_calibration(location, ctx.storages) if calibration or Path(location).is_file() else None
+        scores += ev.baselines(pairs, DenoiseSpec(), calibrated)
     click.echo(ev.format_table(scores))
 
 

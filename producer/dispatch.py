@@ -6,6 +6,7 @@ the task code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -15,15 +16,18 @@ from tqdm import tqdm
 
 from producer.planning import RunPlan, plan_remaining
 from workers.errors import ConfigError, RunCancelledError, TransientError
-from workers.io.storage import Storage
+from workers.io.storage import Storage, StorageFactory
 from workers.run.aggregate import AggregateResult
 from workers.run.keys import RunKeys
 from workers.runtime.app import create_app
 from workers.runtime.tracking import OUTAGE_ERRORS, RunTracker
 from workers.settings import Settings, redact_url
+from workers.training.artifacts import TrainingOutput
+from workers.training.config import TrainConfig, TrainResult
+from workers.training.job import TrainJob, read_marker
 
 DENOISE, UPSCALE, AGGREGATE = "workers.tasks.denoise", "workers.tasks.upscale", "workers.tasks.aggregate"
-CALIBRATE = "workers.tasks.calibrate"
+CALIBRATE, TRAIN = "workers.tasks.calibrate", "workers.tasks.train"
 POLL_S = 1.0
 RESUME_AFTER_S = 10.0  # how long the run may be unknown to Redis before the producer enqueues it again
 # How long every image may count as finished with no summary before the producer asks again: longer
@@ -147,3 +151,39 @@ def calibrate(settings: Settings, dataset_url: str, output_url: str | None, time
     """Fit the tone curve on a CPU worker (the dataset is in object storage) and return its summary."""
     connect_tracker(settings)
     return create_app(settings).send_task(CALIBRATE, (dataset_url, output_url)).get(timeout=timeout_s)
+
+
+def train(settings: Settings, dataset: str, output: str | None, start: str | None, config: TrainConfig,
+          restart: bool, poll_s: float = 2.0) -> TrainResult:
+    """Hand a training job to the workers of the ``train`` queue and follow it to its end.
+
+    The job runs as a chain of time-boxed chunks (TRAIN_CHUNK_S each); this follows the marker and
+    the provenance the chunks write next to the checkpoint. Ctrl-C stops watching, not the job.
+    """
+    connect_tracker(settings)
+    storages = StorageFactory(settings)
+    job = TrainJob(dataset, output, start, dataclasses.asdict(config), restart, started_at=time.time())
+    create_app(settings).send_task(TRAIN, (job.to_dict(),), ignore_result=True)
+    started = time.monotonic()
+    trained = TrainingOutput.at(job.output_location(), storages)
+    with tqdm(total=config.steps, desc="train (workers)", unit="step") as bar:
+        while True:
+            try:
+                marker = read_marker(job, storages) or {}
+                mine = marker.get("job") == job.started_at
+                provenance = trained.read_provenance() if mine else None
+            except TransientError as exc:
+                bar.set_postfix_str(f"waiting for storage: {exc}")
+                time.sleep(poll_s)
+                continue
+            if provenance:
+                bar.update(max(int(provenance["steps"]) - bar.n, 0))
+                best = provenance.get("holdout_psnr")
+                bar.set_postfix_str(f"chunk {marker['chunk']}, held-back {best:.2f} dB" if best is not None else f"chunk {marker['chunk']}")
+            if mine and marker.get("done"):
+                break
+            time.sleep(poll_s)
+    provenance = trained.read_provenance() or {}
+    return TrainResult(int(provenance.get("steps", 0)), int(provenance.get("best_step", 0)), provenance.get("holdout_psnr"),
+                       bool(provenance.get("finished")), time.monotonic() - started,
+                       [(s["file"], s["reason"]) for s in provenance.get("pairs", {}).get("skipped", [])], trained.url())

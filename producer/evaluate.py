@@ -21,9 +21,10 @@ from workers.io.submission import grey_subsample, parse_row, submission_id
 from workers.ops.denoise import DenoiseSpec, denoise
 from workers.ops.metrics import competition_scores
 from workers.ops.resample import bicubic_x4
-from workers.ops.tone import ToneCurve, apply_tone
+from workers.ops.tone import apply_tone
 from workers.run.keys import RunKeys, RunProgress, stem
 from workers.run.manifest import RunManifest
+from workers.training.calibrate import Calibration
 
 VAL_INPUTS = Path("val/val")
 VAL_TRUTH = Path("val/gt")
@@ -108,11 +109,18 @@ def score_run(storage: Storage, manifest: RunManifest, pairs: Iterable[tuple[Pat
     return result
 
 
-def baselines(pairs: list[tuple[Path, Path]], spec: DenoiseSpec, curve: ToneCurve | None = None) -> list[MethodScore]:
+def baselines(pairs: list[tuple[Path, Path]], spec: DenoiseSpec, calibration: Calibration | None = None) -> list[MethodScore]:
+    """Bicubic, NL-means (the seed's strength) + bicubic, and with a calibration the calibrated
+    strength and, where it applies, the tone curve."""
     scores = [
         score_function("bicubic x4", pairs, bicubic_x4),
-        score_function("NL-means + bicubic x4", pairs, lambda rgb: bicubic_x4(denoise(rgb, spec))),
+        score_function(f"NL-means h={spec.h:g} + bicubic x4", pairs, lambda rgb: bicubic_x4(denoise(rgb, spec))),
     ]
+    if calibration is not None and calibration.nlm_h not in (spec.h, 0):
+        tuned = calibration.denoise_spec(spec)
+        scores.append(score_function(f"NL-means h={tuned.h:g} (calibrated) + bicubic x4", pairs,
+                                     lambda rgb: bicubic_x4(denoise(rgb, tuned))))
+    curve = calibration.curve if calibration else None
     if curve is not None:
         scores.append(score_function("tone + bicubic x4", pairs, lambda rgb: bicubic_x4(apply_tone(rgb, curve))))
     return scores

@@ -71,3 +71,24 @@ def png_bytes(rgb: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> byt
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def compact_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The compact SRVGG model (realesr-animevideov3), or a small random one in its format when the
+    shared weights are absent (a warning says so)."""
+    real = weights_file("realesr-animevideov3.pth")
+    if real.is_file():
+        return real
+    warnings.warn(f"{real} not found: tests use a random-init compact stand-in", stacklevel=1)
+    return make_random_compact(tmp_path_factory.mktemp("weights") / "random_compact.pth")
+
+
+def make_random_compact(path: Path, num_conv: int = 4) -> Path:
+    import torch
+    from spandrel.architectures.Compact import Compact
+
+    torch.manual_seed(0)
+    model = Compact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=num_conv, upscale=4)
+    torch.save({"params": model.state_dict()}, path)
+    return path

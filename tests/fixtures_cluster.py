@@ -93,7 +93,7 @@ def cluster(redis_server: RedisServer, s3_server: S3Server, s3_bucket: str, weig
     db = next(_DATABASES)
     redis_server.client(db=db).flushdb()
     env = cluster_env(dict(os.environ), redis_server, db, s3_server, s3_bucket, weights_path,
-                      VISIBILITY_TIMEOUT_S="10", GPU_BATCH_SIZE="4", MAX_IMAGE_PIXELS="100000")
+                      VISIBILITY_TIMEOUT_S="10", TRAIN_CHUNK_S="5", GPU_BATCH_SIZE="4", MAX_IMAGE_PIXELS="100000")
     logs = tmp_path / "logs"
     logs.mkdir()
     cluster = Cluster(env, redis_server, db, s3_server, s3_bucket, logs)

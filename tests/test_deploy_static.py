@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from workers.runtime.app import CPU_QUEUE, GPU_QUEUE
+from workers.runtime.app import CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE
 from workers.settings import Settings
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -510,7 +510,7 @@ def test_configmap_builds_settings() -> None:
 def test_workers_deployments() -> None:
     deps = deployments()
     visibility = int(configmap()["VISIBILITY_TIMEOUT_S"])
-    for name, queue in (("cpu-worker", CPU_QUEUE), ("gpu-worker", GPU_QUEUE)):
+    for name, queue in (("cpu-worker", CPU_QUEUE), ("gpu-worker", GPU_QUEUE), ("train-worker", TRAIN_QUEUE)):
         pod = deps[name]["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         command = container["command"]
@@ -524,18 +524,22 @@ def test_workers_deployments() -> None:
             assert "$(HOSTNAME)" not in script[2], "exec probes get no $(VAR) expansion; $(...) in sh runs a command"
     cpu = deps["cpu-worker"]["spec"]["template"]["spec"]
     assert "--concurrency=$(CPU_CONCURRENCY)" in cpu["containers"][0]["command"]
-    gpu = deps["gpu-worker"]["spec"]["template"]["spec"]
-    (container,) = gpu["containers"]
-    assert "--pool=solo" in container["command"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert gpu["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
-    assert gpu["terminationGracePeriodSeconds"] >= cpu["terminationGracePeriodSeconds"]
-    liveness = container["livenessProbe"]
-    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 20 * 60, \
-        "a solo pool is silent for a whole batch: liveness must tolerate long silences"
-    env = {v["name"]: v.get("value") for v in container["env"]}
-    assert env["DEVICE"] == "cuda"
-    assert any(m["mountPath"] == env["HF_HOME"] for m in container["volumeMounts"])
+    for name in ("gpu-worker", "train-worker"):
+        gpu = deps[name]["spec"]["template"]["spec"]
+        (container,) = gpu["containers"]
+        assert "--pool=solo" in container["command"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert gpu["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
+        assert gpu["terminationGracePeriodSeconds"] >= cpu["terminationGracePeriodSeconds"]
+        liveness = container["livenessProbe"]
+        assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 20 * 60, \
+            "a solo pool is silent for a whole batch or training chunk: liveness must tolerate long silences"
+        env = {v["name"]: v.get("value") for v in container["env"]}
+        assert env["DEVICE"] == "cuda"
+        assert any(m["mountPath"] == env["HF_HOME"] for m in container["volumeMounts"])
+    chunk = Settings.from_env(configmap()).train_chunk_s
+    assert deps["train-worker"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > chunk, \
+        "a warm shutdown must let the running training chunk finish and save its state"
 
 
 def test_flower_deployment_and_service() -> None:
@@ -556,13 +560,13 @@ def test_keda_scales_each_worker_on_its_own_queue_in_the_broker_database() -> No
     database = broker.path.strip("/") or "0"
     auth_names = {a["metadata"]["name"] for a in k8s_kind("TriggerAuthentication")}
     scaled = {s["spec"]["scaleTargetRef"]["name"]: s for s in k8s_kind("ScaledObject")}
-    assert set(scaled) == {"cpu-worker", "gpu-worker"}
+    assert set(scaled) == {"cpu-worker", "gpu-worker", "train-worker"}
     for target, obj in scaled.items():
         command = containers(deployments()[target])[0]["command"]
         (trigger,) = obj["spec"]["triggers"]
         meta = trigger["metadata"]
         assert trigger["type"] == "redis"
-        assert meta["listName"] == command[command.index("-Q") + 1] in (CPU_QUEUE, GPU_QUEUE)
+        assert meta["listName"] == command[command.index("-Q") + 1] in (CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE)
         assert meta["address"] == f"{broker.hostname}:{broker.port}", "KEDA must poll BROKER_URL's Redis"
         assert meta["address"].endswith(".svc.cluster.local:6379"), "KEDA runs in another namespace: use the FQDN"
         assert meta["databaseIndex"] == database, "the queue lists live in BROKER_URL's database"
@@ -650,8 +654,8 @@ def test_every_celery_command_line_parses_and_names_our_app_and_queues() -> None
             raise AssertionError(f"{where}: celery {' '.join(args)}: {exc}") from None
         if sub == "worker":
             queues = set(ctx.params["queues"] or [])
-            assert queues in ({CPU_QUEUE}, {GPU_QUEUE}), f"{where}: queues {queues}"
-            if queues == {GPU_QUEUE}:
+            assert queues in ({CPU_QUEUE}, {GPU_QUEUE}, {TRAIN_QUEUE}), f"{where}: queues {queues}"
+            if queues & {GPU_QUEUE, TRAIN_QUEUE}:
                 assert "solo" in str(ctx.params["pool"]).lower(), f"{where}: GPU workers need --pool=solo"
         if sub == "inspect":
             assert ctx.params["command"] == "ping" and ctx.params["destination"] == ["celery@$HOSTNAME"], where

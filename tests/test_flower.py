@@ -177,7 +177,7 @@ def flower_run(redis_server: RedisServer, s3_server: S3Server,
     bucket = s3_server.make_bucket(f"t-{secrets.token_hex(4)}-flower")
     weights = make_random_rrdb(work / "rrdb-1block.pth", blocks=1)
     env = cluster_env(dict(os.environ), redis_server, db, s3_server, bucket, weights,
-                      VISIBILITY_TIMEOUT_S="10", GPU_BATCH_SIZE="4", MAX_IMAGE_PIXELS="100000")
+                      VISIBILITY_TIMEOUT_S="10", TRAIN_CHUNK_S="5", GPU_BATCH_SIZE="4", MAX_IMAGE_PIXELS="100000")
     logs = work / "logs"
     logs.mkdir()
     cluster = Cluster(env, redis_server, db, s3_server, bucket, logs)

@@ -7,7 +7,6 @@ from tests.conftest import noisy_image, png_bytes
 from tests.fixtures import make_run, write_images
 from workers.io.imageio import decode_png
 from workers.io.submission import grey_subsample
-from workers.ops.denoise import DenoiseSpec
 from workers.run.aggregate import aggregate_stage
 from workers.run.context import StageContext
 from workers.run.keys import RunKeys, RunProgress
@@ -71,7 +70,7 @@ def test_upscale_without_a_denoised_image_denoises_itself(ctx, tmp_path):
 def test_seed_compat_pipeline_resizes_odd_sizes_to_multiple_of_8(ctx, tmp_path):
     folder = tmp_path / "in"
     names = write_images(folder, 1, width=13, height=9)
-    make_run(ctx.storage, folder, names, pipeline=build_pipeline("seed", DenoiseSpec()))
+    make_run(ctx.storage, folder, names, pipeline=build_pipeline("seed"))
     denoise_stage(ctx, "r1", names[0])
     upscale_stage(ctx, "r1", names)
     assert decode_png(ctx.storage.get(RunKeys("r1").sr(names[0]))).shape == (32, 48, 3)

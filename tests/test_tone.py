@@ -1,8 +1,6 @@
 import dataclasses
 import json
-import sys
 import tracemalloc
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from PIL import Image
 
 from tests.conftest import DATASET
 from workers.errors import ConfigError
@@ -24,8 +21,7 @@ from workers.ops.tone import (
     local_gain,
     scaled_nlm_strength,
 )
-from workers.training.calibrate import fit_from_dataset
-from workers.training.pairs import training_pairs
+from workers.training.calibrate import calibrate
 
 LEVELS = np.arange(256)
 
@@ -226,7 +222,7 @@ def test_scaled_nlm_strength_follows_the_gain_at_the_mean_level():
 
 @pytest.fixture(scope="module")
 def sample_curve() -> ToneCurve:
-    return fit_from_dataset(DATASET)
+    return calibrate(LocalStorage(DATASET)).tone
 
 
 def test_artifact_round_trips_exactly(sample_curve):
@@ -292,110 +288,3 @@ def test_missing_field_is_named():
     del document["created_at"]
     with pytest.raises(ConfigError, match="missing field.*created_at"):
         ToneCurve.from_json(json.dumps(document).encode())
-
-
-# --- training pairs ------------------------------------------------------------------------------
-
-
-def test_training_pairs_on_the_repo_sample(sample_curve):
-    pairs = training_pairs(LocalStorage(DATASET))
-    assert pairs == [(f"train/train/gt_0000{k}.png", f"train/gt/gt_0000{k}.png") for k in range(1, 6)]
-    assert sample_curve.n_pairs == 5 and sample_curve.pixels == (5 * 64 * 40,) * 3
-    assert (sample_curve.lut[:, 64:200] > LEVELS[64:200]).all()  # the sample's curve brightens
-
-
-def _png(path: Path, width: int, height: int, value: int = 50) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((height, width, 3), value, np.uint8)).save(path)
-
-
-@pytest.fixture
-def tiny_dataset(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    for k in (1, 2):
-        _png(root / "train" / "train" / f"gt_{k}.png", 8, 4, 30)
-        _png(root / "train" / "gt" / f"gt_{k}.png", 32, 16, 120)
-    # Traps: same names and sizes, so only the path rules keep them out.
-    for split, sub in (("val", "val"), ("val", "gt"), ("test", "test")):
-        _png(root / split / sub / "gt_1.png", 8, 4)
-        _png(root / split / sub / "trap.png", 8, 4)
-    return root
-
-
-_RECORDERS: list[list[str]] = []
-
-
-def _record_open(event: str, args: tuple) -> None:
-    if event == "open" and _RECORDERS and isinstance(args[0], str | bytes | Path):
-        _RECORDERS[-1].append(str(args[0]))
-
-
-sys.addaudithook(_record_open)  # one hook for the session (hooks cannot be removed); idle unless recording
-
-
-@pytest.fixture
-def opened_files():
-    """Every file Python opens while the test runs (audit hooks see PIL, pathlib and io alike)."""
-    opened: list[str] = []
-    _RECORDERS.append(opened)
-    yield opened
-    _RECORDERS.remove(opened)
-
-
-def test_fit_never_opens_val_or_test(tiny_dataset, opened_files):
-    curve = fit_from_dataset(tiny_dataset)
-    assert curve.n_pairs == 2 and np.allclose(curve.lut[:, 30], 120)
-    touched = [p for p in opened_files if str(tiny_dataset) in p]
-    assert any("/train/train/" in p for p in touched)  # the hook does see our reads
-    assert not [p for p in touched if "/val/" in p or "/test/" in p]
-
-
-@pytest.mark.parametrize("inside", ["val", "val/val", "val/gt", "test", "test/test"])
-def test_refuses_val_and_test_directories(tiny_dataset, inside, opened_files):
-    target = tiny_dataset / inside
-    target.mkdir(parents=True, exist_ok=True)
-    with pytest.raises(ConfigError, match=r"refusing .* inside a (val|test)/ split"):
-        fit_from_dataset(target)
-    assert not [p for p in opened_files if str(tiny_dataset) in p]
-
-
-def test_refuses_a_train_split_that_links_into_val(tiny_dataset):
-    import shutil
-
-    shutil.rmtree(tiny_dataset / "train")
-    (tiny_dataset / "train").mkdir()
-    (tiny_dataset / "train" / "train").symlink_to(tiny_dataset / "val" / "val")
-    (tiny_dataset / "train" / "gt").symlink_to(tiny_dataset / "val" / "gt")
-    with pytest.raises(ConfigError, match="inside a val/ split"):
-        training_pairs(LocalStorage(tiny_dataset))
-
-
-def test_a_train_split_linking_outside_the_dataset_is_refused_by_storage(tiny_dataset, tmp_path):
-    from workers.errors import InvalidKeyError
-
-    linked = tmp_path / "linked"
-    (linked / "train").mkdir(parents=True)
-    (linked / "train" / "train").symlink_to(tiny_dataset / "val" / "val")
-    with pytest.raises(InvalidKeyError, match="resolves outside"):
-        training_pairs(LocalStorage(linked))
-
-
-def test_target_of_the_wrong_size_is_named(tiny_dataset):
-    _png(tiny_dataset / "train" / "gt" / "gt_2.png", 31, 16)
-    with pytest.raises(ConfigError, match=r"gt_2\.png"):
-        fit_from_dataset(tiny_dataset)
-
-
-def test_input_without_target_and_missing_layout(tiny_dataset, tmp_path):
-    (tiny_dataset / "train" / "gt" / "gt_1.png").unlink()
-    with pytest.raises(ConfigError, match=r"gt_1\.png has no target"):
-        training_pairs(LocalStorage(tiny_dataset))
-    with pytest.raises(ConfigError, match="competition layout"):
-        fit_from_dataset(tmp_path / "empty")
-
-
-def test_names_hash_tracks_the_training_files(tiny_dataset):
-    first = fit_from_dataset(tiny_dataset)
-    (tiny_dataset / "train" / "train" / "gt_2.png").rename(tiny_dataset / "train" / "train" / "gt_3.png")
-    (tiny_dataset / "train" / "gt" / "gt_2.png").rename(tiny_dataset / "train" / "gt" / "gt_3.png")
-    assert fit_from_dataset(tiny_dataset).names_sha256 != first.names_sha256

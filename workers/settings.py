@@ -12,6 +12,7 @@ manifest (:mod:`workers.run.manifest`) so every worker processes a run the same 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -22,6 +23,9 @@ from workers.errors import ConfigError
 
 DEFAULT_MODEL_REPO = "danhtran2mind/Real-ESRGAN-Anime-finetuning"
 DEFAULT_MODEL_FILE = "Real-ESRGAN-Anime-finetuning.pth"
+# The compact SRVGG model (Real-ESRGAN's realesr-animevideov3, BSD-3-Clause): ~14x cheaper than RRDB,
+# trainable on CPU cores in minutes. A mirror of the official release file on the Hub.
+DEFAULT_TRAIN_FROM = "hf:nateraw/real-esrgan/realesr-animevideov3.pth@refs/pr/2"
 
 
 def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
@@ -47,10 +51,15 @@ class Settings:
     model_repo: str = _setting(DEFAULT_MODEL_REPO, "Hugging Face Hub repository of the default weights.")
     model_file: str = _setting(DEFAULT_MODEL_FILE, "File inside MODEL_REPO.")
     model_revision: str = _setting("main", "Hub revision (branch, tag or commit) of MODEL_REPO.")
+    weights_dir: str = _setting(
+        "../shared/weights", "Folder of local checkpoints: a Hub file (hf:repo/file@rev) whose name is here is used "
+        "from here, with no download.")
     device: str = _setting("auto", "Torch device for the upscaler: auto, cpu, cuda, cuda:N.")
     precision: str = _setting("auto", "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.")
     gpu_batch_size: int = _setting(8, "Most same-size images per forward pass.")
     gpu_batch_wait_s: float = _setting(0.05, "How long a GPU worker waits to fill a batch.")
+    model_cache_dir: str = _setting("", "Where workers keep the runs' trained checkpoints, by sha256 (empty: ~/.cache/lowlight-sr/models).")
+    model_cache_size: int = _setting(2, "Trained checkpoints a worker keeps loaded at once (least recently used goes).")
     tile_max_pixels: int = _setting(1_048_576, "Inputs above this many pixels are upscaled in tiles.")
     tile_size: int = _setting(256, "Tile edge in input pixels when tiling.")
     tile_overlap: int = _setting(16, "Overlap between tiles in input pixels.")
@@ -67,6 +76,9 @@ class Settings:
         "per-image objects in parallel when aggregating and reporting."
     )
     visibility_timeout_s: int = _setting(3600, "Redis visibility timeout: longer than the slowest task.")
+    train_chunk_s: int = _setting(
+        600, "A distributed training job runs in chunks of this many seconds, each one task that saves its state and "
+        "enqueues the next: a redelivered chunk resumes from the last state. Under half VISIBILITY_TIMEOUT_S.")
     task_max_retries: int = _setting(12, "Retries of a transient failure before a task gives up.")
     result_expires_s: int = _setting(86_400, "How long task results stay in Redis.")
 
@@ -77,9 +89,13 @@ class Settings:
             raise ConfigError(
                 f"TILE_SIZE ({self.tile_size}) must exceed twice TILE_OVERLAP ({self.tile_overlap})"
             )
+        if not 0 < self.train_chunk_s * 2 <= self.visibility_timeout_s:
+            raise ConfigError(
+                f"TRAIN_CHUNK_S ({self.train_chunk_s}) must be positive and at most half VISIBILITY_TIMEOUT_S "
+                f"({self.visibility_timeout_s}): a chunk still running must never be handed to a second worker")
         if self.precision not in {"auto", "fp16", "bf16", "fp32"}:
             raise ConfigError(f"PRECISION must be auto, fp16, bf16 or fp32, got {self.precision!r}")
-        for name in ("max_image_bytes", "max_image_pixels", "tile_max_pixels"):
+        for name in ("max_image_bytes", "max_image_pixels", "tile_max_pixels", "model_cache_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.upper()} must be positive")
 
@@ -159,3 +175,11 @@ def redact_url(url: str) -> str:
         return url
     user = parsed.username or ""
     return urlunsplit(parsed._replace(netloc=f"{user}:***@{parsed.netloc.rpartition('@')[2]}"))
+
+
+def code_version() -> str:
+    """The installed package version, recorded with every output and trained model."""
+    try:
+        return importlib.metadata.version("lowlight-sr")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

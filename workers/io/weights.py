@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from workers.errors import WeightsUnavailableError
+from workers.errors import ObjectNotFoundError, TransientError, WeightsUnavailableError
+from workers.io.storage import Storage
 from workers.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,44 @@ def resolve_weights(settings: Settings) -> WeightsRef:
             raise WeightsUnavailableError(f"WEIGHTS={settings.weights!r} (flag --weights) is not a file")
         return WeightsRef(path.resolve(), source)
     return _from_hub(settings.model_repo, settings.model_file, settings.model_revision, source)
+
+
+def resolve_checkpoint(ref: str, settings: Settings, flag: str = "--from (TRAIN_FROM)") -> WeightsRef:
+    """A local file for ``ref``: a path, or ``hf:repo/path/file@revision`` (downloaded into the HF
+    cache, unless a file of that name is in WEIGHTS_DIR, which is then used with no network).
+
+    Raises:
+        WeightsUnavailableError: the path is not a file, or the Hub file is neither local nor
+            downloadable; the message names ``flag``.
+    """
+    if not ref.startswith("hf:"):
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(f"{flag}: {ref!r} is not a file")
+        return WeightsRef(path.resolve(), f"file:{path.resolve()}")
+    repo, filename, revision = parse_hub_ref(ref)
+    local = Path(settings.weights_dir).expanduser() / PurePosixPath(filename).name
+    if local.is_file():
+        logger.info("%s: using the local copy %s", ref, local)
+        return WeightsRef(local.resolve(), f"file:{local.resolve()}")
+    try:
+        return _from_hub(repo, filename, revision, ref)
+    except WeightsUnavailableError as exc:
+        raise WeightsUnavailableError(f"{exc} Or set {flag} to a local checkpoint, or put {PurePosixPath(filename).name} "
+                                      f"in WEIGHTS_DIR ({settings.weights_dir}).") from None
+
+
+def parse_hub_ref(ref: str) -> tuple[str, str, str]:
+    """``hf:owner/repo/path/file.pth@rev`` -> (``owner/repo``, ``path/file.pth``, ``rev``; default ``main``).
+
+    Raises:
+        WeightsUnavailableError: not of that form.
+    """
+    body, _, revision = ref.removeprefix("hf:").partition("@")
+    parts = body.split("/")
+    if len(parts) < 3 or not all(parts):
+        raise WeightsUnavailableError(f"{ref!r} is not hf:owner/repo/file[@revision]")
+    return "/".join(parts[:2]), "/".join(parts[2:]), revision or "main"
 
 
 def describe_weights(settings: Settings) -> str:
@@ -76,3 +117,32 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def fetch_checkpoint(storage: Storage, key: str, sha256: str, cache_dir: Path) -> Path:
+    """A local copy of the checkpoint at ``key`` in ``storage`` whose content has ``sha256``.
+
+    Copies are kept in ``cache_dir`` by hash, so a worker downloads each trained model once; a
+    cached copy is re-checked before use.
+
+    Raises:
+        TransientError: the object is missing, unreachable, or does not have that hash (a worker
+            must never run another model than the run names).
+    """
+    path = cache_dir / f"{sha256}{PurePosixPath(key).suffix}"
+    if path.is_file() and file_sha256(path) == sha256:
+        return path
+    try:
+        data = storage.get(key)
+    except ObjectNotFoundError:
+        raise TransientError(f"the run's checkpoint {storage.url(key)} is missing from the store") from None
+    found = hashlib.sha256(data).hexdigest()
+    if found != sha256:
+        raise TransientError(f"the run's checkpoint {storage.url(key)} has sha256 {found[:12]}..., "
+                             f"the run expects {sha256[:12]}...: refusing to run another model")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=cache_dir)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return path

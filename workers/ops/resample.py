@@ -32,8 +32,8 @@ def bicubic_x4(rgb: np.ndarray) -> np.ndarray:
 class BicubicUpscaler:
     """:func:`bicubic_x4` behind the upscaler interface (registered as ``bicubic``)."""
 
-    def upscale(self, images: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
-        """Channel order does not matter: bicubic treats each channel alike."""
+    def upscale(self, images: np.ndarray, channel_order: str = "rgb", tta: bool = False) -> np.ndarray:
+        """Channel order and self-ensembling do not matter: bicubic treats channels and flips alike."""
         return np.stack([bicubic_x4(image) for image in images])
 
     def describe(self) -> dict[str, str]:

@@ -1,7 +1,10 @@
 """Tone calibration: a per-channel monotone intensity curve fitted on training pairs.
 
-The competition's inputs are darkened (``0.6 * x**1.3``) before noise is added, so tone, not noise
-or resolution, dominates the error. This module learns the inverse mapping from data:
+Where a dataset's inputs are darker (or brighter) than their targets -- a darkening such as
+``0.6 * x**1.3`` before the noise -- tone, not noise or resolution, dominates the error, and this
+module learns the inverse mapping from data. Where input and target are equally dark (the real
+competition data, mean ratio 1.01), calibration measures that and no tone stage runs
+(:attr:`workers.ops.degrade.ForwardFit.tone_applies`).
 
 * :class:`ToneAccumulator` streams training pairs into 3 x 256 sums and counts: for every input
   level ``v`` of channel ``c``, the target's mean at the pixels where the input equals ``v``. The
@@ -18,6 +21,7 @@ No Celery here: everything is a pure function or a small value object.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -30,6 +34,7 @@ import cv2
 import numpy as np
 
 from workers.errors import ConfigError
+from workers.ops.denoise import DenoiseSpec
 
 ARTIFACT_KIND = "lowlight-sr/tone-curve"
 ARTIFACT_VERSION = 1
@@ -317,3 +322,15 @@ def scaled_nlm_strength(
     if not math.isfinite(g):  # cannot happen for a valid curve; refuse rather than pass NaN to OpenCV
         raise ValueError(f"gain is not finite: {g}")
     return base_h * g, base_h_color * g
+
+
+def tone_for_denoising(rgb: np.ndarray, spec: DenoiseSpec, curve: ToneCurve | None,
+                       scale_by_gain: bool) -> tuple[np.ndarray, DenoiseSpec]:
+    """Tone-correct ``rgb`` with ``curve`` (if any) and say how to denoise the result: ``spec``,
+    its strength scaled by the curve's gain when ``scale_by_gain`` (brightening amplifies noise)."""
+    if curve is None:
+        return rgb, spec
+    if scale_by_gain:
+        h, h_color = scaled_nlm_strength(rgb, curve, spec.h, spec.h_color)
+        spec = dataclasses.replace(spec, h=h, h_color=h_color)
+    return apply_tone(rgb, curve), spec

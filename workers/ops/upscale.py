@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,14 +44,14 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return _DTYPES[precision]
 
 
-def load_upscaler(path: Path | str, device: str = "auto", precision: str = "auto", tiles: TilePolicy | None = None,
-                  source: str = "") -> Upscaler:
-    """Load a checkpoint and check it is a 3-channel 4x image super-resolution model.
+def load_descriptor(path: Path | str) -> Any:
+    """Load a checkpoint with spandrel and check it is a 3-channel 4x image super-resolution model.
 
-    ``source`` says where the file came from, for reports (default ``file:<path>``).
+    Returns the ``spandrel.ImageModelDescriptor`` on the CPU, in fp32, in whatever mode it loads.
 
     Raises:
-        UnsupportedModelError: spandrel cannot load the file, or it is not a 4x RGB SR model.
+        UnsupportedModelError: spandrel cannot load the file (missing, truncated, corrupt, unknown
+            architecture), or it is not a 4x RGB SR model; the message names the file.
     """
     import spandrel
 
@@ -65,6 +68,20 @@ def load_upscaler(path: Path | str, device: str = "auto", precision: str = "auto
         raise UnsupportedModelError(
             f"{path}: model maps {descriptor.input_channels} to {descriptor.output_channels} channels, need 3 to 3"
         )
+    return descriptor
+
+
+def load_upscaler(path: Path | str, device: str = "auto", precision: str = "auto", tiles: TilePolicy | None = None,
+                  source: str = "") -> Upscaler:
+    """Load a checkpoint (:func:`load_descriptor`) onto ``device`` in ``precision``, ready to upscale.
+
+    ``source`` says where the file came from, for reports (default ``file:<path>``).
+
+    Raises:
+        UnsupportedModelError: as :func:`load_descriptor`.
+    """
+    path = Path(path)
+    descriptor = load_descriptor(path)
     torch_device = resolve_device(device)
     dtype = resolve_dtype(precision, torch_device)
     if (dtype is torch.float16 and not descriptor.supports_half) or (
@@ -91,6 +108,8 @@ class Upscaler:
     tiles: TilePolicy
     source: str = ""  # where the checkpoint came from ("file:..." or "hf:repo/file@rev")
     sha256: str = ""  # of the checkpoint file
+    _fallback: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _fallback_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def scale(self) -> int:
@@ -103,10 +122,12 @@ class Upscaler:
     def describe(self) -> dict[str, str]:
         return {"model": self.source, "model_sha256": self.sha256, "device": str(self.device)}
 
-    def upscale(self, images: np.ndarray, channel_order: ChannelOrder = "rgb") -> np.ndarray:
+    def upscale(self, images: np.ndarray, channel_order: ChannelOrder = "rgb", tta: bool = False) -> np.ndarray:
         """``N x H x W x 3`` uint8 RGB -> ``N x 4H x 4W x 3`` uint8 RGB.
 
         ``channel_order="bgr"`` feeds the network BGR and flips the output back, as the seed did.
+        ``tta`` averages the outputs of the 8 flips and rotations (x8 self-ensemble) in float,
+        before rounding: about 8x the compute for a steadier estimate.
 
         Raises:
             DeviceOutOfMemoryError: even a single tile does not fit on the device.
@@ -115,20 +136,44 @@ class Upscaler:
             raise ValueError(f"expected N x H x W x 3 uint8 images, got {images.shape} {images.dtype}")
         if channel_order == "bgr":
             images = images[..., ::-1]
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(self.device).permute(0, 3, 1, 2)
         x = x.float().div_(255.0).to(self.dtype)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            y = self._forward_resilient(x)
-            out = y.float().clamp_(0, 1).mul_(255.0).round_().to(torch.uint8)
+            y = self._self_ensemble(x) if tta else self._forward_resilient(x).float()
+            out = y.clamp_(0, 1).mul_(255.0).round_().to(torch.uint8)
         result = out.permute(0, 2, 3, 1).cpu().numpy()
         if channel_order == "bgr":
             result = result[..., ::-1]
         return np.ascontiguousarray(result)
 
+    def _self_ensemble(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean, in fp32, of the outputs for the 8 dihedral transforms of ``x``, each undone."""
+        total: torch.Tensor | None = None
+        for flip in (False, True):
+            for turns in range(4):
+                t = torch.rot90(x.flip(3) if flip else x, turns, dims=(2, 3))
+                y = torch.rot90(self._forward_resilient(t).float(), -turns, dims=(2, 3))
+                y = y.flip(3) if flip else y
+                total = y if total is None else total.add_(y)
+        assert total is not None
+        return total.div_(8)
+
     def _model_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.descriptor(x)
+        y = self.descriptor(x)
+        if x.dtype == torch.float16 and not torch.isfinite(y).all():
+            # fp16 RRDB-type models overflow to NaN or inf (black or white output) on some inputs.
+            logger.warning("non-finite fp16 output for a %dx%d batch; recomputing it in fp32", x.shape[3], x.shape[2])
+            y = self._fp32_model()(x.float())
+        return y
+
+    def _fp32_model(self) -> Any:
+        """An fp32 copy of the model on the same device, made on first need and kept."""
+        with self._fallback_lock:
+            if "fp32" not in self._fallback:
+                self._fallback["fp32"] = copy.deepcopy(self.descriptor.model).float()
+            return self._fallback["fp32"]
 
     def _forward_resilient(self, x: torch.Tensor) -> torch.Tensor:
         """Whole batch if it fits; else halves; else one image in tiles."""

@@ -19,14 +19,14 @@ def _svg(title: str, content: str) -> Markup:
             f'aria-label="{escape(title)}"><title>{escape(title)}</title>{content}</svg>')
 
 
-def _axes(y_max: float, y_label: str, left: str, right: str) -> str:
-    """Axis lines, three y ticks (0, half, max), the y unit above the axis, labels at both ends of x."""
+def _axes(y_max: float, y_label: str, left: str, right: str, y_min: float = 0.0) -> str:
+    """Axis lines, three y ticks (min, middle, max), the y unit above the axis, labels at both ends of x."""
     plot_h = _CHART_H - _PAD_B - _PAD_T
     parts = [f'<line x1={_PAD_L} y1={_PAD_T} x2={_PAD_L} y2={_PAD_T + plot_h} stroke="#999"/>',
              f'<line x1={_PAD_L} y1={_PAD_T + plot_h} x2={_CHART_W - 8} y2={_PAD_T + plot_h} stroke="#999"/>']
     for frac in (0.0, 0.5, 1.0):
         y = _PAD_T + plot_h * (1 - frac)
-        parts.append(f'<text x={_PAD_L - 6} y={y + 4:.1f} text-anchor=end>{y_max * frac:g}</text>')
+        parts.append(f'<text x={_PAD_L - 6} y={y + 4:.1f} text-anchor=end>{y_min + (y_max - y_min) * frac:g}</text>')
     parts.append(f'<text x={_PAD_L} y={_PAD_T - 10} text-anchor=middle>{escape(y_label)}</text>')
     parts.append(f'<text x={_PAD_L} y={_CHART_H - 8}>{escape(left)}</text>')
     parts.append(f'<text x={_CHART_W - 8} y={_CHART_H - 8} text-anchor=end>{escape(right)}</text>')
@@ -71,3 +71,18 @@ def line_chart(points: Sequence[tuple[float, int]], bin_s: int) -> Markup:
                    for (x, y), (t, n) in zip(coords, points, strict=True))
     return _svg("images finished per interval", _axes(y_max, "images", "0 s", f"{x_end:g} s")
                 + f'<polyline points="{line}" fill="none" stroke="#dd8452" stroke-width="2"/>' + dots)
+
+
+def curve_chart(points: Sequence[tuple[float, float]], title: str, y_label: str, x_label: str) -> Markup:
+    """A curve of ``(x, y)`` points (a training run's held-back PSNR per step), y axis fitted to the data."""
+    ys = [y for _, y in points]
+    y_min, y_max = math.floor(min(ys)), math.ceil(max(ys))
+    y_max = y_max if y_max > y_min else y_min + 1
+    x_end = max(max(x for x, _ in points), 1.0)
+    plot_w, plot_h = _CHART_W - _PAD_L - 8, _CHART_H - _PAD_B - _PAD_T
+    coords = [(_PAD_L + plot_w * x / x_end, _PAD_T + plot_h * (1 - (y - y_min) / (y_max - y_min))) for x, y in points]
+    line = " ".join(f"{cx:.1f},{cy:.1f}" for cx, cy in coords)
+    dots = "".join(f'<circle cx={cx:.1f} cy={cy:.1f} r=2.5 fill="#55a868"><title>{escape(x_label)} {x:g}: {y:.2f}</title></circle>'
+                   for (cx, cy), (x, y) in zip(coords, points, strict=True))
+    return _svg(title, _axes(y_max, y_label, f"0 {x_label}", f"{x_end:g} {x_label}", y_min=y_min)
+                + f'<polyline points="{line}" fill="none" stroke="#55a868" stroke-width="2"/>' + dots)

@@ -16,11 +16,12 @@ import numpy as np
 from workers.errors import ObjectNotFoundError, PermanentImageError
 from workers.io.imageio import DecodeLimits, decode_image
 from workers.io.storage import Storage, fetch_in_order
-from workers.report.data import Failure, ImageReport, ReportData, Score, StageTiming
+from workers.report.data import Failure, ImageReport, ReportData, Score, StageTiming, TrainingSummary
 from workers.report.scoring import get_png, score_image
 from workers.report.thumbnails import crops, embed
 from workers.run.keys import RunKeys, RunProgress, stem
 from workers.run.manifest import RunManifest, load_manifest
+from workers.run.resolve import provenance_key
 
 THROUGHPUT_BINS = 30  # about this many intervals on the throughput chart
 _NICE_BIN_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
@@ -84,7 +85,24 @@ def collect_report_data(
                      for name in shown),
         omitted=len(order) - len(shown),
         failures=_failures(storage, keys, manifest, markers),
+        training=_training(storage, manifest),
     )
+
+
+def _training(storage: Storage, manifest: RunManifest) -> TrainingSummary | None:
+    """The provenance of the run's own model, published beside it in the run store."""
+    if not manifest.pipeline.checkpoint_sha256:
+        return None
+    provenance = _read_json(storage, provenance_key(manifest.pipeline.checkpoint_sha256))
+    if not isinstance(provenance, dict):
+        return None
+    curve = tuple((int(p["step"]), float(p["holdout_psnr"])) for p in provenance.get("curve", [])
+                  if p.get("holdout_psnr") is not None)
+    start = provenance.get("start", {})
+    return TrainingSummary(str(start.get("source", "?")), str(start.get("architecture", "?")),
+                           int(provenance.get("steps", 0)), int(provenance.get("best_step", 0)),
+                           provenance.get("holdout_psnr"), float(provenance.get("seconds", 0.0)),
+                           int(provenance.get("pairs", {}).get("train", 0)), curve)
 
 
 def _read_json(storage: Storage, key: str) -> Any:

@@ -65,6 +65,20 @@ class StageTiming:
 
 
 @dataclass(frozen=True)
+class TrainingSummary:
+    """How the run's own model was trained (its provenance), when the run used one."""
+
+    start: str  # the checkpoint training started from
+    architecture: str
+    steps: int
+    best_step: int
+    best_psnr: float | None  # on the held-back training pairs
+    seconds: float
+    pairs: int
+    curve: tuple[tuple[int, float], ...]  # (step, held-back PSNR)
+
+
+@dataclass(frozen=True)
 class ReportData:
     run_id: str
     source: str
@@ -85,4 +99,5 @@ class ReportData:
     images: tuple[ImageReport, ...]  # the shown ones, in display order
     omitted: int  # images not shown (max_images)
     failures: tuple[Failure, ...]
+    training: TrainingSummary | None = None
     generated_at: str = field(default_factory=now_iso)

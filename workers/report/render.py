@@ -21,7 +21,7 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
-from workers.report.charts import bar_chart, line_chart
+from workers.report.charts import bar_chart, curve_chart, line_chart
 from workers.report.data import ReportData
 
 DISPLAY_WIDTH = 256  # CSS width of every image panel
@@ -87,9 +87,21 @@ def render_report(data: ReportData) -> str:
         mean_ssim=statistics.fmean(s.ssim for s in data.scores if s.ssim is not None) if scored else 0.0,
         psnr_chart=bar_chart([(s.name, s.psnr or 0.0) for s in data.scores]) if data.scores else "",
         failure_rows=[(f.name, f.stage, f.reason, f.at) for f in data.failures],
+        training_rows=_training_rows(data),
+        training_chart=curve_chart(data.training.curve, "held-back PSNR during training", "dB", "steps")
+        if data.training and len(data.training.curve) > 1 else "",
         size_marker=marker,
     )
     return page.replace(marker, fmt_bytes(len(page.encode())))
+
+
+def _training_rows(data: ReportData) -> list[tuple[str, object]]:
+    t = data.training
+    if t is None:
+        return []
+    best = f"{t.best_psnr:.2f} dB at step {t.best_step}" if t.best_psnr is not None else "n/a (no pair held back)"
+    return [("started from", f"{t.start} ({t.architecture})"), ("steps", t.steps), ("training pairs", t.pairs),
+            ("best held-back PSNR", best), ("training time", fmt_s(t.seconds))]
 
 
 def _settings_rows(data: ReportData) -> list[tuple[str, object]]:

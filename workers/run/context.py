@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from pathlib import Path
 
 from workers.io.imageio import DecodeLimits
 from workers.io.storage import Storage, StorageFactory
-from workers.io.weights import resolve_weights
+from workers.io.weights import fetch_checkpoint, resolve_weights
 from workers.ops.tone import ToneCurve
 from workers.ops.upscalers import ImageUpscaler, TilePolicy, upscaler_kind
 from workers.run.manifest import PipelineSpec, RunManifest, load_manifest
@@ -32,6 +34,7 @@ class StageContext:
         self._model_lock = threading.Lock()
         self.io_pool = ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="store")
         self._upscalers: dict[str, ImageUpscaler] = {}
+        self._run_models: OrderedDict[str, ImageUpscaler] = OrderedDict()  # by checkpoint sha256, LRU
         self._manifest = lru_cache(maxsize=64)(self._load_manifest)
         self._source = lru_cache(maxsize=64)(self.storages.open)
         self._tone = lru_cache(maxsize=16)(lambda text: ToneCurve.from_json(text.encode()))
@@ -55,7 +58,34 @@ class StageContext:
             return self._upscalers[name]
 
     def upscaler_for(self, pipeline: PipelineSpec) -> ImageUpscaler:
-        return self.upscaler(pipeline.upscaler)
+        """The upscaler a run's pipeline names; for ``learned``, the run's own checkpoint by hash.
+
+        Raises:
+            TransientError: the run's checkpoint could not be fetched, or the copy in the store does
+                not have the sha256 the manifest names (the image waits rather than meet the wrong model).
+            ConfigError: as :meth:`upscaler`.
+        """
+        if upscaler_kind(pipeline.upscaler).checkpoint != "run":
+            return self.upscaler(pipeline.upscaler)
+        with self._model_lock:
+            cached = self._run_models.pop(pipeline.checkpoint_sha256, None)
+            if cached is None:
+                cached = self._load_run_model(pipeline)
+            self._run_models[pipeline.checkpoint_sha256] = cached  # most recently used last
+            while len(self._run_models) > self.settings.model_cache_size:
+                self._run_models.popitem(last=False)
+            return cached
+
+    def _load_run_model(self, pipeline: PipelineSpec) -> ImageUpscaler:
+        path = fetch_checkpoint(self.storage, pipeline.checkpoint, pipeline.checkpoint_sha256, self.model_cache_dir)
+        s = self.settings
+        return upscaler_kind(pipeline.upscaler).load(
+            path, device=s.device, precision=s.precision, source=f"run:{pipeline.checkpoint}",
+            tiles=TilePolicy(s.tile_max_pixels, s.tile_size, s.tile_overlap))
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return Path(self.settings.model_cache_dir or Path.home() / ".cache" / "lowlight-sr" / "models").expanduser()
 
     def warm_up(self) -> None:
         """Load the worker's model now (GPU workers do at start-up), not on the first image."""

@@ -6,7 +6,6 @@ Where the run's objects live is :mod:`workers.run.keys`.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -41,6 +40,11 @@ class PipelineSpec:
     # Where denoising runs: "cpu" (OpenCV in the CPU task) or "gpu" (the same NL-means in PyTorch,
     # fused into the GPU task; bit-identical output). Placement, not content: not part of the run id.
     denoise_on: DenoisePlacement = "cpu"
+    # The run's own model (upscaler "learned"): its key in the run store and its sha256. Workers fetch
+    # it by hash and refuse a copy that does not match.
+    checkpoint: str = ""
+    checkpoint_sha256: str = ""
+    tta: bool = False  # x8 flip/rotation self-ensemble in the upscaler, averaged before rounding
 
     def __post_init__(self) -> None:
         if self.channel_order not in get_args(ChannelOrder):
@@ -54,14 +58,22 @@ class PipelineSpec:
             raise ConfigError(f"denoiser {self.denoise.method!r} cannot run on the GPU; choose {sorted(GPU_DENOISERS)}")
         if self.scale_nlm_by_gain and not self.tone:
             raise ConfigError("scaling NL-means by the tone curve's gain needs a tone curve")
+        runs_own_model = upscaler_kind(self.upscaler).checkpoint == "run"
+        if runs_own_model != bool(self.checkpoint and self.checkpoint_sha256):
+            raise ConfigError(f"upscaler {self.upscaler!r} and checkpoint {self.checkpoint!r}: only 'learned' runs "
+                              "the run's own checkpoint, and it needs both its key and its sha256")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def content(self) -> dict[str, Any]:
-        """What the outputs depend on: everything but where the work runs."""
+        """What the outputs depend on: everything but where the work runs. Fields added after the
+        first manifests count only when set, so older runs keep their ids."""
         data = self.to_dict()
         del data["denoise_on"]
+        for name, default in _LATER_FIELDS.items():
+            if data[name] == default:
+                del data[name]
         return data
 
     @classmethod
@@ -72,6 +84,9 @@ class PipelineSpec:
             raise ConfigError(f"run pipeline has unknown fields {sorted(unknown)}: written by a newer version?")
         data["denoise"] = DenoiseSpec(**data.get("denoise", {}))
         return cls(**data)
+
+
+_LATER_FIELDS: dict[str, Any] = {"checkpoint": "", "checkpoint_sha256": "", "tta": False}
 
 
 @dataclass(frozen=True)
@@ -114,14 +129,6 @@ def make_run_id(label: str, source: str, pipeline: PipelineSpec, model: str) -> 
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-._")[:40] or "run"
     fingerprint = json.dumps([source, pipeline.content(), model], sort_keys=True)
     return f"{slug}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:10]}"
-
-
-def code_version() -> str:
-    """The installed package version (recorded with every output, for reports)."""
-    try:
-        return importlib.metadata.version("lowlight-sr")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def now_iso() -> str:

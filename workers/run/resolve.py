@@ -1,38 +1,116 @@
 """From what the user chose on the command line to the run's :class:`PipelineSpec`.
 
-Presets that need a tone curve find the dataset's calibration artifact next to it.
+Presets that use a calibration find ``calibration.json`` next to the dataset; ``learned`` finds the
+dataset's trained model (``trained_x4.safetensors``) and copies it into the run store under its
+hash, where every worker fetches it. With no preset chosen, a dataset that has a trained model runs
+``learned``; otherwise ``standard``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
-from workers.io.storage import StorageFactory, split_location
+from workers.errors import ConfigError, ObjectNotFoundError
+from workers.io.storage import Storage, StorageFactory, join_key, split_location
 from workers.ops.denoise import DenoiseSpec
 from workers.run.manifest import DenoisePlacement, PipelineSpec
-from workers.run.presets import NEEDS_CURVE, build_pipeline
-from workers.training.calibrate import default_location, load_curve
+from workers.run.presets import NEEDS_CALIBRATION, Checkpoint, PresetInputs, build_pipeline
+from workers.training.artifacts import TRAINED_FILE, TrainingOutput, default_output, sha256_hex
+from workers.training.calibrate import Calibration, default_location, load_calibration
+
+DEFAULT_PRESET = "standard"
+MODELS_PREFIX = "models"  # run store: models/<sha256>.safetensors, shared by every run that uses it
 
 
 @dataclass(frozen=True)
 class PipelineChoice:
-    """What the user asked for on the command line, before the curve is looked up."""
+    """What the user asked for on the command line, before calibration and models are looked up."""
 
-    preset: str
+    preset: str | None  # None: learned when the dataset has a trained model, else standard
     denoise: DenoiseSpec
-    calibration: str | None = None  # artifact path or s3:// URL
+    calibration: str | None = None  # artifact path or URL
     denoise_on: DenoisePlacement = "cpu"  # "gpu": NL-means fused into the GPU task
+    tta: bool = False
+    checkpoint: str | None = None  # a trained model to run instead of DATASET/trained_x4.safetensors
 
 
-def resolve_pipeline(choice: PipelineChoice, dataset: str | None, storages: StorageFactory) -> PipelineSpec:
-    """The run's pipeline: an explicit artifact is always used; presets that need a curve look for
-    ``calibration.json`` at the dataset root."""
+@dataclass(frozen=True)
+class Resolved:
+    pipeline: PipelineSpec
+    note: str = ""  # what was chosen for the user, for the command's first line
+
+
+def resolve_pipeline(choice: PipelineChoice, dataset: str | None, storages: StorageFactory,
+                     run_store: Storage | None = None) -> Resolved:
+    """The run's pipeline, with its calibration and model looked up.
+
+    Raises:
+        ConfigError: the preset lacks what it needs (the message says which command makes it),
+            an artifact is unreadable, or a model file is missing.
+    """
+    preset, note = choice.preset, ""
+    trained = _trained_model(choice, dataset, storages)
+    if preset is None:
+        preset = "learned" if trained else DEFAULT_PRESET
+        note = f"preset learned: found {trained.url()}; --preset to choose another" if trained else ""
+    calibration = _calibration(choice, preset, dataset, storages)
+    checkpoint = None
+    if preset == "learned" and trained is not None:
+        checkpoint = publish_checkpoint(trained, run_store or storages.open("."))
+    inputs = PresetInputs(denoise=choice.denoise, calibration=calibration, checkpoint=checkpoint, tta=choice.tta)
+    pipeline = dataclasses.replace(build_pipeline(preset, inputs), denoise_on=choice.denoise_on)
+    return Resolved(pipeline, note)
+
+
+def _calibration(choice: PipelineChoice, preset: str, dataset: str | None, storages: StorageFactory) -> Calibration | None:
+    """An explicit artifact always; for presets that need one, the dataset's own when it exists."""
     location = choice.calibration
-    if location is None and choice.preset in NEEDS_CURVE and dataset is not None:
+    if location is None and preset in NEEDS_CALIBRATION and dataset is not None:
         candidate = default_location(dataset)
         folder, name = split_location(candidate)
         if storages.open(folder).exists(name):
             location = candidate
-    curve = load_curve(location, storages) if location else None
-    return dataclasses.replace(build_pipeline(choice.preset, choice.denoise, curve), denoise_on=choice.denoise_on)
+    return load_calibration(location, storages) if location else None
+
+
+def _trained_model(choice: PipelineChoice, dataset: str | None, storages: StorageFactory) -> TrainingOutput | None:
+    """The model ``learned`` would run: the one asked for, else the dataset's, else None."""
+    if choice.checkpoint:
+        # Any checkpoint spandrel loads (.pth too) can be a run's own model; it just has no provenance.
+        folder, name = split_location(choice.checkpoint)
+        output = TrainingOutput(storages.open(folder), name)
+        if not output.storage.exists(output.name):
+            raise ConfigError(f"no trained model at {choice.checkpoint} (--weights)")
+        return output
+    if dataset is None:
+        return None
+    output = TrainingOutput.at(default_output(dataset), storages)
+    return output if output.storage.exists(TRAINED_FILE) else None
+
+
+def publish_checkpoint(trained: TrainingOutput, run_store: Storage) -> Checkpoint:
+    """Copy the model (and its provenance) into the run store under its sha256, once; return its key.
+
+    Raises:
+        ConfigError: the model file vanished meanwhile.
+    """
+    try:
+        data = trained.storage.get(trained.name)
+    except ObjectNotFoundError:
+        raise ConfigError(f"no trained model at {trained.url()}") from None
+    digest = sha256_hex(data)
+    suffix = "." + trained.name.rsplit(".", 1)[-1]
+    key = join_key(MODELS_PREFIX, digest + suffix)
+    if not run_store.exists(key):
+        run_store.put(key, data)
+    provenance = trained.read_provenance()
+    if provenance is not None and not run_store.exists(provenance_key(digest)):
+        run_store.put(provenance_key(digest), json.dumps(provenance, indent=1).encode())
+    return Checkpoint(key, digest)
+
+
+def provenance_key(sha256: str) -> str:
+    """Where the run store keeps a published model's training provenance (for the report's curve)."""
+    return join_key(MODELS_PREFIX, f"{sha256}.json")

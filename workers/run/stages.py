@@ -13,7 +13,6 @@ is recorded under ``failed/`` and returned as a ``failed`` outcome; a transient 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -30,10 +29,11 @@ from workers.io.imageio import decode_image, decode_png, encode_png
 from workers.io.submission import format_row, grey_subsample, submission_id
 from workers.ops.denoise import DenoiseSpec, denoise, denoise_on_device
 from workers.ops.resample import resize_to_multiple
-from workers.ops.tone import ToneCurve, apply_tone, scaled_nlm_strength
+from workers.ops.tone import ToneCurve, tone_for_denoising
 from workers.run.context import StageContext
 from workers.run.keys import RunKeys
-from workers.run.manifest import PipelineSpec, RunManifest, code_version, now_iso
+from workers.run.manifest import PipelineSpec, RunManifest, now_iso
+from workers.settings import code_version
 
 logger = logging.getLogger(__name__)
 
@@ -120,16 +120,8 @@ def read_input(ctx: StageContext, manifest: RunManifest, name: str) -> tuple[np.
 
 
 def prepare_denoise(rgb: np.ndarray, pipeline: PipelineSpec, curve: ToneCurve | None) -> tuple[np.ndarray, DenoiseSpec]:
-    """Tone-correct ``rgb`` (if the run has a curve) and say how to denoise the result: the run's
-    denoiser, its strength scaled by the curve's gain where the pipeline asks (brightening
-    amplifies noise)."""
-    spec = pipeline.denoise
-    if curve is None:
-        return rgb, spec
-    if pipeline.scale_nlm_by_gain:
-        h, h_color = scaled_nlm_strength(rgb, curve, spec.h, spec.h_color)
-        spec = dataclasses.replace(spec, h=h, h_color=h_color)
-    return apply_tone(rgb, curve), spec
+    """The run's tone stage (if it has a curve) and the denoiser to run on the result."""
+    return tone_for_denoising(rgb, pipeline.denoise, curve, pipeline.scale_nlm_by_gain)
 
 
 # -- stage 2: upscale, write the 4x image and the submission row (GPU) --------------------------------------
@@ -238,7 +230,7 @@ def _store_denoised(ctx: StageContext, key: str, clean: np.ndarray) -> None:
 
 def upscale_images(ctx: StageContext, images: np.ndarray, pipeline: PipelineSpec) -> np.ndarray:
     """The GPU stage's pixels: N same-size images to their 4x versions with the pipeline's upscaler."""
-    return ctx.upscaler_for(pipeline).upscale(images, pipeline.channel_order)
+    return ctx.upscaler_for(pipeline).upscale(images, pipeline.channel_order, tta=pipeline.tta)
 
 
 def _store_upscaled(

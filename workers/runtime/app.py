@@ -4,6 +4,7 @@ Start workers with::
 
     celery -A workers worker -Q cpu                 # NL-means: prefork, one process per core
     celery -A workers worker -Q gpu --pool=solo     # Real-ESRGAN: one process owns the GPU
+    celery -A workers worker -Q train --pool=solo   # fine-tuning (`producer train`): one job per GPU
 
 GPU workers use ``--pool=solo`` because CUDA does not survive ``fork()``: the prefork pool would
 fork children from a parent that already holds the CUDA context (the model is loaded at start-up),
@@ -22,13 +23,19 @@ from workers.settings import Settings
 
 CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"
+TRAIN_QUEUE = "train"
+QUEUES = (CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE)
 
 # Separate queues so one class of work can never starve the other: a flood of cheap denoise tasks
-# must not sit in front of the GPU's work, and GPU workers must never pick up CPU work.
+# must not sit in front of the GPU's work, GPU workers must never pick up CPU work, and a training
+# job (minutes to hours on one GPU) must never sit in front of the upscale batches: it has its own
+# queue and its own workers.
 TASK_ROUTES = {
     "workers.tasks.denoise": {"queue": CPU_QUEUE},
     "workers.tasks.upscale": {"queue": GPU_QUEUE},
     "workers.tasks.aggregate": {"queue": CPU_QUEUE},
+    "workers.tasks.calibrate": {"queue": CPU_QUEUE},
+    "workers.tasks.train": {"queue": TRAIN_QUEUE},
 }
 
 
@@ -51,7 +58,7 @@ def create_app(settings: Settings) -> Celery:
         result_accept_content=["json"],
         # Each queue on its own direct exchange: sharing the default one would bind both queues to
         # the same routing key and deliver every message twice.
-        task_queues=tuple(Queue(q, Exchange(q, type="direct"), routing_key=q) for q in (CPU_QUEUE, GPU_QUEUE)),
+        task_queues=tuple(Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES),
         task_default_queue=CPU_QUEUE,
         task_routes=TASK_ROUTES,
         # Redelivery instead of loss: acknowledge only after the work is stored, and put the task

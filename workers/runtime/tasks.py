@@ -7,6 +7,7 @@ exists, so a redelivered or duplicated message is harmless.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -24,6 +25,7 @@ from workers.runtime.app import app
 from workers.runtime.tracking import OUTAGE_ERRORS
 from workers.runtime.worker import SETTINGS, stage_context, tracker
 from workers.training.calibrate import calibrate_here
+from workers.training.job import TrainJob, train_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -170,9 +172,9 @@ class _TaskEvents:
 
 @app.task(name="workers.tasks.calibrate", **RETRY)
 def calibrate(dataset_url: str, output_url: str | None = None) -> dict[str, Any]:
-    """Fit the tone curve on a dataset in object storage (streaming) and store the artifact."""
-    curve, where = calibrate_here(dataset_url, output_url, stage_context().storages)
-    return {"location": where, "pairs": curve.n_pairs, "pixels": list(curve.pixels)}
+    """Calibrate on a dataset in object storage (streaming) and store the artifact."""
+    calibration, where = calibrate_here(dataset_url, output_url, stage_context().storages)
+    return {"location": where, "pairs": calibration.n_pairs, "summary": calibration.summary()}
 
 
 @app.task(name="workers.tasks.aggregate", **RETRY)
@@ -191,3 +193,14 @@ def aggregate(run_id: str, allow_partial: bool = False) -> dict[str, Any]:
         report_stage(stage_context(), run_id)
     return result.as_dict()
 
+
+
+@app.task(name="workers.tasks.train", **RETRY)
+def train(job: dict[str, Any]) -> dict[str, Any]:
+    """One chunk of a training job (TRAIN_CHUNK_S at most), then the next chunk is enqueued: each
+    message stays far inside the visibility timeout, and a redelivered one resumes from the saved state."""
+    training = TrainJob.from_dict(job)
+    outcome = train_chunk(training, SETTINGS, stage_context().storages)
+    if outcome.status == "continue":
+        train.apply_async((dataclasses.replace(training, chunk=training.chunk + 1).to_dict(),))
+    return outcome.as_dict()

@@ -1,0 +1,25 @@
+"""``producer train`` in this process: the training job with a progress bar."""
+
+from __future__ import annotations
+
+import click
+from tqdm import tqdm
+
+from workers.io.storage import StorageFactory
+from workers.settings import Settings
+from workers.training.config import TrainConfig, TrainProgress, TrainResult
+from workers.training.job import make_trainer
+
+
+def train_here(settings: Settings, dataset: str, output: str | None, start: str | None, config: TrainConfig,
+               restart: bool) -> TrainResult:
+    """Train on this machine's cores (or its GPU), showing loss and held-back PSNR as it goes."""
+    trainer = make_trainer(dataset, output, start, config, settings, StorageFactory(settings), restart,
+                           note=lambda line: click.echo(line, err=True))
+    with tqdm(total=config.steps, initial=trainer.step, desc="train", unit="step") as bar:
+        def show(progress: TrainProgress) -> None:
+            bar.update(progress.step - bar.n)
+            best = f"{progress.best_psnr:.2f}" if progress.best_psnr is not None else "-"
+            bar.set_postfix_str(f"loss {progress.loss:.4f} held-back {best} dB")
+
+        return trainer.run(show)

@@ -1,0 +1,169 @@
+"""Fine-tuning on a dataset's training pairs: it learns, it is reproducible, it resumes, it refuses
+val/ and test/, and its checkpoint is what the learned preset runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import DATASET, make_random_compact, make_random_rrdb
+from workers.errors import ConfigError, UnsupportedModelError
+from workers.io.storage import LocalStorage, StorageFactory
+from workers.ops.degrade import ForwardModel
+from workers.ops.upscale import load_upscaler
+from workers.settings import Settings
+from workers.training.artifacts import TrainingOutput
+from workers.training.config import TrainConfig
+from workers.training.finetune import PairCache, make_batch
+from workers.training.job import make_trainer, run_training
+from workers.training.pairs import training_pairs
+
+TINY = TrainConfig(steps=6, batch=4, crop=12, eval_every=3, holdout=0.25)
+
+
+def write_dataset(root: Path, count: int = 6, width: int = 24, height: int = 16) -> Path:
+    """Small pairs from the repository sample's targets (crops), inputs made with the forward model."""
+    targets = sorted((DATASET / "train" / "gt").glob("*.png"))
+    forward = ForwardModel()
+    for k in range(count):
+        target = np.asarray(Image.open(targets[k % len(targets)]))[: 4 * height, : 4 * width]
+        for folder, image in (("train/gt", target), ("train/train", forward.degrade(target, np.random.default_rng(k)))):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / folder / f"gt_{k:05d}.png")
+    shutil.copy(DATASET / "calibration.json", root) if (DATASET / "calibration.json").is_file() else None
+    return root
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random compact model: the training mechanics at a fraction of the real model's cost."""
+    return make_random_compact(tmp_path_factory.mktemp("small") / "compact.pth")
+
+
+def settings() -> Settings:
+    return Settings(device="cpu", weights_dir="/nonexistent")
+
+
+def train(root: Path, start: Path, config: TrainConfig = TINY, **kwargs):  # noqa: ANN201 - TrainResult
+    return run_training(str(root), kwargs.pop("output", None), str(start), config, settings(),
+                        StorageFactory(settings()), **kwargs)
+
+
+def test_a_few_steps_lower_the_loss_and_write_checkpoint_and_provenance(tiny, compact_weights):
+    trainer = make_trainer(str(tiny), None, str(compact_weights), TrainConfig(steps=40, batch=4, crop=12, eval_every=10,
+                                                                                 lr=1e-3, holdout=0.25), settings(),
+                           StorageFactory(settings()))
+    losses = []
+    result = trainer.run(on_progress=lambda p: losses.append(p.loss))
+    assert result.finished and result.steps == 40 and len(losses) == 40
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+    provenance = json.loads((tiny / "trained_x4.json").read_text())
+    assert provenance["steps"] == 40 and provenance["finished"] and len(provenance["curve"]) == 4
+    assert provenance["start"]["sha256"] and provenance["pairs"]["holdout"] and provenance["seed"] == 0
+    assert provenance["calibration"]["forward_model"]["kernel"] == "box"
+    assert (tiny / "trained_x4.safetensors").is_file() and (tiny / "trained_x4.safetensors.state").is_file()
+
+
+def test_fresh_degradations_differ_between_steps_and_repeat_for_a_seed(tiny):
+    listing = training_pairs(LocalStorage(tiny))
+    cache = PairCache(LocalStorage(tiny), listing.pairs, 1 << 30)
+    config = TrainConfig(batch=4, crop=8, fresh_share=1.0)
+    indices = range(len(listing.pairs))
+    first, again = make_batch(cache, indices, config, ForwardModel(), 0, set()), make_batch(cache, indices, config, ForwardModel(), 0, set())
+    second = make_batch(cache, indices, config, ForwardModel(), 1, set())
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert not np.array_equal(first[0], second[0])
+    other_seed = make_batch(cache, indices, TrainConfig(batch=4, crop=8, fresh_share=1.0, seed=1), ForwardModel(), 0, set())
+    assert not np.array_equal(first[0], other_seed[0])
+    # A fresh input is the forward model of its own target crop: as dark, and 4x smaller.
+    inputs, targets = first
+    assert inputs.shape == (4, 8, 8, 3) and targets.shape == (4, 32, 32, 3)
+    assert abs(inputs.mean() - targets.mean()) < 3
+
+
+def test_same_seed_gives_the_same_weights_on_cpu(tmp_path, small):
+    one, two = write_dataset(tmp_path / "one"), write_dataset(tmp_path / "two")
+    train(one, small)
+    train(two, small)
+    assert (one / "trained_x4.safetensors").read_bytes() == (two / "trained_x4.safetensors").read_bytes()
+
+
+def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_path, small):
+    whole, split = write_dataset(tmp_path / "whole"), write_dataset(tmp_path / "split")
+    config = TrainConfig(steps=6, batch=4, crop=12, eval_every=3, holdout=0.25, ema_decay=0.9)
+    train(whole, small, config)
+    interrupted = make_trainer(str(split), None, str(small), config, settings(), StorageFactory(settings()))
+    halfway = interrupted.run(should_stop=lambda: interrupted.step >= 3)  # as a chunk deadline or Ctrl-C would
+    assert halfway.steps == 3 and not halfway.finished
+    resumed = train(split, small, config)
+    assert resumed.steps == 6 and resumed.finished
+    assert json.loads((split / "trained_x4.json").read_text())["curve"][0]["step"] == 3  # history kept
+    state = TrainingOutput(LocalStorage(split), "trained_x4.safetensors")
+    assert state.storage.exists(state.state)
+    assert (whole / "trained_x4.safetensors").read_bytes() == (split / "trained_x4.safetensors").read_bytes()
+
+
+def test_minutes_stop_cleanly_with_the_best_checkpoint(tiny, small):
+    result = train(tiny, small, TrainConfig(steps=100_000, batch=2, crop=8, minutes=0.05, eval_every=1000))
+    assert not result.finished and 0 < result.steps < 100_000 and result.seconds < 30
+    assert (tiny / "trained_x4.safetensors").is_file()  # evaluated and saved when the budget ran out
+
+
+def test_val_and_test_are_refused(tiny, small):
+    for split in ("val", "test"):
+        (tiny / split).mkdir()
+        with pytest.raises(ConfigError, match="refusing"):
+            train(tiny / split, small)
+
+
+def test_bad_pairs_are_skipped_and_reported(tiny, small):
+    (tiny / "train" / "train" / "gt_00000.png").write_bytes(b"truncated")
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tiny / "train" / "gt" / "gt_00001.png")  # not 4x
+    (tiny / "train" / "gt" / "gt_00002.png").unlink()  # missing partner
+    result = train(tiny, small, TrainConfig(steps=4, batch=2, crop=8, eval_every=2, holdout=0.25))
+    assert result.finished
+    reasons = " ".join(f"{k}: {r}" for k, r in result.skipped)
+    assert "gt_00002.png: no target" in reasons
+    provenance = json.loads((tiny / "trained_x4.json").read_text())
+    logged = {s["file"] for s in provenance["pairs"]["skipped"]}
+    assert "train/train/gt_00002.png" in logged
+
+
+def test_a_model_that_is_not_4x_rgb_and_a_corrupt_state_are_named(tiny, tmp_path, small):
+    import torch
+    from spandrel.architectures.Compact import Compact
+
+    x2 = tmp_path / "x2.pth"
+    torch.save({"params": Compact(num_feat=8, num_conv=2, upscale=2).state_dict()}, x2)
+    with pytest.raises(UnsupportedModelError, match="x2.pth: model scale is x2"):
+        train(tiny, x2)
+    (tiny / "trained_x4.safetensors.state").write_bytes(b"\x00garbage")
+    with pytest.raises(ConfigError, match=r"trained_x4\.safetensors\.state: it is corrupt"):
+        train(tiny, small)
+    assert train(tiny, small, restart=True).finished  # --restart ignores it
+
+
+def test_rrdb_trains_too(tiny, tmp_path):
+    rrdb = make_random_rrdb(tmp_path / "rrdb.pth", blocks=1)
+    result = train(tiny, rrdb, TrainConfig(steps=2, batch=2, crop=8, eval_every=2, holdout=0.25))
+    assert result.finished and load_upscaler(tiny / "trained_x4.safetensors", "cpu").architecture == "ESRGAN"
+
+
+def test_the_checkpoint_round_trips_through_spandrel_into_the_upscaler(tiny, compact_weights):
+    train(tiny, compact_weights)
+    upscaler = load_upscaler(tiny / "trained_x4.safetensors", "cpu")
+    image = np.asarray(Image.open(tiny / "train" / "train" / "gt_00003.png"))[None]
+    assert upscaler.architecture == "RealESRGAN Compact"
+    assert upscaler.upscale(image).shape == (1, 64, 96, 3)
+    ensembled = upscaler.upscale(image, tta=True)
+    assert ensembled.shape == (1, 64, 96, 3) and not np.array_equal(ensembled, upscaler.upscale(image))
