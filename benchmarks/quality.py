@@ -7,11 +7,13 @@ curve, the ``seed``/``quality``/``perceptual`` presets) is one more entry. Scori
 image), SSIM on the full greyscale images, averaged over images. No runs are created: the stage
 functions (``workers.ops.denoise``, ``workers.ops.upscale``) are called directly.
 
-Variants: bicubic x4; NL-means + bicubic; the seed pipeline (``--seed-compat``: BGR feed and
-Lanczos resize to a multiple of 8); the default pipeline (RGB feed); no denoising + the model;
-and NL-means + each other x4 checkpoint found in ``--weights-dir``.
+Variants: bicubic x4; NL-means (the seed's h=7, and h=10) + bicubic; the seed pipeline
+(``--seed-compat``: BGR feed and Lanczos resize to a multiple of 8); the default pipeline (RGB
+feed); no denoising + the model; NL-means + each other x4 checkpoint found in ``--weights-dir``;
+and ``learned`` with and without ``--tta``: a model fine-tuned on the dataset's training pairs for
+``--train-minutes`` (in a scratch copy of ``train/``, never in the dataset), with its training time.
 
-    python benchmarks/quality.py --dataset dataset --weights-dir ../shared/weights
+    python benchmarks/quality.py --dataset dataset --weights-dir ../shared/weights --train-minutes 3
 """
 
 from __future__ import annotations
@@ -46,9 +48,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights-dir", type=Path, default=common.DEFAULT_WEIGHTS_DIR,
                         help="every other checkpoint here is scored as NL-means + that model [default: %(default)s]")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N images [default: all]")
+    parser.add_argument("--train-minutes", type=float, default=3.0,
+                        help="fine-tune for the learned variants this long on DATASET/train (0: skip them) [default: 3]")
+    parser.add_argument("--train-from", default=None,
+                        help="start checkpoint of the learned variants [default: producer train's, the compact SRVGG]")
     args = parser.parse_args(argv)
     if args.quick:
         args.limit = args.limit or 1
+        args.train_minutes = min(args.train_minutes, 0.05)
     return args
 
 
@@ -101,9 +108,11 @@ def build_variants(args: argparse.Namespace, models: Models) -> tuple[list[Varia
     nlm = DenoiseSpec()
     name = args.weights.name
     models.get(args.weights)  # fail before scoring anything if the main model cannot be loaded
+    strong = DenoiseSpec(h=10, h_color=10)
     variants: list[Variant] = [
         ("bicubic x4", bicubic_x4),
         ("NL-means + bicubic x4", lambda rgb: bicubic_x4(denoise(rgb, nlm))),
+        ("NL-means h=10 + bicubic x4", lambda rgb: bicubic_x4(denoise(rgb, strong))),
         (f"seed pipeline: NL-means + {name}, BGR feed + resize (--seed-compat)",
          sr_pipeline(models, args.weights, channel_order="bgr", resize_multiple=8)),
         (f"default pipeline: NL-means + {name}, RGB", sr_pipeline(models, args.weights)),
@@ -117,7 +126,46 @@ def build_variants(args: argparse.Namespace, models: Models) -> tuple[list[Varia
             notes.append(f"left out {path.name}: {exc}")
             continue
         variants.append((f"NL-means + {path.name}, RGB", sr_pipeline(models, path)))
+    if args.train_minutes > 0 and (args.dataset / "train").is_dir():
+        checkpoint, summary = train_learned(args)
+        notes.append(summary)
+        for tta in (False, True):
+            label = "learned (fine-tuned, no NL-means)" + (" + tta x8" if tta else "")
+            variants.append((label, learned_pipeline(models, checkpoint, tta)))
     return variants, notes
+
+
+def train_learned(args: argparse.Namespace) -> tuple[Path, str]:
+    """Fine-tune as `producer train DATASET --minutes M` does, on a scratch copy of the training split."""
+    import shutil
+    import tempfile
+
+    from workers.io.storage import StorageFactory
+    from workers.settings import Settings
+    from workers.training.config import TrainConfig
+    from workers.training.job import run_training
+
+    scratch = Path(tempfile.mkdtemp(prefix="quality-train-"))
+    shutil.copytree(args.dataset / "train", scratch / "train")
+    if (args.dataset / "calibration.json").is_file():
+        shutil.copy(args.dataset / "calibration.json", scratch)
+    settings = Settings.from_env(device=args.device, weights_dir=str(args.weights_dir))
+    log(f"fine-tuning for {args.train_minutes:g} min on {args.dataset / 'train'}")
+    result = run_training(str(scratch), None, args.train_from, TrainConfig(minutes=args.train_minutes, steps=100_000),
+                          settings, StorageFactory(settings), note=log)
+    best = f"{result.best_psnr:.2f} dB" if result.best_psnr is not None else "n/a"
+    summary = (f"learned: {result.steps} steps in {result.seconds:.0f} s ({result.steps / max(result.seconds, 1e-9):.2f} "
+               f"steps/s), best held-back PSNR {best} at step {result.best_step}")
+    return scratch / "trained_x4.safetensors", summary
+
+
+def learned_pipeline(models: Models, checkpoint: Path, tta: bool) -> Callable[[Image], Image]:
+    import numpy as np
+
+    def run(rgb: Image) -> Image:
+        return models.get(checkpoint).upscale(np.stack([rgb]), tta=tta)[0]
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,6 +89,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="images for the per-stage upscale timing [default: min(count, 4); CUDA: count]")
     parser.add_argument("--seed-reload", action="store_true",
                         help="also time the seed loop reloading the checkpoint per image (stablepy's diffusion-pipeline path)")
+    parser.add_argument("--learned", type=Path, default=None, nargs="?", const=common.DEFAULT_WEIGHTS_DIR / "realesr-animevideov3.pth",
+                        help="also time (d), the embedded pipeline with --preset learned running this checkpoint (no "
+                        "NL-means) [default when given without a path: the compact SRVGG, a stand-in with a trained "
+                        "model's architecture and speed]")
     parser.add_argument("--skip-seed", action="store_true", help="leave out (a)")
     parser.add_argument("--skip-embedded", action="store_true", help="leave out (b)")
     return common.parse_common(parser, argv)
@@ -196,18 +200,29 @@ def pipeline_settings(args: argparse.Namespace, storage_url: str) -> Any:
     return Settings(**values)
 
 
-def run_embedded_mode(args: argparse.Namespace, input_dir: Path, store: Path, images: list[Any]) -> tuple[float, float]:
-    """Return (seconds for plan + run + aggregate, model load seconds)."""
+def run_embedded_mode(args: argparse.Namespace, input_dir: Path, store: Path, images: list[Any],
+                      learned: Path | None = None) -> tuple[float, float]:
+    """Return (seconds for plan + run + aggregate, model load seconds). ``learned``: run that checkpoint
+    as the run's own model (preset learned) instead of NL-means + WEIGHTS."""
     from producer.embedded import run_embedded
     from producer.planning import prepare_run
     from workers.run.context import StageContext
     from workers.run.manifest import PipelineSpec
 
     ctx = StageContext(pipeline_settings(args, str(store)))
-    _, load_s = common.timed(ctx.warm_up)
-    common.warm_up_upscaler(ctx.upscaler(), images, ctx.settings.gpu_batch_size)
+    pipeline = PipelineSpec()
+    if learned is not None:
+        from workers.io.storage import LocalStorage
+        from workers.run.presets import PresetInputs, build_pipeline
+        from workers.run.resolve import publish_checkpoint
+        from workers.training.artifacts import TrainingOutput
+
+        checkpoint = publish_checkpoint(TrainingOutput(LocalStorage(learned.parent), learned.name), ctx.storage)
+        pipeline = build_pipeline("learned", PresetInputs(checkpoint=checkpoint))
+    upscaler, load_s = common.timed(lambda: ctx.upscaler_for(pipeline))
+    common.warm_up_upscaler(upscaler, images, ctx.settings.gpu_batch_size)
     started = time.perf_counter()
-    plan = prepare_run(ctx.settings, ctx.storage, str(input_dir), PipelineSpec(), show_progress=False)
+    plan = prepare_run(ctx.settings, ctx.storage, str(input_dir), pipeline, show_progress=False)
     result = run_embedded(ctx, plan, show_progress=False)
     seconds = time.perf_counter() - started
     if result.written != len(images):
@@ -351,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
             load_notes.append(("model load, embedded StageContext (excluded from (b))", f"{load_s:.2f} s"))
             threads = args.cpu_workers or common.core_count()
             modes.append(ModeResult(f"(b) embedded (producer enqueue, no broker; {threads} denoise threads, "
+                                    f"GPU_BATCH_SIZE {batch_size})", args.count, seconds))
+
+        if args.learned:
+            log(f"(d) embedded, preset learned ({args.learned.name}): {args.count} images")
+            seconds, load_s = run_embedded_mode(args, tmp / "in", tmp / "store-learned", images, args.learned)
+            load_notes.append(("model load, learned checkpoint (excluded from (d))", f"{load_s:.2f} s"))
+            modes.append(ModeResult(f"(d) embedded, --preset learned ({args.learned.name}, no NL-means, "
                                     f"GPU_BATCH_SIZE {batch_size})", args.count, seconds))
 
         if args.distributed:

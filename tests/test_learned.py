@@ -1,0 +1,127 @@
+"""The learned preset: a dataset's trained model is found, published by hash, verified by the workers
+that run it, and gives the same submission embedded and distributed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_random_compact
+from tests.fixtures import run_producer, write_images
+from tests.fixtures_cluster import run_id_from, wait_until
+from workers.errors import TransientError
+from workers.io.storage import LocalStorage
+from workers.run.context import StageContext
+from workers.run.keys import RunKeys
+from workers.run.manifest import load_manifest
+from workers.run.stages import upscale_stage
+from workers.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def trained_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of test inputs with a (small, random) model where `producer train` puts one."""
+    root = tmp_path_factory.mktemp("learned") / "data"
+    write_images(root / "test", 3, width=24, height=16)
+    make_random_compact(root / "compact.pth")
+    import spandrel
+    from safetensors.torch import save_file
+
+    model = spandrel.ModelLoader().load_from_file(root / "compact.pth").model
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "trained_x4.safetensors")
+    (root / "trained_x4.json").write_text(json.dumps({
+        "kind": "lowlight-sr/training", "start": {"source": "file:compact.pth", "architecture": "RealESRGAN Compact"},
+        "steps": 20, "best_step": 20, "holdout_psnr": 30.5, "seconds": 4.2, "pairs": {"train": 5},
+        "curve": [{"step": 10, "holdout_psnr": 30.1}, {"step": 20, "holdout_psnr": 30.5}]}))
+    (root / "compact.pth").unlink()
+    return root
+
+
+def env_for(tmp_path: Path) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in {"BROKER_URL", "WEIGHTS", "STORAGE_URL"}}
+    return {**env, "STORAGE_URL": str(tmp_path / "store"), "DEVICE": "cpu", "HF_HUB_OFFLINE": "1"}
+
+
+def test_a_trained_dataset_runs_learned_by_default_and_the_report_shows_the_training(trained_dataset, tmp_path):
+    result = run_producer("enqueue", str(trained_dataset), env=env_for(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert "preset learned: found" in first and "trained_x4.safetensors" in first
+    run_id = run_id_from(result.stdout)
+    store = LocalStorage(tmp_path / "store")
+    pipeline = load_manifest(store, run_id).pipeline
+    assert pipeline.upscaler == "learned" and pipeline.checkpoint == f"models/{pipeline.checkpoint_sha256}.safetensors"
+    assert store.exists(pipeline.checkpoint) and store.exists(f"models/{pipeline.checkpoint_sha256}.json")
+    report = store.get(RunKeys(run_id).report).decode()
+    assert "Trained model" in report and "held-back PSNR" in report and "30.50 dB at step 20" in report
+    standard = run_producer("enqueue", str(trained_dataset), "--preset", "standard", env=env_for(tmp_path), cwd=tmp_path)
+    assert "preset learned" not in standard.stdout.splitlines()[0]
+
+
+def test_without_a_trained_model_learned_names_producer_train(tmp_path):
+    write_images(tmp_path / "photos", 1)
+    result = run_producer("enqueue", str(tmp_path / "photos"), "--preset", "learned", env=env_for(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2 and "producer train" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_worker_refuses_a_checkpoint_whose_hash_does_not_match(trained_dataset, tmp_path):
+    """A checkpoint replaced under the same key: the image is retried, never upscaled by the wrong model."""
+    env = env_for(tmp_path)
+    assert run_producer("enqueue", str(trained_dataset), "--tta", env=env, cwd=tmp_path).returncode == 0
+    store = LocalStorage(tmp_path / "store")
+    run_id = next(k.split("/")[1] for k in store.list("runs") if k.endswith("manifest.json"))
+    pipeline = load_manifest(store, run_id).pipeline
+    assert pipeline.tta
+    store.put(pipeline.checkpoint, b"another model entirely")
+    for key in store.list(RunKeys(run_id).prefix("rows")):
+        store.delete(key)
+    ctx = StageContext(Settings(storage_url=str(tmp_path / "store"), device="cpu",
+                                model_cache_dir=str(tmp_path / "fresh-cache")))
+    outcomes = upscale_stage(ctx, run_id, list(load_manifest(store, run_id).names))
+    assert {o.status for o in outcomes} == {"retry"}
+    assert isinstance(outcomes[0].error, TransientError) and "refusing to run another model" in outcomes[0].reason
+
+
+@pytest.mark.integration
+def test_learned_distributed_is_identical_to_embedded(cluster, trained_dataset, tmp_path):
+    cluster.start_default()
+    result = cluster.producer("enqueue", str(trained_dataset), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "preset learned" in result.stdout.splitlines()[0]
+    run_id = run_id_from(result.stdout)
+    distributed = cluster.store().get(RunKeys(run_id).submission).decode()
+    assert distributed.count("\n") == 4  # header + 3 rows
+    assert distributed == cluster.embedded_submission(str(trained_dataset), tmp_path)
+
+
+@pytest.mark.integration
+def test_training_runs_on_a_train_worker_in_chunks(cluster, tmp_path):
+    """`producer train s3://...` with a broker: a worker of the train queue trains in TRAIN_CHUNK_S chunks
+    (each enqueues the next) and writes the checkpoint next to the dataset in the bucket."""
+    from tests.test_training import write_dataset
+
+    local = write_dataset(tmp_path / "local", count=5)
+    start = make_random_compact(tmp_path / "start.pth")
+    store = cluster.store()
+    for path in sorted(local.rglob("*.png")):
+        store.put(f"dataset/{path.relative_to(local).as_posix()}", path.read_bytes())
+    cluster.start("train", TRAIN_CHUNK_S="2")
+    dataset = f"s3://{cluster.bucket}/dataset"
+    result = cluster.producer("train", dataset, "--from", str(start), "--steps", "40", "--batch", "2", "--crop", "8",
+                              "--eval-every", "5", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "trained 40 steps (done)" in result.stdout
+    assert store.exists("dataset/trained_x4.safetensors") and store.exists("dataset/calibration.json")
+    marker = json.loads(store.get("dataset/trained_x4.safetensors.job.json"))
+    assert marker["done"] and marker["chunk"] >= 1  # more than one chunk ran
+    provenance = json.loads(store.get("dataset/trained_x4.json"))
+    assert provenance["steps"] == 40 and provenance["finished"]
+    wait_until(lambda: not cluster.redis_client().llen("train"), 30, "the train queue to drain")
+    assert np.isfinite(provenance["holdout_psnr"])
+    shutil.rmtree(local)
