@@ -23,7 +23,7 @@ import click
 from workers.errors import ConfigError, EnhanceError
 from workers.io.storage import Storage, StorageFactory, is_local
 from workers.ops.denoise import DENOISERS, DenoiseSpec
-from workers.run.keys import RunKeys, RunProgress
+from workers.run.keys import ImageState, RunKeys, RunProgress
 from workers.run.manifest import load_manifest
 from workers.run.presets import PRESETS
 from workers.run.resolve import PipelineChoice
@@ -185,7 +185,7 @@ def _report_result(storage: Storage, run_id: str, written: int, failed: int, pen
 @click.argument("run_id")
 @_settings_options
 def status(run_id: str, settings: Settings) -> None:
-    """Counts per stage and the failures of RUN_ID."""
+    """Counts per stage, progress and recovery, and the failures of RUN_ID."""
     storage = _storage(settings)
     manifest = load_manifest(storage, run_id)
     keys = RunKeys(run_id)
@@ -193,6 +193,15 @@ def status(run_id: str, settings: Settings) -> None:
     click.echo(f"run {run_id}  source {manifest.source}  created {manifest.created_at}")
     click.echo("  stages: " + "  ".join(f"{state.value} {n}" for state, n in counts.items())
                + f"  rejected {len(manifest.rejected)}  total {manifest.total}")
+    waiting = counts[ImageState.PENDING] + counts[ImageState.DENOISED]
+    if waiting:
+        click.echo(f"  queued or in progress: {counts[ImageState.PENDING]} at the CPU stage, "
+                   f"{counts[ImageState.DENOISED]} at the GPU stage")
+    if not settings.embedded and waiting:
+        from producer import dispatch
+
+        for line in dispatch.progress_lines(settings, run_id):
+            click.echo(f"  {line}")
     if not storage.exists(keys.summary):
         click.echo("  not aggregated yet")
         return

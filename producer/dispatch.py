@@ -14,26 +14,23 @@ from typing import Any
 import redis
 from tqdm import tqdm
 
-from producer.planning import RunPlan, plan_remaining
 from workers.errors import ConfigError, RunCancelledError, TransientError
 from workers.io.storage import Storage, StorageFactory
 from workers.run.aggregate import AggregateResult
 from workers.run.keys import RunKeys
-from workers.runtime.app import create_app
-from workers.runtime.tracking import OUTAGE_ERRORS, RunTracker
+from workers.run.plan import RunPlan, plan_remaining
+from workers.run.registry import register
+from workers.runtime.app import AGGREGATE, CALIBRATE, TRAIN, create_app
+from workers.runtime.plans import send_plan
+from workers.runtime.sweep import aggregation_grace_s
+from workers.runtime.tracking import OUTAGE_ERRORS, QUICK_RETRY, RunTracker
 from workers.settings import Settings, redact_url
 from workers.training.artifacts import TrainingOutput
 from workers.training.config import TrainConfig, TrainResult
 from workers.training.job import TrainJob, read_marker
 
-DENOISE, UPSCALE, AGGREGATE = "workers.tasks.denoise", "workers.tasks.upscale", "workers.tasks.aggregate"
-CALIBRATE, TRAIN = "workers.tasks.calibrate", "workers.tasks.train"
 POLL_S = 1.0
 RESUME_AFTER_S = 10.0  # how long the run may be unknown to Redis before the producer enqueues it again
-# How long every image may count as finished with no summary before the producer asks again: longer
-# than aggregating a big run takes (4.8 s per 2,000 images against an S3 with 2 ms round trips, see
-# benchmarks/aggregate.py in the README). Asking early costs only time: aggregation is idempotent.
-AGGREGATION_GRACE_S = 120.0
 
 
 def connect_tracker(settings: Settings) -> RunTracker:
@@ -43,16 +40,15 @@ def connect_tracker(settings: Settings) -> RunTracker:
         ConfigError: Redis is unreachable or refuses the credentials.
     """
     where = redact_url(settings.broker_url)
-    tracker = RunTracker.from_url(settings.broker_url_with_password)
     try:
-        tracker.client.ping()
+        RunTracker.from_url(settings.broker_url_with_password, retry=QUICK_RETRY).client.ping()
     except redis.AuthenticationError as exc:
         raise ConfigError(f"Redis at {where} refused the credentials ({exc}); check REDIS_PASSWORD") from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise ConfigError(f"cannot reach Redis at {where}: {exc}") from None
     except redis.ResponseError as exc:
         raise ConfigError(f"Redis at {where} answered: {exc}; check REDIS_PASSWORD") from None
-    return tracker
+    return RunTracker.from_url(settings.broker_url_with_password)
 
 
 def enqueue_plan(settings: Settings, storage: Storage, plan: RunPlan, tracker: RunTracker | None = None) -> None:
@@ -60,24 +56,15 @@ def enqueue_plan(settings: Settings, storage: Storage, plan: RunPlan, tracker: R
     storage says are finished complete the run (the last worker may have finished just before)."""
     tracker = tracker or connect_tracker(settings)
     run_id = plan.run_id
+    # Registered first, in storage: from here on the recovery sweep sees the run even if Redis
+    # forgets everything, and nobody needs to be watching.
+    register(storage, run_id, plan.manifest.total)
     tracker.start(run_id, len(plan.manifest.names))
     # Images finished earlier count towards completion (Redis may have lost them, storage has not).
     completed = tracker.finish_many(run_id, plan.finished)
-    app = create_app(settings)
-    has_work = bool(plan.to_denoise or plan.to_upscale)
-    if has_work:
+    if plan.has_work:
         storage.delete(RunKeys(run_id).summary)  # stale: the run is not complete any more
-    # With denoising fused into the GPU stage, new images skip the CPU queue altogether.
-    first_task = UPSCALE if plan.manifest.pipeline.denoise_on == "gpu" else DENOISE
-    # Per-image results are never read (storage holds the outcome, Flower gets events): storing
-    # ten thousand of them would only fill Redis. A message's flag beats the task's own setting.
-    with app.producer_or_acquire() as producer:
-        for name in plan.to_denoise:
-            app.send_task(first_task, (run_id, name), producer=producer, ignore_result=True)
-        for name in plan.to_upscale:
-            app.send_task(UPSCALE, (run_id, name), producer=producer, ignore_result=True)
-        if completed or not has_work:
-            app.send_task(AGGREGATE, (run_id,), producer=producer)
+    send_plan(create_app(settings), plan, aggregate=completed or not plan.has_work)
 
 
 def wait_for_run(settings: Settings, storage: Storage, plan: RunPlan, tracker: RunTracker | None = None
@@ -111,7 +98,7 @@ def wait_for_run(settings: Settings, storage: Storage, plan: RunPlan, tracker: R
                     raise RunCancelledError(f"run {run_id} was cancelled; `producer enqueue` on it again resumes it")
                 finished, total = tracker.counts(run_id)
                 bar.update(max(finished - bar.n, 0))
-                stall = _stall(finished, total)
+                stall = _stall(finished, total, settings.stall_after_s)
                 if stall is None:
                     stalled_since = None
                 elif stalled_since is None:
@@ -126,13 +113,33 @@ def wait_for_run(settings: Settings, storage: Storage, plan: RunPlan, tracker: R
     return AggregateResult(**{k: summary[k] for k in ("run_id", "total", "written", "failed", "pending", "complete")})
 
 
-def _stall(finished: int, total: int | None) -> tuple[str, float] | None:
+def _stall(finished: int, total: int | None, stall_after_s: float) -> tuple[str, float] | None:
     """What is wrong with a run that has no summary yet, and how long to give it before resuming."""
     if total is None:
         return "Redis lost the run", RESUME_AFTER_S
     if finished >= total:
-        return "no aggregation", AGGREGATION_GRACE_S
+        return "no aggregation", aggregation_grace_s(total, stall_after_s)
     return None
+
+
+def progress_lines(settings: Settings, run_id: str) -> list[str]:
+    """What Redis says of a run in progress: last progress, whether it is stalled, what the sweep did."""
+    tracker = connect_tracker(settings)
+    finished, total = tracker.counts(run_id)
+    if total is None:
+        return ["Redis does not know this run (restarted without persistence?): the sweep rebuilds it from storage"]
+    lines = []
+    last = tracker.last_progress(run_id)
+    if last is not None:
+        idle = time.time() - last
+        state = (f"stalled: the sweep re-enqueues what is left (STALL_AFTER_S {settings.stall_after_s:g})"
+                 if idle > settings.stall_after_s else "not stalled")
+        lines.append(f"last progress {idle:.0f} s ago, {finished}/{total} finished; {state}")
+    recovery = tracker.recovery(run_id)
+    if recovery:
+        done = ", ".join(f"{k} {v:g}" for k, v in sorted(recovery.items()) if k != "last_sweep")
+        lines.append(f"recovery: {done}; last sweep {time.time() - recovery.get('last_sweep', time.time()):.0f} s ago")
+    return lines
 
 
 def cancel(settings: Settings, run_id: str) -> None:

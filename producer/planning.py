@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
 
 from tqdm import tqdm
 
@@ -14,25 +13,12 @@ from workers.io.storage import LocalStorage, Storage, StorageFactory, join_key
 from workers.io.submission import read_expected_columns
 from workers.io.weights import describe_weights
 from workers.ops.upscalers import upscaler_kind
-from workers.run.keys import ImageState, RunKeys, RunProgress
+from workers.run.keys import RunKeys
 from workers.run.manifest import PipelineSpec, RunManifest, load_manifest, make_run_id, now_iso, save_manifest
+from workers.run.plan import RunPlan, plan_remaining
 from workers.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """A saved manifest and what remains: images to denoise, images to upscale."""
-
-    manifest: RunManifest
-    to_denoise: tuple[str, ...]
-    to_upscale: tuple[str, ...]
-    finished: tuple[str, ...]
-
-    @property
-    def run_id(self) -> str:
-        return self.manifest.run_id
 
 
 def prepare_run(
@@ -82,19 +68,6 @@ def prepare_run(
         for name in manifest.names:
             storage.delete(keys.failed(name))
     return plan_remaining(storage, manifest)
-
-
-def plan_remaining(storage: Storage, manifest: RunManifest) -> RunPlan:
-    progress = RunProgress.read(storage, manifest.run_id)
-    by_state: dict[ImageState, list[str]] = {state: [] for state in ImageState}
-    for name in manifest.names:
-        by_state[progress.state(name)].append(name)
-    return RunPlan(
-        manifest,
-        to_denoise=tuple(by_state[ImageState.PENDING]),
-        to_upscale=tuple(by_state[ImageState.DENOISED]),
-        finished=tuple(by_state[ImageState.DONE] + by_state[ImageState.FAILED]),
-    )
 
 
 def _expected_columns(source: Source, explicit: str | None) -> int | None:

@@ -167,7 +167,7 @@ def test_a_lost_completion_reply_is_mended_by_the_waiting_producer(faults, tmp_p
     plan = plan_remaining(store, load_manifest(store, run_id))
     tracker.start(run_id, 3)
     assert tracker.finish_many(run_id, plan.finished)  # the run completes; this reply is "lost"
-    monkeypatch.setattr(dispatch, "AGGREGATION_GRACE_S", 1.0)
+    monkeypatch.setattr(dispatch, "aggregation_grace_s", lambda total, stall_after_s: 1.0)
     result = dispatch.wait_for_run(settings, store, plan, tracker)
     assert (result.written, result.pending) == (3, 0)
     assert_complete_and_identical(faults, run_id, folder, tmp_path)

@@ -77,3 +77,30 @@ def test_a_tracker_from_a_url_rides_out_a_redis_restart(tmp_path):
             assert finished.result(timeout=60)  # waited for Redis, then completed the run
     finally:
         server.stop()
+
+
+def test_a_late_forget_never_drops_the_keys_of_the_run_started_again(tracker):
+    """The aggregation of a finished run reads the epoch, a new `producer enqueue` of the same run
+    starts it again, then the aggregation's forget arrives: the new run keeps its tracking."""
+    first = tracker.start("run", 2)
+    assert tracker.epoch("run") == first
+    second = tracker.start("run", 3)  # re-enqueued meanwhile
+    assert second != first
+    assert not tracker.forget("run", first)
+    assert tracker.counts("run") == (0, 3) and tracker.epoch("run") == second
+    assert tracker.forget("run", second) and tracker.counts("run") == (0, None)
+
+
+def test_progress_is_stamped_by_start_finish_and_touch(tracker):
+    before = time.time()
+    tracker.start("run", 2)
+    assert before <= tracker.last_progress("run") <= time.time()
+    time.sleep(0.01)
+    started = tracker.last_progress("run")
+    tracker.finish("run", "a.png")
+    assert tracker.last_progress("run") > started
+    tracker.note_recovery("run", reenqueued=3)
+    tracker.note_recovery("run", reenqueued=2, stalls=1)
+    recovery = tracker.recovery("run")
+    assert recovery["reenqueued"] == 5 and recovery["stalls"] == 1 and recovery["last_sweep"] >= before
+    assert tracker.lease("sweep", "a", 5) and not tracker.lease("sweep", "b", 5)

@@ -79,7 +79,12 @@ class Settings:
     train_chunk_s: int = _setting(
         600, "A distributed training job runs in chunks of this many seconds, each one task that saves its state and "
         "enqueues the next: a redelivered chunk resumes from the last state. Under half VISIBILITY_TIMEOUT_S.")
-    task_max_retries: int = _setting(12, "Retries of a transient failure before a task gives up.")
+    task_max_retries: int = _setting(
+        12, "Retries of a transient failure before an image is recorded as failed ('gave up after N transient errors').")
+    stall_after_s: float = _setting(
+        600.0, "A run with no image finished for this long is re-enqueued from storage by the recovery sweep.")
+    sweep_interval_s: float = _setting(
+        30.0, "How often the CPU workers sweep for stalled runs (at most STALL_AFTER_S/4; one sweep cluster-wide).")
     result_expires_s: int = _setting(86_400, "How long task results stay in Redis.")
 
     def __post_init__(self) -> None:
@@ -95,9 +100,15 @@ class Settings:
                 f"({self.visibility_timeout_s}): a chunk still running must never be handed to a second worker")
         if self.precision not in {"auto", "fp16", "bf16", "fp32"}:
             raise ConfigError(f"PRECISION must be auto, fp16, bf16 or fp32, got {self.precision!r}")
-        for name in ("max_image_bytes", "max_image_pixels", "tile_max_pixels", "model_cache_size"):
+        for name in ("max_image_bytes", "max_image_pixels", "tile_max_pixels", "model_cache_size", "stall_after_s",
+                     "sweep_interval_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.upper()} must be positive")
+
+    @property
+    def sweep_every_s(self) -> float:
+        """The sweep's period: SWEEP_INTERVAL_S, shortened so a stall is seen within a quarter of STALL_AFTER_S."""
+        return max(1.0, min(self.sweep_interval_s, self.stall_after_s / 4))
 
     @property
     def embedded(self) -> bool:

@@ -24,7 +24,13 @@ from typing import Literal
 
 import numpy as np
 
-from workers.errors import ObjectNotFoundError, PermanentImageError, SubmissionMismatchError, TransientError
+from workers.errors import (
+    DeviceOutOfMemoryError,
+    ObjectNotFoundError,
+    PermanentImageError,
+    SubmissionMismatchError,
+    TransientError,
+)
 from workers.io.imageio import decode_image, decode_png, encode_png
 from workers.io.submission import format_row, grey_subsample, submission_id
 from workers.ops.denoise import DenoiseSpec, denoise, denoise_on_device
@@ -65,6 +71,12 @@ def record_failure(ctx: StageContext, run_id: str, name: str, stage: str, reason
     record = {"name": name, "stage": stage, "reason": reason, "worker": ctx.hostname, "at": now_iso()}
     ctx.storage.put(RunKeys(run_id).failed(name), json.dumps(record).encode())
     return Outcome(name, "failed", reason)
+
+
+def give_up(ctx: StageContext, run_id: str, name: str, stage: str, attempts: int, error: BaseException | str) -> Outcome:
+    """Record an image whose transient errors outlasted every retry as failed, so its run still
+    completes; ``producer enqueue --retry-failed`` tries it again."""
+    return record_failure(ctx, run_id, name, stage, f"gave up after {attempts} transient errors: {error}")
 
 
 def _record_meta(ctx: StageContext, run_id: str, name: str, stage: str, **values: object) -> None:
@@ -166,23 +178,47 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[
     side_writes: list[Future[None]] = []
     for (height, width), items in loaded.items():
         for batch in _chunks(items, ctx.settings.gpu_batch_size):
-            started = time.perf_counter()
-            try:
-                images = _denoise_on_device(ctx, manifest, batch, started, side_writes)
-                outputs = upscale_images(ctx, images, manifest.pipeline)
-            except TransientError as exc:
-                outcomes.update((item.name, Outcome(item.name, "retry", str(exc), error=exc)) for item in batch)
-                continue
-            per_image = (time.perf_counter() - started) / len(batch)
-            for item, hr in zip(batch, outputs, strict=True):
-                stores[item.name] = ctx.io_pool.submit(
-                    _store_upscaled, ctx, manifest, item.name, hr, per_image, (width, height), len(batch)
-                )
-    outcomes.update((name, future.result()) for name, future in stores.items())
+            for part, outputs, per_image, error in _upscale_isolated(ctx, manifest, batch, side_writes):
+                if error is not None:
+                    outcomes.update((item.name, Outcome(item.name, "retry", str(error), error=error)) for item in part)
+                    continue
+                for item, hr in zip(part, outputs, strict=True):
+                    stores[item.name] = ctx.io_pool.submit(
+                        _store_upscaled, ctx, manifest, item.name, hr, per_image, (width, height), len(part)
+                    )
+    for name, future in stores.items():
+        try:
+            outcomes[name] = future.result()
+        except Exception as exc:  # noqa: BLE001 - a storage bug or surprise fails this image's attempt alone
+            logger.exception("run %s: storing %s failed unexpectedly; it will be retried", run_id, name)
+            outcomes[name] = Outcome(name, "retry", f"{type(exc).__name__}: {exc}", error=TransientError(str(exc)))
     for future in side_writes:  # intermediate images: for reports, never a reason to fail an image
         if future.exception() is not None:
             logger.warning("run %s: could not store a denoised image: %s", run_id, future.exception())
     return [outcomes[name] for name in dict.fromkeys(names)]
+
+
+def _upscale_isolated(ctx: StageContext, manifest: RunManifest, batch: list[_Loaded], side_writes: list[Future[None]]
+                      ) -> Iterator[tuple[list[_Loaded], np.ndarray | None, float, TransientError | None]]:
+    """(images, their 4x outputs, seconds per image, error) for a batch: together while that works;
+    after an out-of-memory error that the upscaler's own splitting and tiling could not avoid, one
+    image at a time, so only the image that cannot fit fails (and is retried, then given up)."""
+    started = time.perf_counter()
+    try:
+        images = _denoise_on_device(ctx, manifest, batch, started, side_writes)
+        outputs = upscale_images(ctx, images, manifest.pipeline)
+    except DeviceOutOfMemoryError as exc:
+        if len(batch) == 1:
+            yield batch, None, 0.0, exc
+            return
+        logger.warning("run %s: %s; upscaling these %d images one at a time", manifest.run_id, exc, len(batch))
+        for item in batch:
+            yield from _upscale_isolated(ctx, manifest, [item], side_writes)
+        return
+    except TransientError as exc:
+        yield batch, None, 0.0, exc
+        return
+    yield batch, outputs, (time.perf_counter() - started) / len(batch), None
 
 
 def _load_for_upscale(ctx: StageContext, manifest: RunManifest, name: str) -> _Loaded:

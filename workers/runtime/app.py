@@ -26,16 +26,27 @@ GPU_QUEUE = "gpu"
 TRAIN_QUEUE = "train"
 QUEUES = (CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE)
 
+# Task names are the message format: they stay put whatever module defines the tasks.
+DENOISE, UPSCALE, AGGREGATE = "workers.tasks.denoise", "workers.tasks.upscale", "workers.tasks.aggregate"
+CALIBRATE, TRAIN, SWEEP = "workers.tasks.calibrate", "workers.tasks.train", "workers.tasks.sweep"
+
+# Sending a task rides out a Redis outage of a minute and more (kombu reconnects with backoff
+# 0.5, 1, 1.5, ... capped at 3 s: about 110 s in all) instead of Celery's default of under 2 s:
+# a denoise task handing its image to the GPU queue, a GPU task rescheduling one, or a producer
+# enqueueing must not lose the message to an outage.
+PUBLISH_RETRY_POLICY = {"max_retries": 40, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 3}
+
 # Separate queues so one class of work can never starve the other: a flood of cheap denoise tasks
 # must not sit in front of the GPU's work, GPU workers must never pick up CPU work, and a training
 # job (minutes to hours on one GPU) must never sit in front of the upscale batches: it has its own
 # queue and its own workers.
 TASK_ROUTES = {
-    "workers.tasks.denoise": {"queue": CPU_QUEUE},
-    "workers.tasks.upscale": {"queue": GPU_QUEUE},
-    "workers.tasks.aggregate": {"queue": CPU_QUEUE},
-    "workers.tasks.calibrate": {"queue": CPU_QUEUE},
-    "workers.tasks.train": {"queue": TRAIN_QUEUE},
+    DENOISE: {"queue": CPU_QUEUE},
+    UPSCALE: {"queue": GPU_QUEUE},
+    AGGREGATE: {"queue": CPU_QUEUE},
+    CALIBRATE: {"queue": CPU_QUEUE},
+    SWEEP: {"queue": CPU_QUEUE},
+    TRAIN: {"queue": TRAIN_QUEUE},
 }
 
 
@@ -73,10 +84,8 @@ def create_app(settings: Settings) -> Celery:
         task_track_started=True,
         worker_send_task_events=True,
         task_send_sent_event=True,
-        # Sending a task rides out a Redis restart as the run tracker does (about 20 s), instead of
-        # Celery's default of under 2 s: a denoise task handing its image to the GPU queue, or a
-        # producer enqueueing, must not lose the message to a brief outage.
-        task_publish_retry_policy={"max_retries": 15, "interval_start": 0.2, "interval_step": 0.4, "interval_max": 2},
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        broker_connection_timeout=10,  # one connection attempt; the policy above bounds the whole ride-out
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # survive a Redis restart: keep reconnecting
         worker_cancel_long_running_tasks_on_connection_loss=False,

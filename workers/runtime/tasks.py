@@ -15,13 +15,16 @@ from typing import Any
 
 import redis
 from celery import signals
+from celery.exceptions import Reject, Retry
 from celery_batches import Batches, SimpleRequest
 
 from workers.errors import RunNotFoundError, TransientError
 from workers.report import report_stage
 from workers.run.aggregate import aggregate_stage
-from workers.run.stages import denoise_stage, upscale_stage
-from workers.runtime.app import app
+from workers.run.registry import unregister
+from workers.run.stages import denoise_stage, give_up, upscale_stage
+from workers.runtime.app import AGGREGATE, CALIBRATE, DENOISE, SWEEP, TRAIN, UPSCALE, app
+from workers.runtime.sweep import sweep as run_sweep
 from workers.runtime.tracking import OUTAGE_ERRORS
 from workers.runtime.worker import SETTINGS, stage_context, tracker
 from workers.training.calibrate import calibrate_here
@@ -37,73 +40,142 @@ RETRY = {
     "retry_jitter": True,
     "max_retries": SETTINGS.task_max_retries,
 }
+TRANSIENT = (TransientError, *OUTAGE_ERRORS)
+BACKOFF_MAX_S = 60
+
+
+def backoff_s(retries: int) -> int:
+    """Seconds before retry number ``retries + 1``: 2, 4, 8, ... capped well under the visibility timeout."""
+    return min(2 ** (retries + 1), BACKOFF_MAX_S)
 
 
 def finish_image(run_id: str, name: str) -> None:
-    """Record that ``name`` is finished; the call that completes the run enqueues its aggregation."""
+    """Record that ``name`` is finished; the call that completes the run enqueues its aggregation.
+
+    If that publish is lost anyway (an outage longer than its budget), the sweep aggregates the run
+    once every image has been finished for the grace period.
+    """
     if tracker().finish(run_id, name):
         logger.info("run %s: last image finished, aggregating", run_id)
         aggregate.apply_async((run_id,))
 
 
-# Nobody reads a per-image result (Flower gets events): storing 10,000 of them would only fill Redis.
-@app.task(name="workers.tasks.denoise", ignore_result=True, **RETRY)
-def denoise(run_id: str, name: str) -> dict[str, Any]:
-    """CPU stage for one image, then hand it to the GPU queue."""
-    if tracker().is_cancelled(run_id):
-        return {"name": name, "status": "cancelled"}
-    outcome = denoise_stage(stage_context(), run_id, name)
-    if outcome.status == "denoised":
+def hand_over(task: Any, run_id: str, name: str) -> None:
+    """Send the image to the GPU queue. A publish that fails even after its long retry budget puts
+    the message back instead of acknowledging it: an image is never dropped between two stages."""
+    try:
         upscale.apply_async((run_id, name), ignore_result=True)
-    else:
+    except OUTAGE_ERRORS as exc:
+        logger.error("run %s: %s could not be handed to the GPU queue (%s); the message is requeued", run_id, name, exc)
+        raise Reject(exc, requeue=True) from exc
+    with contextlib.suppress(*OUTAGE_ERRORS):
+        tracker().touch(run_id)  # the image moved on: progress, for the sweep
+
+
+def retry_or_give_up(task: Any, stage: str, run_id: str, name: str, error: BaseException) -> dict[str, Any]:
+    """Retry the task later, or, once TASK_MAX_RETRIES are used up, record the image as failed (its
+    run completes; ``--retry-failed`` resumes it). The retry is published here, with the long
+    publish budget; if even that fails, the message is requeued rather than acknowledged (Celery's
+    own ``retry()`` rejects it for good)."""
+    retries = task.request.retries or 0
+    if retries >= task.max_retries:
+        outcome = give_up(stage_context(), run_id, name, stage, retries + 1, error)
         finish_image(run_id, name)
+        return outcome.as_dict()
+    countdown = backoff_s(retries)
+    try:
+        task.apply_async((run_id, name), task_id=task.request.id, countdown=countdown, retries=retries + 1,
+                         ignore_result=True)
+    except OUTAGE_ERRORS as exc:
+        logger.error("run %s: the retry of %s could not be published (%s); the message is requeued", run_id, name, exc)
+        raise Reject(exc, requeue=True) from exc
+    raise Retry(exc=error, when=countdown)
+
+
+# Nobody reads a per-image result (Flower gets events): storing 10,000 of them would only fill Redis.
+@app.task(name=DENOISE, bind=True, ignore_result=True, max_retries=SETTINGS.task_max_retries)
+def denoise(self: Any, run_id: str, name: str) -> dict[str, Any]:
+    """CPU stage for one image, then hand it to the GPU queue."""
+    try:
+        if tracker().is_cancelled(run_id):
+            return {"name": name, "status": "cancelled"}
+        outcome = denoise_stage(stage_context(), run_id, name)
+        if outcome.status == "denoised":
+            hand_over(self, run_id, name)
+        else:
+            finish_image(run_id, name)
+    except TRANSIENT as exc:
+        return retry_or_give_up(self, "denoise", run_id, name, exc)
     return outcome.as_dict()
 
 
-@app.task(name="workers.tasks.upscale", base=Batches, flush_every=SETTINGS.gpu_batch_size,
-          flush_interval=SETTINGS.gpu_batch_wait_s)
+@app.task(name=UPSCALE, base=Batches, flush_every=SETTINGS.gpu_batch_size, flush_interval=SETTINGS.gpu_batch_wait_s)
 def upscale(requests: list[SimpleRequest]) -> None:
     """GPU stage. celery-batches hands over the messages waiting on this worker (up to one batch);
     each run's images go through :func:`upscale_stage`, which batches same-size images.
 
     celery-batches acknowledges every message once this returns, whatever happened, so nothing may
-    escape: each image is either finished or rescheduled here.
+    escape: each image is finished, rescheduled or (after TASK_MAX_RETRIES) recorded as failed here,
+    one image at a time, and a malformed message is logged and dropped alone. A reschedule that
+    cannot be published even after its budget is logged, and the loop goes on; the recovery sweep
+    re-enqueues that image when its run stalls.
     """
-    by_run: dict[str, list[SimpleRequest]] = defaultdict(list)
-    for request in requests:
-        by_run[request.args[0]].append(request)
+    by_run: dict[str, list[tuple[SimpleRequest, str]]] = defaultdict(list)
     with _TaskEvents(requests) as events:
-        for run_id, run_requests in by_run.items():
+        for request in requests:
             try:
-                _upscale_run(run_id, run_requests, events)
+                run_id, name = image_arguments(request.args, request.kwargs)
+            except ValueError as exc:
+                logger.error("dropping a malformed upscale message %s: %s", request.id, exc)
+                events.failed([request], exc)
+                continue
+            by_run[run_id].append((request, name))
+        for run_id, items in by_run.items():
+            try:
+                _upscale_run(run_id, items, events)
             except Exception as exc:  # noqa: BLE001 - see the docstring: reschedule, never drop
-                logger.exception("run %s: upscale batch failed; rescheduling %d images", run_id, len(run_requests))
-                for request in run_requests:
-                    _reschedule(request, exc)
-                events.failed(run_requests, exc)
+                logger.exception("run %s: upscale batch failed; rescheduling %d images", run_id, len(items))
+                for request, name in items:
+                    _reschedule(request, run_id, name, exc)
+                events.failed([request for request, _ in items], exc)
 
 
-def _upscale_run(run_id: str, requests: list[SimpleRequest], events: _TaskEvents) -> None:
+def image_arguments(args: Any, kwargs: Any) -> tuple[str, str]:
+    """(run id, input name) of an image task's message.
+
+    Raises:
+        ValueError: not exactly two strings, or extra keyword arguments.
+    """
+    if kwargs or not isinstance(args, list | tuple) or len(args) != 2 or not all(isinstance(a, str) for a in args):
+        raise ValueError(f"expected (run_id, name) strings, got args={args!r} kwargs={kwargs!r}")
+    return args[0], args[1]
+
+
+def _upscale_run(run_id: str, items: list[tuple[SimpleRequest, str]], events: _TaskEvents) -> None:
+    requests = [request for request, _ in items]
     if tracker().is_cancelled(run_id):
         events.succeeded(requests, lambda r: {"status": "cancelled"})
         return
     started = time.perf_counter()
     try:
-        outcomes = upscale_stage(stage_context(), run_id, [r.args[1] for r in requests])
+        outcomes = upscale_stage(stage_context(), run_id, [name for _, name in items])
     except RunNotFoundError as exc:  # the run was deleted: nothing to do for these messages
         events.failed(requests, exc)
         return
     elapsed = time.perf_counter() - started
     by_name = {outcome.name: outcome for outcome in outcomes}  # duplicates of a name share one outcome
-    for request in requests:
-        outcome = by_name[request.args[1]]
-        if outcome.status == "retry":
-            error = outcome.error or TransientError(outcome.reason)
-            _reschedule(request, error)
-            events.failed([request], error)
-        else:
-            finish_image(run_id, outcome.name)
-            events.succeeded([request], lambda r, o=outcome: o.as_dict(), runtime=elapsed)
+    for request, name in items:
+        outcome = by_name[name]
+        try:
+            if outcome.status == "retry":
+                error = outcome.error or TransientError(outcome.reason)
+                _reschedule(request, run_id, name, error)
+                events.failed([request], error)
+            else:
+                finish_image(run_id, outcome.name)
+                events.succeeded([request], lambda r, o=outcome: o.as_dict(), runtime=elapsed)
+        except OUTAGE_ERRORS as exc:  # Redis outlasted the tracker's retries: this image waits for the sweep
+            logger.error("run %s: %s could not be recorded (%s); the sweep will pick it up", run_id, name, exc)
 
 
 @signals.task_received.connect
@@ -117,15 +189,22 @@ def _announce_batched_request(sender: Any, request: Any, **_: Any) -> None:
                                  retries=(request.request_dict or {}).get("retries", 0))
 
 
-def _reschedule(request: SimpleRequest, error: BaseException) -> None:
-    """Retry one image later with exponential backoff; after TASK_MAX_RETRIES it stays pending."""
+def _reschedule(request: SimpleRequest, run_id: str, name: str, error: BaseException) -> None:
+    """Retry one image later with exponential backoff; after TASK_MAX_RETRIES record it as failed.
+
+    Never raises: a publish that fails even after its budget, or a Redis outage while giving up,
+    is logged and leaves the image to the recovery sweep, so the other images of the batch go on.
+    """
     retries = int((request.request_dict or {}).get("retries") or 0)
-    if retries >= SETTINGS.task_max_retries:
-        logger.error("giving up on %s after %d retries: %s (re-enqueue the run to resume)", request.args, retries, error)
-        return
-    countdown = min(2 ** (retries + 1), RETRY["retry_backoff_max"])
-    upscale.apply_async(request.args, task_id=request.id, countdown=countdown, retries=retries + 1,
-                        ignore_result=True)
+    try:
+        if retries >= SETTINGS.task_max_retries:
+            give_up(stage_context(), run_id, name, "upscale", retries + 1, error)
+            finish_image(run_id, name)
+            return
+        upscale.apply_async((run_id, name), task_id=request.id, countdown=backoff_s(retries), retries=retries + 1,
+                            ignore_result=True)
+    except Exception:  # noqa: BLE001 - see the docstring
+        logger.exception("run %s: could not reschedule %s; the sweep re-enqueues it when the run stalls", run_id, name)
 
 
 class _TaskEvents:
@@ -170,23 +249,25 @@ class _TaskEvents:
             logger.warning("could not send %s events", event, exc_info=True)
 
 
-@app.task(name="workers.tasks.calibrate", **RETRY)
+@app.task(name=CALIBRATE, **RETRY)
 def calibrate(dataset_url: str, output_url: str | None = None) -> dict[str, Any]:
     """Calibrate on a dataset in object storage (streaming) and store the artifact."""
     calibration, where = calibrate_here(dataset_url, output_url, stage_context().storages)
     return {"location": where, "pairs": calibration.n_pairs, "summary": calibration.summary()}
 
 
-@app.task(name="workers.tasks.aggregate", **RETRY)
+@app.task(name=AGGREGATE, **RETRY)
 def aggregate(run_id: str, allow_partial: bool = False) -> dict[str, Any]:
     """Write the run's submission.csv, failures report and HTML report from the per-image objects
     (idempotent)."""
+    epoch = _epoch(run_id)  # before aggregating: a start of the same run after this keeps its keys
     result = aggregate_stage(stage_context(), run_id, allow_partial)
     if result.complete and not result.pending:
+        unregister(stage_context().storage, run_id)
         # Storage holds the outcome; keep Redis at its baseline. Best effort: the summary exists, so
         # a retry would not come back here, and keys left behind expire with their TTL.
         try:
-            tracker().forget(run_id)
+            tracker().forget(run_id, epoch)
         except redis.RedisError:
             logger.warning("run %s: could not drop its tracking keys; they expire on their own", run_id, exc_info=True)
     if result.complete:
@@ -194,8 +275,22 @@ def aggregate(run_id: str, allow_partial: bool = False) -> dict[str, Any]:
     return result.as_dict()
 
 
+def _epoch(run_id: str) -> str:
+    try:
+        return tracker().epoch(run_id)
+    except redis.RedisError:
+        return "unknown"  # matches no epoch: forget() then leaves the keys to their TTL
 
-@app.task(name="workers.tasks.train", **RETRY)
+
+@app.task(name=SWEEP, ignore_result=False)
+def sweep() -> dict[str, object]:
+    """The recovery sweep (:mod:`workers.runtime.sweep`): workers send it on a timer, one per interval."""
+    report = run_sweep(stage_context().storage, tracker(), app, SETTINGS.stall_after_s)
+    return report.as_dict()
+
+
+
+@app.task(name=TRAIN, **RETRY)
 def train(job: dict[str, Any]) -> dict[str, Any]:
     """One chunk of a training job (TRAIN_CHUNK_S at most), then the next chunk is enqueued: each
     message stays far inside the visibility timeout, and a redelivered one resumes from the saved state."""

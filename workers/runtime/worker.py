@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+import time
 from typing import Any
 
 from celery import signals
 
 from workers.errors import ConfigError
 from workers.run.context import StageContext
-from workers.runtime.app import GPU_QUEUE, app
+from workers.runtime.app import CPU_QUEUE, GPU_QUEUE, SWEEP, app
 from workers.runtime.tracking import RunTracker
 
 logger = logging.getLogger(__name__)
@@ -54,3 +56,29 @@ def _configure_gpu_worker(sender: Any, **_: Any) -> None:
     ctx.warm_up()
     model = ctx.upscaler().describe()
     logger.info("GPU worker ready: model %s on %s", model["model"], model["device"])
+
+
+@signals.worker_ready.connect
+def _start_sweeper(sender: Any, **_: Any) -> None:
+    """CPU workers run the recovery sweep's timer (see :mod:`workers.runtime.sweep` for why not beat)."""
+    if CPU_QUEUE in consumed_queues(sender):
+        start_sweeper(sender.hostname)
+
+
+def start_sweeper(holder: str) -> threading.Thread:
+    """A daemon thread that, every sweep period, takes the cluster-wide sweep lease if it is free and
+    sends one sweep task. Trouble (Redis down) is logged and the timer goes on."""
+
+    def loop() -> None:
+        every = SETTINGS.sweep_every_s
+        while True:
+            time.sleep(every)
+            try:
+                if tracker().lease("sweep", holder, every * 0.9):
+                    app.send_task(SWEEP, ignore_result=True)
+            except Exception:  # noqa: BLE001 - a timer must outlive any outage
+                logger.warning("could not send the recovery sweep this time", exc_info=True)
+
+    thread = threading.Thread(target=loop, name="recovery-sweep", daemon=True)
+    thread.start()
+    return thread

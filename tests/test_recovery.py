@@ -1,0 +1,211 @@
+"""Nothing stranded: every image ends done or failed and every run aggregates, with nobody watching.
+
+Real redis-server, weed mini and Celery workers; every run here is enqueued with ``--no-wait``, so
+no producer mends anything: the workers' retries and the recovery sweep must. Faults that cannot
+happen for real here (a GPU out of memory, one object that never becomes readable, a message lost
+between a worker and the broker) are simulated inside the real worker processes by
+``tests/simulated/sitecustomize.py``, and the tests say so in their names.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, png_bytes
+from tests.fixtures import write_images
+from tests.fixtures_cluster import Cluster, wait_until
+from tests.test_faults import assert_complete_and_identical, count, start_run
+from workers.run.keys import RunKeys
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+SIMULATED = str(REPO / "tests" / "simulated")
+STALL_S, SWEEP_S = 8, 2  # the sweep runs every SWEEP_S; a run idle for STALL_S is re-enqueued
+
+
+@pytest.fixture
+def recovering(cluster: Cluster) -> Cluster:
+    from tests.conftest import weights_file
+
+    compact = weights_file("realesr-animevideov3.pth")
+    if compact.is_file():
+        cluster.env["WEIGHTS"] = str(compact)
+    cluster.env.update(STALL_AFTER_S=str(STALL_S), SWEEP_INTERVAL_S=str(SWEEP_S))
+    return cluster
+
+
+def with_faults(*faults: str) -> dict[str, str]:
+    """Worker environment that switches on the named simulations."""
+    return {"PYTHONPATH": SIMULATED, "SIMULATE": ",".join(faults)}
+
+
+def summary_of(cluster: Cluster, run_id: str) -> dict | None:
+    store, key = cluster.store(), RunKeys(run_id).summary
+    return json.loads(store.get(key)) if store.exists(key) else None
+
+
+def wait_for_summary(cluster: Cluster, run_id: str, timeout: float) -> dict:
+    wait_until(lambda: summary_of(cluster, run_id) is not None, timeout, f"run {run_id} to aggregate")
+    return summary_of(cluster, run_id)
+
+
+def failures_of(cluster: Cluster, run_id: str) -> dict[str, str]:
+    return {f["name"]: f["reason"] for f in json.loads(cluster.store().get(RunKeys(run_id).failures))}
+
+
+def test_gpu_worker_killed_mid_batch_completes_within_two_sweeps_not_a_visibility_timeout(recovering, tmp_path):
+    """The scenario of the issue, with the default VISIBILITY_TIMEOUT_S (3600 s): the killed worker's
+    buffered messages sit in Redis's unacked hash; the sweep re-enqueues them from storage."""
+    recovering.env["VISIBILITY_TIMEOUT_S"] = "3600"
+    folder = tmp_path / "in"
+    write_images(folder, 8, width=96, height=64)
+    recovering.start("cpu", concurrency=2)
+    gpu = recovering.start("gpu")
+    run_id = start_run(recovering, folder, tmp_path)
+    redis = recovering.redis_client()
+    wait_until(lambda: count(recovering, run_id, "rows") >= 1 and redis.hlen("unacked") >= 1, 120,
+               "the GPU worker to hold messages mid-run")
+    gpu.kill()
+    killed = time.monotonic()
+    assert count(recovering, run_id, "rows") < 8
+    recovering.start("gpu")
+    summary = wait_for_summary(recovering, run_id, 240)
+    took = time.monotonic() - killed
+    assert summary["written"] == 8 and took < STALL_S + 2 * SWEEP_S + 90, f"{took:.0f} s after the kill"
+    assert_complete_and_identical(recovering, run_id, folder, tmp_path)
+
+
+def test_an_image_that_always_fails_transiently_ends_failed_simulated_storage_outage(recovering, tmp_path):
+    """One object the store never serves (simulated): after TASK_MAX_RETRIES it is failed with the
+    reason, the others are done, the run aggregates, and --retry-failed re-runs only it."""
+    folder = tmp_path / "in"
+    names = write_images(folder, 4)
+    bad = names[1]
+    faulty = {**with_faults(f"storage-down:{bad}"), "TASK_MAX_RETRIES": "2"}
+    recovering.start("cpu", concurrency=2, **faulty)
+    recovering.start("gpu")
+    run_id = start_run(recovering, folder, tmp_path)
+    summary = wait_for_summary(recovering, run_id, 120)
+    assert (summary["written"], summary["failed"], summary["pending"]) == (3, 1, 0)
+    assert failures_of(recovering, run_id) == {bad: "gave up after 3 transient errors: simulated: S3 unreachable for "
+                                                    f"{bad}"}
+    recovering.stop()
+    recovering.workers.clear()
+    recovering.start("cpu", concurrency=2)
+    recovering.start("gpu")
+    again = recovering.producer("enqueue", str(folder), "--retry-failed", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "4 inputs, 3 already finished" in again.stdout
+    assert_complete_and_identical(recovering, run_id, folder, tmp_path)
+
+
+def test_an_image_out_of_memory_even_tiled_fails_alone_simulated_oom(recovering, tmp_path):
+    """A batch of four same-size images, one of which never fits (simulated CUDA out of memory at
+    every tile size): the other three are done on their first try, only it fails."""
+    folder = tmp_path / "in"
+    names = write_images(folder, 3)
+    (folder / "test_00009_flat.png").write_bytes(png_bytes(np.full((24, 32, 3), 40, np.uint8)))
+    recovering.start("cpu", concurrency=2)
+    gpu = recovering.start("gpu", TASK_MAX_RETRIES="1", **with_faults("oom-flat"))
+    run_id = start_run(recovering, folder, tmp_path)
+    summary = wait_for_summary(recovering, run_id, 120)
+    assert (summary["written"], summary["failed"]) == (3, 1)
+    reason = failures_of(recovering, run_id)["test_00009_flat.png"]
+    assert reason.startswith("gave up after 2 transient errors: out of memory even with")
+    assert "one at a time" in gpu.log.read_text()  # the batch was split, not rescheduled whole
+    for name in names:
+        assert json.loads(recovering.store().get(RunKeys(run_id).meta(name, "upscale")))  # done, once
+
+
+def test_a_lost_aggregation_message_is_sent_again_by_the_sweep_simulated_at_the_broker(recovering, tmp_path):
+    folder = tmp_path / "in"
+    write_images(folder, 3)
+    recovering.start("cpu", concurrency=2)
+    recovering.start("gpu", **with_faults("lose-aggregate-once"))
+    run_id = start_run(recovering, folder, tmp_path)
+    wait_until(lambda: count(recovering, run_id, "rows") == 3, 120, "every row")
+    assert summary_of(recovering, run_id) is None  # the one aggregation message was lost
+    summary = wait_for_summary(recovering, run_id, STALL_S + 4 * SWEEP_S + 30)
+    assert summary["written"] == 3
+    assert_complete_and_identical(recovering, run_id, folder, tmp_path)
+
+
+def test_redis_restarted_without_persistence_with_nobody_waiting_is_rebuilt_by_the_sweep(recovering, tmp_path):
+    from testbed.servers import RedisServer
+
+    volatile = RedisServer(tmp_path / "volatile-redis", appendonly=False)
+    try:
+        recovering.env.update(BROKER_URL=f"redis://{volatile.host}:{volatile.port}/0", REDIS_PASSWORD=volatile.password)
+        folder = tmp_path / "in"
+        write_images(folder, 10, width=96, height=64)
+        recovering.start("cpu", concurrency=2)
+        recovering.start("gpu")
+        run_id = start_run(recovering, folder, tmp_path)
+        wait_until(lambda: count(recovering, run_id, "rows") >= 2, 120, "first rows")
+        volatile.stop()
+        volatile.start()  # empty: queued tasks and the completion set are gone
+        summary = wait_for_summary(recovering, run_id, 240)
+        assert summary["written"] == 10
+        assert_complete_and_identical(recovering, run_id, folder, tmp_path)
+    finally:
+        recovering.stop()
+        volatile.stop()
+
+
+def test_redis_outage_of_60s_loses_nothing_while_cpu_workers_hand_over_and_gpu_batches_reschedule(recovering, tmp_path):
+    """Redis down for 60 s mid-run (S3 down for part of it, so GPU batches fail transiently and must
+    reschedule while Redis is gone): denoised images are handed over and rescheduled images
+    published once Redis is back; nothing is dropped. STALL_AFTER_S stays long here, so the sweep
+    cannot be what saves the run: the publish path itself rides the outage out."""
+    recovering.env.update(STALL_AFTER_S="900")
+    folder = tmp_path / "in"
+    write_images(folder, 12, width=96, height=64)
+    recovering.start("cpu", concurrency=2)
+    recovering.start("gpu")
+    run_id = start_run(recovering, folder, tmp_path)
+    wait_until(lambda: count(recovering, run_id, "denoised") >= 2, 120, "denoising under way")
+    recovering.redis.stop()
+    time.sleep(5)
+    recovering.s3.stop()
+    time.sleep(25)
+    recovering.s3.start()
+    time.sleep(30)
+    recovering.redis.start()
+    summary = wait_for_summary(recovering, run_id, 300)
+    assert (summary["written"], summary["failed"]) == (12, 0)
+    assert_complete_and_identical(recovering, run_id, folder, tmp_path)
+
+
+def test_a_malformed_upscale_message_is_dropped_alone_not_with_its_batch(recovering, tmp_path):
+    from workers.runtime.app import UPSCALE, create_app
+    from workers.settings import Settings
+
+    folder = tmp_path / "in"
+    write_images(folder, 3)
+    app = create_app(Settings.from_env(recovering.env))
+    app.send_task(UPSCALE, ())  # queued first: the GPU worker takes it in the same batch as the images
+    run_id = start_run(recovering, folder, tmp_path, "--denoise-on", "gpu")
+    gpu = recovering.start("gpu")
+    recovering.start("cpu")
+    summary = wait_for_summary(recovering, run_id, 120)
+    assert summary["written"] == 3
+    assert "dropping a malformed upscale message" in gpu.log.read_text()
+
+
+def test_status_shows_progress_stall_and_what_the_sweep_did(recovering, tmp_path):
+    folder = tmp_path / "in"
+    write_images(folder, 2)
+    run_id = start_run(recovering, folder, tmp_path)  # no worker yet: nothing moves
+    time.sleep(STALL_S + 1)
+    status = recovering.producer("status", run_id, cwd=tmp_path)
+    assert "queued or in progress: 2 at the CPU stage, 0 at the GPU stage" in status.stdout
+    assert "stalled" in status.stdout, status.stdout
+    recovering.start("cpu")  # its sweeper re-enqueues the stalled run (the first messages still wait too)
+    wait_until(lambda: "recovery:" in recovering.producer("status", run_id, cwd=tmp_path).stdout, 60,
+               "the sweep to record what it did")
+    recovering.start("gpu")
+    assert wait_for_summary(recovering, run_id, 120)["written"] == 2

@@ -1,0 +1,32 @@
+"""Sending a run's remaining work to the queues: one task per image, by name (so a producer needs no
+task code), the aggregation when asked. The producer and the recovery sweep both send through here."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from workers.run.plan import RunPlan
+from workers.runtime.app import AGGREGATE, DENOISE, UPSCALE
+
+
+def send_plan(app: Celery, plan: RunPlan, aggregate: bool = False) -> int:
+    """Enqueue every image ``plan`` has left (and the aggregation when ``aggregate``); return how many
+    image tasks were sent.
+
+    Per-image results are never read (storage holds the outcome, Flower gets events): storing ten
+    thousand of them would only fill Redis. A message's flag beats the task's own setting.
+
+    Raises:
+        kombu.exceptions.OperationalError: the broker stayed unreachable for the whole publish budget.
+    """
+    run_id = plan.run_id
+    # With denoising fused into the GPU stage, new images skip the CPU queue altogether.
+    first_task = UPSCALE if plan.manifest.pipeline.denoise_on == "gpu" else DENOISE
+    with app.producer_or_acquire() as producer:
+        for name in plan.to_denoise:
+            app.send_task(first_task, (run_id, name), producer=producer, ignore_result=True)
+        for name in plan.to_upscale:
+            app.send_task(UPSCALE, (run_id, name), producer=producer, ignore_result=True)
+        if aggregate:
+            app.send_task(AGGREGATE, (run_id,), producer=producer)
+    return len(plan.to_denoise) + len(plan.to_upscale)
