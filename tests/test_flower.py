@@ -36,6 +36,7 @@ from tests.fixtures_cluster import _DATABASES, Cluster, run_id_from
 pytestmark = pytest.mark.integration
 
 DENOISE, UPSCALE, AGGREGATE = "workers.tasks.denoise", "workers.tasks.upscale", "workers.tasks.aggregate"
+SWEEP = "workers.tasks.sweep"
 IMAGES = 3
 USER = "ops"
 PASSWORD = secrets.token_urlsafe(12)
@@ -177,7 +178,8 @@ def flower_run(redis_server: RedisServer, s3_server: S3Server,
     bucket = s3_server.make_bucket(f"t-{secrets.token_hex(4)}-flower")
     weights = make_random_rrdb(work / "rrdb-1block.pth", blocks=1)
     env = cluster_env(dict(os.environ), redis_server, db, s3_server, bucket, weights,
-                      VISIBILITY_TIMEOUT_S="10", TRAIN_CHUNK_S="5", GPU_BATCH_SIZE="4", MAX_IMAGE_PIXELS="100000")
+                      VISIBILITY_TIMEOUT_S="10", TRAIN_CHUNK_S="5", GPU_BATCH_SIZE="4", MAX_IMAGE_PIXELS="100000",
+                      SWEEP_INTERVAL_S="1")
     logs = work / "logs"
     logs.mkdir()
     cluster = Cluster(env, redis_server, db, s3_server, bucket, logs)
@@ -262,6 +264,15 @@ def test_metrics_count_succeeded_tasks(flower_run: FlowerRun) -> None:
     assert counts[UPSCALE, "task-succeeded"] >= IMAGES, counts
     assert counts[AGGREGATE, "task-succeeded"] >= 1, counts
     assert counts[DENOISE, "task-sent"] >= IMAGES, counts  # the producer's task_send_sent_event
+
+
+def test_recovery_sweeps_show_as_tasks_with_what_they_did(flower_run: FlowerRun) -> None:
+    """The CPU worker's timer sends a sweep every SWEEP_INTERVAL_S: Flower lists each with its result
+    (runs looked at, images re-enqueued) and /metrics counts them."""
+    wait_for(lambda: any(t["state"] == "SUCCESS" for t in tasks_of(flower_run.flower, SWEEP)), 30, "a sweep")
+    done = [t for t in tasks_of(flower_run.flower, SWEEP) if t["state"] == "SUCCESS"]
+    assert all("reenqueued_images" in (t.get("result") or "") for t in done), done
+    assert event_counts(flower_run.flower.metrics())[SWEEP, "task-succeeded"] >= 1
 
 
 def test_tasks_page_in_a_browser(flower_run: FlowerRun) -> None:

@@ -7,6 +7,7 @@ Redis memory against its baseline before the run.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -68,6 +69,10 @@ def test_soak(cluster, tmp_path):
     for worker, before_mb, after_mb in zip(workers, early, late, strict=True):
         print(f"  {worker.name}: RSS {before_mb:.0f} MiB after 100 images, {after_mb:.0f} MiB at the end")
         assert after_mb <= before_mb * 1.25 + RSS_SLACK_MB
+    batches = [json.loads(store.get(key))["batch"] for key in store.list(keys.prefix("meta"))
+                if key.endswith(".upscale.json")]
+    print(f"  GPU batch fill: {sum(batches) / len(batches):.1f} images per forward on average (GPU_BATCH_SIZE 16; "
+          f"{sum(b == 16 for b in batches) / len(batches):.0%} of images in full batches)")
     print(f"  redis used_memory: {baseline / 1e6:.2f} MB before, {after / 1e6:.2f} MB after "
           f"(clients {memory['mem_clients_normal'] / 1e6:.2f} MB, scripts {memory['used_memory_scripts'] / 1e3:.1f} kB, "
           f"{len(redis_keys)} keys: {', '.join(redis_keys[:8])})")

@@ -32,16 +32,18 @@ from workers.training.job import TrainJob, train_chunk
 
 logger = logging.getLogger(__name__)
 
+# Redis trouble outlasting the tracker's own retries is as transient as a storage outage.
+TRANSIENT = (TransientError, *OUTAGE_ERRORS)
+BACKOFF_MAX_S = 60  # keep well under the visibility timeout: a waiting retry is unacked
+# The run-level tasks (aggregate, calibrate, train) retry on the decorator; the per-image tasks
+# retry by hand (retry_or_give_up, _reschedule), because an image must end recorded as failed.
 RETRY = {
-    # Redis trouble outlasting the tracker's own retries is as transient as a storage outage.
-    "autoretry_for": (TransientError, *OUTAGE_ERRORS),
+    "autoretry_for": TRANSIENT,
     "retry_backoff": 2,
-    "retry_backoff_max": 60,  # keep well under the visibility timeout: a waiting retry is unacked
+    "retry_backoff_max": BACKOFF_MAX_S,
     "retry_jitter": True,
     "max_retries": SETTINGS.task_max_retries,
 }
-TRANSIENT = (TransientError, *OUTAGE_ERRORS)
-BACKOFF_MAX_S = 60
 
 
 def backoff_s(retries: int) -> int:
@@ -72,6 +74,25 @@ def hand_over(task: Any, run_id: str, name: str) -> None:
         tracker().touch(run_id)  # the image moved on: progress, for the sweep
 
 
+def give_up_and_finish(stage: str, run_id: str, name: str, attempts: int, error: BaseException) -> dict[str, Any]:
+    """Record the image as failed after its last transient error, and count it finished."""
+    outcome = give_up(stage_context(), run_id, name, stage, attempts, error)
+    finish_image(run_id, name)
+    return outcome.as_dict()
+
+
+def publish_retry(task: Any, run_id: str, name: str, task_id: str, retries: int) -> int:
+    """Send the image's next attempt (same task id, ``retries + 1``) with the long publish budget;
+    return its countdown.
+
+    Raises:
+        kombu.exceptions.OperationalError: the broker stayed unreachable for the whole budget.
+    """
+    countdown = backoff_s(retries)
+    task.apply_async((run_id, name), task_id=task_id, countdown=countdown, retries=retries + 1, ignore_result=True)
+    return countdown
+
+
 def retry_or_give_up(task: Any, stage: str, run_id: str, name: str, error: BaseException) -> dict[str, Any]:
     """Retry the task later, or, once TASK_MAX_RETRIES are used up, record the image as failed (its
     run completes; ``--retry-failed`` resumes it). The retry is published here, with the long
@@ -79,13 +100,9 @@ def retry_or_give_up(task: Any, stage: str, run_id: str, name: str, error: BaseE
     own ``retry()`` rejects it for good)."""
     retries = task.request.retries or 0
     if retries >= task.max_retries:
-        outcome = give_up(stage_context(), run_id, name, stage, retries + 1, error)
-        finish_image(run_id, name)
-        return outcome.as_dict()
-    countdown = backoff_s(retries)
+        return give_up_and_finish(stage, run_id, name, retries + 1, error)
     try:
-        task.apply_async((run_id, name), task_id=task.request.id, countdown=countdown, retries=retries + 1,
-                         ignore_result=True)
+        countdown = publish_retry(task, run_id, name, task.request.id, retries)
     except OUTAGE_ERRORS as exc:
         logger.error("run %s: the retry of %s could not be published (%s); the message is requeued", run_id, name, exc)
         raise Reject(exc, requeue=True) from exc
@@ -198,11 +215,9 @@ def _reschedule(request: SimpleRequest, run_id: str, name: str, error: BaseExcep
     retries = int((request.request_dict or {}).get("retries") or 0)
     try:
         if retries >= SETTINGS.task_max_retries:
-            give_up(stage_context(), run_id, name, "upscale", retries + 1, error)
-            finish_image(run_id, name)
-            return
-        upscale.apply_async((run_id, name), task_id=request.id, countdown=backoff_s(retries), retries=retries + 1,
-                            ignore_result=True)
+            give_up_and_finish("upscale", run_id, name, retries + 1, error)
+        else:
+            publish_retry(upscale, run_id, name, request.id, retries)
     except Exception:  # noqa: BLE001 - see the docstring
         logger.exception("run %s: could not reschedule %s; the sweep re-enqueues it when the run stalls", run_id, name)
 
