@@ -94,7 +94,7 @@ def test_calibrate_then_quality_preset_beats_the_seed(tmp_path, env):
     curve = tmp_path / "calibration.json"
     fitted = producer("calibrate", str(DATASET), "-o", str(curve), env=env, cwd=tmp_path)
     assert fitted.returncode == 0, fitted.stderr
-    assert "calibrated on 31 pairs" in fitted.stdout and curve.is_file()
+    assert "calibrated on 42 pairs" in fitted.stdout and curve.is_file()
     assert re.search(r"forward model: box 4x downscale, gain 2\.(4[5-9]|5[0-3])\d, read variance [23]\.\d+, floor",
                      fitted.stdout) and "no tone stage" in fitted.stdout
     result = producer("evaluate", str(DATASET), "--preset", "seed", "--preset", "quality",

@@ -75,6 +75,8 @@ def test_gpu_worker_killed_mid_batch_completes_within_two_sweeps_not_a_visibilit
     recovering.start("gpu")
     summary = wait_for_summary(recovering, run_id, 240)
     took = time.monotonic() - killed
+    print(f"\nGPU worker SIGKILLed mid-batch: run complete {took:.1f} s after the kill "
+          f"(STALL_AFTER_S={STALL_S}, sweep every {SWEEP_S} s, VISIBILITY_TIMEOUT_S=3600)")
     assert summary["written"] == 8 and took < STALL_S + 2 * SWEEP_S + 90, f"{took:.0f} s after the kill"
     assert_complete_and_identical(recovering, run_id, folder, tmp_path)
 

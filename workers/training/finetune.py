@@ -232,7 +232,9 @@ class Trainer:
         from safetensors.torch import save
 
         weights = {k: v.detach().float().cpu().contiguous() for k, v in self.ema.state_dict().items()}
-        self.output.storage.put(self.output.name, save(weights, metadata={"format": "pt", "kind": PROVENANCE_KIND}))
+        # One metadata key only: safetensors writes a map of them in a random order, and the same
+        # weights must give the same bytes (hash-addressed models, reproducible runs).
+        self.output.storage.put(self.output.name, save(weights, metadata={"format": "pt"}))
 
     def provenance(self, finished: bool, seconds: float) -> dict[str, Any]:
         return {
