@@ -388,7 +388,8 @@ def train(dataset: str, start: str | None, output: str | None, restart: bool, co
 
         result = train_here(settings, dataset, output, start, config, restart)
     best = f"{result.best_psnr:.2f} dB" if result.best_psnr is not None else "n/a (no pair held back)"
-    state = "done" if result.finished else "stopped early (re-run to continue)"
+    state = "done" if result.finished else (
+        f"--minutes {config.minutes:g} reached; re-run to go on" if config.minutes else "stopped early; re-run to go on")
     click.echo(f"trained {result.steps} steps ({state}) in {result.seconds:.0f} s; best held-back PSNR {best} "
                f"at step {result.best_step} -> {result.output}")
     for key, reason in result.skipped:
