@@ -1,14 +1,18 @@
 """The embedded default: run a whole run in this process, no broker, same stage functions.
 
-CPU denoising runs in a thread pool (OpenCV releases the GIL) while the main thread upscales
-whatever is already denoised, so the two stages overlap instead of taking turns.
+With the upscaler on a GPU, CPU denoising runs in a thread pool (OpenCV releases the GIL) while the
+main thread upscales whatever is already denoised, so the two stages overlap. With the upscaler on
+the CPU the stages take turns, one batch at a time, each with every core: overlapped, NL-means
+threads and torch's threads would fight over the same cores (torch's OpenMP threads spin while
+waiting for a descheduled sibling), and the pipeline must never be slower than the serial loop it
+replaces.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import cv2
 from tqdm import tqdm
@@ -33,8 +37,11 @@ def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -
     settings = ctx.settings
     cv2.setNumThreads(settings.opencv_threads)
     threads = settings.cpu_workers or os.cpu_count() or 1
+    overlap = False
     if plan.to_denoise or plan.to_upscale:
-        ctx.upscaler_for(plan.manifest.pipeline)  # a missing model should fail before any work, not after the CPU stage
+        # A missing model should fail before any work, not after the CPU stage.
+        device = ctx.upscaler_for(plan.manifest.pipeline).describe().get("device", "cpu")
+        overlap = not device.startswith("cpu")
     bar = tqdm(
         total=plan.manifest.total,
         initial=len(plan.finished) + len(plan.manifest.rejected),
@@ -56,12 +63,19 @@ def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="denoise")
     try:
         cpu_work = () if fused else plan.to_denoise
-        pending: set[Future[Outcome]] = {pool.submit(denoise_stage, ctx, run_id, n) for n in cpu_work}
-        while pending or ready:
+        # Taking turns: a window of one batch is denoised (every core), then upscaled (every core).
+        window = len(cpu_work) if overlap else settings.gpu_batch_size
+        queued = list(cpu_work)
+        pending: set[Future[Outcome]] = set()
+        while pending or ready or queued:
+            if not pending and queued and (overlap or not ready):
+                pending = {pool.submit(denoise_stage, ctx, run_id, n) for n in queued[:window]}
+                queued = queued[window:]
             if pending:
-                # Block only when there is nothing to upscale; otherwise just collect what finished.
-                done, pending = wait(pending, timeout=settings.gpu_batch_wait_s if ready else None,
-                                     return_when=FIRST_COMPLETED)
+                # Overlapping: block only when there is nothing to upscale, else collect what finished.
+                # Taking turns: the whole window first.
+                done, pending = wait(pending, timeout=settings.gpu_batch_wait_s if ready and overlap else None,
+                                     return_when=FIRST_COMPLETED if overlap else ALL_COMPLETED)
                 for future in done:
                     outcome = future.result()
                     if outcome.status == "failed":
