@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
@@ -100,6 +101,10 @@ class RunManifest:
     rejected: tuple[tuple[str, str], ...] = ()  # (name, reason) refused while listing the source
     created_at: str = ""
     version: int = MANIFEST_VERSION
+    # What the stored outputs of each input name were made from (Storage.fingerprint at listing), for
+    # the names listed now and for earlier ones whose outputs remain: an input whose bytes changed is
+    # redone, not mistaken for finished. Empty in manifests written before it existed.
+    fingerprints: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -111,6 +116,7 @@ class RunManifest:
         data["pipeline"] = self.pipeline.to_dict()
         data["names"] = list(self.names)
         data["rejected"] = [list(r) for r in self.rejected]
+        data["fingerprints"] = dict(self.fingerprints)
         return json.dumps(data, indent=1).encode()
 
     @classmethod

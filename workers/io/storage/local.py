@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -44,9 +45,22 @@ class LocalStorage:
             raise InvalidKeyError(f"object key {key!r} resolves outside {self.root}")
         return path
 
+    @property
+    def key_prefix(self) -> str:
+        return ""
+
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFoundError(key) from None
+
+    def fingerprint(self, key: str) -> str:
+        """``<size>:sha256:<hex>``: a file's modification time survives copies that change it (``cp -p``, tar)."""
+        try:
+            with self._path(key).open("rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+                return f"{f.tell()}:sha256:{digest}"
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFoundError(key) from None
 
