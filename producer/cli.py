@@ -186,6 +186,8 @@ def _report_result(storage: Storage, run_id: str, written: int, failed: int, pen
 @_settings_options
 def status(run_id: str, settings: Settings) -> None:
     """Counts per stage and the failures of RUN_ID."""
+    from workers.run.aggregate import is_current_summary
+
     storage = _storage(settings)
     manifest = load_manifest(storage, run_id)
     keys = RunKeys(run_id)
@@ -197,6 +199,10 @@ def status(run_id: str, settings: Settings) -> None:
         click.echo("  not aggregated yet")
         return
     summary = json.loads(storage.get(keys.summary))
+    if not is_current_summary(summary, manifest):
+        click.echo(f"  not aggregated since the inputs changed (last aggregated {summary.get('at', '?')}, "
+                   f"for another listing); `producer aggregate {run_id}` brings it up to date")
+        return
     click.echo(f"  submission: {summary['written']} rows, {summary['failed']} failed, {summary['pending']} pending"
                f" (aggregated {summary['at']}) -> {storage.url(keys.submission)}")
     for failure in json.loads(storage.get(keys.failures)):

@@ -111,6 +111,15 @@ class RunManifest:
         """Every input the source listed, processed or rejected."""
         return len(self.names) + len(self.rejected)
 
+    @property
+    def listing_digest(self) -> str:
+        """Identifies what a run's outcome must cover: the listed inputs (names, bytes, rejections) and
+        the expected width. The aggregator records it in ``summary.json``; a summary with another
+        digest belongs to an earlier listing and says nothing about this one."""
+        listing = [list(self.names), [self.fingerprints.get(n, "") for n in self.names],
+                   [list(r) for r in self.rejected], self.expected_columns]
+        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
     def to_json(self) -> bytes:
         data = asdict(self)
         data["pipeline"] = self.pipeline.to_dict()
