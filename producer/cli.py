@@ -436,13 +436,13 @@ def evaluate(dataset: str, presets: tuple[str, ...], calibration: str | None, ru
                 continue
             plan = prepare_run(settings, ctx.storage, str(inputs_dir), pipeline, show_progress=True)
             _execute(ctx, plan)
-            scores.append(ev.score_run(ctx.storage, plan.manifest, pairs, f"{label} (run {plan.run_id})"))
+            scores.append(ev.score_run(ctx.storage, plan.manifest, pairs, f"{label} (run {plan.run_id})", ctx.limits))
     for run_id in run_ids:
-        scores.append(ev.score_run(ctx.storage, load_manifest(ctx.storage, run_id), pairs, f"run {run_id}"))
+        scores.append(ev.score_run(ctx.storage, load_manifest(ctx.storage, run_id), pairs, f"run {run_id}", ctx.limits))
     if baselines:
         location = calibration or default_location(dataset)
         calibrated = load_calibration(location, ctx.storages) if calibration or Path(location).is_file() else None
-        scores += ev.baselines(pairs, DenoiseSpec(), calibrated)
+        scores += ev.baselines(pairs, DenoiseSpec(), calibrated, ctx.limits)
     click.echo(ev.format_table(scores))
 
 

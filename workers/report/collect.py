@@ -16,6 +16,7 @@ import numpy as np
 from workers.errors import ObjectNotFoundError, PermanentImageError
 from workers.io.imageio import DecodeLimits, decode_image
 from workers.io.storage import Storage, fetch_in_order
+from workers.ops.upscalers import upscaler_kind
 from workers.report.data import Failure, ImageReport, ReportData, Score, StageTiming, TrainingSummary
 from workers.report.scoring import get_png, score_image
 from workers.report.thumbnails import crops, embed
@@ -40,8 +41,9 @@ def collect_report_data(
 
     ``truth`` maps input names to ground-truth image paths; with it, images are scored and shown
     worst PSNR first, else in input order. At most ``max_images`` images are shown. ``limits``
-    bound the decoding of inputs and ground truth (default: the settings' defaults). Per-image
-    objects are read and scored ``threads`` at a time, in order.
+    bound the decoding of inputs (default: the settings' defaults); the run's outputs and the ground
+    truth get them scaled by the upscaler's factor. Per-image objects are read and scored
+    ``threads`` at a time, in order.
 
     Raises:
         RunNotFoundError: no manifest for ``run_id``.
@@ -53,10 +55,12 @@ def collect_report_data(
     manifest = load_manifest(storage, run_id)
     keys = RunKeys(run_id)
     progress = RunProgress.read(storage, run_id)
+    output_limits = limits.scaled(upscaler_kind(manifest.pipeline.upscaler).scale)
     metas = _read_metas(storage, keys, threads)
     markers = _read_failure_markers(storage, keys, manifest, progress, threads)
     scored = [n for n in manifest.names if truth and n in truth and stem(n) in progress.done]
-    scoring = fetch_in_order(lambda name: score_image(storage, keys, name, truth[name], limits), scored, threads)
+    scoring = fetch_in_order(lambda name: score_image(storage, keys, name, truth[name], output_limits), scored,
+                             threads)
     scores = dict(zip(scored, scoring, strict=True))
     order = _display_order(manifest.names, scores)
     shown = order[: max(max_images, 0)]
@@ -81,8 +85,8 @@ def collect_report_data(
         throughput_bin_s=bin_s,
         throughput=throughput,
         scores=tuple(sorted((s for s in scores.values() if s.psnr is not None), key=lambda s: s.psnr or 0.0)),
-        images=tuple(_image_report(storage, source, keys, name, progress, metas, scores.get(name), limits)
-                     for name in shown),
+        images=tuple(_image_report(storage, source, keys, name, progress, metas, scores.get(name), limits,
+                                   output_limits) for name in shown),
         omitted=len(order) - len(shown),
         failures=_failures(storage, keys, manifest, markers),
         training=_training(storage, manifest),
@@ -239,12 +243,13 @@ def _image_report(
     metas: Metas,
     score: Score | None,
     limits: DecodeLimits,
+    output_limits: DecodeLimits,
 ) -> ImageReport:
     notes = []
     original, why = _load_input(source, name, limits)
     if why:
         notes.append(f"input: {why}")
-    denoised, output = get_png(storage, keys.denoised(name)), get_png(storage, keys.sr(name))
+    denoised, output = get_png(storage, keys.denoised(name), limits), get_png(storage, keys.sr(name), output_limits)
     panels = {"input": original, "denoised": denoised, "sr": output}
     if output is not None:
         crop_input, crop_sr = crops(original, output)
