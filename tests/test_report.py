@@ -13,7 +13,7 @@ from PIL import Image
 
 from producer.evaluate import load_rgb, score
 from tests.conftest import REPO, noisy_image, png_bytes
-from tests.fixtures import write_images
+from tests.fixtures import load_script, write_images
 from workers.errors import ConfigError
 from workers.io.imageio import decode_png, encode_png
 from workers.io.storage import storage_url_for
@@ -299,3 +299,18 @@ def test_report_and_evaluate_score_outputs_above_pillows_limit_and_truths_above_
     assert image.output_size == (128, 96) and image.score.psnr is not None, image.score
     scored = score_run(ctx.storage, manifest, [(folder / names[0], truth)], "bicubic", ctx.limits)
     assert len(scored.images) == 1 and not scored.missing
+
+
+def test_report_memory_does_not_grow_with_the_meta_files(tmp_path):
+    """Every meta JSON was held at once: ~4 KiB per image, ~450 MiB at 100k. Now they are summarised as
+    read; what grows is the listing and the manifest's names (benchmarks/memory.py measures both)."""
+    memory = load_script("memory")
+    over = {}
+    for count in (2_000, 20_000):
+        store = tmp_path / str(count)
+        store.mkdir()
+        memory.write_metas(store, count)
+        result = memory.run_child("report", {"store": str(store)})
+        over[count] = result["peak_mib"] - result["before_mib"]
+    kib_per_image = (over[20_000] - over[2_000]) * 1024 / 18_000
+    assert kib_per_image < 1.5, over
