@@ -18,6 +18,11 @@ from workers.io.storage.base import check_key
 _FILE_MODE = 0o644
 
 
+def local_path(url: str) -> Path:
+    """The path a ``file://`` URL (percent-encoded) or a plain path (``~`` expanded) names."""
+    return Path(unquote(urlparse(url).path)) if url.startswith("file://") else Path(url).expanduser()
+
+
 def storage_url_for(path: str | os.PathLike[str]) -> str:
     """The ``file://`` URL recorded in manifests for a local directory."""
     return Path(path).resolve().as_uri()
@@ -32,7 +37,7 @@ class LocalStorage:
     @classmethod
     def from_url(cls, url: str, factory: Any = None) -> LocalStorage:
         """``file:///abs/dir`` (as :func:`storage_url_for` writes it, percent-encoded) or a plain path (``~`` expanded)."""
-        return cls(unquote(urlparse(url).path) if url.startswith("file://") else Path(url).expanduser())
+        return cls(local_path(url))
 
     @property
     def root_url(self) -> str:
