@@ -28,8 +28,8 @@ from workers.run.manifest import RunManifest
 from workers.training.calibrate import Calibration
 
 VAL_INPUTS = Path("val/val")
-BASELINE_SCALE = upscaler_kind("bicubic").scale  # the baselines upscale with bicubic_x4
 VAL_TRUTH = Path("val/gt")
+BASELINE_SCALE = upscaler_kind("bicubic").scale  # the baselines upscale with bicubic_x4
 
 
 @dataclass(frozen=True)

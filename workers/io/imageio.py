@@ -261,6 +261,11 @@ def _to_rgb8(image: Image.Image, name: str) -> np.ndarray:
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_BAND_BYTES = 1 << 18  # rows of about this many bytes are filtered and compressed at a time
+_PAETH = 4  # the PNG filter type
+
+
 def encode_png(rgb: np.ndarray, compress_level: int = 1) -> bytes:
     """Encode an ``H x W x 3`` uint8 array as PNG (:func:`write_png`)."""
     buffer = io.BytesIO()
@@ -292,11 +297,6 @@ def write_png(rgb: np.ndarray, out: IO[bytes], compress_level: int = 1) -> None:
             out.write(_png_chunk(b"IDAT", data))
     out.write(_png_chunk(b"IDAT", deflate.flush()))
     out.write(_png_chunk(b"IEND", b""))
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_BAND_BYTES = 1 << 18  # rows of about this many bytes are filtered and compressed at a time
-_PAETH = 4  # the PNG filter type
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

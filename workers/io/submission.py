@@ -48,7 +48,8 @@ def grey_subsample(rgb: np.ndarray, step: int = SUBSAMPLE_STEP) -> np.ndarray:
     rows = max(1, _BAND_PIXELS // width)
     # The band starting at row ``top`` begins at flat index top * width: its first kept value is the
     # one that brings that index to a multiple of ``step``. (Copied: a view would keep the band alive.)
-    parts = [grey(rgb[top : top + rows]).ravel()[-top * width % step :: step].copy() for top in range(0, height, rows)]
+    parts = [grey(rgb[top : top + rows]).ravel()[-top * width % step :: step].copy()
+             for top in range(0, height, rows)]
     return np.concatenate(parts) if parts else np.empty(0, np.uint8)
 
 

@@ -61,7 +61,8 @@ class LocalStorage:
             raise ObjectNotFoundError(key) from None
 
     def fingerprint(self, key: str) -> str:
-        """``<size>:sha256:<hex>``: a file's modification time survives copies that change it (``cp -p``, tar)."""
+        """``<size>:sha256:<hex>`` of the content, read once: not the modification time, which ``cp -p``
+        and tar carry over to other bytes."""
         try:
             with self._path(key).open("rb") as f:
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
