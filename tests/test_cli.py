@@ -62,15 +62,24 @@ def test_hostile_folder_every_file_gets_a_result_and_the_rest_complete(tmp_path,
     assert "(denoise) test_00006_empty.png: empty file" in status.stdout
 
 
-def test_retry_failed_reprocesses_a_fixed_file(tmp_path, env):
+def test_a_fixed_file_is_redone_and_retry_failed_reprocesses_unchanged_ones(tmp_path, env):
+    """A failure belongs to the bytes that failed: a fixed file (other bytes) is redone by the next enqueue;
+    a failure of unchanged bytes stays until --retry-failed (e.g. after raising a limit)."""
     folder = tmp_path / "photos"
     write_images(folder, 1)
     (folder / "test_00002.png").write_bytes(b"")
     assert producer("enqueue", str(folder), env=env, cwd=tmp_path).returncode == 1
-    write_images(folder, 2)  # the broken file is now a real image
     assert producer("enqueue", str(folder), env=env, cwd=tmp_path).returncode == 1  # still recorded as failed
-    fixed = producer("enqueue", str(folder), "--retry-failed", env=env, cwd=tmp_path)
-    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    write_images(folder, 2)  # the broken file is now a real image
+    fixed = producer("enqueue", str(folder), env=env, cwd=tmp_path)
+    assert fixed.returncode == 0 and "1 already finished" in fixed.stdout, fixed.stdout + fixed.stderr
+
+    small = {**env, "MAX_IMAGE_PIXELS": "100"}  # 32x24 inputs are now too large: failures of unchanged files
+    write_images(tmp_path / "more", 1)
+    assert producer("enqueue", str(tmp_path / "more"), env=small, cwd=tmp_path).returncode == 1
+    assert producer("enqueue", str(tmp_path / "more"), env=env, cwd=tmp_path).returncode == 1
+    retried = producer("enqueue", str(tmp_path / "more"), "--retry-failed", env=env, cwd=tmp_path)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
 
 
 def test_missing_weights_is_one_line_not_a_traceback(tmp_path, env):
