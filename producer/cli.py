@@ -186,6 +186,8 @@ def _report_result(storage: Storage, run_id: str, written: int, failed: int, pen
 @_settings_options
 def status(run_id: str, settings: Settings) -> None:
     """Counts per stage, progress and recovery, and the failures of RUN_ID."""
+    from workers.run.aggregate import is_current_summary
+
     storage = _storage(settings)
     manifest = load_manifest(storage, run_id)
     keys = RunKeys(run_id)
@@ -206,6 +208,10 @@ def status(run_id: str, settings: Settings) -> None:
         click.echo("  not aggregated yet")
         return
     summary = json.loads(storage.get(keys.summary))
+    if not is_current_summary(summary, manifest):
+        click.echo(f"  not aggregated since the inputs changed (last aggregated {summary.get('at', '?')}, "
+                   f"for another listing); `producer aggregate {run_id}` brings it up to date")
+        return
     click.echo(f"  submission: {summary['written']} rows, {summary['failed']} failed, {summary['pending']} pending"
                f" (aggregated {summary['at']}) -> {storage.url(keys.submission)}")
     for failure in json.loads(storage.get(keys.failures)):
@@ -440,13 +446,13 @@ def evaluate(dataset: str, presets: tuple[str, ...], calibration: str | None, ru
                 continue
             plan = prepare_run(settings, ctx.storage, str(inputs_dir), pipeline, show_progress=True)
             _execute(ctx, plan)
-            scores.append(ev.score_run(ctx.storage, plan.manifest, pairs, f"{label} (run {plan.run_id})"))
+            scores.append(ev.score_run(ctx.storage, plan.manifest, pairs, f"{label} (run {plan.run_id})", ctx.limits))
     for run_id in run_ids:
-        scores.append(ev.score_run(ctx.storage, load_manifest(ctx.storage, run_id), pairs, f"run {run_id}"))
+        scores.append(ev.score_run(ctx.storage, load_manifest(ctx.storage, run_id), pairs, f"run {run_id}", ctx.limits))
     if baselines:
         location = calibration or default_location(dataset)
         calibrated = load_calibration(location, ctx.storages) if calibration or Path(location).is_file() else None
-        scores += ev.baselines(pairs, DenoiseSpec(), calibrated)
+        scores += ev.baselines(pairs, DenoiseSpec(), calibrated, ctx.limits)
     click.echo(ev.format_table(scores))
 
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from workers.errors import ConfigError, RunCancelledError, TransientError
 from workers.io.storage import Storage, StorageFactory
-from workers.run.aggregate import AggregateResult
+from workers.run.aggregate import AggregateResult, is_current_summary
 from workers.run.keys import RunKeys
 from workers.run.plan import RunPlan, plan_remaining
 from workers.run.registry import register
@@ -88,10 +88,10 @@ def wait_for_run(settings: Settings, storage: Storage, plan: RunPlan, tracker: R
     with tqdm(total=len(plan.manifest.names), desc=f"run {run_id}", unit="img") as bar:
         while True:
             try:
-                # enqueue_plan deleted any stale summary: one that exists now is this run's outcome.
+                # Only a summary of this listing is this run's outcome: an earlier one may still be there.
                 if storage.exists(keys.summary):
                     summary = json.loads(storage.get(keys.summary))
-                    if summary["pending"] == 0:
+                    if summary["pending"] == 0 and is_current_summary(summary, plan.manifest):
                         bar.update(bar.total - bar.n)
                         break
                 if tracker.is_cancelled(run_id):

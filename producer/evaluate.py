@@ -22,12 +22,14 @@ from workers.ops.denoise import DenoiseSpec, denoise
 from workers.ops.metrics import competition_scores
 from workers.ops.resample import bicubic_x4
 from workers.ops.tone import apply_tone
+from workers.ops.upscalers import upscaler_kind
 from workers.run.keys import RunKeys, RunProgress, stem
 from workers.run.manifest import RunManifest
 from workers.training.calibrate import Calibration
 
 VAL_INPUTS = Path("val/val")
 VAL_TRUTH = Path("val/gt")
+BASELINE_SCALE = upscaler_kind("bicubic").scale  # the baselines upscale with bicubic_x4
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,15 @@ def truth_pairs(inputs: Path, truth: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """A local image decoded as the pipeline decodes its inputs (16-bit scaled, same limits)."""
-    return decode_image(path.read_bytes(), path.name, DecodeLimits.from_settings())
+def load_rgb(path: Path, limits: DecodeLimits | None = None) -> np.ndarray:
+    """A local image decoded as the pipeline decodes its inputs (16-bit scaled), under ``limits``
+    (default: the default input limits; a ground truth takes them :meth:`~DecodeLimits.scaled`).
+
+    Raises:
+        PermanentImageError: undecodable or above the limits.
+        OSError: the file could not be read.
+    """
+    return decode_image(path.read_bytes(), path.name, limits or DecodeLimits.from_settings())
 
 
 def score(name: str, output: np.ndarray, truth: np.ndarray, row: np.ndarray | None = None) -> ImageScore:
@@ -78,11 +86,14 @@ def score(name: str, output: np.ndarray, truth: np.ndarray, row: np.ndarray | No
     return ImageScore(name, *competition_scores(output, truth, row))
 
 
-def score_function(method: str, pairs: Iterable[tuple[Path, Path]], make: Callable[[np.ndarray], np.ndarray]) -> MethodScore:
-    """Score a baseline: ``make`` maps the low-resolution input to its 4x output."""
+def score_function(method: str, pairs: Iterable[tuple[Path, Path]], make: Callable[[np.ndarray], np.ndarray],
+                   limits: DecodeLimits | None = None) -> MethodScore:
+    """Score a baseline: ``make`` maps the low-resolution input to its 4x output; inputs are decoded
+    under ``limits`` (default: the default input limits), ground truths under them scaled by 4."""
+    limits = limits or DecodeLimits.from_settings()
     result = MethodScore(method)
     for inp, gt in pairs:
-        output, truth = make(load_rgb(inp)), load_rgb(gt)
+        output, truth = make(load_rgb(inp, limits)), load_rgb(gt, limits.scaled(BASELINE_SCALE))
         if output.shape != truth.shape:
             result.missing.append(inp.name)
             continue
@@ -90,17 +101,20 @@ def score_function(method: str, pairs: Iterable[tuple[Path, Path]], make: Callab
     return result
 
 
-def score_run(storage: Storage, manifest: RunManifest, pairs: Iterable[tuple[Path, Path]], method: str) -> MethodScore:
-    """Score a finished run's rows and 4x images against ground truth."""
+def score_run(storage: Storage, manifest: RunManifest, pairs: Iterable[tuple[Path, Path]], method: str,
+              limits: DecodeLimits | None = None) -> MethodScore:
+    """Score a finished run's rows and 4x images against ground truth; both are decoded under the
+    input ``limits`` (default: the defaults) scaled by the run's upscaler."""
     keys = RunKeys(manifest.run_id)
     done = RunProgress.read(storage, manifest.run_id).done
+    output_limits = (limits or DecodeLimits.from_settings()).scaled(upscaler_kind(manifest.pipeline.upscaler).scale)
     result = MethodScore(method)
     for inp, gt in pairs:
-        truth = load_rgb(gt)
+        truth = load_rgb(gt, output_limits)
         if stem(inp.name) not in done:
             result.missing.append(inp.name)
             continue
-        output = decode_png(storage.get(keys.sr(inp.name)))
+        output = decode_png(storage.get(keys.sr(inp.name)), output_limits, inp.name)
         row = np.array(parse_row(storage.get(keys.row(inp.name)).decode())[1], dtype=np.int64)
         if output.shape != truth.shape or row.shape != grey_subsample(truth).shape:
             result.missing.append(inp.name)
@@ -109,20 +123,22 @@ def score_run(storage: Storage, manifest: RunManifest, pairs: Iterable[tuple[Pat
     return result
 
 
-def baselines(pairs: list[tuple[Path, Path]], spec: DenoiseSpec, calibration: Calibration | None = None) -> list[MethodScore]:
+def baselines(pairs: list[tuple[Path, Path]], spec: DenoiseSpec, calibration: Calibration | None = None,
+              limits: DecodeLimits | None = None) -> list[MethodScore]:
     """Bicubic, NL-means (the seed's strength) + bicubic, and with a calibration the calibrated
-    strength and, where it applies, the tone curve."""
+    strength and, where it applies, the tone curve; ``limits`` as :func:`score_function`'s."""
     scores = [
-        score_function("bicubic x4", pairs, bicubic_x4),
-        score_function(f"NL-means h={spec.h:g} + bicubic x4", pairs, lambda rgb: bicubic_x4(denoise(rgb, spec))),
+        score_function("bicubic x4", pairs, bicubic_x4, limits),
+        score_function(f"NL-means h={spec.h:g} + bicubic x4", pairs, lambda rgb: bicubic_x4(denoise(rgb, spec)), limits),
     ]
     if calibration is not None and calibration.nlm_h not in (spec.h, 0):
         tuned = calibration.denoise_spec(spec)
         scores.append(score_function(f"NL-means h={tuned.h:g} (calibrated) + bicubic x4", pairs,
-                                     lambda rgb: bicubic_x4(denoise(rgb, tuned))))
+                                     lambda rgb: bicubic_x4(denoise(rgb, tuned)), limits))
     curve = calibration.curve if calibration else None
     if curve is not None:
-        scores.append(score_function("tone + bicubic x4", pairs, lambda rgb: bicubic_x4(apply_tone(rgb, curve))))
+        scores.append(score_function("tone + bicubic x4", pairs, lambda rgb: bicubic_x4(apply_tone(rgb, curve)),
+                                     limits))
     return scores
 
 

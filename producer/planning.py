@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Mapping, Sequence
 
 from tqdm import tqdm
 
 from producer.sources import SAMPLE_SUBMISSION, Source, resolve_source
 from workers.errors import ConfigError, ObjectNotFoundError, RunNotFoundError
-from workers.io.storage import LocalStorage, Storage, StorageFactory, join_key
+from workers.io.storage import LocalStorage, Storage, StorageFactory, fetch_in_order
 from workers.io.submission import read_expected_columns
 from workers.io.weights import describe_weights
 from workers.ops.upscalers import upscaler_kind
-from workers.run.keys import RunKeys
+from workers.run.keys import RunKeys, stem
 from workers.run.manifest import PipelineSpec, RunManifest, load_manifest, make_run_id, now_iso, save_manifest
 from workers.run.plan import RunPlan, plan_remaining
 from workers.settings import Settings
@@ -33,11 +34,16 @@ def prepare_run(
 ) -> RunPlan:
     """List ``src``, save (or refresh) the run manifest and return the remaining work.
 
+    Each input's fingerprint is recorded; an input whose bytes (or whose name for the same stem)
+    differ from what an earlier enqueue of the run recorded has its outputs forgotten, so it is redone.
+
     Raises:
-        ConfigError: bad source, unreadable sample submission, or ``run_id`` exists with other settings.
+        ConfigError: bad source, two inputs with one submission ID, unreadable sample submission, or
+            ``run_id`` exists with other settings.
+        TransientError: a store could not be reached.
     """
     storages = StorageFactory(settings)
-    source = resolve_source(src, storages)
+    source = resolve_source(src, storages, storage.key_prefix)
     # A pipeline that runs no checkpoint (bicubic) does not depend on WEIGHTS: same run id.
     model = describe_weights(settings) if upscaler_kind(pipeline.upscaler).runs_checkpoint else pipeline.upscaler
     run_id = run_id or make_run_id(source.label, source.url, pipeline, model)
@@ -49,9 +55,16 @@ def prepare_run(
     if existing and (existing.pipeline.content() != pipeline.content() or existing.model != model):
         raise ConfigError(f"run {run_id} already exists with a different pipeline or model; choose another --run")
 
+    fingerprints = dict(zip(source.names, fetch_in_order(source.storage.fingerprint, source.names,
+                                                         settings.io_threads), strict=True))
+    for name in stale_names(existing, fingerprints):  # before the manifest records the new fingerprints
+        logger.info("run %s: %s changed since it was processed; redoing it", run_id, name)
+        for key in (*keys.outputs(name), keys.input(name)):
+            storage.delete(key)
+
     source_url = source.url
     if source.is_local and not isinstance(storage, LocalStorage):
-        source_url = _upload_missing(source, storage, join_key(keys.root, "input"), show_progress)
+        source_url = _upload_missing(source, storage, keys, show_progress)
 
     manifest = RunManifest(
         run_id=run_id,
@@ -62,12 +75,36 @@ def prepare_run(
         expected_columns=_expected_columns(source, sample_submission),
         rejected=source.rejected,
         created_at=existing.created_at if existing else now_iso(),
+        fingerprints=_carried(existing, source.names) | fingerprints,
     )
     save_manifest(storage, manifest)
     if retry_failed:
         for name in manifest.names:
             storage.delete(keys.failed(name))
     return plan_remaining(storage, manifest)
+
+
+def stale_names(previous: RunManifest | None, fingerprints: Mapping[str, str]) -> list[str]:
+    """The names in ``fingerprints`` whose stored outputs were made from something else: their stem
+    was recorded for another name (``test_a.png`` replaced by ``test_a.jpg``) or with other bytes.
+    A name the previous manifest lists without a fingerprint (written before they existed) is
+    trusted, so runs started by older versions resume."""
+    if previous is None:
+        return []
+    made_from = {stem(n): (n, previous.fingerprints.get(n)) for n in (*previous.fingerprints, *previous.names)}
+    stale = []
+    for name, fingerprint in fingerprints.items():
+        recorded = made_from.get(stem(name))
+        if recorded is not None and (recorded[0] != name or recorded[1] not in (None, fingerprint)):
+            stale.append(name)
+    return stale
+
+
+def _carried(previous: RunManifest | None, names: Sequence[str]) -> dict[str, str]:
+    """Fingerprints of earlier inputs no longer listed whose outputs remain (one per stem): if such an
+    input comes back changed, its outputs are not mistaken for its own."""
+    listed = {stem(n) for n in names}
+    return {n: f for n, f in (previous.fingerprints if previous else {}).items() if stem(n) not in listed}
 
 
 def _expected_columns(source: Source, explicit: str | None) -> int | None:
@@ -82,10 +119,11 @@ def _expected_columns(source: Source, explicit: str | None) -> int | None:
     return None
 
 
-def _upload_missing(source: Source, storage: Storage, prefix: str, show_progress: bool) -> str:
+def _upload_missing(source: Source, storage: Storage, keys: RunKeys, show_progress: bool) -> str:
     """Copy local inputs the store does not have yet; return the URL workers read them from."""
+    prefix = keys.prefix("input")
     present = {key.rsplit("/", 1)[-1] for key in storage.list(prefix)}
     missing = [n for n in source.names if n not in present]
     for name in tqdm(missing, desc="upload", unit="img", disable=not show_progress or not missing):
-        storage.put(join_key(prefix, name), source.storage.get(name))
+        storage.put(keys.input(name), source.storage.get(name))
     return storage.url(prefix)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import struct
 import subprocess
 import sys
 import zlib
 from pathlib import Path
+from types import ModuleType
 
-from tests.conftest import noisy_image, png_bytes
+from tests.conftest import REPO, noisy_image, png_bytes
 from workers.io.storage import Storage, storage_url_for
 from workers.run.manifest import PipelineSpec, RunManifest, save_manifest
 
@@ -74,3 +76,16 @@ def run_producer(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60
     """``producer ARGS`` as a user runs it: a separate process."""
     return subprocess.run([sys.executable, "-m", "producer", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
+
+
+BENCHMARKS = REPO / "benchmarks"
+
+
+def load_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
+    spec.loader.exec_module(module)
+    return module

@@ -6,13 +6,11 @@ benchmarks' output only. A one-block random RRDBNet keeps them quick on a 2-core
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -20,18 +18,9 @@ from PIL import Image
 
 from testbed.servers import find_redis_server, find_weed
 from tests.conftest import REPO, make_random_rrdb, noisy_image
+from tests.fixtures import BENCHMARKS, load_script
 
-BENCHMARKS = REPO / "benchmarks"
-SCRIPTS = ("throughput", "batching", "cpu_per_gpu", "quality", "denoise_placement", "aggregate")
-
-
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    return module
+SCRIPTS = ("throughput", "batching", "cpu_per_gpu", "quality", "denoise_placement", "aggregate", "memory")
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +84,15 @@ def test_aggregate_quick(capsys):
     out = capsys.readouterr().out
     assert "12 images (2 failed)" in out and "ms simulated round trip" in out
     assert "| 1  " in out and "| 4  " in out
+
+
+def test_memory_quick(capsys):
+    assert run_main("memory", "--quick") == 0
+    out = capsys.readouterr().out
+    assert "| input MP " in out and "| peak - before MiB " in out and "| vs output " in out
+    assert "| 0.250 " in out and "| 577x433 " in out  # --quick: 0.25 and 0.5 MP
+    assert "| images " in out and "| KiB per image " in out and "| 2,000 " in out
+    assert_machine_table(out)
 
 
 def test_batching_quick(tiny_weights, capsys):

@@ -62,15 +62,24 @@ def test_hostile_folder_every_file_gets_a_result_and_the_rest_complete(tmp_path,
     assert "(denoise) test_00006_empty.png: empty file" in status.stdout
 
 
-def test_retry_failed_reprocesses_a_fixed_file(tmp_path, env):
+def test_a_fixed_file_is_redone_and_retry_failed_reprocesses_unchanged_ones(tmp_path, env):
+    """A failure belongs to the bytes that failed: a fixed file (other bytes) is redone by the next enqueue;
+    a failure of unchanged bytes stays until --retry-failed (e.g. after raising a limit)."""
     folder = tmp_path / "photos"
     write_images(folder, 1)
     (folder / "test_00002.png").write_bytes(b"")
     assert producer("enqueue", str(folder), env=env, cwd=tmp_path).returncode == 1
-    write_images(folder, 2)  # the broken file is now a real image
     assert producer("enqueue", str(folder), env=env, cwd=tmp_path).returncode == 1  # still recorded as failed
-    fixed = producer("enqueue", str(folder), "--retry-failed", env=env, cwd=tmp_path)
-    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    write_images(folder, 2)  # the broken file is now a real image
+    fixed = producer("enqueue", str(folder), env=env, cwd=tmp_path)
+    assert fixed.returncode == 0 and "1 already finished" in fixed.stdout, fixed.stdout + fixed.stderr
+
+    small = {**env, "MAX_IMAGE_PIXELS": "100"}  # 32x24 inputs are now too large: failures of unchanged files
+    write_images(tmp_path / "more", 1)
+    assert producer("enqueue", str(tmp_path / "more"), env=small, cwd=tmp_path).returncode == 1
+    assert producer("enqueue", str(tmp_path / "more"), env=env, cwd=tmp_path).returncode == 1
+    retried = producer("enqueue", str(tmp_path / "more"), "--retry-failed", env=env, cwd=tmp_path)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
 
 
 def test_missing_weights_is_one_line_not_a_traceback(tmp_path, env):
@@ -139,3 +148,42 @@ def test_bicubic_preset_never_loads_or_downloads_a_model(tmp_path, env):
     assert len(list((run / "sr").glob("*.png"))) == 2
     again = producer(*args, env={**env, "WEIGHTS": "/another/model.pth"}, cwd=tmp_path)
     assert again.returncode == 0 and run_dir(tmp_path) == run  # same run, resumed: nothing to redo
+
+
+def test_names_too_long_or_not_utf8_are_recorded_failures_and_the_run_completes(tmp_path, env):
+    """Stems of 243+ bytes overflowed meta/<stem>.upscale.json (ENAMETOOLONG), 251+ even failed/<stem>.json;
+    a name that is not UTF-8 broke the submission: each is now one failure, named readably, up front."""
+    folder = tmp_path / "photos"
+    write_images(folder, 1)
+    image = (folder / "test_00001.png").read_bytes()
+    long_meta, long_failed = "a" * 243 + ".png", "b" * 251 + ".png"  # 247 and 255 bytes: the filesystem holds both
+    for name in (long_meta, long_failed):
+        (folder / name).write_bytes(image)
+    with open(os.path.join(os.fsencode(folder), b"test_\xff.png"), "wb") as f:
+        f.write(image)
+
+    result = producer("enqueue", str(folder), env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr  # some images failed, none stranded
+    assert "Traceback" not in result.stderr
+    run = run_dir(tmp_path)
+    failures = {f["name"]: f for f in json.loads((run / "failures.json").read_text())}
+    assert set(failures) == {long_meta, long_failed, "test_\\xff.png"}
+    assert all(f["stage"] == "listing" for f in failures.values())
+    assert "too long" in failures[long_meta]["reason"] and "255 bytes" in failures[long_meta]["reason"]
+    assert "not valid UTF-8" in failures["test_\\xff.png"]["reason"]
+    assert len((run / "submission.csv").read_text().splitlines()) == 2  # header + the good image
+    assert "test_\\xff.png" in (run / "report.html").read_text()
+    status = producer("status", run.name, env=env, cwd=tmp_path)
+    assert "1 rows, 3 failed" in status.stdout and "(listing) test_\\xff.png: input name" in status.stdout
+
+
+def test_inputs_sharing_a_submission_id_refuse_the_enqueue_naming_both(tmp_path, env):
+    """test_1.png and gt_1.png both become gt_1: two rows with one ID is a broken submission."""
+    folder = tmp_path / "photos"
+    write_images(folder, 1, prefix="gt_")
+    write_images(folder, 1, prefix="test_")
+    result = producer("enqueue", str(folder), env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "'gt_00001.png' and 'test_00001.png' both have submission ID 'gt_00001'" in result.stderr
+    assert not (tmp_path / "store" / "runs").exists()

@@ -24,6 +24,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -333,10 +334,10 @@ def test_compose_services_shape() -> None:
     assert {"redis", "minio", "minio-init", "flower", "cpu-worker", "gpu-worker", "producer"} <= set(services)
     assert not [name for name, s in services.items() if "container_name" in s], "container_name stops --scale"
 
-    redis = services["redis"]["command"]
-    assert redis[redis.index("--requirepass") + 1] == example_env()["REDIS_PASSWORD"]
-    assert redis[redis.index("--appendonly") + 1] == "yes"
-    assert "REDISCLI_AUTH" in services["redis"]["environment"]
+    redis = services["redis"]
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert "requirepass" not in redis["command"] and "--requirepass" not in redis["entrypoint"]
+    assert redis["environment"]["REDIS_PASSWORD"] == redis["environment"]["REDISCLI_AUTH"] == example_env()["REDIS_PASSWORD"]
 
     gpu = services["gpu-worker"]
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
@@ -599,7 +600,8 @@ def test_dockerfile_rules(flavour: str) -> None:
         base = next(v for k, v in instructions if k == "ARG" and v.startswith("CUDA_BASE="))
         assert base.removeprefix("CUDA_BASE=").startswith("nvidia/cuda:") and values["FROM"] == "${CUDA_BASE}"
     else:
-        assert any(k == "FROM" and v.startswith("python:3.11-slim") for k, v in instructions)
+        assert any(k == "FROM" and re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", v)
+                   for k, v in instructions), "an exact Python 3.11 release on slim Debian"
 
 
 def test_dockerignore_keeps_the_context_small_and_secret_free() -> None:
@@ -694,6 +696,103 @@ def test_every_environment_variable_is_a_setting_or_documented() -> None:
     unknown = {(where, var) for where, var in _environment_names()
                if var not in SETTINGS_VARIABLES and var not in INFRA_ONLY_VARIABLES}
     assert not unknown, f"not a Settings field nor in INFRA_ONLY_VARIABLES: {sorted(unknown)}"
+
+
+def test_no_secret_is_on_any_command_line() -> None:
+    """Every process's arguments are visible to anyone on the host (``ps``, /proc/<pid>/cmdline): the
+    redis service got ``--requirepass <password>``. Secrets travel in the environment (or stdin) only."""
+    secrets = {name: example_env()[name] for name in SECRET_VARIABLES}
+    for where, argv in command_lines():
+        for name, value in secrets.items():
+            assert not any(value in arg for arg in argv), f"{where}: {name} is on the command line"
+    for name, deployment in deployments().items():  # $(VAR) in command/args is expanded into argv
+        for container in containers(deployment):
+            argv = " ".join(container.get("command", []) + container.get("args", []))
+            assert not any(f"$({secret})" in argv for secret in SECRET_VARIABLES), name
+
+
+IMAGE = re.compile(r"(?P<name>[\w./-]+?)(?::(?P<tag>[\w.-]+))?(?:@sha256:[0-9a-f]{64})?")
+EXACT_TAG = re.compile(r".*\b\d+\.\d+\.\d+\b.*|RELEASE\.\d{4}-\d{2}-\d{2}T[\d-]+Z")  # 7.4.2, 3.11.13-slim, MinIO's
+
+
+def image_references() -> Iterator[tuple[str, str]]:
+    """(where, image) of every image the deployment files run or build from: compose as interpolated
+    with .env.example and with its defaults, the k8s containers and kustomize overrides, the Dockerfiles'
+    bases (ARG defaults filled in)."""
+    defaults = {k: v for k, v in example_env().items() if k not in COMPOSE_ONLY_VARIABLES}
+    for label, env in (("as in .env.example", example_env()), ("by default", defaults)):
+        for name, service in load_compose(env)["services"].items():
+            yield f"compose {name} ({label})", service["image"]
+    for name, deployment in deployments().items():
+        for container in containers(deployment):
+            yield f"k8s {name}", container["image"]
+    for override in yaml.safe_load((K8S / "kustomization.yaml").read_text()).get("images", []):
+        yield f"kustomization {override['name']}", f"{override.get('newName', override['name'])}:{override['newTag']}"
+    for flavour, path in DOCKERFILES.items():
+        args = dict(v.partition("=")[::2] for k, v in dockerfile_instructions(path) if k == "ARG" and "=" in v)
+        for keyword, value in dockerfile_instructions(path):
+            if keyword == "FROM":
+                yield f"Dockerfile.{flavour}", re.sub(r"\$\{(\w+)\}", lambda m, a=args: a[m.group(1)], value.split()[0])
+
+
+def test_every_image_is_an_exact_version() -> None:
+    """``redis:7``, ``python:3.11-slim`` and ``:latest`` change under the same name: pin exact versions
+    (and digests where the registry allows: the files say how)."""
+    import tomllib
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    seen = set()
+    for where, image in image_references():
+        match = IMAGE.fullmatch(image)
+        assert match and match["tag"] and EXACT_TAG.fullmatch(match["tag"]), f"{where}: {image!r} is not pinned"
+        assert match["tag"] != "latest", where
+        if match["name"].rsplit("/", 1)[-1].startswith("lowlight-sr-"):
+            assert match["tag"] == version, f"{where}: our images are tagged {version} (pyproject.toml)"
+        seen.add(match["name"])
+    assert {"redis", "python", "nvidia/cuda", "lowlight-sr-cpu", "lowlight-sr-gpu"} <= seen, seen
+
+
+@pytest.mark.integration
+def test_the_redis_entrypoint_reads_the_password_from_the_environment_only(tmp_path: Path) -> None:
+    """The compose redis service's own entrypoint script, run with a local redis-server (the image's
+    docker-entrypoint.sh stood in for by one that just execs): it authenticates with REDIS_PASSWORD,
+    refuses without it, and no process's arguments hold the password."""
+    from testbed.servers import find_redis_server, free_port
+
+    binary = find_redis_server()
+    if not binary:
+        pytest.skip("redis-server not installed")
+    redis_service = load_compose(example_env())["services"]["redis"]
+    (tmp_path / "bin").mkdir()
+    stub = tmp_path / "bin" / "docker-entrypoint.sh"
+    stub.write_text('#!/bin/sh\nexec "$@"\n')
+    stub.chmod(0o755)
+    os.symlink(binary, tmp_path / "bin" / "redis-server")
+    password, port = "pw-$HOME-" + os.urandom(6).hex(), free_port()
+    argv = [*redis_service["entrypoint"], "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+            "--appendonly", "no", "--save", ""]
+    env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "REDIS_PASSWORD": password}
+    server = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
+                time.sleep(0.1)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=port).ping()
+        assert password.encode() not in Path(f"/proc/{server.pid}/cmdline").read_bytes()
+    finally:
+        server.terminate()
+        server.wait(10)
+    bad = subprocess.run(argv, env={**env, "REDIS_PASSWORD": 'has"quote'}, capture_output=True, text=True, timeout=20)
+    assert bad.returncode == 64 and "must not contain" in bad.stderr
 
 
 def test_no_default_credentials_anywhere() -> None:

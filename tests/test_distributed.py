@@ -6,12 +6,13 @@ The GPU queue's worker runs Real-ESRGAN on the CPU here (no GPU exists on CI).
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
 
 from tests.conftest import DATASET, noisy_image, png_bytes
-from tests.fixtures import png_bomb, write_images
+from tests.fixtures import png_bomb, run_producer, write_images
 from tests.fixtures_cluster import run_id_from, wait_until
 from workers.run.keys import RunKeys
 from workers.runtime.app import create_app
@@ -170,3 +171,27 @@ def test_denoising_on_the_gpu_worker_needs_no_cpu_stage(cluster, tmp_path):
     assert "Task workers.tasks.denoise[" not in cpu.log.read_text()  # the CPU worker only aggregated
     submission = cluster.store().get(RunKeys(run_id).submission).decode()
     assert submission == cluster.embedded_submission(str(DATASET), tmp_path)  # OpenCV on the CPU, same bytes
+
+
+def test_a_summary_of_an_earlier_listing_is_not_reported_as_this_runs_outcome(cluster, tmp_path):
+    """A re-enqueue with nothing left to do found the previous run's summary.json (written for other
+    inputs) and reported it as complete; status showed it too."""
+    folder = tmp_path / "in"
+    write_images(folder, 2, width=16, height=12)
+    cluster.start_default()
+    first = cluster.producer("enqueue", str(folder), cwd=tmp_path)
+    assert first.returncode == 0 and "2 rows written" in first.stdout, first.stdout + first.stderr
+    run_id = run_id_from(first.stdout)
+    cluster.stop()  # no worker: nothing aggregates the new listing yet
+    (folder / "test_00002.png").unlink()
+
+    with pytest.raises(subprocess.TimeoutExpired):  # it waits for this listing's aggregation
+        run_producer("enqueue", str(folder), env=cluster.env, cwd=tmp_path, timeout=10)
+    status = cluster.producer("status", run_id, cwd=tmp_path)
+    assert "not aggregated since the inputs changed" in status.stdout and "2 rows" not in status.stdout
+
+    cluster.start("cpu")
+    again = cluster.producer("enqueue", str(folder), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 rows written, 0 failed, 0 pending" in again.stdout
+    assert "1 rows, 0 failed" in cluster.producer("status", run_id, cwd=tmp_path).stdout

@@ -83,3 +83,24 @@ def test_file_size_limit():
 def test_encode_png_is_lossless():
     rgb = noisy_image(17, 5)
     assert np.array_equal(decode_png(encode_png(rgb)), rgb)
+
+
+def test_outputs_and_ground_truths_decode_above_pillows_own_pixel_limit(monkeypatch):
+    """Pillow refuses images above 2 x Image.MAX_IMAGE_PIXELS (~179 MP), i.e. the 4x output of any input
+    above ~11 MP, and ground truths were held to the input limits: 16x too few pixels."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's limit below 16x the input limit, as in production
+    inputs = DecodeLimits(max_bytes=100_000, max_pixels=1000)
+    output = png_bytes(noisy_image(128, 96))  # 12,288 pixels: 16x a 32x24 input, 6x Pillow's hard limit
+    assert decode_png(output, inputs.scaled(4)).shape == (96, 128, 3)
+    assert decode_image(output, "gt_1.png", inputs.scaled(4)).shape == (96, 128, 3)
+    with pytest.raises(ImageTooLargeError, match="MAX_IMAGE_PIXELS"):
+        decode_image(output, "gt_1.png", inputs)  # the input limits still hold for inputs
+    with pytest.raises(ImageTooLargeError, match="16,640 pixels, limit is 16,000"):
+        decode_png(png_bytes(noisy_image(130, 128)), inputs.scaled(4))
+
+
+def test_scaled_limits_cover_an_uncompressed_output_whatever_the_input_bytes():
+    limits = DecodeLimits(max_bytes=1_000, max_pixels=1_000).scaled(4)
+    assert limits.max_pixels == 16_000 and limits.max_bytes >= 4 * 16_000
+    default = DecodeLimits(max_bytes=50 << 20, max_pixels=16_000_000).scaled(4)
+    assert default.max_pixels == 256_000_000 and default.max_bytes >= max(16 * (50 << 20), 4 * 256_000_000)

@@ -9,15 +9,16 @@ import cv2
 import numpy as np
 import pytest
 from markupsafe import escape  # what the Jinja2 template escapes with
+from PIL import Image
 
 from producer.evaluate import load_rgb, score
 from tests.conftest import REPO, noisy_image, png_bytes
-from tests.fixtures import write_images
+from tests.fixtures import load_script, write_images
 from workers.errors import ConfigError
 from workers.io.imageio import decode_png, encode_png
 from workers.io.storage import storage_url_for
 from workers.io.submission import format_row, grey_subsample
-from workers.report import collect_report_data, render_report, truth_by_name, write_report
+from workers.report import collect_report_data, render_report, report_stage, truth_by_name, write_report
 from workers.run.aggregate import aggregate_stage
 from workers.run.context import StageContext
 from workers.run.keys import RunKeys
@@ -272,3 +273,44 @@ def save_full_page_screenshot(driver, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(base64.b64decode(shot["data"]))
     return path
+
+
+def test_report_and_evaluate_score_outputs_above_pillows_limit_and_truths_above_the_input_limit(
+        settings, tmp_path, monkeypatch):
+    """With inputs above ~11 MP the 4x output tripped Pillow's bomb limit in the report (the aggregate task
+    failed, unretried) and in evaluate; ground truths of inputs above ~1 MP were refused by the input limits."""
+    from producer.evaluate import score_run
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # Pillow's limit below 16x the input limit, as in production
+    ctx = StageContext(settings.replace(max_image_pixels=1000))  # 32x24 inputs fit; their 128x96 truths do not
+    folder = tmp_path / "in"
+    names = write_images(folder, 1, prefix="val_")
+    manifest = RunManifest("big", storage_url_for(folder), tuple(names), PipelineSpec(upscaler="bicubic"), "bicubic")
+    save_manifest(ctx.storage, manifest)
+    upscale_stage(ctx, "big", names)
+    assert aggregate_stage(ctx, "big").written == 1
+    truth = tmp_path / "gt" / "gt_00001.png"
+    truth.parent.mkdir()
+    truth.write_bytes(png_bytes(cv2.resize(noisy_image(32, 24), (128, 96), interpolation=cv2.INTER_CUBIC)))
+
+    report_stage(ctx, "big")  # what the aggregate task runs
+    data = collect_report_data(ctx.storage, ctx.source(manifest), "big", {names[0]: truth}, limits=ctx.limits)
+    (image,) = data.images
+    assert image.output_size == (128, 96) and image.score.psnr is not None, image.score
+    scored = score_run(ctx.storage, manifest, [(folder / names[0], truth)], "bicubic", ctx.limits)
+    assert len(scored.images) == 1 and not scored.missing
+
+
+def test_report_memory_does_not_grow_with_the_meta_files(tmp_path):
+    """Every meta JSON was held at once: ~4 KiB per image, ~450 MiB at 100k. Now they are summarised as
+    read; what grows is the listing and the manifest's names (benchmarks/memory.py measures both)."""
+    memory = load_script("memory")
+    over = {}
+    for count in (2_000, 20_000):
+        store = tmp_path / str(count)
+        store.mkdir()
+        memory.write_metas(store, count)
+        result = memory.run_child("report", {"store": str(store)})
+        over[count] = result["peak_mib"] - result["before_mib"]
+    kib_per_image = (over[20_000] - over[2_000]) * 1024 / 18_000
+    assert kib_per_image < 1.5, over

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import DATASET, REPO
 from tests.fixtures_cluster import Cluster, wait_until
 from workers.errors import InvalidKeyError
 from workers.run.keys import RunKeys, check_run_id
@@ -80,3 +80,27 @@ def test_unexpected_arguments_and_escaping_names_fail_alone(cluster, tmp_path):
     wait_until(all_failed, 60, "the three tasks to fail")
     assert "pong" in ping(cluster, worker.name)
     assert list(cluster.store().list("")) == []  # nothing written anywhere
+
+
+@pytest.mark.integration
+def test_a_calibrate_message_cannot_overwrite_run_state(cluster, tmp_path):
+    """The calibrate task wrote wherever its message said: a crafted one replaced a run's manifest."""
+    worker = cluster.start("cpu", concurrency=1)
+    store = cluster.store()
+    for pair in ("train/train", "train/gt"):
+        for path in sorted((DATASET / pair).iterdir())[:4]:
+            store.put(f"data/{pair}/{path.name}", path.read_bytes())
+    store.put("runs/r1/manifest.json", b'{"the": "manifest"}')
+    local_state = tmp_path / "runs" / "r1" / "manifest.json"
+    local_state.parent.mkdir(parents=True)
+    local_state.write_bytes(b"local manifest")
+    app = create_app(Settings.from_env(cluster.env))
+    dataset = f"s3://{cluster.bucket}/data"
+    # Outcomes are read from storage and the worker's log: no result to outlive the servers.
+    for target in (f"s3://{cluster.bucket}/runs/r1/manifest.json", str(local_state), None):
+        app.send_task("workers.tasks.calibrate", (dataset, target), ignore_result=True)
+    wait_until(lambda: store.exists("data/calibration.json"), 300, "the allowed calibration")
+    assert store.get("runs/r1/manifest.json") == b'{"the": "manifest"}'
+    assert local_state.read_bytes() == b"local manifest"
+    log = worker.log.read_text()
+    assert "is under runs/, where runs keep their state" in log and "not on a worker's disk" in log

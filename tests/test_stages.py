@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import noisy_image, png_bytes
-from tests.fixtures import make_run, write_images
+from tests.fixtures import load_script, make_run, write_images
 from workers.io.imageio import decode_png
 from workers.io.submission import grey_subsample
 from workers.run.aggregate import aggregate_stage
 from workers.run.context import StageContext
 from workers.run.keys import RunKeys, RunProgress
+from workers.run.manifest import PipelineSpec
 from workers.run.presets import build_pipeline
 from workers.run.stages import denoise_stage, upscale_stage
 
@@ -145,3 +146,33 @@ def test_denoising_fused_into_the_gpu_stage_gives_identical_outputs(ctx, tmp_pat
         for key in ("denoised", "sr", "row"):
             assert ctx.storage.get(getattr(RunKeys("gpu"), key)(name)) == ctx.storage.get(getattr(RunKeys("cpu"), key)(name))
     assert aggregate_stage(ctx, "gpu").written == 3
+
+
+def test_gpu_batches_are_bounded_by_a_pixel_budget_not_only_a_count(settings, tmp_path):
+    """GPU_BATCH_SIZE alone put eight 16 MP images into one forward pass; GPU_BATCH_PIXELS caps the pixels."""
+    ctx = StageContext(settings.replace(gpu_batch_size=8, gpu_batch_pixels=2 * 32 * 24))
+    names = write_images(tmp_path / "in", 3)
+    make_run(ctx.storage, tmp_path / "in", names, pipeline=PipelineSpec(upscaler="bicubic"))
+    assert [o.status for o in upscale_stage(ctx, "r1", names)] == ["done"] * 3
+    batches = [json.loads(ctx.storage.get(RunKeys("r1").meta(n, "upscale")))["batch"] for n in names]
+    assert batches == [2, 2, 1]
+
+
+def test_an_image_above_the_pixel_budget_runs_alone(settings):
+    from workers.run.stages import batch_size
+
+    tight = settings.replace(gpu_batch_size=8, gpu_batch_pixels=1000)
+    assert (batch_size(tight, 100), batch_size(tight, 400), batch_size(tight, 5000)) == (8, 2, 1)
+
+
+def test_the_gpu_stage_of_large_images_needs_under_twice_their_output_in_memory(tmp_path):
+    """The 4x output was copied between steps (a stack of the batch, Pillow's 4-byte copies for the grey
+    values and for the PNG, the whole PNG, the whole CSV row; with a model a float output too): about 4x
+    one output with bicubic, 8x with a model. Two 4 MP images, as benchmarks/memory.py measures them."""
+    memory = load_script("memory")
+    names = memory.write_stage_run(tmp_path, 4, "bicubic")
+    result = memory.run_child("stage", {"store": str(tmp_path), "names": names, "weights": "", "device": "cpu",
+                                        "threads": 0})
+    width, height = memory.size_for(4)
+    output_mib = 16 * width * height * 3 / 2**20
+    assert result["peak_mib"] - result["before_mib"] < 2 * output_mib, (result, output_mib)

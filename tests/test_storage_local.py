@@ -164,6 +164,19 @@ class StorageContract:
                 backend.outer_key(k) for k in ["other/x", "top", "zone/inner/k", "zone/innerfoo/y"]
             ]
 
+    # ---- fingerprint ----------------------------------------------------------------------------
+
+    def test_fingerprint_follows_the_content_not_the_key(self, backend: Backend) -> None:
+        store = backend.store
+        store.put("f/a", b"same bytes")
+        store.put("f/b", b"same bytes")
+        first = store.fingerprint("f/a")
+        assert first == store.fingerprint("f/b") and first.startswith("10:")
+        store.put("f/a", b"other byte")  # same size, other content
+        assert store.fingerprint("f/a") != first
+        with pytest.raises(ObjectNotFoundError):
+            store.fingerprint("f/missing")
+
     # ---- delete ----------------------------------------------------------------------------
 
     def test_delete(self, backend: Backend) -> None:
@@ -389,6 +402,9 @@ class TestLocalStorageOnly:
             f.write(b"new")
             assert (root / "k").read_bytes() == b"old"
         assert (root / "k").read_bytes() == b"new"
+
+    def test_no_key_prefix_counts_towards_a_length_limit(self, root: Path) -> None:
+        assert LocalStorage(root / "a" / "b").key_prefix == ""  # limits are per path segment
 
     def test_url_is_the_file_path(self, root: Path) -> None:
         assert LocalStorage(root).url("a/b.png") == str(root.resolve() / "a" / "b.png")

@@ -119,6 +119,7 @@ def test_factory_shares_one_client(s3_settings: Settings, s3_bucket: str) -> Non
     assert isinstance(a, S3Storage) and isinstance(b, S3Storage)
     assert a.client is b.client
     assert (b.bucket, b.prefix) == (s3_bucket, PREFIX)
+    assert (a.key_prefix, b.key_prefix) == ("", PREFIX)  # what counts towards S3's key length
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import pytest
 from tests.fixtures import make_run, write_images
 from workers.io.storage import LocalStorage
 from workers.run.keys import RunKeys
+from workers.run.manifest import load_manifest
 from workers.run.registry import active_runs, register
 from workers.runtime.app import create_app
 from workers.runtime.sweep import aggregation_grace_s, sweep
@@ -73,7 +74,10 @@ def test_a_finished_run_without_summary_is_aggregated_after_a_grace_that_grows_w
 
 def test_complete_cancelled_and_deleted_runs_are_left_alone(world):
     tracker, storage, app, client, names = world
-    storage.put(RunKeys("r1").summary, json.dumps({"pending": 0, "total": 3}).encode())
+    listing = load_manifest(storage, "r1").listing_digest
+    storage.put(RunKeys("r1").summary, json.dumps({"pending": 0, "total": 3, "listing": "older"}).encode())
+    assert sweep(storage, tracker, app, stall_after_s=0).completed == []  # a summary of an earlier listing
+    storage.put(RunKeys("r1").summary, json.dumps({"pending": 0, "total": 3, "listing": listing}).encode())
     assert sweep(storage, tracker, app, stall_after_s=0).completed == ["r1"]
     assert list(active_runs(storage)) == []
     register(storage, "gone", 1)  # registered, then its manifest was deleted

@@ -57,6 +57,9 @@ class Settings:
     device: str = _setting("auto", "Torch device for the upscaler: auto, cpu, cuda, cuda:N.")
     precision: str = _setting("auto", "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.")
     gpu_batch_size: int = _setting(8, "Most same-size images per forward pass.")
+    gpu_batch_pixels: int = _setting(
+        2_097_152, "Most input pixels per forward pass: fewer same-size images go together where GPU_BATCH_SIZE of "
+        "them would exceed it; a larger image runs alone. Bounds memory: a batch's 4x output is 48 bytes a pixel.")
     gpu_batch_wait_s: float = _setting(0.05, "How long a GPU worker waits to fill a batch.")
     model_cache_dir: str = _setting("", "Where workers keep the runs' trained checkpoints, by sha256 (empty: ~/.cache/lowlight-sr/models).")
     model_cache_size: int = _setting(2, "Trained checkpoints a worker keeps loaded at once (least recently used goes).")
@@ -100,8 +103,8 @@ class Settings:
                 f"({self.visibility_timeout_s}): a chunk still running must never be handed to a second worker")
         if self.precision not in {"auto", "fp16", "bf16", "fp32"}:
             raise ConfigError(f"PRECISION must be auto, fp16, bf16 or fp32, got {self.precision!r}")
-        for name in ("max_image_bytes", "max_image_pixels", "tile_max_pixels", "model_cache_size", "stall_after_s",
-                     "sweep_interval_s"):
+        for name in ("max_image_bytes", "max_image_pixels", "tile_max_pixels", "model_cache_size", "gpu_batch_pixels",
+                     "stall_after_s", "sweep_interval_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.upper()} must be positive")
 

@@ -2,6 +2,10 @@
 
 Limits are checked before any pixel is decoded: the file size first, then the dimensions the
 header declares. A 30000x30000 PNG header is refused without allocating its 2.7 GB of pixels.
+
+Our limits replace Pillow's own process-wide one (``Image.MAX_IMAGE_PIXELS``, ~89 MP): sized for
+nothing of ours, it refused the 4x outputs of inputs above ~11 MP. The pipeline's own outputs and
+the ground truths they are scored against get the input limits scaled (:meth:`DecodeLimits.scaled`).
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -61,6 +67,14 @@ class DecodeLimits:
         settings = settings or Settings()
         return cls(settings.max_image_bytes, settings.max_image_pixels)
 
+    def scaled(self, scale: int) -> DecodeLimits:
+        """Limits for images ``scale`` times the inputs' side: the pipeline's outputs and their ground
+        truths. ``scale**2`` times the pixels and the bytes, the bytes never below an uncompressed
+        8-bit RGBA image of that many pixels (an output is a PNG even when its input was a small JPEG)."""
+        area = scale * scale
+        pixels = self.max_pixels * area
+        return DecodeLimits(max(self.max_bytes * area, pixels * 41 // 10), pixels)
+
 
 def decode_image(data: bytes, name: str, limits: DecodeLimits) -> np.ndarray:
     """Decode ``data`` into an ``H x W x 3`` uint8 RGB array.
@@ -71,8 +85,7 @@ def decode_image(data: bytes, name: str, limits: DecodeLimits) -> np.ndarray:
     """
     if len(data) == 0:
         raise InvalidImageError(name, "empty file (0 bytes)")
-    if len(data) > limits.max_bytes:
-        raise ImageTooLargeError(name, f"file is {len(data):,} bytes, limit is {limits.max_bytes:,} (MAX_IMAGE_BYTES)")
+    _check_bytes(name, data, limits)
     bloat = _metadata_bloat(data)
     if bloat:
         raise InvalidImageError(name, bloat)
@@ -83,7 +96,7 @@ def decode_image(data: bytes, name: str, limits: DecodeLimits) -> np.ndarray:
         with warnings.catch_warnings():
             # Pillow warns (then errors) on bombs by its own global limit; ours is checked below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            image = _open(data, ALLOWED_FORMATS)
     except UnidentifiedImageError:
         raise InvalidImageError(name, "not a recognised image (expected PNG, JPEG, WebP or TIFF)") from None
     except Image.DecompressionBombError as exc:
@@ -103,6 +116,32 @@ def decode_image(data: bytes, name: str, limits: DecodeLimits) -> np.ndarray:
             raise ImageTooLargeError(name, _one_line(exc)) from None
         except _CORRUPT as exc:
             raise InvalidImageError(name, f"truncated or corrupt {image.format} data: {_one_line(exc)}") from None
+
+
+def _open(data: bytes, formats: tuple[str, ...]) -> Image.Image:
+    """``Image.open(data, formats=formats)`` but for Pillow's process-wide pixel limit: every caller
+    checks its own :class:`DecodeLimits` on the header's size before any pixel is decoded. (Format
+    plugins keep their own checks, e.g. WebP's canvas and TIFF's tiles against that limit.)
+
+    Raises:
+        UnidentifiedImageError: none of ``formats`` accepts the bytes.
+    """
+    Image.init()
+    prefix = data[:16]
+    for fmt in formats:
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and (isinstance(verdict := accept(prefix), str) or not verdict):
+            continue
+        try:
+            return factory(io.BytesIO(data), "")
+        except (SyntaxError, IndexError, TypeError, struct.error):  # not this format after all: as Image.open
+            continue
+    raise UnidentifiedImageError("cannot identify image file")
+
+
+def _check_bytes(name: str, data: bytes, limits: DecodeLimits) -> None:
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(name, f"file is {len(data):,} bytes, limit is {limits.max_bytes:,} (MAX_IMAGE_BYTES)")
 
 
 def _check_size(name: str, width: int, height: int, limits: DecodeLimits) -> None:
@@ -222,14 +261,71 @@ def _to_rgb8(image: Image.Image, name: str) -> np.ndarray:
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_BAND_BYTES = 1 << 18  # rows of about this many bytes are filtered and compressed at a time
+_PAETH = 4  # the PNG filter type
+
+
 def encode_png(rgb: np.ndarray, compress_level: int = 1) -> bytes:
-    """Encode an ``H x W x 3`` uint8 array as PNG. Level 1: fast, still lossless."""
+    """Encode an ``H x W x 3`` uint8 array as PNG (:func:`write_png`)."""
     buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=compress_level)
+    write_png(rgb, buffer, compress_level)
     return buffer.getvalue()
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """Decode a PNG this pipeline wrote itself (trusted: no limits, RGB guaranteed)."""
-    with Image.open(io.BytesIO(data), formats=("PNG",)) as image:
-        return np.asarray(image.convert("RGB"))
+def write_png(rgb: np.ndarray, out: IO[bytes], compress_level: int = 1) -> None:
+    """Write an ``H x W x 3`` uint8 array to ``out`` as an 8-bit RGB PNG, a band of rows at a time.
+
+    Pillow would first copy the whole image into its own 4-bytes-a-pixel buffer and then hold the
+    whole file: here only one band and its compressed bytes are in memory besides ``rgb``. Every
+    row gets the Paeth filter, which on our (smooth, upscaled) images compresses as well as
+    Pillow's per-row choice. Level 1: fast, still lossless.
+    """
+    height, width, _ = rgb.shape
+    out.write(_PNG_SIGNATURE)
+    out.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+    deflate = zlib.compressobj(compress_level)
+    rows = max(1, _PNG_BAND_BYTES // (3 * width))
+    above = np.zeros((1, 3 * width), np.uint8)
+    for top in range(0, height, rows):
+        band = np.ascontiguousarray(rgb[top : top + rows]).reshape(-1, 3 * width)
+        lines = np.empty((band.shape[0], 1 + 3 * width), np.uint8)
+        lines[:, 0] = _PAETH
+        lines[:, 1:] = _paeth_filtered(band, np.concatenate([above, band[:-1]]))
+        above = band[-1:]
+        if data := deflate.compress(lines):
+            out.write(_png_chunk(b"IDAT", data))
+    out.write(_png_chunk(b"IDAT", deflate.flush()))
+    out.write(_png_chunk(b"IEND", b""))
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _paeth_filtered(band: np.ndarray, above: np.ndarray) -> np.ndarray:
+    """PNG's Paeth filter of ``band`` (rows x bytes, 3 bytes a pixel) given the row above each row."""
+    left = np.zeros_like(band)
+    left[:, 3:] = band[:, :-3]
+    upper_left = np.zeros_like(above)
+    upper_left[:, 3:] = above[:, :-3]
+    a, b, c = (v.astype(np.int16) for v in (left, above, upper_left))
+    estimate = a + b - c
+    pa, pb, pc = np.abs(estimate - a), np.abs(estimate - b), np.abs(estimate - c)
+    predictor = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, above, upper_left))
+    return band - predictor  # modulo 256, as PNG wants
+
+
+def decode_png(data: bytes, limits: DecodeLimits | None = None, name: str = "output") -> np.ndarray:
+    """Decode a PNG this pipeline wrote itself (RGB guaranteed), refused above ``limits``: for a 4x
+    output, the input limits :meth:`~DecodeLimits.scaled`; ``None`` where the caller wrote it a moment ago.
+
+    Raises:
+        ImageTooLargeError: the file or its declared size exceeds ``limits``.
+    """
+    if limits is not None:
+        _check_bytes(name, data, limits)
+    with _open(data, ("PNG",)) as image:
+        if limits is not None:
+            _check_size(name, *image.size, limits)
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))

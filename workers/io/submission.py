@@ -20,6 +20,11 @@ from workers.errors import ConfigError, SubmissionMismatchError
 SUBSAMPLE_STEP = 8
 _SPLIT_PREFIXES = ("test_", "val_")
 _HEADER_PROBE_BYTES = 1 << 16
+# Large images are converted and formatted this much at a time: Pillow's own copy of an RGB image
+# takes 4 bytes a pixel and a Python list of the values 8 bytes each, never for the whole image.
+_BAND_PIXELS = 1 << 20
+_ROW_CHUNK = 1 << 18
+_DIGITS = tuple(str(value) for value in range(256))  # the values as text, made once: no str per value
 
 
 def submission_id(name: str) -> str:
@@ -37,15 +42,39 @@ def grey(rgb: np.ndarray) -> np.ndarray:
 
 
 def grey_subsample(rgb: np.ndarray, step: int = SUBSAMPLE_STEP) -> np.ndarray:
-    """Every ``step``-th value of the flattened Pillow luma (ITU-R 601-2) of an RGB image."""
-    return grey(rgb).ravel()[::step]
+    """Every ``step``-th value of the flattened Pillow luma (ITU-R 601-2) of an RGB image, converted
+    a band of rows at a time: the luma of the whole image never exists at once."""
+    height, width = rgb.shape[:2]
+    rows = max(1, _BAND_PIXELS // width)
+    # The band starting at row ``top`` begins at flat index top * width: its first kept value is the
+    # one that brings that index to a multiple of ``step``. (Copied: a view would keep the band alive.)
+    parts = [grey(rgb[top : top + rows]).ravel()[-top * width % step :: step].copy()
+             for top in range(0, height, rows)]
+    return np.concatenate(parts) if parts else np.empty(0, np.uint8)
 
 
 def format_row(image_id: str, values: np.ndarray) -> str:
     """One CSV line (with newline), quoted by the csv module's rules if the ID needs it."""
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow([image_id, *values.tolist()])
-    return buffer.getvalue()
+    buffer = io.BytesIO()
+    write_row(buffer, image_id, values)
+    return buffer.getvalue().decode()
+
+
+def write_row(out: IO[bytes], image_id: str, values: np.ndarray) -> None:
+    """:func:`format_row`'s line, UTF-8, written to ``out`` a chunk of values at a time (a 16 MP
+    input's row has 32 million): the whole line never exists as one string.
+
+    Raises:
+        ValueError: ``values`` are not uint8 grey levels.
+    """
+    if values.dtype != np.uint8:
+        raise ValueError(f"submission values must be uint8 grey levels, got {values.dtype}")
+    head = io.StringIO()
+    csv.writer(head, lineterminator="").writerow([image_id, *values[:_ROW_CHUNK].tolist()])
+    out.write(head.getvalue().encode())
+    for start in range(_ROW_CHUNK, len(values), _ROW_CHUNK):
+        out.write(("," + ",".join(map(_DIGITS.__getitem__, values[start : start + _ROW_CHUNK].tolist()))).encode())
+    out.write(b"\n")
 
 
 def header(n_columns: int) -> str:

@@ -3,7 +3,9 @@
 * :func:`load_upscaler` loads and checks a model once; the result is immutable and safe to share.
 * :meth:`Upscaler.upscale` maps a batch of same-size uint8 RGB images to their 4x versions. It owns
   dtype conversion, channel order, clamping and rounding, and falls back from a whole batch to
-  single images to tiles when the device runs out of memory.
+  single images to tiles when the device runs out of memory. Each result (a batch, or one tile of a
+  large image) is rounded to uint8 and copied straight into the one host array returned: the
+  float output of a large (tiled) image never exists whole, on the device or on the host.
 * :func:`tiled_forward` is the tiling itself, a pure function tested against the untiled result.
 """
 
@@ -27,6 +29,7 @@ from workers.ops.upscalers import ChannelOrder, TilePolicy
 logger = logging.getLogger(__name__)
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+Finish = Callable[[torch.Tensor], torch.Tensor]  # a model output (or a tile of one) as it is to be stored
 REQUIRED_SCALE = 4
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -134,19 +137,21 @@ class Upscaler:
         """
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"expected N x H x W x 3 uint8 images, got {images.shape} {images.dtype}")
-        if channel_order == "bgr":
-            images = images[..., ::-1]
-        x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(self.device).permute(0, 3, 1, 2)
-        x = x.float().div_(255.0).to(self.dtype)
+        n, h, w, _ = images.shape
+        bgr = channel_order == "bgr"
+        x = torch.from_numpy(np.require(images[..., ::-1] if bgr else images, requirements=["C", "W"]))
+        x = x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0).to(self.dtype)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
+        result = np.empty((n, h * self.scale, w * self.scale, 3), np.uint8)
+        target = torch.from_numpy(result).permute(0, 3, 1, 2)  # N x C x H x W view of the NHWC host array
+        finish = _to_rgb_uint8 if not bgr else _bgr_to_rgb_uint8
         with torch.inference_mode():
-            y = self._self_ensemble(x) if tta else self._forward_resilient(x).float()
-            out = y.clamp_(0, 1).mul_(255.0).round_().to(torch.uint8)
-        result = out.permute(0, 2, 3, 1).cpu().numpy()
-        if channel_order == "bgr":
-            result = result[..., ::-1]
-        return np.ascontiguousarray(result)
+            if tta:
+                target.copy_(finish(self._self_ensemble(x)))
+            else:
+                self._forward_resilient(x, target, finish)
+        return result
 
     def _self_ensemble(self, x: torch.Tensor) -> torch.Tensor:
         """The mean, in fp32, of the outputs for the 8 dihedral transforms of ``x``, each undone."""
@@ -154,7 +159,10 @@ class Upscaler:
         for flip in (False, True):
             for turns in range(4):
                 t = torch.rot90(x.flip(3) if flip else x, turns, dims=(2, 3))
-                y = torch.rot90(self._forward_resilient(t).float(), -turns, dims=(2, 3))
+                n, c, h, w = t.shape
+                y = t.new_empty((n, c, h * self.scale, w * self.scale), dtype=torch.float32)
+                self._forward_resilient(t, y, torch.Tensor.float)
+                y = torch.rot90(y, -turns, dims=(2, 3))
                 y = y.flip(3) if flip else y
                 total = y if total is None else total.add_(y)
         assert total is not None
@@ -175,27 +183,37 @@ class Upscaler:
                 self._fallback["fp32"] = copy.deepcopy(self.descriptor.model).float()
             return self._fallback["fp32"]
 
-    def _forward_resilient(self, x: torch.Tensor) -> torch.Tensor:
-        """Whole batch if it fits; else halves; else one image in tiles."""
+    def _forward_resilient(self, x: torch.Tensor, out: torch.Tensor, finish: Finish) -> None:
+        """``finish(model(x))`` into ``out`` (N x C x 4H x 4W, any device and strides): the whole batch
+        if it fits; else halves; else one image in tiles, each tile finished and stored on its own.
+
+        Raises:
+            DeviceOutOfMemoryError: even a single tile does not fit on the device.
+        """
         n, _, h, w = x.shape
         if h * w > self.tiles.max_pixels:
-            return torch.cat([self._tiled(x[i : i + 1]) for i in range(n)])
+            for i in range(n):
+                self._tiled(x[i : i + 1], out[i : i + 1], finish)
+            return
         try:
-            return self._model_forward(x)
+            out.copy_(finish(self._model_forward(x)))
         except torch.OutOfMemoryError:
             _release_cached_memory(self.device)
             if n > 1:
                 logger.warning("out of memory on a batch of %d %dx%d images; splitting", n, w, h)
                 half = n // 2
-                return torch.cat([self._forward_resilient(x[:half]), self._forward_resilient(x[half:])])
+                self._forward_resilient(x[:half], out[:half], finish)
+                self._forward_resilient(x[half:], out[half:], finish)
+                return
             logger.warning("out of memory on one %dx%d image; tiling", w, h)
-            return self._tiled(x)
+            self._tiled(x, out, finish)
 
-    def _tiled(self, x: torch.Tensor) -> torch.Tensor:
+    def _tiled(self, x: torch.Tensor, out: torch.Tensor, finish: Finish) -> None:
         size, overlap = self.tiles.size, self.tiles.overlap
         while True:
             try:
-                return tiled_forward(self._model_forward, x, size, overlap, self.scale)
+                tiled_forward(lambda tile: finish(self._model_forward(tile)), x, size, overlap, self.scale, out)
+                return
             except torch.OutOfMemoryError:
                 _release_cached_memory(self.device)
                 if size // 2 <= 2 * overlap:
@@ -206,22 +224,34 @@ class Upscaler:
                 logger.warning("out of memory while tiling; retrying with %dpx tiles", size)
 
 
+def _to_rgb_uint8(y: torch.Tensor) -> torch.Tensor:
+    """Model output in [0, 1] to uint8, rounded (in fp32: fp16 cannot hold x.5 steps near 255)."""
+    return y.float().clamp_(0, 1).mul_(255.0).round_().to(torch.uint8)
+
+
+def _bgr_to_rgb_uint8(y: torch.Tensor) -> torch.Tensor:
+    """:func:`_to_rgb_uint8` of an output the network made in BGR order, channels flipped back."""
+    return _to_rgb_uint8(y).flip(1)
+
+
 def _release_cached_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
-def tiled_forward(forward: Forward, x: torch.Tensor, tile: int, overlap: int, scale: int) -> torch.Tensor:
-    """Run ``forward`` over ``x`` (N x C x H x W) tile by tile and stitch the outputs.
+def tiled_forward(forward: Forward, x: torch.Tensor, tile: int, overlap: int, scale: int,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """Run ``forward`` over ``x`` (N x C x H x W) tile by tile and stitch the outputs into ``out``.
 
     Each ``tile x tile`` core is processed with ``overlap`` pixels of context on every side (less at
     the image border) and only the core's output is kept, so seams see the same context as the
-    untiled pass up to the overlap.
+    untiled pass up to the overlap. ``out`` (N x C x sH x sW, any dtype, device and strides: e.g. a
+    view of a host array) defaults to a new tensor like ``x``; it is returned.
     """
     if tile <= 0 or overlap < 0:
         raise ValueError(f"tile must be > 0 and overlap >= 0, got {tile}, {overlap}")
     n, c, h, w = x.shape
-    out = x.new_empty((n, c, h * scale, w * scale))
+    out = x.new_empty((n, c, h * scale, w * scale)) if out is None else out
     for top in range(0, h, tile):
         for left in range(0, w, tile):
             bottom, right = min(top + tile, h), min(left + tile, w)

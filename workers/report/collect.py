@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 from workers.errors import ObjectNotFoundError, PermanentImageError
 from workers.io.imageio import DecodeLimits, decode_image
 from workers.io.storage import Storage, fetch_in_order
+from workers.ops.upscalers import upscaler_kind
 from workers.report.data import Failure, ImageReport, ReportData, Score, StageTiming, TrainingSummary
 from workers.report.scoring import get_png, score_image
 from workers.report.thumbnails import crops, embed
@@ -40,8 +42,9 @@ def collect_report_data(
 
     ``truth`` maps input names to ground-truth image paths; with it, images are scored and shown
     worst PSNR first, else in input order. At most ``max_images`` images are shown. ``limits``
-    bound the decoding of inputs and ground truth (default: the settings' defaults). Per-image
-    objects are read and scored ``threads`` at a time, in order.
+    bound the decoding of inputs (default: the settings' defaults); the run's outputs and the ground
+    truth get them scaled by the upscaler's factor. Per-image objects are read and scored
+    ``threads`` at a time, in order.
 
     Raises:
         RunNotFoundError: no manifest for ``run_id``.
@@ -53,16 +56,17 @@ def collect_report_data(
     manifest = load_manifest(storage, run_id)
     keys = RunKeys(run_id)
     progress = RunProgress.read(storage, run_id)
-    metas = _read_metas(storage, keys, threads)
+    output_limits = limits.scaled(upscaler_kind(manifest.pipeline.upscaler).scale)
     markers = _read_failure_markers(storage, keys, manifest, progress, threads)
     scored = [n for n in manifest.names if truth and n in truth and stem(n) in progress.done]
-    scoring = fetch_in_order(lambda name: score_image(storage, keys, name, truth[name], limits), scored, threads)
+    scoring = fetch_in_order(lambda name: score_image(storage, keys, name, truth[name], output_limits), scored,
+                             threads)
     scores = dict(zip(scored, scoring, strict=True))
     order = _display_order(manifest.names, scores)
     shown = order[: max(max_images, 0)]
+    metas = _read_metas(storage, keys, {stem(name) for name in shown}, threads)
     starts, finishes = _start_and_finish_times(metas, markers)
     bin_s, throughput = _throughput(starts, finishes)
-    upscale_metas = [m for stage, m in _each_meta(metas) if stage == "upscale"]
     return ReportData(
         run_id=manifest.run_id,
         source=manifest.source,
@@ -71,9 +75,8 @@ def collect_report_data(
         expected_columns=manifest.expected_columns,
         seed_compat=manifest.pipeline.channel_order == "bgr" and manifest.pipeline.resize_multiple == 8,
         pipeline=manifest.pipeline.to_dict(),
-        models=tuple(sorted({(str(m.get("model", "")), str(m.get("model_sha256", "")), str(m.get("device", "")))
-                             for m in upscale_metas})),
-        code_versions=tuple(sorted({str(m["code_version"]) for _, m in _each_meta(metas) if "code_version" in m})),
+        models=tuple(sorted(metas.models)),
+        code_versions=tuple(sorted(metas.code_versions)),
         counts=_counts(manifest, progress),
         summary=_read_json(storage, keys.summary),
         wall_seconds=(max(finishes) - min(starts)) if starts and finishes else None,
@@ -81,8 +84,8 @@ def collect_report_data(
         throughput_bin_s=bin_s,
         throughput=throughput,
         scores=tuple(sorted((s for s in scores.values() if s.psnr is not None), key=lambda s: s.psnr or 0.0)),
-        images=tuple(_image_report(storage, source, keys, name, progress, metas, scores.get(name), limits)
-                     for name in shown),
+        images=tuple(_image_report(storage, source, keys, name, progress, metas.shown, scores.get(name), limits,
+                                   output_limits) for name in shown),
         omitted=len(order) - len(shown),
         failures=_failures(storage, keys, manifest, markers),
         training=_training(storage, manifest),
@@ -116,23 +119,59 @@ def _read_json(storage: Storage, key: str) -> Any:
 Metas = Mapping[str, Mapping[str, Mapping[str, Any]]]  # stem -> stage -> the meta file's fields
 
 
-def _read_metas(storage: Storage, keys: RunKeys, threads: int) -> Metas:
-    """Every ``meta/<stem>.<stage>.json`` of the run (one listing, one read each)."""
-    metas: dict[str, dict[str, Any]] = defaultdict(dict)
-    found = []
-    for key in storage.list(keys.prefix("meta")):
-        image_stem, _, stage = PurePosixPath(key).name.removesuffix(".json").rpartition(".")
-        if image_stem and key.endswith(".json"):
-            found.append((key, image_stem, stage))
-    contents = fetch_in_order(lambda item: storage.get(item[0]), found, threads)
-    for (_, image_stem, stage), data in zip(found, contents, strict=True):
-        metas[image_stem][stage] = json.loads(data)
-    return metas
+@dataclass
+class MetaSummary:
+    """What the report takes from the meta files, gathered one file at a time so memory does not grow
+    with them (a run of 100k images has 200k): each stage's durations and the start and finish times
+    as compact arrays of doubles, the models and code versions seen, and the whole metas of the shown
+    images only."""
+
+    shown_stems: frozenset[str]
+    seconds: dict[str, array[float]] = field(default_factory=dict)  # stage -> durations
+    starts: array[float] = field(default_factory=lambda: array("d"))  # epoch s: denoise end minus its duration
+    finishes: array[float] = field(default_factory=lambda: array("d"))  # epoch s: upscaled
+    models: set[tuple[str, str, str]] = field(default_factory=set)  # (source, sha256, device)
+    code_versions: set[str] = field(default_factory=set)
+    shown: dict[str, dict[str, Mapping[str, Any]]] = field(default_factory=dict)
+
+    def add(self, image_stem: str, stage: str, meta: Mapping[str, Any]) -> None:
+        seconds = meta.get("seconds")
+        if isinstance(seconds, int | float):
+            self.seconds.setdefault(stage, array("d")).append(float(seconds))
+        if "code_version" in meta:
+            self.code_versions.add(str(meta["code_version"]))
+        if stage == "upscale":
+            self.models.add((str(meta.get("model", "")), str(meta.get("model_sha256", "")), str(meta.get("device", ""))))
+        self._add_times(stage, meta)
+        if image_stem in self.shown_stems:
+            self.shown.setdefault(image_stem, {})[stage] = meta
+
+    def _add_times(self, stage: str, meta: Mapping[str, Any]) -> None:
+        """The stages record ``at`` to the millisecond."""
+        at = _timestamp(meta.get("at"))
+        if at is None:
+            return
+        if stage == "denoise":
+            self.starts.append(at - float(meta.get("seconds", 0.0)))
+        elif stage == "upscale":
+            self.finishes.append(at)
 
 
-def _each_meta(metas: Metas) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """(stage, meta) of every meta file."""
-    return ((stage, meta) for by_stage in metas.values() for stage, meta in by_stage.items())
+def _read_metas(storage: Storage, keys: RunKeys, shown: Iterable[str], threads: int) -> MetaSummary:
+    """Every ``meta/<stem>.<stage>.json`` of the run (one listing, one read each), summarised as read;
+    the stems in ``shown`` keep their metas whole."""
+    summary = MetaSummary(frozenset(shown))
+    found = (item for item in map(_meta_key, storage.list(keys.prefix("meta"))) if item is not None)
+    fetched = fetch_in_order(lambda item: (item, storage.get(item[0])), found, threads)
+    for (_, image_stem, stage), data in fetched:
+        summary.add(image_stem, stage, json.loads(data))
+    return summary
+
+
+def _meta_key(key: str) -> tuple[str, str, str] | None:
+    """(key, stem, stage) of a meta file's key, None for anything else."""
+    image_stem, _, stage = PurePosixPath(key).name.removesuffix(".json").rpartition(".")
+    return (key, image_stem, stage) if image_stem and key.endswith(".json") else None
 
 
 def _read_failure_markers(
@@ -176,14 +215,10 @@ def _display_order(names: Sequence[str], scores: Mapping[str, Score]) -> list[st
     return scored + [n for n in names if n not in chosen]
 
 
-def _stage_timings(metas: Metas) -> tuple[StageTiming, ...]:
-    by_stage: dict[str, list[float]] = defaultdict(list)
-    for stage, meta in _each_meta(metas):
-        if isinstance(meta.get("seconds"), int | float):
-            by_stage[stage].append(float(meta["seconds"]))
+def _stage_timings(metas: MetaSummary) -> tuple[StageTiming, ...]:
     return tuple(
         StageTiming(stage, len(v), float(np.percentile(v, 50)), float(np.percentile(v, 95)), math.fsum(v))
-        for stage, v in sorted(by_stage.items(), key=lambda item: _stage_rank(item[0]))
+        for stage, v in sorted(metas.seconds.items(), key=lambda item: _stage_rank(item[0]))
     )
 
 
@@ -199,22 +234,10 @@ def _timestamp(value: object) -> float | None:
         return None
 
 
-def _start_and_finish_times(metas: Metas, markers: Mapping[str, Failure]) -> tuple[list[float], list[float]]:
-    """Epoch seconds: starts (denoise end minus its duration) and finishes (upscaled or failed).
-
-    The stages record ``at`` to the millisecond.
-    """
-    starts, finishes = [], []
-    for stage, meta in _each_meta(metas):
-        at = _timestamp(meta.get("at"))
-        if at is None:
-            continue
-        if stage == "denoise":
-            starts.append(at - float(meta.get("seconds", 0.0)))
-        elif stage == "upscale":
-            finishes.append(at)
-    failed_at = [t for t in (_timestamp(f.at) for f in markers.values()) if t is not None]
-    return starts + failed_at, finishes + failed_at
+def _start_and_finish_times(metas: MetaSummary, markers: Mapping[str, Failure]) -> tuple[array[float], array[float]]:
+    """Epoch seconds: starts (denoise end minus its duration) and finishes (upscaled or failed)."""
+    failed_at = array("d", (t for t in (_timestamp(f.at) for f in markers.values()) if t is not None))
+    return metas.starts + failed_at, metas.finishes + failed_at
 
 
 def _throughput(starts: Sequence[float], finishes: Sequence[float]) -> tuple[int, tuple[tuple[float, int], ...]]:
@@ -239,12 +262,13 @@ def _image_report(
     metas: Metas,
     score: Score | None,
     limits: DecodeLimits,
+    output_limits: DecodeLimits,
 ) -> ImageReport:
     notes = []
     original, why = _load_input(source, name, limits)
     if why:
         notes.append(f"input: {why}")
-    denoised, output = get_png(storage, keys.denoised(name)), get_png(storage, keys.sr(name))
+    denoised, output = get_png(storage, keys.denoised(name), limits), get_png(storage, keys.sr(name), output_limits)
     panels = {"input": original, "denoised": denoised, "sr": output}
     if output is not None:
         crop_input, crop_sr = crops(original, output)

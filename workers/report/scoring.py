@@ -35,8 +35,14 @@ def truth_by_name(names: Iterable[str], folder: Path) -> dict[str, Path]:
 
 
 def score_image(storage: Storage, keys: RunKeys, name: str, truth_path: Path, limits: DecodeLimits) -> Score:
-    """Competition PSNR of the stored row and SSIM of the 4x image against ``truth_path``."""
-    output, row = get_png(storage, keys.sr(name)), _get_row(storage, keys.row(name))
+    """Competition PSNR of the stored row and SSIM of the 4x image against ``truth_path``; ``limits``
+    bound both images (the 4x size: the input limits, :meth:`~DecodeLimits.scaled`).
+
+    Raises:
+        ImageTooLargeError: the stored output exceeds ``limits``.
+        OSError: the ground truth could not be read.
+    """
+    output, row = get_png(storage, keys.sr(name), limits), _get_row(storage, keys.row(name))
     if output is None or row is None:
         return Score(name, None, None, "no output to score")
     try:
@@ -56,9 +62,14 @@ def _get_row(storage: Storage, key: str) -> np.ndarray | None:
     return np.array(next(csv.reader([line]))[1:], dtype=np.int64)
 
 
-def get_png(storage: Storage, key: str) -> np.ndarray | None:
+def get_png(storage: Storage, key: str, limits: DecodeLimits) -> np.ndarray | None:
+    """A PNG the pipeline stored, or None when there is none.
+
+    Raises:
+        ImageTooLargeError: it exceeds ``limits``.
+    """
     try:
-        return decode_png(storage.get(key))
+        return decode_png(storage.get(key), limits, key)
     except ObjectNotFoundError:
         return None
 

@@ -6,7 +6,7 @@ import io
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from workers.errors import SubmissionMismatchError
@@ -14,7 +14,7 @@ from workers.io.storage import Storage, fetch_in_order
 from workers.io.submission import SubmissionWriter, row_width
 from workers.run.context import StageContext
 from workers.run.keys import RunKeys, RunProgress, stem
-from workers.run.manifest import load_manifest, now_iso
+from workers.run.manifest import RunManifest, load_manifest, now_iso
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ def aggregate_stage(ctx: StageContext, run_id: str, allow_partial: bool = False)
     """Stream every row, in manifest order, into ``submission.csv``; list failures in ``failures.json``.
 
     Idempotent: it rewrites both files from the per-image objects each time. With images still
-    pending it writes nothing unless ``allow_partial``.
+    pending it writes nothing unless ``allow_partial``. ``summary.json`` records the manifest's
+    listing digest: it is the outcome of that listing only (:func:`is_current_summary`).
     """
     manifest = load_manifest(ctx.storage, run_id)  # fresh: the name list may have grown
     keys = RunKeys(run_id)
@@ -76,9 +77,16 @@ def aggregate_stage(ctx: StageContext, run_id: str, allow_partial: bool = False)
     failures.extend({"name": n, "stage": "pending", "reason": "not finished"} for n in pending)
     ctx.storage.put(keys.failures, json.dumps(failures, indent=1).encode())
     result = AggregateResult(run_id, manifest.total, writer.rows, len(failures) - len(pending), len(pending), True)
-    ctx.storage.put(keys.summary, json.dumps({**result.as_dict(), "at": now_iso()}).encode())
+    summary = {**result.as_dict(), "at": now_iso(), "listing": manifest.listing_digest}
+    ctx.storage.put(keys.summary, json.dumps(summary).encode())
     logger.info("run %s: submission with %d rows, %d failures", run_id, writer.rows, len(failures))
     return result
+
+
+def is_current_summary(summary: Mapping[str, object], manifest: RunManifest) -> bool:
+    """Whether ``summary.json`` was written for ``manifest``'s listing (not for an earlier one, before
+    inputs were added, removed or changed, nor by a version that did not record the listing)."""
+    return summary.get("listing") == manifest.listing_digest
 
 
 def _most_common_width(storage: Storage, keys: RunKeys, names: Sequence[str], threads: int) -> int | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
@@ -100,17 +101,31 @@ class RunManifest:
     rejected: tuple[tuple[str, str], ...] = ()  # (name, reason) refused while listing the source
     created_at: str = ""
     version: int = MANIFEST_VERSION
+    # What the stored outputs of each input name were made from (Storage.fingerprint at listing), for
+    # the names listed now and for earlier ones whose outputs remain: an input whose bytes changed is
+    # redone, not mistaken for finished. Empty in manifests written before it existed.
+    fingerprints: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         """Every input the source listed, processed or rejected."""
         return len(self.names) + len(self.rejected)
 
+    @property
+    def listing_digest(self) -> str:
+        """Identifies what a run's outcome must cover: the listed inputs (names, bytes, rejections) and
+        the expected width. The aggregator records it in ``summary.json``; a summary with another
+        digest belongs to an earlier listing and says nothing about this one."""
+        listing = [list(self.names), [self.fingerprints.get(n, "") for n in self.names],
+                   [list(r) for r in self.rejected], self.expected_columns]
+        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
     def to_json(self) -> bytes:
         data = asdict(self)
         data["pipeline"] = self.pipeline.to_dict()
         data["names"] = list(self.names)
         data["rejected"] = [list(r) for r in self.rejected]
+        data["fingerprints"] = dict(self.fingerprints)
         return json.dumps(data, indent=1).encode()
 
     @classmethod

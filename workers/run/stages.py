@@ -18,7 +18,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,15 +31,15 @@ from workers.errors import (
     SubmissionMismatchError,
     TransientError,
 )
-from workers.io.imageio import decode_image, decode_png, encode_png
-from workers.io.submission import format_row, grey_subsample, submission_id
+from workers.io.imageio import decode_image, decode_png, encode_png, write_png
+from workers.io.submission import grey_subsample, submission_id, write_row
 from workers.ops.denoise import DenoiseSpec, denoise, denoise_on_device
 from workers.ops.resample import resize_to_multiple
 from workers.ops.tone import ToneCurve, tone_for_denoising
 from workers.run.context import StageContext
 from workers.run.keys import RunKeys
 from workers.run.manifest import PipelineSpec, RunManifest, now_iso
-from workers.settings import code_version
+from workers.settings import Settings, code_version
 
 logger = logging.getLogger(__name__)
 
@@ -173,19 +173,22 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[
         except TransientError as exc:
             outcomes[name] = Outcome(name, "retry", str(exc), error=exc)
 
-    # PNG encoding and uploads run on I/O threads, overlapping the next batch's forward pass.
+    # PNG encoding and uploads run on I/O threads, overlapping the next batch's forward pass; a batch's
+    # outputs wait for the previous batch's to be stored, so at most two batches of 4x images exist,
+    # and only one where an image alone is above GPU_BATCH_PIXELS.
     stores: dict[str, Future[Outcome]] = {}
     side_writes: list[Future[None]] = []
     for (height, width), items in loaded.items():
-        for batch in _chunks(items, ctx.settings.gpu_batch_size):
+        for batch in _chunks(items, batch_size(ctx.settings, height * width)):
+            if height * width > ctx.settings.gpu_batch_pixels:
+                wait(stores.values())
             for part, outputs, per_image, error in _upscale_isolated(ctx, manifest, batch, side_writes):
                 if error is not None:
                     outcomes.update((item.name, Outcome(item.name, "retry", str(error), error=error)) for item in part)
                     continue
-                for item, hr in zip(part, outputs, strict=True):
-                    stores[item.name] = ctx.io_pool.submit(
-                        _store_upscaled, ctx, manifest, item.name, hr, per_image, (width, height), len(part)
-                    )
+                wait(stores.values())
+                stores |= _submit_stores(ctx, manifest, part, outputs, per_image, (width, height))
+                del outputs  # the stores hold what they need: the next batch must not meet this one
     for name, future in stores.items():
         try:
             outcomes[name] = future.result()
@@ -207,6 +210,7 @@ def _upscale_isolated(ctx: StageContext, manifest: RunManifest, batch: list[_Loa
     try:
         images = _denoise_on_device(ctx, manifest, batch, started, side_writes)
         outputs = upscale_images(ctx, images, manifest.pipeline)
+        del images  # only the outputs go on
     except DeviceOutOfMemoryError as exc:
         if len(batch) == 1:
             yield batch, None, 0.0, exc
@@ -219,6 +223,13 @@ def _upscale_isolated(ctx: StageContext, manifest: RunManifest, batch: list[_Loa
         yield batch, None, 0.0, exc
         return
     yield batch, outputs, (time.perf_counter() - started) / len(batch), None
+
+
+def _submit_stores(ctx: StageContext, manifest: RunManifest, batch: list[_Loaded], outputs: np.ndarray,
+                   seconds: float, size: tuple[int, int]) -> dict[str, Future[Outcome]]:
+    """Each 4x image of a batch to :func:`_store_upscaled` on the I/O threads."""
+    return {item.name: ctx.io_pool.submit(_store_upscaled, ctx, manifest, item.name, hr, seconds, size, len(batch))
+            for item, hr in zip(batch, outputs, strict=True)}
 
 
 def _load_for_upscale(ctx: StageContext, manifest: RunManifest, name: str) -> _Loaded:
@@ -277,7 +288,8 @@ def _store_upscaled(
         if manifest.pipeline.resize_multiple:
             hr = resize_to_multiple(hr, manifest.pipeline.resize_multiple)
         values = grey_subsample(hr)
-        ctx.storage.put(keys.sr(name), encode_png(hr))
+        with ctx.storage.writer(keys.sr(name)) as out:  # streamed: the PNG is never whole in memory
+            write_png(hr, out)
         expected = manifest.expected_columns
         if expected is not None and len(values) != expected:
             raise SubmissionMismatchError(
@@ -288,12 +300,19 @@ def _store_upscaled(
         _record_meta(ctx, manifest.run_id, name, "upscale", seconds=seconds, batch=batch, **model,
                      out_width=hr.shape[1], out_height=hr.shape[0])
         # The row goes last: its presence is what marks the image done.
-        ctx.storage.put(keys.row(name), format_row(submission_id(name), values).encode())
+        with ctx.storage.writer(keys.row(name)) as out:
+            write_row(out, submission_id(name), values)
     except PermanentImageError as exc:
         return record_failure(ctx, manifest.run_id, name, "upscale", exc.reason)
     except TransientError as exc:
         return Outcome(name, "retry", str(exc), error=exc)
     return Outcome(name, "done", seconds=seconds, size=size)
+
+
+def batch_size(settings: Settings, pixels: int) -> int:
+    """How many same-size images of ``pixels`` each go through one forward pass: GPU_BATCH_SIZE, fewer
+    where GPU_BATCH_PIXELS would be exceeded, never none (a larger image runs alone)."""
+    return max(1, min(settings.gpu_batch_size, settings.gpu_batch_pixels // pixels))
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

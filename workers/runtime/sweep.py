@@ -35,6 +35,7 @@ from celery import Celery
 
 from workers.errors import ObjectNotFoundError, RunNotFoundError
 from workers.io.storage import Storage
+from workers.run.aggregate import is_current_summary
 from workers.run.keys import RunKeys
 from workers.run.manifest import RunManifest, load_manifest
 from workers.run.plan import plan_remaining
@@ -73,12 +74,12 @@ class SweepReport:
 
 
 def summary_is_complete(storage: Storage, manifest: RunManifest) -> bool:
-    """True when the stored summary covers every input of the current manifest with none pending."""
+    """True when the stored summary is of the current listing, with nothing pending."""
     try:
         summary = json.loads(storage.get(RunKeys(manifest.run_id).summary))
     except ObjectNotFoundError:
         return False
-    return summary.get("pending") == 0 and summary.get("total") == manifest.total
+    return summary.get("pending") == 0 and is_current_summary(summary, manifest)
 
 
 def sweep(storage: Storage, tracker: RunTracker, app: Celery, stall_after_s: float,

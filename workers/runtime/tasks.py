@@ -27,7 +27,7 @@ from workers.runtime.app import AGGREGATE, CALIBRATE, DENOISE, SWEEP, TRAIN, UPS
 from workers.runtime.sweep import sweep as run_sweep
 from workers.runtime.tracking import OUTAGE_ERRORS
 from workers.runtime.worker import SETTINGS, stage_context, tracker
-from workers.training.calibrate import calibrate_here
+from workers.training.calibrate import calibrate_here, task_destination
 from workers.training.job import TrainJob, train_chunk
 
 logger = logging.getLogger(__name__)
@@ -266,8 +266,10 @@ class _TaskEvents:
 
 @app.task(name=CALIBRATE, **RETRY)
 def calibrate(dataset_url: str, output_url: str | None = None) -> dict[str, Any]:
-    """Calibrate on a dataset in object storage (streaming) and store the artifact."""
-    calibration, where = calibrate_here(dataset_url, output_url, stage_context().storages)
+    """Calibrate on a dataset in object storage (streaming) and store the artifact, only where a task
+    may write (never run state: a message can be crafted)."""
+    destination = task_destination(dataset_url, output_url)
+    calibration, where = calibrate_here(dataset_url, destination, stage_context().storages)
     return {"location": where, "pairs": calibration.n_pairs, "summary": calibration.summary()}
 
 
@@ -309,7 +311,7 @@ def sweep() -> dict[str, object]:
 def train(job: dict[str, Any]) -> dict[str, Any]:
     """One chunk of a training job (TRAIN_CHUNK_S at most), then the next chunk is enqueued: each
     message stays far inside the visibility timeout, and a redelivered one resumes from the saved state."""
-    training = TrainJob.from_dict(job)
+    training = TrainJob.from_dict(job).checked()
     outcome = train_chunk(training, SETTINGS, stage_context().storages)
     if outcome.status == "continue":
         train.apply_async((dataclasses.replace(training, chunk=training.chunk + 1).to_dict(),))

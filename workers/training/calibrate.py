@@ -32,6 +32,7 @@ from workers.ops.metrics import psnr
 from workers.ops.resample import bicubic_x4
 from workers.ops.tone import ARTIFACT_KIND as TONE_KIND
 from workers.ops.tone import ToneAccumulator, ToneCurve, tone_for_denoising
+from workers.training.destinations import check_task_output
 from workers.training.pairs import (
     TRAINING_LIMITS,
     PairKeys,
@@ -237,6 +238,16 @@ def open_dataset(dataset: str, storages: StorageFactory) -> tuple[Storage, str]:
         refuse_split_root(str(Path(dataset).resolve()))
         return LocalStorage(dataset), dataset
     return storages.open(dataset), dataset
+
+
+def task_destination(dataset: str, output: str | None) -> str:
+    """Where the calibrate task may store ``dataset``'s artifact (``output``, default
+    ``DATASET/calibration.json``): a ``.json`` outside run state (:func:`check_task_output`).
+
+    Raises:
+        ConfigError: anywhere else.
+    """
+    return check_task_output(output or default_location(dataset), dataset, ".json")
 
 
 def calibrate_here(dataset: str, output: str | None, storages: StorageFactory) -> tuple[Calibration, str]:

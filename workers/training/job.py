@@ -20,6 +20,7 @@ from workers.settings import DEFAULT_TRAIN_FROM, Settings
 from workers.training.artifacts import TrainingOutput, default_output
 from workers.training.calibrate import Calibration, calibrate, default_location, load_calibration, open_dataset
 from workers.training.config import TrainConfig, TrainProgress, TrainResult
+from workers.training.destinations import check_task_output
 
 if TYPE_CHECKING:
     from workers.training.finetune import Trainer
@@ -101,6 +102,18 @@ class TrainJob:
 
     def output_location(self) -> str:
         return self.output or default_output(self.dataset)
+
+    def checked(self) -> TrainJob:
+        """This job, if what it writes is allowed to a task: the checkpoint (and its companions beside
+        it) a ``.safetensors`` outside run state, and the dataset's ``calibration.json`` (made when
+        missing) outside run state too (:func:`check_task_output`).
+
+        Raises:
+            ConfigError: a destination is not allowed.
+        """
+        check_task_output(self.output_location(), self.dataset, ".safetensors")
+        check_task_output(default_location(self.dataset), self.dataset, ".json")
+        return self
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ from typing import Any, TypeVar
 
 from workers.errors import ConfigError
 from workers.io.storage.base import Storage, check_key, join_key
-from workers.io.storage.local import LocalStorage, storage_url_for
+from workers.io.storage.local import LocalStorage, local_path, storage_url_for
 from workers.settings import Settings
 
 __all__ = [
     "BACKENDS", "LocalStorage", "Storage", "StorageFactory", "backend_class", "check_key", "fetch_in_order",
-    "is_local", "join_key", "open_storage", "scheme_of", "split_location", "storage_url_for",
+    "is_local", "join_key", "local_path", "open_storage", "scheme_of", "split_location", "storage_url_for",
 ]
 
 # URL scheme -> "module:Class". A class implements Storage and ``from_url(url, factory)``.

@@ -33,8 +33,18 @@ class Storage(Protocol):
     def root_url(self) -> str:
         """The URL this storage was opened at, normalised (``file:///abs/dir``, ``s3://bucket/prefix``)."""
 
+    @property
+    def key_prefix(self) -> str:
+        """What the backend puts before every key in its own namespace, which counts towards its key
+        length limit: an S3 URL's prefix; empty for a local directory (limits there are per segment)."""
+
     def get(self, key: str) -> bytes:
         """Return the object's bytes. Raises ObjectNotFoundError, StorageUnavailableError."""
+
+    def fingerprint(self, key: str) -> str:
+        """A short text that changes whenever the object's content does (local: size and SHA-256; S3:
+        size and ETag), read without transferring the object where the backend allows.
+        Raises ObjectNotFoundError, StorageUnavailableError."""
 
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` atomically under ``key``, replacing any previous object."""

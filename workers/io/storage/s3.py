@@ -41,6 +41,10 @@ class S3Storage:
     def root_url(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
 
+    @property
+    def key_prefix(self) -> str:
+        return self.prefix
+
     def _key(self, key: str) -> str:
         return join_key(self.prefix, check_key(key)) if self.prefix else check_key(key)
 
@@ -78,6 +82,11 @@ class S3Storage:
                 response.release_conn()
 
         return self._call(key, read)
+
+    def fingerprint(self, key: str) -> str:
+        """``<size>:etag:<ETag>`` from one HEAD request."""
+        stat = self._call(key, self.client.stat_object, self.bucket, self._key(key))
+        return f"{stat.size}:etag:{stat.etag}"
 
     def put(self, key: str, data: bytes) -> None:
         self._call(key, self.client.put_object, self.bucket, self._key(key), io.BytesIO(data), len(data))
