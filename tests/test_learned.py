@@ -111,17 +111,17 @@ def test_training_runs_on_a_train_worker_in_chunks(cluster, tmp_path):
     store = cluster.store()
     for path in sorted(local.rglob("*.png")):
         store.put(f"dataset/{path.relative_to(local).as_posix()}", path.read_bytes())
-    cluster.start("train", TRAIN_CHUNK_S="2")
+    cluster.start("train", TRAIN_CHUNK_S="1")
     dataset = f"s3://{cluster.bucket}/dataset"
-    result = cluster.producer("train", dataset, "--from", str(start), "--steps", "40", "--batch", "2", "--crop", "8",
-                              "--eval-every", "5", cwd=tmp_path)
+    result = cluster.producer("train", dataset, "--from", str(start), "--steps", "300", "--batch", "4", "--crop", "16",
+                              "--eval-every", "50", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "trained 40 steps (done)" in result.stdout
+    assert "trained 300 steps (done)" in result.stdout
     assert store.exists("dataset/trained_x4.safetensors") and store.exists("dataset/calibration.json")
     marker = json.loads(store.get("dataset/trained_x4.safetensors.job.json"))
     assert marker["done"] and marker["chunk"] >= 1  # more than one chunk ran
     provenance = json.loads(store.get("dataset/trained_x4.json"))
-    assert provenance["steps"] == 40 and provenance["finished"]
+    assert provenance["steps"] == 300 and provenance["finished"]
     wait_until(lambda: not cluster.redis_client().llen("train"), 30, "the train queue to drain")
     assert np.isfinite(provenance["holdout_psnr"])
     shutil.rmtree(local)
