@@ -75,10 +75,11 @@ def test_a_finished_run_without_summary_is_aggregated_after_a_grace_that_grows_w
 def test_complete_cancelled_and_deleted_runs_are_left_alone(world):
     tracker, storage, app, client, names = world
     listing = load_manifest(storage, "r1").listing_digest
+    tracker.start("r1", 3)
     storage.put(RunKeys("r1").summary, json.dumps({"pending": 0, "total": 3, "listing": "older"}).encode())
-    assert sweep(storage, tracker, app, stall_after_s=0).completed == []  # a summary of an earlier listing
+    assert sweep(storage, tracker, app, stall_after_s=60).completed == []  # a summary of an earlier listing
     storage.put(RunKeys("r1").summary, json.dumps({"pending": 0, "total": 3, "listing": listing}).encode())
-    assert sweep(storage, tracker, app, stall_after_s=0).completed == ["r1"]
+    assert sweep(storage, tracker, app, stall_after_s=60).completed == ["r1"]
     assert list(active_runs(storage)) == []
     register(storage, "gone", 1)  # registered, then its manifest was deleted
     register(storage, "r1", 3)
