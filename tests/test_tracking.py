@@ -4,8 +4,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
+from redis.backoff import ConstantBackoff
 
-from workers.runtime.tracking import RunTracker
+from workers.runtime.tracking import OutageRetry, RunTracker
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +106,22 @@ def test_progress_is_stamped_by_start_finish_and_touch(tracker):
     recovery = tracker.recovery("run")
     assert recovery["reenqueued"] == 5 and recovery["stalls"] == 1 and recovery["last_sweep"] >= before
     assert tracker.lease("sweep", "a", 5) and not tracker.lease("sweep", "b", 5)
+
+
+def test_refused_credentials_are_not_retried_like_an_outage(redis_server):
+    """A wrong REDIS_PASSWORD took the producer's connection check 23 s of outage retries to report:
+    redis-py counts AuthenticationError as a ConnectionError."""
+
+    class CountingBackoff(ConstantBackoff):
+        waits = 0
+
+        def compute(self, failures: int) -> float:
+            CountingBackoff.waits += 1
+            return super().compute(failures)
+
+    client = redis.Redis(host=redis_server.host, port=redis_server.port, password="wrong",
+                         retry=OutageRetry(CountingBackoff(0.01), retries=5))
+    with pytest.raises(redis.AuthenticationError):
+        client.ping()
+    assert CountingBackoff.waits == 0
+    client.close()

@@ -28,13 +28,29 @@ from redis.retry import Retry
 
 KEY_PREFIX = "lowlight:run"
 TTL_S = 14 * 24 * 3600
+
+
+class OutageRetry(Retry):
+    """redis-py's :class:`~redis.retry.Retry` that never retries refused credentials: redis-py makes
+    ``AuthenticationError`` a ``ConnectionError``, so a wrong REDIS_PASSWORD was retried like an
+    outage (23 s before the producer could say so)."""
+
+    def call_with_retry(self, do, fail, *args, **kwargs):  # noqa: ANN001, ANN201, ANN002, ANN003 - redis-py's signature
+        def fail_unless_refused(error: Exception, *rest: object) -> None:
+            fail(error, *rest)
+            if isinstance(error, redis.AuthenticationError):
+                raise error
+
+        return super().call_with_retry(do, fail_unless_refused, *args, **kwargs)
+
+
 # Ride out a Redis restart (an append-only file to reload, a pod rescheduled): a refused or dropped
 # connection is retried with backoff 0.1, 0.2, ... capped at 2 s before the error surfaces; redis-py's
 # own default gives up within milliseconds. Workers wait about two minutes (their work must not be
 # lost to an outage); a producer checking its configuration about 20 s (a wrong BROKER_URL should
 # not take minutes to say so).
-OUTAGE_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=60)
-QUICK_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=14)
+OUTAGE_RETRY = OutageRetry(ExponentialBackoff(cap=2.0, base=0.1), retries=60)
+QUICK_RETRY = OutageRetry(ExponentialBackoff(cap=2.0, base=0.1), retries=14)
 # What a Redis outage that outlasted those retries raises, from redis-py and from kombu (sending tasks).
 OUTAGE_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, OperationalError)
 
