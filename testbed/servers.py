@@ -151,14 +151,18 @@ class _Process:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, sig)
 
+    def terminate(self) -> None:
+        """SIGTERM the group without waiting (so several processes shut down at once)."""
+        if not self._finished and self.alive():
+            self._signal_group(signal.SIGTERM)
+
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the group, wait, SIGKILL whatever is left."""
         if self._finished:
             return
-        if self.alive():
-            self._signal_group(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout)
+        self.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout)
         self.kill()
 
     def kill(self) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from testbed.servers import RedisServer, S3Server
-from testbed.workers import CeleryWorker, cluster_env
+from testbed.workers import CeleryWorker, cluster_env, stop_workers
 from tests.fixtures import run_producer
 from workers.io.storage import Storage, StorageFactory
 from workers.settings import Settings
@@ -82,8 +82,7 @@ class Cluster:
         return (tmp_path / "embedded" / "runs" / run_id / "submission.csv").read_text()
 
     def stop(self) -> None:
-        for worker in self.workers:
-            worker.stop()
+        stop_workers(self.workers)
 
 
 @pytest.fixture

@@ -81,6 +81,27 @@ def test_gpu_worker_killed_mid_batch_completes_within_two_sweeps_not_a_visibilit
     assert_complete_and_identical(recovering, run_id, folder, tmp_path)
 
 
+def test_a_gpu_worker_holding_part_of_a_batch_flushes_it_after_a_broker_reconnect(recovering, tmp_path):
+    """Celery clears the event loop's timers when the broker connection drops; celery-batches kept
+    the handle of its flush timer, so after a reconnect a GPU worker holding fewer than
+    GPU_BATCH_SIZE messages never ran them (the 60 s outage test hung this way about one time in
+    three). Here one message sits in the buffer, waiting for GPU_BATCH_WAIT_S, when Redis restarts;
+    STALL_AFTER_S is long, so the sweep cannot be what finishes the run."""
+    recovering.env.update(STALL_AFTER_S="900", GPU_BATCH_WAIT_S="8")
+    folder = tmp_path / "in"
+    write_images(folder, 1)
+    recovering.start("cpu")
+    recovering.start("gpu")
+    redis = recovering.redis_client()
+    run_id = start_run(recovering, folder, tmp_path, "--denoise-on", "gpu")
+    wait_until(lambda: redis.llen("gpu") == 0 and redis.hlen("unacked") == 1, 30,
+               "the GPU worker to buffer the message")
+    recovering.redis.restart()  # append-only file on: the unacknowledged message survives
+    summary = wait_for_summary(recovering, run_id, 90)
+    assert summary["written"] == 1
+    assert_complete_and_identical(recovering, run_id, folder, tmp_path)
+
+
 def test_an_image_that_always_fails_transiently_ends_failed_simulated_storage_outage(recovering, tmp_path):
     """One object the store never serves (simulated): after TASK_MAX_RETRIES it is failed with the
     reason, the others are done, the run aggregates, and --retry-failed re-runs only it."""

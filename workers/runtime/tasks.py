@@ -126,7 +126,36 @@ def denoise(self: Any, run_id: str, name: str) -> dict[str, Any]:
     return outcome.as_dict()
 
 
-@app.task(name=UPSCALE, base=Batches, flush_every=SETTINGS.gpu_batch_size, flush_interval=SETTINGS.gpu_batch_wait_s)
+class ReconnectSafeBatches(Batches):
+    """celery-batches, safe across broker reconnections.
+
+    celery-batches arms its flush timer on the first buffered message and keeps the handle until a
+    flush finds the buffer empty. Celery clears the event loop's timers whenever the broker
+    connection is lost, so after a reconnect the handle pointed at a timer that no longer existed:
+    a GPU worker holding fewer than GPU_BATCH_SIZE messages never ran them, and the run waited for
+    the recovery sweep. Celery rebuilds every task's strategy on each (re)connection; here that also
+    arms a fresh timer for what is still buffered. Those messages are run, not dropped: their
+    redelivery could take a whole visibility timeout. Their acknowledgement goes to the dead
+    channel and is lost, as for any acks_late task that runs across a reconnect, so the broker
+    delivers them once more after the visibility timeout, and the stages skip the finished work.
+    """
+
+    abstract = True
+
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 - celery's name
+        handler = super().Strategy(task, app, consumer)
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        buffered = self._buffer.qsize() + self._pending.qsize()
+        if buffered:
+            self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
+            logger.warning("broker connection restarted: flushing %d buffered %s messages on a new timer",
+                           buffered, self.name)
+        return handler
+
+
+@app.task(name=UPSCALE, base=ReconnectSafeBatches, flush_every=SETTINGS.gpu_batch_size, flush_interval=SETTINGS.gpu_batch_wait_s)
 def upscale(requests: list[SimpleRequest]) -> None:
     """GPU stage. celery-batches hands over the messages waiting on this worker (up to one batch);
     each run's images go through :func:`upscale_stage`, which batches same-size images.
