@@ -182,9 +182,14 @@ def test_redis_restarted_without_persistence_with_nobody_waiting_is_rebuilt_by_t
 def test_redis_outage_of_60s_loses_nothing_while_cpu_workers_hand_over_and_gpu_batches_reschedule(recovering, tmp_path):
     """Redis down for 60 s mid-run (S3 down for part of it, so GPU batches fail transiently and must
     reschedule while Redis is gone): denoised images are handed over and rescheduled images
-    published once Redis is back; nothing is dropped. STALL_AFTER_S stays long here, so the sweep
-    cannot be what saves the run: the publish path itself rides the outage out."""
-    recovering.env.update(STALL_AFTER_S="900")
+    published once Redis is back; nothing is dropped.
+
+    STALL_AFTER_S is two outages long, so the sweep cannot re-enqueue the run when Redis comes
+    back: the publish path itself rides the outage out. The sweep still mends what only it can:
+    kombu's Redis transport takes a message with BRPOP and records it as unacknowledged in a second
+    command, so a message taken in the instant Redis stops is gone from Redis (seen once in seven
+    runs); storage still says the image is unfinished, and the sweep re-enqueues it."""
+    recovering.env.update(STALL_AFTER_S="120")
     folder = tmp_path / "in"
     write_images(folder, 12, width=96, height=64)
     recovering.start("cpu", concurrency=2)
