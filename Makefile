@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 WEIGHTS ?= $(firstword $(wildcard ../shared/weights/RealESRGAN_x4plus.pth))
 export WEIGHTS
 
-.PHONY: demo test test-fast faults soak bench system-deps clean
+.PHONY: demo test test-fast faults soak bench pretrain corpus system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,14 @@ soak: $(BIN)/.installed system-deps
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/throughput.py --size 64x40 --count 4
 	$(BIN)/python benchmarks/quality.py --dataset dataset
+
+# The photo corpus (about 270 public photos, cached outside git) and the shipped model made from it.
+corpus: $(BIN)/.installed
+	$(BIN)/python scripts/fetch-photo-corpus
+
+# Reproduces models/lowlight-compact.* from scratch (2.5 h on 2 cores; PRETRAIN_MINUTES to change).
+pretrain: $(BIN)/.installed
+	bash scripts/pretrain
 
 clean:
 	rm -rf runs .pytest_cache test-artifacts

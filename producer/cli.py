@@ -64,9 +64,9 @@ def _pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
     defaults = DenoiseSpec()
     options = [
         click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None, envvar="PRESET",
-                     help="Pipeline recipe: seed (exact seed), standard, quality (calibrated NL-means + bicubic), "
-                     "perceptual (calibrated NL-means + Real-ESRGAN), learned (the dataset's model from `producer "
-                     "train`). Default: learned when the dataset has DATASET/trained_x4.safetensors, else standard."),
+                     help="Pipeline recipe: learned (default: the dataset's model from `producer train`, else the "
+                     "shipped pretrained model), seed (the Kaggle notebook exactly), standard (its stages done right), "
+                     "quality (calibrated NL-means + bicubic), perceptual (calibrated NL-means + Real-ESRGAN)."),
         click.option("--tta", is_flag=True, envvar="TTA", help="learned: average the 8 flips/rotations of each "
                      "image (x8 self-ensemble; about 8x the upscaling time)."),
         click.option("--seed-compat", is_flag=True, envvar="SEED_COMPAT", help="Same as --preset seed."),
@@ -142,10 +142,11 @@ def enqueue(src: str, run_id: str | None, sample_submission: str | None, retry_f
 
     ctx = StageContext(settings)
     resolved = resolve_pipeline(choice, src, ctx.storages, ctx.storage)
+    click.echo(f"preset {resolved.pipeline.preset}" + (f": {resolved.note}" if resolved.note else "")
+               + ("" if choice.preset else "; --preset to choose another"))
     plan = prepare_run(settings, ctx.storage, src, resolved.pipeline, run_id, sample_submission, retry_failed,
                        show_progress=True)
-    note = f" ({resolved.note})" if resolved.note else ""
-    click.echo(f"run {plan.run_id}: {plan.manifest.total} inputs, {len(plan.finished)} already finished{note}")
+    click.echo(f"run {plan.run_id}: {plan.manifest.total} inputs, {len(plan.finished)} already finished")
     result = _execute(ctx, plan, wait)
     if result is not None:
         _report_result(ctx.storage, plan.run_id, result.written, result.failed, result.pending)
@@ -328,14 +329,16 @@ def calibrate(dataset: str, output: str | None, settings: Settings) -> None:
 
 def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The training recipe's flags (TRAIN_* in the environment); the command receives ``config``."""
-    from workers.training.config import TrainConfig
+    from workers.training.config import DEFAULT_STEPS, TrainConfig
 
     d = TrainConfig()
     options = [
-        click.option("--steps", type=click.IntRange(min=1), default=d.steps, envvar="TRAIN_STEPS", show_default=True,
-                     help="Optimiser steps in all (a re-run continues up to this many)."),
+        click.option("--steps", type=click.IntRange(min=1), default=None, envvar="TRAIN_STEPS",
+                     help=f"Optimiser steps in all (a re-run continues up to this many). Default: {DEFAULT_STEPS} "
+                     "when --minutes is not given, else unbounded."),
         click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None, envvar="TRAIN_MINUTES",
-                     help="Stop cleanly after this many minutes (the schedule fits the budget); the best checkpoint is kept."),
+                     help="Train this many minutes (the schedule fits the budget; given alone it is the whole budget); "
+                     "the best checkpoint is kept. Re-running after the budget is used up trains a new phase."),
         click.option("--seed", type=int, default=d.seed, envvar="TRAIN_SEED", show_default=True,
                      help="Seed of crops, flips and fresh noise: the same seed gives the same weights on a CPU."),
         click.option("--batch", type=click.IntRange(min=1), default=d.batch, envvar="TRAIN_BATCH", show_default=True),
@@ -348,10 +351,15 @@ def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--fresh-share", type=click.FloatRange(0, 1), default=d.fresh_share, envvar="TRAIN_FRESH_SHARE",
                      show_default=True, help="Share of each batch re-synthesised from its targets with the calibrated "
                      "forward model (new noise every step)."),
+        click.option("--photo-share", type=click.FloatRange(0, 1), default=d.photo_share, envvar="TRAIN_PHOTO_SHARE",
+                     show_default=True, help="Share of each batch cut from clean photos (--photos, DATASET/photos), "
+                     "when there are pairs too."),
         click.option("--ema", "ema_decay", type=click.FloatRange(0, 1, max_open=True), default=d.ema_decay,
                      envvar="TRAIN_EMA", show_default=True, help="Decay of the weights' moving average (what is saved)."),
         click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=d.holdout, envvar="TRAIN_HOLDOUT",
                      show_default=True, help="Share of the training pairs held back to pick the best checkpoint (never val/)."),
+        click.option("--holdout-crops", type=click.IntRange(min=0), default=d.holdout_crops, envvar="TRAIN_HOLDOUT_CROPS",
+                     show_default=True, help="Textured crops of held-back photos added to the held-back set."),
         click.option("--eval-every", type=click.IntRange(min=1), default=d.eval_every, envvar="TRAIN_EVAL_EVERY",
                      show_default=True, help="Steps between held-back evaluations (and saved states)."),
     ]
@@ -360,8 +368,8 @@ def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
-        names = ("steps", "minutes", "seed", "batch", "crop", "lr", "loss", "luma_weight", "fresh_share", "ema_decay",
-                 "holdout", "eval_every")
+        names = ("steps", "minutes", "seed", "batch", "crop", "lr", "loss", "luma_weight", "fresh_share", "photo_share",
+                 "ema_decay", "holdout", "holdout_crops", "eval_every")
         kwargs["config"] = TrainConfig(**{name: kwargs.pop(name) for name in names})
         return command(**kwargs)
 
@@ -369,35 +377,45 @@ def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @cli.command()
-@click.argument("dataset")
-@click.option("--from", "start", envvar="TRAIN_FROM", help="Checkpoint to start from: a path or hf:repo/file@rev (any "
-              "spandrel-loadable 4x RGB model; RRDBNet works too). Default: the compact SRVGG "
-              "realesr-animevideov3, from WEIGHTS_DIR when it is there.")
+@click.argument("dataset", required=False)
+@click.option("--photos", envvar="PHOTOS", help="Clean photos to learn from too (a folder or s3:// prefix, e.g. the "
+              "corpus scripts/fetch-photo-corpus makes): each is degraded with the calibrated forward model at a "
+              "brightness drawn from the calibration. Default: DATASET/photos when it exists. Alone (no DATASET): "
+              "the competition's forward model, and -o is required.")
+@click.option("--from", "start", envvar="TRAIN_FROM", help="Checkpoint to start from: a path, hf:repo/file@rev (any "
+              "spandrel-loadable 4x RGB model; RRDBNet works too) or shipped:NAME. Default: the shipped model "
+              "(SHIPPED_MODEL), kept as the output unless fine-tuning beats it on the held-back set.")
 @click.option("-o", "--output", help="Where the checkpoint goes (default: DATASET/trained_x4.safetensors).")
 @click.option("--restart", is_flag=True, help="Ignore a saved training state and start again from --from.")
 @_train_options
 @_settings_options
-def train(dataset: str, start: str | None, output: str | None, restart: bool, config: Any, settings: Settings) -> None:
-    """Fine-tune a fast 4x model on DATASET's training pairs (never val/ or test/), for --preset learned.
+def train(dataset: str | None, photos: str | None, start: str | None, output: str | None, restart: bool, config: Any,
+          settings: Settings) -> None:
+    """Train a fast 4x model for --preset learned on DATASET's training pairs (never val/ or test/)
+    and/or on clean photos (--photos).
 
-    Fresh degradations from the calibrated forward model, EMA weights, the best checkpoint by PSNR on
-    a held-back slice of the training pairs. Ctrl-C keeps the last good checkpoint; re-running the
-    same command resumes. With a broker configured and DATASET in object storage, a worker serving
-    the `train` queue trains and this command follows it.
+    Fresh degradations from the calibrated forward model, EMA weights, and the best checkpoint by
+    PSNR on a held-back set (pairs and photo crops); a fine-tune that never beats its start keeps
+    the start. Ctrl-C keeps the last good checkpoint; re-running the same command resumes, and
+    re-running a finished one trains a new phase. With a broker configured and DATASET in object
+    storage, a worker serving the `train` queue trains and this command follows it.
     """
-    if not is_local(dataset) and not settings.embedded:
+    if dataset is None and photos is None:
+        raise click.UsageError("give a DATASET, --photos DIR, or both")
+    if dataset is not None and not is_local(dataset) and not settings.embedded:
         from producer import dispatch
 
-        result = dispatch.train(settings, dataset, output, start, config, restart)
+        result = dispatch.train(settings, dataset, output, start, config, restart, photos)
     else:
         from producer.training import train_here
 
-        result = train_here(settings, dataset, output, start, config, restart)
-    best = f"{result.best_psnr:.2f} dB" if result.best_psnr is not None else "n/a (no pair held back)"
-    state = "done" if result.finished else (
-        f"--minutes {config.minutes:g} reached; re-run to go on" if config.minutes else "stopped early; re-run to go on")
+        result = train_here(settings, dataset, output, start, config, restart, photos)
+    best = f"{result.best_psnr:.2f} dB" if result.best_psnr is not None else "n/a (nothing held back)"
+    state = "budget used" if result.finished else "stopped early; re-run to go on"
     click.echo(f"trained {result.steps} steps ({state}) in {result.seconds:.0f} s; best held-back PSNR {best} "
                f"at step {result.best_step} -> {result.output}")
+    if result.kept_start:
+        click.echo(f"  no step beat the start checkpoint ({best} on the held-back set): kept the start's weights")
     for key, reason in result.skipped:
         click.echo(f"  skipped {key}: {reason}")
 

@@ -161,7 +161,7 @@ def calibrate(settings: Settings, dataset_url: str, output_url: str | None, time
 
 
 def train(settings: Settings, dataset: str, output: str | None, start: str | None, config: TrainConfig,
-          restart: bool, poll_s: float = 2.0) -> TrainResult:
+          restart: bool, photos: str | None = None, poll_s: float = 2.0) -> TrainResult:
     """Hand a training job to the workers of the ``train`` queue and follow it to its end.
 
     The job runs as a chain of time-boxed chunks (TRAIN_CHUNK_S each); this follows the marker and
@@ -169,11 +169,11 @@ def train(settings: Settings, dataset: str, output: str | None, start: str | Non
     """
     connect_tracker(settings)
     storages = StorageFactory(settings)
-    job = TrainJob(dataset, output, start, dataclasses.asdict(config), restart, started_at=time.time())
+    job = TrainJob(dataset, output, start, dataclasses.asdict(config), restart, started_at=time.time(), photos=photos)
     create_app(settings).send_task(TRAIN, (job.to_dict(),), ignore_result=True)
     started = time.monotonic()
     trained = TrainingOutput.at(job.output_location(), storages)
-    with tqdm(total=config.steps, desc="train (workers)", unit="step") as bar:
+    with tqdm(total=config.step_budget, desc="train (workers)", unit="step") as bar:
         while True:
             try:
                 marker = read_marker(job, storages) or {}

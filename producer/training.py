@@ -11,12 +11,12 @@ from workers.training.config import TrainConfig, TrainProgress, TrainResult
 from workers.training.job import make_trainer
 
 
-def train_here(settings: Settings, dataset: str, output: str | None, start: str | None, config: TrainConfig,
-               restart: bool) -> TrainResult:
+def train_here(settings: Settings, dataset: str | None, output: str | None, start: str | None, config: TrainConfig,
+               restart: bool, photos: str | None = None) -> TrainResult:
     """Train on this machine's cores (or its GPU), showing loss and held-back PSNR as it goes."""
     trainer = make_trainer(dataset, output, start, config, settings, StorageFactory(settings), restart,
-                           note=lambda line: click.echo(line, err=True))
-    with tqdm(total=config.steps, initial=trainer.step, desc="train", unit="step") as bar:
+                           note=lambda line: click.echo(line, err=True), photos_url=photos)
+    with tqdm(total=config.step_budget, initial=trainer.step, desc="train", unit="step") as bar:
         def show(progress: TrainProgress) -> None:
             bar.update(progress.step - bar.n)
             best = f"{progress.best_psnr:.2f}" if progress.best_psnr is not None else "-"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,8 +28,10 @@ _DATABASES = itertools.cycle(range(1, 16))
 
 
 def run_id_from(stdout: str) -> str:
-    """The run id from ``producer enqueue``'s first line (``run <id>: ...``)."""
-    return stdout.split()[1].rstrip(":")
+    """The run id from ``producer enqueue``'s ``run <id>: N inputs, ...`` line (after the preset line)."""
+    match = re.search(r"^run (\S+): \d+ inputs", stdout, re.MULTILINE)
+    assert match, f"no run line in: {stdout[:500]}"
+    return match.group(1)
 
 
 def wait_until(condition, timeout: float, what: str, poll: float = 0.2) -> None:  # noqa: ANN001

@@ -84,7 +84,8 @@ def test_a_fixed_file_is_redone_and_retry_failed_reprocesses_unchanged_ones(tmp_
 
 def test_missing_weights_is_one_line_not_a_traceback(tmp_path, env):
     write_images(tmp_path / "photos", 1)
-    result = producer("enqueue", str(tmp_path / "photos"), env={**env, "WEIGHTS": "/nowhere/model.pth"}, cwd=tmp_path)
+    result = producer("enqueue", str(tmp_path / "photos"), "--preset", "standard",
+                      env={**env, "WEIGHTS": "/nowhere/model.pth"}, cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "WEIGHTS='/nowhere/model.pth'" in result.stderr
 

@@ -14,6 +14,7 @@ from tests.conftest import make_random_compact
 from tests.fixtures import run_producer, write_images
 from tests.fixtures_cluster import run_id_from, wait_until
 from workers.errors import TransientError
+from workers.io.models import REPOSITORY_MODELS, load_registry
 from workers.io.storage import LocalStorage
 from workers.run.context import StageContext
 from workers.run.keys import RunKeys
@@ -52,7 +53,7 @@ def test_a_trained_dataset_runs_learned_by_default_and_the_report_shows_the_trai
     result = run_producer("enqueue", str(trained_dataset), env=env_for(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     first = result.stdout.splitlines()[0]
-    assert "preset learned: found" in first and "trained_x4.safetensors" in first
+    assert first.startswith("preset learned: model") and "trained_x4.safetensors, this dataset's own" in first
     run_id = run_id_from(result.stdout)
     store = LocalStorage(tmp_path / "store")
     pipeline = load_manifest(store, run_id).pipeline
@@ -64,10 +65,27 @@ def test_a_trained_dataset_runs_learned_by_default_and_the_report_shows_the_trai
     assert "preset learned" not in standard.stdout.splitlines()[0]
 
 
-def test_without_a_trained_model_learned_names_producer_train(tmp_path):
+def test_without_a_trained_model_enqueue_runs_the_shipped_model_and_says_so(tmp_path):
+    write_images(tmp_path / "photos", 2)
+    result = run_producer("enqueue", str(tmp_path / "photos"), env=env_for(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    registry = load_registry(REPOSITORY_MODELS)
+    first = result.stdout.splitlines()[0]
+    assert first.startswith(f"preset learned: shipped model {registry.default}")
+    pipeline = load_manifest(LocalStorage(tmp_path / "store"), run_id_from(result.stdout)).pipeline
+    assert pipeline.upscaler == "learned" and pipeline.checkpoint_sha256 == registry.entry(registry.default).sha256
+
+
+def test_a_shipped_model_that_fails_its_hash_check_stops_enqueue_with_one_line(tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(REPOSITORY_MODELS, models)
+    registry = load_registry(models)
+    (models / registry.entry(registry.default).file).write_bytes(b"tampered")
     write_images(tmp_path / "photos", 1)
-    result = run_producer("enqueue", str(tmp_path / "photos"), "--preset", "learned", env=env_for(tmp_path), cwd=tmp_path)
-    assert result.returncode == 2 and "producer train" in result.stderr and len(result.stderr.splitlines()) == 1
+    result = run_producer("enqueue", str(tmp_path / "photos"), env={**env_for(tmp_path), "MODELS_DIR": str(models)},
+                          cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "refusing to run a model that is not the one registered" in result.stderr
 
 
 def test_a_worker_refuses_a_checkpoint_whose_hash_does_not_match(trained_dataset, tmp_path):
@@ -86,6 +104,18 @@ def test_a_worker_refuses_a_checkpoint_whose_hash_does_not_match(trained_dataset
     outcomes = upscale_stage(ctx, run_id, list(load_manifest(store, run_id).names))
     assert {o.status for o in outcomes} == {"retry"}
     assert isinstance(outcomes[0].error, TransientError) and "refusing to run another model" in outcomes[0].reason
+
+
+@pytest.mark.integration
+def test_no_options_distributed_is_identical_to_embedded_with_the_shipped_model(cluster, tmp_path):
+    cluster.start_default()
+    write_images(tmp_path / "photos", 3, width=24, height=16)
+    result = cluster.producer("enqueue", str(tmp_path / "photos"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0].startswith("preset learned: shipped model")
+    distributed = cluster.store().get(RunKeys(run_id_from(result.stdout)).submission).decode()
+    assert distributed.count("\n") == 4
+    assert distributed == cluster.embedded_submission(str(tmp_path / "photos"), tmp_path)
 
 
 @pytest.mark.integration
@@ -116,7 +146,7 @@ def test_training_runs_on_a_train_worker_in_chunks(cluster, tmp_path):
     result = cluster.producer("train", dataset, "--from", str(start), "--steps", "300", "--batch", "4", "--crop", "16",
                               "--eval-every", "50", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "trained 300 steps (done)" in result.stdout
+    assert "trained 300 steps (budget used)" in result.stdout
     assert store.exists("dataset/trained_x4.safetensors") and store.exists("dataset/calibration.json")
     marker = json.loads(store.get("dataset/trained_x4.safetensors.job.json"))
     assert marker["done"] and marker["chunk"] >= 1  # more than one chunk ran

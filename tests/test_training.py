@@ -14,12 +14,12 @@ from PIL import Image
 from tests.conftest import DATASET, make_random_compact, make_random_rrdb
 from workers.errors import ConfigError, UnsupportedModelError
 from workers.io.storage import LocalStorage, StorageFactory
-from workers.ops.degrade import ForwardModel
+from workers.ops.degrade import COMPETITION_BRIGHTNESS, ForwardModel
 from workers.ops.upscale import load_upscaler
 from workers.settings import Settings
 from workers.training.artifacts import TrainingOutput
+from workers.training.batches import BatchSource, PairCache, make_batch
 from workers.training.config import TrainConfig
-from workers.training.finetune import PairCache, make_batch
 from workers.training.job import make_trainer, run_training
 from workers.training.pairs import training_pairs
 
@@ -68,22 +68,23 @@ def test_a_few_steps_lower_the_loss_and_write_checkpoint_and_provenance(tiny, co
     assert result.finished and result.steps == 40 and len(losses) == 40
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     provenance = json.loads((tiny / "trained_x4.json").read_text())
-    assert provenance["steps"] == 40 and provenance["finished"] and len(provenance["curve"]) == 4
-    assert provenance["start"]["sha256"] and provenance["pairs"]["holdout"] and provenance["seed"] == 0
+    assert provenance["steps"] == 40 and provenance["finished"] and len(provenance["curve"]) == 5  # the start + 4
+    assert provenance["curve"][0]["step"] == 0 and provenance["start"]["holdout_psnr"] is not None
+    assert provenance["start"]["sha256"] and provenance["holdout"]["pairs"] and provenance["seed"] == 0
     assert provenance["calibration"]["forward_model"]["kernel"] == "box"
     assert (tiny / "trained_x4.safetensors").is_file() and (tiny / "trained_x4.safetensors.state").is_file()
 
 
 def test_fresh_degradations_differ_between_steps_and_repeat_for_a_seed(tiny):
     listing = training_pairs(LocalStorage(tiny))
-    cache = PairCache(LocalStorage(tiny), listing.pairs, 1 << 30)
+    source = BatchSource(ForwardModel(), COMPETITION_BRIGHTNESS, PairCache(LocalStorage(tiny), listing.pairs, 1 << 30),
+                         range(len(listing.pairs)))
     config = TrainConfig(batch=4, crop=8, fresh_share=1.0)
-    indices = range(len(listing.pairs))
-    first, again = make_batch(cache, indices, config, ForwardModel(), 0, set()), make_batch(cache, indices, config, ForwardModel(), 0, set())
-    second = make_batch(cache, indices, config, ForwardModel(), 1, set())
+    first, again = make_batch(source, config, 0), make_batch(source, config, 0)
+    second = make_batch(source, config, 1)
     assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
     assert not np.array_equal(first[0], second[0])
-    other_seed = make_batch(cache, indices, TrainConfig(batch=4, crop=8, fresh_share=1.0, seed=1), ForwardModel(), 0, set())
+    other_seed = make_batch(source, TrainConfig(batch=4, crop=8, fresh_share=1.0, seed=1), 0)
     assert not np.array_equal(first[0], other_seed[0])
     # A fresh input is the forward model of its own target crop: as dark, and 4x smaller.
     inputs, targets = first
@@ -107,7 +108,7 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_
     assert halfway.steps == 3 and not halfway.finished
     resumed = train(split, small, config)
     assert resumed.steps == 6 and resumed.finished
-    assert json.loads((split / "trained_x4.json").read_text())["curve"][0]["step"] == 3  # history kept
+    assert [c["step"] for c in json.loads((split / "trained_x4.json").read_text())["curve"]] == [0, 3, 6]  # history kept
     state = TrainingOutput(LocalStorage(split), "trained_x4.safetensors")
     assert state.storage.exists(state.state)
     assert (whole / "trained_x4.safetensors").read_bytes() == (split / "trained_x4.safetensors").read_bytes()
@@ -115,8 +116,29 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_
 
 def test_minutes_stop_cleanly_with_the_best_checkpoint(tiny, small):
     result = train(tiny, small, TrainConfig(steps=100_000, batch=2, crop=8, minutes=0.05, eval_every=1000))
-    assert not result.finished and 0 < result.steps < 100_000 and result.seconds < 30
+    assert result.finished and 0 < result.steps < 100_000 and result.seconds < 30
     assert (tiny / "trained_x4.safetensors").is_file()  # evaluated and saved when the budget ran out
+
+
+def test_a_time_budget_given_alone_is_the_whole_budget(tiny, small):
+    """--minutes alone is not cut short by a default step count."""
+    config = TrainConfig(batch=2, crop=8, minutes=0.02, eval_every=1000)
+    assert config.step_budget is None and TrainConfig().step_budget == 600
+    result = train(tiny, small, config)
+    assert result.finished and result.seconds >= 0.02 * 60 * 0.9
+
+
+def test_re_running_a_used_budget_trains_a_new_phase_at_full_learning_rate(tiny, small):
+    config = TrainConfig(steps=4, batch=2, crop=8, eval_every=2, holdout=0.25)
+    assert train(tiny, small, config).steps == 4
+    longer = make_trainer(str(tiny), None, str(small), TrainConfig(steps=8, batch=2, crop=8, eval_every=2, holdout=0.25),
+                          settings(), StorageFactory(settings()))
+    assert longer.phase["number"] == 2 and longer.phase["start_step"] == 4
+    assert longer._learning_rate(0.0) == pytest.approx(longer.config.lr)  # a warm restart, not the schedule's tail
+    assert longer.run().steps == 8
+    again = make_trainer(str(tiny), None, str(small), TrainConfig(steps=8, batch=2, crop=8, eval_every=2, holdout=0.25),
+                         settings(), StorageFactory(settings()))
+    assert again.run().steps == 8  # the same --steps again: nothing more was asked for
 
 
 def test_val_and_test_are_refused(tiny, small):

@@ -24,8 +24,9 @@ from workers.errors import ConfigError
 DEFAULT_MODEL_REPO = "danhtran2mind/Real-ESRGAN-Anime-finetuning"
 DEFAULT_MODEL_FILE = "Real-ESRGAN-Anime-finetuning.pth"
 # The compact SRVGG model (Real-ESRGAN's realesr-animevideov3, BSD-3-Clause): ~14x cheaper than RRDB,
-# trainable on CPU cores in minutes. A mirror of the official release file on the Hub.
-DEFAULT_TRAIN_FROM = "hf:nateraw/real-esrgan/realesr-animevideov3.pth@refs/pr/2"
+# trainable on CPU cores in minutes. A mirror of the official release file on the Hub. The shipped
+# models were pretrained from it (`make pretrain`); fine-tunes start from the shipped model.
+PRETRAIN_FROM = "hf:nateraw/real-esrgan/realesr-animevideov3.pth@refs/pr/2"
 
 
 def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
@@ -54,6 +55,10 @@ class Settings:
     weights_dir: str = _setting(
         "../shared/weights", "Folder of local checkpoints: a Hub file (hf:repo/file@rev) whose name is here is used "
         "from here, with no download.")
+    models_dir: str = _setting("", "Folder of the project's shipped models and their registry.json (empty: the "
+                               "repository's models/).")
+    shipped_model: str = _setting("", "Shipped model that --preset learned runs, and that `producer train` starts "
+                                  "from, when the dataset has no model of its own (empty: the registry's default).")
     device: str = _setting("auto", "Torch device for the upscaler: auto, cpu, cuda, cuda:N.")
     precision: str = _setting("auto", "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.")
     gpu_batch_size: int = _setting(8, "Most same-size images per forward pass.")

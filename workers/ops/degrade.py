@@ -17,6 +17,7 @@ be clipped are left out of the fit.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
@@ -84,6 +85,56 @@ class ForwardModel:
             raise ConfigError(f"forward model: {exc}") from None
 
 
+BRIGHTNESS_POINTS = 21  # quantiles stored: probabilities 0, 0.05, ..., 1
+
+
+@dataclass(frozen=True)
+class BrightnessDistribution:
+    """How bright the targets are: quantiles of their mean intensity (0-255, all channels), at evenly
+    spaced probabilities from 0 to 1. Training brings every clean photo to a brightness drawn from
+    it before synthesising its input, so photos teach the model the data's own darkness."""
+
+    quantiles: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        q = self.quantiles
+        if len(q) < 2 or any(not (math.isfinite(v) and 0 < v <= 255) for v in q) or any(b < a for a, b in itertools.pairwise(q)):
+            raise ConfigError(f"brightness distribution: need at least 2 increasing quantiles in (0, 255], got {q}")
+
+    def draw(self, rng: np.random.Generator) -> float:
+        """One mean intensity, by inverse-CDF sampling between the stored quantiles."""
+        position = rng.random() * (len(self.quantiles) - 1)
+        low = min(int(position), len(self.quantiles) - 2)
+        return float(np.interp(position - low, (0.0, 1.0), self.quantiles[low : low + 2]))
+
+    @property
+    def median(self) -> float:
+        return float(np.interp(0.5, np.linspace(0, 1, len(self.quantiles)), self.quantiles))
+
+    @classmethod
+    def from_means(cls, means: np.ndarray | list[float], points: int = BRIGHTNESS_POINTS) -> BrightnessDistribution:
+        """The distribution of measured per-image means (at least one; a floor of 1 keeps it positive)."""
+        values = np.maximum(np.asarray(means, np.float64), 1.0)
+        if values.size == 0:
+            raise ConfigError("brightness distribution: no image to measure")
+        return cls(tuple(round(float(v), 3) for v in np.quantile(values, np.linspace(0, 1, points))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean_quantiles": list(self.quantiles)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BrightnessDistribution:
+        try:
+            return cls(tuple(float(v) for v in data["mean_quantiles"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"brightness distribution: malformed ({exc})") from None
+
+
+# What competitors measured on the real targets: means about 30-55 of 255, centred near 41. The tails
+# are widened a little so that a model trained on it does not meet an unseen brightness at the edges.
+COMPETITION_BRIGHTNESS = BrightnessDistribution((22.0, 31.0, 36.0, 41.0, 46.0, 52.0, 65.0))
+
+
 def downscale(target: np.ndarray, kernel: Kernel = "box") -> np.ndarray:
     """``target`` (4H x 4W x C, any numeric type) reduced 4x as float64: a 4x4 box mean, or
     Pillow's antialiased bicubic (what MATLAB's ``imresize`` does).
@@ -140,6 +191,7 @@ class ForwardFit:
     fitted_levels: tuple[int, int]  # lowest and highest level the noise fit used
     pixels: int
     pairs: int
+    target_brightness: BrightnessDistribution | None = None  # None in artifacts written before it existed
 
     @property
     def tone_applies(self) -> bool:
@@ -151,6 +203,7 @@ class ForwardFit:
         data = asdict(self)
         data["model"] = self.model.to_dict()
         data["fitted_levels"] = list(self.fitted_levels)
+        data["target_brightness"] = self.target_brightness.to_dict() if self.target_brightness else None
         data["tone_applies"] = self.tone_applies
         return data
 
@@ -160,6 +213,8 @@ class ForwardFit:
         try:
             data["model"] = ForwardModel.from_dict(data["model"])
             data["fitted_levels"] = tuple(data["fitted_levels"])
+            brightness = data.get("target_brightness")
+            data["target_brightness"] = BrightnessDistribution.from_dict(brightness) if brightness else None
             return cls(**data)
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"forward model fit: missing or unexpected field ({exc})") from None
@@ -168,11 +223,12 @@ class ForwardFit:
 class ForwardAccumulator:
     """Streams (input, target) pairs into per-level statistics for every candidate kernel.
 
-    Memory is a few arrays of 256 values whatever the number of pairs. Not thread-safe.
+    Memory is a few arrays of 256 values, and one number per pair (its target's mean). Not thread-safe.
     """
 
     def __init__(self) -> None:
         self._stats: dict[str, _LevelStats] = {k: _LevelStats() for k in get_args(Kernel)}
+        self._target_means: list[float] = []
         self.pairs = 0
 
     def add_pair(self, inp: np.ndarray, target: np.ndarray) -> None:
@@ -186,10 +242,11 @@ class ForwardAccumulator:
         observed = inp.astype(np.float64)
         for kernel, stats in self._stats.items():
             stats.add(downscale(target, kernel), observed)  # type: ignore[arg-type]
+        self._target_means.append(float(target.mean()))
         self.pairs += 1
 
     def fit(self) -> ForwardFit:
-        """Fit kernel, brightness ratio, quantisation, gain and read variance.
+        """Fit kernel, brightness ratio, quantisation, gain and read variance; record the targets' brightness.
 
         Raises:
             ConfigError: no pixel was added, or too few levels stay clear of clipping to fit noise.
@@ -223,6 +280,7 @@ class ForwardAccumulator:
             fitted_levels=levels,
             pixels=int(box.count.sum()),
             pairs=self.pairs,
+            target_brightness=BrightnessDistribution.from_means(self._target_means),
         )
 
 

@@ -1,9 +1,10 @@
 """From what the user chose on the command line to the run's :class:`PipelineSpec`.
 
-Presets that use a calibration find ``calibration.json`` next to the dataset; ``learned`` finds the
-dataset's trained model (``trained_x4.safetensors``) and copies it into the run store under its
-hash, where every worker fetches it. With no preset chosen, a dataset that has a trained model runs
-``learned``; otherwise ``standard``.
+Presets that use a calibration find ``calibration.json`` next to the dataset. ``learned`` (the
+default) runs, in this order: the model named with ``--weights``, the dataset's own fine-tuned model
+(``trained_x4.safetensors``), or the project's shipped model (``SHIPPED_MODEL``, checked against
+the registry's hash); it copies the model into the run store under its hash, where every worker
+fetches it.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import json
 from dataclasses import dataclass
 
 from workers.errors import ConfigError, ObjectNotFoundError
-from workers.io.storage import Storage, StorageFactory, join_key, split_location
+from workers.io.models import load_registry, models_folder
+from workers.io.storage import LocalStorage, Storage, StorageFactory, join_key, split_location
 from workers.ops.denoise import DenoiseSpec
 from workers.run.manifest import DenoisePlacement, PipelineSpec
 from workers.run.presets import NEEDS_CALIBRATION, Checkpoint, PresetInputs, build_pipeline
 from workers.training.artifacts import TRAINED_FILE, TrainingOutput, default_output, sha256_hex
 from workers.training.calibrate import Calibration, default_location, load_calibration
 
-DEFAULT_PRESET = "standard"
+DEFAULT_PRESET = "learned"
 MODELS_PREFIX = "models"  # run store: models/<sha256>.safetensors, shared by every run that uses it
 
 
@@ -28,12 +30,13 @@ MODELS_PREFIX = "models"  # run store: models/<sha256>.safetensors, shared by ev
 class PipelineChoice:
     """What the user asked for on the command line, before calibration and models are looked up."""
 
-    preset: str | None  # None: learned when the dataset has a trained model, else standard
+    preset: str | None  # None: DEFAULT_PRESET
     denoise: DenoiseSpec
     calibration: str | None = None  # artifact path or URL
     denoise_on: DenoisePlacement = "cpu"  # "gpu": NL-means fused into the GPU task
     tta: bool = False
     checkpoint: str | None = None  # a trained model to run instead of DATASET/trained_x4.safetensors
+    dataset_model: bool = True  # False: learned runs the shipped model even where the dataset has its own
 
 
 @dataclass(frozen=True)
@@ -50,15 +53,12 @@ def resolve_pipeline(choice: PipelineChoice, dataset: str | None, storages: Stor
         ConfigError: the preset lacks what it needs (the message says which command makes it),
             an artifact is unreadable, or a model file is missing.
     """
-    preset, note = choice.preset, ""
-    trained = _trained_model(choice, dataset, storages)
-    if preset is None:
-        preset = "learned" if trained else DEFAULT_PRESET
-        note = f"preset learned: found {trained.url()}; --preset to choose another" if trained else ""
+    preset = choice.preset or DEFAULT_PRESET
     calibration = _calibration(choice, preset, dataset, storages)
-    checkpoint = None
-    if preset == "learned" and trained is not None:
-        checkpoint = publish_checkpoint(trained, run_store or storages.open("."))
+    checkpoint, note = None, ""
+    if preset == "learned":
+        model, note = _learned_model(choice, dataset, storages)
+        checkpoint = publish_checkpoint(model, run_store or storages.open("."))
     inputs = PresetInputs(denoise=choice.denoise, calibration=calibration, checkpoint=checkpoint, tta=choice.tta)
     pipeline = dataclasses.replace(build_pipeline(preset, inputs), denoise_on=choice.denoise_on)
     return Resolved(pipeline, note)
@@ -75,19 +75,30 @@ def _calibration(choice: PipelineChoice, preset: str, dataset: str | None, stora
     return load_calibration(location, storages) if location else None
 
 
-def _trained_model(choice: PipelineChoice, dataset: str | None, storages: StorageFactory) -> TrainingOutput | None:
-    """The model ``learned`` would run: the one asked for, else the dataset's, else None."""
+def _learned_model(choice: PipelineChoice, dataset: str | None, storages: StorageFactory) -> tuple[TrainingOutput, str]:
+    """The model ``learned`` runs and a line saying which: --weights, else the dataset's, else the shipped one.
+
+    Raises:
+        ConfigError: the --weights file is missing; the shipped model is missing or fails its hash check.
+    """
     if choice.checkpoint:
         # Any checkpoint spandrel loads (.pth too) can be a run's own model; it just has no provenance.
         folder, name = split_location(choice.checkpoint)
         output = TrainingOutput(storages.open(folder), name)
         if not output.storage.exists(output.name):
             raise ConfigError(f"no trained model at {choice.checkpoint} (--weights)")
-        return output
-    if dataset is None:
-        return None
-    output = TrainingOutput.at(default_output(dataset), storages)
-    return output if output.storage.exists(TRAINED_FILE) else None
+        return output, f"model {output.url()} (--weights)"
+    if dataset is not None and choice.dataset_model:
+        output = TrainingOutput.at(default_output(dataset), storages)
+        if output.storage.exists(TRAINED_FILE):
+            return output, f"model {output.url()}, this dataset's own (producer train)"
+    settings = storages.settings
+    registry = load_registry(models_folder(settings.models_dir))
+    name = settings.shipped_model or registry.default
+    path = registry.path(name)
+    entry = registry.entry(name)
+    return TrainingOutput(LocalStorage(path.parent), path.name), (
+        f"shipped model {name} ({entry.architecture}, {path}); `producer train DATASET` fine-tunes it")
 
 
 def publish_checkpoint(trained: TrainingOutput, run_store: Storage) -> Checkpoint:

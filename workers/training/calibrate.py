@@ -96,6 +96,10 @@ class Calibration:
                 f"brightness ratio input/target {fit.brightness_ratio:g}: "
                 + ("tone curve applied (outside 0.9-1.1)" if self.tone_applies else "equally dark, no tone stage"),
             ]
+            if fit.target_brightness is not None:
+                q = fit.target_brightness.quantiles
+                lines.append(f"target brightness (mean of 255): median {fit.target_brightness.median:.1f}, "
+                             f"range {q[0]:.1f}-{q[-1]:.1f} (photos used for training are brought to it)")
         else:
             lines.append("no forward model (an older artifact, or too few mid-tones to fit one): the tone stage applies")
         search = ", ".join(f"h={h:g} {p:.2f} dB" for h, p in self.nlm_search)

@@ -1,17 +1,21 @@
-"""Fine-tune a 4x model on a dataset's training pairs: fresh degradations, EMA, model selection, resume.
+"""Train a 4x model on a dataset's training pairs and/or clean photos: fresh degradations, EMA,
+model selection that means something, resume, and budgets that do what they say.
 
-Each step takes ``batch`` random crops (``crop`` input pixels square, the target 4x that) of random
-training pairs, with a random flip/rotation. The first ``fresh_share`` of the crops get a brand-new
-input synthesised from the target crop with the calibrated forward model, so the model never sees
-the same noise twice; the rest keep the pair's real input. Loss: L1 or Charbonnier, blended with the
-same loss on the luma the competition scores (``luma_weight``). Adam with a cosine schedule (over
-the steps, or over the time budget when that is shorter), and an exponential moving average of the
-weights with warm-up; the EMA weights are what is evaluated and saved.
+Batches come from :mod:`workers.training.batches` (pair crops and photo crops, every one with fresh
+noise from the forward model, or the pair's real input). Loss: L1 or Charbonnier, blended with the
+same loss on the luma the competition scores (``luma_weight``). Adam with a cosine schedule over the
+budget, and an exponential moving average of the weights with warm-up; the EMA weights are what is
+evaluated and saved.
 
-A held-back slice of the training pairs (never val/ or test/) is scored every ``eval_every`` steps
-with the competition's PSNR; the best EMA weights so far are the output checkpoint. The batch of
-step ``s`` depends only on ``(seed, s)``: a resumed run sees exactly the batches an uninterrupted
-one would. Decoded pairs are kept in a bounded LRU cache, so memory does not grow with the dataset.
+The held-back set (:mod:`workers.training.holdout`: pairs and photo crops never trained on) scores
+the start checkpoint first, then the EMA every ``eval_every`` steps; the output is the best so far,
+so a fine-tune that never beats its start keeps the start.
+
+Budgets run in *phases*. A phase is one budget (``--steps`` in all and/or ``--minutes`` of this
+invocation) with its own cosine schedule. Re-running an interrupted phase (Ctrl-C, a chunk
+deadline) resumes it exactly: the batch of step ``s`` depends only on ``(seed, s)``. Re-running
+after a phase used its budget up starts a new phase from where it ended, at the full learning rate
+again (a warm restart): training longer actually trains.
 """
 
 from __future__ import annotations
@@ -25,8 +29,7 @@ import logging
 import math
 import os
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,94 +37,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from workers.errors import ConfigError, ObjectNotFoundError, PermanentImageError
-from workers.io.storage import Storage
-from workers.io.submission import grey_subsample
+from workers.errors import ConfigError, ObjectNotFoundError
 from workers.io.weights import file_sha256
-from workers.ops.degrade import ForwardModel
-from workers.ops.metrics import psnr
 from workers.ops.upscale import Upscaler, load_descriptor, resolve_device
 from workers.ops.upscalers import TilePolicy
 from workers.settings import code_version
 from workers.training.artifacts import PROVENANCE_KIND, TrainingOutput
+from workers.training.batches import BatchSource, PairCache, make_batch, split_holdout
 from workers.training.config import TrainConfig, TrainProgress, TrainResult
-from workers.training.pairs import PairKeys, load_pair, training_pairs
+from workers.training.data import TrainingData
+from workers.training.holdout import MIN_HOLDOUT_PAIRS, HoldoutScore, HoldoutSet, held_pairs, held_photo_crops
+from workers.training.pairs import SCALE, load_pair, training_pairs
+from workers.training.photos import PhotoCache, split_photos
 
 logger = logging.getLogger(__name__)
 
 LUMA = (0.299, 0.587, 0.114)  # Pillow's convert("L"), what the competition scores
 CHARBONNIER_EPS = 1e-3
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before training gives up
-
-
-class PairCache:
-    """Decoded (input, target) pairs by index, least recently used dropped past ``max_bytes``."""
-
-    def __init__(self, dataset: Storage, pairs: Sequence[PairKeys], max_bytes: int) -> None:
-        self.dataset, self.pairs, self.max_bytes = dataset, pairs, max_bytes
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._bytes = 0
-
-    def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Raises PermanentImageError for a bad pair (the caller drops it)."""
-        if index in self._cache:
-            self._cache.move_to_end(index)
-            return self._cache[index]
-        pair = load_pair(self.dataset, self.pairs[index])
-        self._cache[index] = pair
-        self._bytes += pair[0].nbytes + pair[1].nbytes
-        while self._bytes > self.max_bytes and len(self._cache) > 1:
-            _, (old_in, old_target) = self._cache.popitem(last=False)
-            self._bytes -= old_in.nbytes + old_target.nbytes
-        return pair
-
-
-def split_holdout(pairs: Sequence[PairKeys], share: float, most: int) -> tuple[list[PairKeys], list[PairKeys]]:
-    """(training, held back): a fixed slice chosen by hashing the file names, so it never moves."""
-    if len(pairs) < 2 or share <= 0:
-        return list(pairs), []
-    count = max(1, min(most, round(share * len(pairs))))
-    ranked = sorted(pairs, key=lambda p: hashlib.sha1(p.name.encode()).hexdigest())
-    held = {p.name for p in ranked[:count]}
-    return [p for p in pairs if p.name not in held], [p for p in pairs if p.name in held]
-
-
-def dihedral(image: np.ndarray, transform: int) -> np.ndarray:
-    """One of the 8 flips/rotations of an H x W x C array (0 is the identity)."""
-    out = np.rot90(image, transform % 4)
-    return np.ascontiguousarray(out[:, ::-1] if transform >= 4 else out)
-
-
-def make_batch(cache: PairCache, indices: Sequence[int], config: TrainConfig, forward: ForwardModel,
-               step: int, bad: set[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The (inputs, targets) uint8 batch of ``step``: a pure function of ``(seed, step)`` and the data.
-
-    A pair that fails to load joins ``bad`` and another pair is drawn in its place.
-    """
-    rng = np.random.default_rng((config.seed, step))
-    fresh = round(config.fresh_share * config.batch)
-    chosen: list[tuple[np.ndarray, np.ndarray]] = []
-    while len(chosen) < config.batch:
-        live = [i for i in indices if i not in bad]
-        if not live:
-            raise ConfigError("no readable training pair left")
-        index = live[int(rng.integers(len(live)))]
-        try:
-            chosen.append(cache.get(index))
-        except PermanentImageError as exc:
-            logger.warning("training skips %s: %s", exc.name, exc.reason)
-            bad.add(index)
-    crop = min(config.crop, *(min(inp.shape[:2]) for inp, _ in chosen))
-    inputs, targets = [], []
-    for i, (inp, target) in enumerate(chosen):
-        y = int(rng.integers(inp.shape[0] - crop + 1))
-        x = int(rng.integers(inp.shape[1] - crop + 1))
-        hr = target[4 * y : 4 * (y + crop), 4 * x : 4 * (x + crop)]
-        lr = forward.degrade(hr, rng) if i < fresh else inp[y : y + crop, x : x + crop]
-        transform = int(rng.integers(8))
-        inputs.append(dihedral(lr, transform))
-        targets.append(dihedral(hr, transform))
-    return np.stack(inputs), np.stack(targets)
+PROVENANCE_VERSION = 2
 
 
 def _loss(pred: torch.Tensor, target: torch.Tensor, config: TrainConfig) -> torch.Tensor:
@@ -138,62 +72,97 @@ def _loss(pred: torch.Tensor, target: torch.Tensor, config: TrainConfig) -> torc
     return (1 - config.luma_weight) * rgb + config.luma_weight * distance(y_pred, y_true)
 
 
-def _to_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+def _to_tensor(batch: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
-def _amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """Mixed precision on CUDA: bf16 where the card has it, else fp16 (with a gradient scaler)."""
-    if device.type != "cuda" or precision == "fp32":
+def amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """Mixed precision: on CUDA bf16 where the card has it, else fp16 (with a gradient scaler); on a
+    CPU only when asked for (``bf16``: about twice as fast on AVX-512/AMX cores and on some AVX2 ones)."""
+    if precision == "fp32":
         return None
+    if device.type != "cuda":
+        return torch.bfloat16 if precision == "bf16" else None
     if precision == "fp16":
         return torch.float16
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 class Trainer:
-    """One training run over a dataset, writing to one :class:`TrainingOutput`. Not thread-safe."""
+    """One training run, writing to one :class:`TrainingOutput`. Not thread-safe."""
 
-    def __init__(self, dataset: Storage, output: TrainingOutput, start: Path, start_source: str,
-                 forward: ForwardModel, config: TrainConfig, device: str = "auto", precision: str = "auto",
-                 calibration: dict[str, Any] | None = None, dataset_label: str = "", restart: bool = False) -> None:
-        self.dataset, self.output, self.config, self.forward = dataset, output, config, forward
-        listing = training_pairs(dataset, dataset_label)
-        self.skipped = list(listing.skipped)
-        self.train_pairs, self.holdout_pairs = split_holdout(listing.pairs, config.holdout, config.holdout_max)
-        self.pairs_sha256 = hashlib.sha256("\n".join(p.name for p in listing.pairs).encode()).hexdigest()
+    def __init__(self, data: TrainingData, output: TrainingOutput, start: Path, start_source: str, config: TrainConfig,
+                 device: str = "auto", precision: str = "auto", restart: bool = False) -> None:
+        if data.dataset is None and data.photos is None:
+            raise ConfigError("nothing to train on: give a dataset with train/ pairs, or photos (--photos)")
+        self.data, self.output, self.config, self.forward = data, output, config, data.forward
         self.start_source, self.start_sha256 = start_source, file_sha256(start)
-        self.calibration = calibration or {"forward_model": forward.to_dict()}
         self.device = resolve_device(device)
         if self.device.type == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)  # fp32 on every core
-        self.amp = _amp_dtype(self.device, precision)
+            torch.set_num_threads(os.cpu_count() or 1)
+        self.amp = amp_dtype(self.device, precision)
+        self.channels_last = self.device.type == "cuda" or self.amp is not None
         torch.manual_seed(config.seed)
         self.descriptor = load_descriptor(start)
         self.model = self.descriptor.model.float().to(self.device).train()
-        if self.device.type == "cuda":
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.ema_descriptor = copy.deepcopy(self.descriptor)
         self.ema = self.ema_descriptor.model.eval()
         self.ema.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp is torch.float16)
-        self.cache = PairCache(dataset, self.train_pairs, config.cache_mb * 1024 * 1024)
-        self.holdout_cache = PairCache(dataset, self.holdout_pairs, config.cache_mb * 1024 * 1024)
-        self.bad: set[int] = set()
-        self.step, self.best_psnr, self.best_step = 0, None, 0
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp is torch.float16 and self.device.type == "cuda")
+        self.skipped: list[tuple[str, str]] = []
+        self.source, self.holdout, self.pair_names = self._prepare_data()
+        self.step, self.best_psnr, self.best_step, self.start_psnr = 0, None, 0, None
         self.history: list[dict[str, Any]] = []
-        self.seconds_before = 0.0
-        self._budget_spent = 0.0
+        self.seconds_before = 0.0  # all phases, for provenance
+        self.phase: dict[str, Any] = {"number": 1, "start_step": 0, "seconds": 0.0, "ended": False}
         if not restart:
             self._resume()
+        if self.phase["ended"]:
+            self._new_phase()
+
+    # -- data --------------------------------------------------------------------------------------
+
+    def _prepare_data(self) -> tuple[BatchSource, HoldoutSet, list[str]]:
+        config, data = self.config, self.data
+        cache_bytes = config.cache_mb * 1024 * 1024
+        source = BatchSource(data.forward, data.brightness)
+        holdout = HoldoutSet([])
+        pair_names: list[str] = []
+        if data.dataset is not None:
+            listing = training_pairs(data.dataset, data.dataset_label)
+            self.skipped += listing.skipped
+            pair_names = [p.name for p in listing.pairs]
+            train, held = split_holdout(listing.pairs, config.holdout, config.holdout_max, MIN_HOLDOUT_PAIRS)
+            source.pairs, source.pair_indices = PairCache(data.dataset, train, cache_bytes), range(len(train))
+            holdout.items += held_pairs(lambda i: load_pair(data.dataset, held[i]), [p.name for p in held],  # type: ignore[arg-type]
+                                        len(held), holdout.skipped)
+        if data.photos is not None:
+            train_photos, held_photos = split_photos(data.photos, config.holdout, config.holdout_max)
+            source.photos = PhotoCache(data.photos, train_photos, SCALE * config.crop, cache_bytes // 2)
+            if held_photos and config.holdout_crops:
+                eval_cache = PhotoCache(data.photos, held_photos, SCALE * config.eval_crop, cache_bytes // 4)
+                holdout.items += held_photo_crops(eval_cache, config.holdout_crops, config.eval_crop,
+                                                  data.forward, data.brightness)
+                self.skipped += [(k, r) for k, r in eval_cache.skipped.items()]
+            if not source.photos.live:
+                raise ConfigError(f"no usable photo in {data.photos.label}")
+        self.skipped += holdout.skipped
+        return source, holdout, pair_names
+
+    def _data_fingerprint(self) -> str:
+        listing = "\n".join(self.pair_names) + "\n--photos--\n" + (self.data.photos.names_sha256 if self.data.photos else "")
+        return hashlib.sha256(listing.encode()).hexdigest()
 
     # -- state -------------------------------------------------------------------------------------
 
     def _fingerprint(self) -> dict[str, Any]:
-        return {"start_sha256": self.start_sha256, "pairs_sha256": self.pairs_sha256,
-                "config": self.config.fingerprint(), "forward": self.forward.to_dict()}
+        return {"start_sha256": self.start_sha256, "data_sha256": self._data_fingerprint(),
+                "config": self.config.fingerprint(), "forward": self.forward.to_dict(),
+                "brightness": self.data.brightness.to_dict()}
 
     def _resume(self) -> None:
         """Pick up a saved state of the same run; a state of another run is left alone (overwritten)."""
@@ -204,7 +173,7 @@ class Trainer:
         try:
             state = torch.load(io.BytesIO(raw), map_location=self.device, weights_only=True)
             if state.get("fingerprint") != self._fingerprint():
-                logger.warning("%s belongs to another training run (other start, pairs or settings): starting afresh",
+                logger.warning("%s belongs to another training run (other start, data or settings): starting afresh",
                                self.output.storage.url(self.output.state))
                 return
             self.model.load_state_dict(state["model"])
@@ -212,12 +181,24 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
+            phase = dict(state["phase"])
         except Exception as exc:  # noqa: BLE001 - a truncated or foreign file raises many types
             raise ConfigError(f"cannot resume from {self.output.storage.url(self.output.state)}: it is corrupt or "
                               f"truncated ({type(exc).__name__}: {exc}); delete it or pass --restart") from None
         self.step, self.best_psnr, self.best_step = int(state["step"]), state["best_psnr"], int(state["best_step"])
-        self.history, self.seconds_before = list(state["history"]), float(state["seconds"])
-        logger.info("resuming training at step %d (best held-back PSNR %s)", self.step, self.best_psnr)
+        self.start_psnr = state.get("start_psnr")
+        self.history, self.seconds_before, self.phase = list(state["history"]), float(state["seconds"]), phase
+        logger.info("resuming training at step %d (phase %d; best held-back PSNR %s)", self.step, phase["number"],
+                    self.best_psnr)
+
+    def _new_phase(self) -> None:
+        """The last budget was used up: this invocation's budget is a new phase with its own schedule."""
+        budget = self.config.step_budget
+        if budget is not None and self.step >= budget and not self.config.minutes:
+            return  # --steps already reached and no time given: nothing more was asked for
+        self.phase = {"number": self.phase["number"] + 1, "start_step": self.step, "seconds": 0.0, "ended": False}
+        logger.info("the previous budget was used up: phase %d starts at step %d with a fresh schedule",
+                    self.phase["number"], self.step)
 
     def _save_state(self, seconds: float) -> None:
         buffer = io.BytesIO()
@@ -225,7 +206,9 @@ class Trainer:
                     "optimizer": self.optimizer.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
                     "step": self.step, "best_psnr": self.best_psnr, "best_step": self.best_step,
-                    "history": self.history, "seconds": self.seconds_before + seconds}, buffer)
+                    "start_psnr": self.start_psnr, "history": self.history,
+                    "seconds": self.seconds_before + seconds,
+                    "phase": {**self.phase, "seconds": self.phase["seconds"] + seconds}}, buffer)
         self.output.storage.put(self.output.state, buffer.getvalue())
 
     def _save_checkpoint(self) -> None:
@@ -237,16 +220,30 @@ class Trainer:
         self.output.storage.put(self.output.name, save(weights, metadata={"format": "pt"}))
 
     def provenance(self, finished: bool, seconds: float) -> dict[str, Any]:
+        photos = self.data.photos
+        cache = self.source.photos
         return {
-            "kind": PROVENANCE_KIND, "version": 1,
+            "kind": PROVENANCE_KIND, "version": PROVENANCE_VERSION,
             "start": {"source": self.start_source, "sha256": self.start_sha256,
-                      "architecture": self.descriptor.architecture.name},
-            "pairs": {"train": len(self.train_pairs), "holdout": [p.name for p in self.holdout_pairs],
-                      "names_sha256": self.pairs_sha256, "skipped": [{"file": f, "reason": r} for f, r in self.skipped]},
-            "calibration": self.calibration, "config": dataclasses.asdict(self.config),
-            "seed": self.config.seed, "steps": self.step, "best_step": self.best_step,
-            "holdout_psnr": self.best_psnr, "loss": self.history[-1]["loss"] if self.history else None,
-            "curve": self.history, "device": str(self.device), "precision": str(self.amp or torch.float32),
+                      "architecture": self.descriptor.architecture.name, "holdout_psnr": self.start_psnr},
+            "pairs": {"train": len(self.source.pair_indices), "names_sha256": hashlib.sha256(
+                "\n".join(self.pair_names).encode()).hexdigest() if self.pair_names else None,
+                "skipped": [{"file": f, "reason": r} for f, r in self.skipped]},
+            "photos": None if photos is None else {
+                "folder": photos.label, "count": len(photos.keys), "train": len(cache.indices) if cache else 0,
+                "names_sha256": photos.names_sha256, "corpus_manifest_sha256": photos.manifest_sha256,
+                "skipped": [{"file": f, "reason": r} for f, r in (cache.skipped.items() if cache else [])]},
+            "holdout": {**self.holdout.describe(), "selects_on": "pairs" if self.holdout.pair_count >= MIN_HOLDOUT_PAIRS
+                        else "every item"},
+            "calibration": self.data.calibration or {"forward_model": self.forward.to_dict()},
+            "brightness": self.data.brightness.to_dict(),
+            "config": dataclasses.asdict(self.config), "seed": self.config.seed,
+            "steps": self.step, "best_step": self.best_step, "holdout_psnr": self.best_psnr,
+            "kept_start": self.best_step == 0 and self.start_psnr is not None,
+            "loss": next((h["loss"] for h in reversed(self.history) if h.get("loss") is not None), None),
+            "curve": self.history, "phase": self.phase["number"],
+            "device": str(self.device), "hardware": _hardware(self.device),
+            "precision": str(self.amp or torch.float32), "torch": torch.__version__,
             "seconds": round(self.seconds_before + seconds, 1), "finished": finished,
             "code_version": code_version(), "at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -256,34 +253,33 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
 
-    def evaluate(self) -> float | None:
-        """Competition PSNR of the EMA model on the held-back pairs (None when none is held back)."""
-        if not self.holdout_pairs:
+    def evaluate(self) -> HoldoutScore | None:
+        """Competition PSNR of the EMA model on the held-back set (None when nothing is held back)."""
+        if not self.holdout.items:
             return None
         upscaler = Upscaler(self.ema_descriptor, self.device, torch.float32, TilePolicy())
-        scores = []
-        for index in range(len(self.holdout_pairs)):
-            try:
-                inp, target = self.holdout_cache.get(index)
-            except PermanentImageError as exc:
-                logger.warning("held-back pair skipped: %s", exc)
-                continue
-            output = upscaler.upscale(inp[None])[0]
-            scores.append(psnr(grey_subsample(output), grey_subsample(target)))
-        return float(np.mean(scores)) if scores else None
+        return self.holdout.score(lambda image: upscaler.upscale(image[None])[0])
 
-    def _learning_rate(self, started: float) -> float:
-        progress = self.step / self.config.steps
+    def _progress(self, phase_seconds: float) -> float:
+        """How far through this phase's budget (0-1): steps or time, whichever is further."""
+        progress = 0.0
+        budget = self.config.step_budget
+        if budget is not None:
+            span = max(1, budget - self.phase["start_step"])
+            progress = (self.step - self.phase["start_step"]) / span
         if self.config.minutes:
-            spent = self._budget_spent + time.monotonic() - started
-            progress = max(progress, spent / (60 * self.config.minutes))
-        return self.config.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+            progress = max(progress, phase_seconds / (60 * self.config.minutes))
+        return min(progress, 1.0)
 
-    def _train_step(self, started: float) -> float:
-        inputs, targets = make_batch(self.cache, range(len(self.train_pairs)), self.config, self.forward, self.step, self.bad)
-        x, y = _to_tensor(inputs, self.device), _to_tensor(targets, self.device)
+    def _learning_rate(self, phase_seconds: float) -> float:
+        return self.config.lr * 0.5 * (1 + math.cos(math.pi * self._progress(phase_seconds)))
+
+    def _train_step(self, phase_seconds: float) -> float:
+        inputs, targets = make_batch(self.source, self.config, self.step)
+        x = _to_tensor(inputs, self.device, self.channels_last)
+        y = _to_tensor(targets, self.device, False)
         for group in self.optimizer.param_groups:
-            group["lr"] = self._learning_rate(started)
+            group["lr"] = self._learning_rate(phase_seconds)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             loss = _loss(self.model(x).float(), y, self.config)
@@ -300,25 +296,38 @@ class Trainer:
                 ema_b.copy_(b)
         return float(loss.detach())
 
-    def run(self, on_progress: Callable[[TrainProgress], None] | None = None,
-            should_stop: Callable[[], bool] | None = None, budget_spent_s: float = 0.0) -> TrainResult:
-        """Train until ``steps`` are done, the time budget is spent, or ``should_stop()`` says so.
+    def budget_used(self, phase_seconds: float) -> bool:
+        budget = self.config.step_budget
+        if budget is not None and self.step >= budget:
+            return True
+        return bool(self.config.minutes) and phase_seconds >= 60 * self.config.minutes
 
-        ``budget_spent_s``: seconds of the ``minutes`` budget earlier chunks of the same job used (the
-        schedule and the deadline count them). Ctrl-C saves the state (and keeps the best
-        checkpoint), then re-raises: re-running resumes.
+    def run(self, on_progress: Callable[[TrainProgress], None] | None = None,
+            should_stop: Callable[[], bool] | None = None, budget_spent_s: float | None = None) -> TrainResult:
+        """Train until this phase's budget is used up, or ``should_stop()`` says so (a chunk deadline).
+
+        ``budget_spent_s``: seconds of the ``minutes`` budget already spent by this phase elsewhere
+        (a distributed job's earlier chunks and queueing); default: what the saved state recorded.
+        Ctrl-C saves the state (and keeps the best checkpoint), then re-raises: re-running resumes.
         """
         started = time.monotonic()
-        self._budget_spent = budget_spent_s
-        deadline = started + 60 * self.config.minutes - budget_spent_s if self.config.minutes else math.inf
+        if budget_spent_s is not None:
+            self.phase["seconds"] = budget_spent_s
+        phase_before = self.phase["seconds"]
+        if self.step == 0 and self.start_psnr is None:
+            self._score_start()
+
+        def phase_seconds() -> float:
+            return phase_before + time.monotonic() - started
+
         losses: list[float] = []
         bad_in_a_row = 0
-        finished = self.step >= self.config.steps
+        ended = self.budget_used(phase_seconds())
         try:
-            while not finished:
-                if time.monotonic() >= deadline or (should_stop is not None and should_stop()):
+            while not ended:
+                if should_stop is not None and should_stop():
                     break
-                loss = self._train_step(started)
+                loss = self._train_step(phase_seconds())
                 if math.isnan(loss):
                     bad_in_a_row += 1
                     logger.warning("step %d: non-finite loss, step skipped", self.step)
@@ -328,34 +337,73 @@ class Trainer:
                 bad_in_a_row = 0
                 self.step += 1
                 losses.append(loss)
-                finished = self.step >= self.config.steps
+                ended = self.budget_used(phase_seconds())
                 scored = None
-                if finished or self.step % self.config.eval_every == 0:
-                    scored = self._checkpoint(losses, started)
+                if ended or self.step % self.config.eval_every == 0:
+                    scored = self._checkpoint(losses, started, phase_before)
                     losses = []
                 if on_progress is not None:
-                    on_progress(TrainProgress(self.step, self.config.steps, loss, scored, self.best_psnr,
+                    on_progress(TrainProgress(self.step, self.config.step_budget, loss,
+                                              scored.selects if scored else None, self.best_psnr,
                                               time.monotonic() - started))
         except KeyboardInterrupt:
             self._save_state(time.monotonic() - started)
             raise
         if losses:  # stopped between evaluations: evaluate what was learned since
-            self._checkpoint(losses, started)
+            self._checkpoint(losses, started, phase_before)
         seconds = time.monotonic() - started
+        self.phase["ended"] = ended
         self._save_state(seconds)
-        self._write_provenance(finished, seconds)
-        return TrainResult(self.step, self.best_step, self.best_psnr, finished, seconds, self.skipped, self.output.url())
+        self._write_provenance(ended, seconds)
+        self.phase["seconds"] += seconds
+        self.seconds_before += seconds
+        return TrainResult(self.step, self.best_step, self.best_psnr, ended, seconds, self.skipped, self.output.url(),
+                           self.start_psnr, self.best_step == 0 and self.start_psnr is not None)
 
-    def _checkpoint(self, losses: list[float], started: float) -> float | None:
+    def _score_start(self) -> None:
+        """Score the start checkpoint and keep it as the output until a step beats it."""
+        scored = self.evaluate()
+        if scored is None:
+            return
+        self.start_psnr = self.best_psnr = scored.selects
+        self.best_step = 0
+        self.history.append({"step": 0, "loss": None, "holdout_psnr": _rounded(scored.selects),
+                             "pairs_psnr": _rounded(scored.pairs), "photos_psnr": _rounded(scored.photos),
+                             "seconds": round(self.seconds_before, 1)})
+        self._save_checkpoint()
+        logger.info("start checkpoint scores %.3f dB on the held-back set", scored.selects)
+
+    def _checkpoint(self, losses: list[float], started: float, phase_before: float) -> HoldoutScore | None:
         """Evaluate, keep the weights if they are the best so far, save the state."""
         scored = self.evaluate()
         seconds = time.monotonic() - started
         self.history.append({"step": self.step, "loss": round(float(np.mean(losses)), 6) if losses else None,
-                             "holdout_psnr": round(scored, 4) if scored is not None else None,
+                             "holdout_psnr": _rounded(scored.selects if scored else None),
+                             "pairs_psnr": _rounded(scored.pairs if scored else None),
+                             "photos_psnr": _rounded(scored.photos if scored else None),
                              "seconds": round(self.seconds_before + seconds, 1)})
-        if scored is None or self.best_psnr is None or scored > self.best_psnr:
-            self.best_psnr, self.best_step = scored, self.step
+        value = scored.selects if scored else None
+        if value is None or self.best_psnr is None or value > self.best_psnr:
+            self.best_psnr, self.best_step = value, self.step
             self._save_checkpoint()
         self._save_state(seconds)
         self._write_provenance(False, seconds)
         return scored
+
+
+def _rounded(value: float | None) -> float | None:
+    return round(value, 4) if value is not None else None
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model or 'CPU'}, {os.cpu_count()} cores"

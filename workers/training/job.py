@@ -13,19 +13,24 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from workers.errors import ConfigError, ObjectNotFoundError
+from workers.io.models import load_registry, models_folder
 from workers.io.storage import Storage, StorageFactory, split_location
-from workers.io.weights import resolve_checkpoint
-from workers.ops.degrade import ForwardModel
-from workers.settings import DEFAULT_TRAIN_FROM, Settings
+from workers.io.weights import WeightsRef, resolve_checkpoint
+from workers.ops.degrade import COMPETITION_BRIGHTNESS, ForwardModel
+from workers.settings import Settings
 from workers.training.artifacts import TrainingOutput, default_output
 from workers.training.calibrate import Calibration, calibrate, default_location, load_calibration, open_dataset
 from workers.training.config import TrainConfig, TrainProgress, TrainResult
+from workers.training.data import TrainingData
 from workers.training.destinations import check_task_output
+from workers.training.photos import CORPUS_MANIFEST, PHOTOS_FOLDER, PhotoListing, has_prefix, list_photos
 
 if TYPE_CHECKING:
     from workers.training.finetune import Trainer
 
 logger = logging.getLogger(__name__)
+
+SHIPPED_PREFIX = "shipped:"  # --from shipped:NAME starts from a registered model
 
 
 def dataset_calibration(dataset_url: str, storages: StorageFactory, note: Callable[[str], None]) -> Calibration:
@@ -41,40 +46,105 @@ def dataset_calibration(dataset_url: str, storages: StorageFactory, note: Callab
     return calibration
 
 
-def make_trainer(dataset_url: str, output_url: str | None, start_ref: str | None, config: TrainConfig,
+def make_trainer(dataset_url: str | None, output_url: str | None, start_ref: str | None, config: TrainConfig,
                  settings: Settings, storages: StorageFactory, restart: bool = False,
-                 note: Callable[[str], None] = logger.info) -> Trainer:
+                 note: Callable[[str], None] = logger.info, photos_url: str | None = None) -> Trainer:
     """Everything resolved and loaded, ready to :meth:`~Trainer.run`.
 
+    Learns from ``dataset_url``'s training pairs, from clean photos (``photos_url``, else the
+    dataset's own ``photos/`` folder when it has one), or both. With no dataset the degradation is
+    the competition's (:class:`ForwardModel` defaults, :data:`COMPETITION_BRIGHTNESS`).
+
     Raises:
-        ConfigError: the dataset is a val/ or test/ split or has no usable pair; the start
-            checkpoint is missing, not a 4x RGB model, or cannot be downloaded; a saved state is corrupt.
+        ConfigError: nothing to learn from; the dataset is a val/ or test/ split or has no usable
+            pair; a photo folder has no usable photo; the start checkpoint is missing, not a 4x RGB
+            model, or cannot be downloaded; a saved state is corrupt; no output was named for a
+            photo-only run.
     """
-    dataset, label = open_dataset(dataset_url, storages)
-    output = TrainingOutput.at(output_url or default_output(dataset_url), storages)
-    calibration = dataset_calibration(dataset_url, storages, note)
-    forward = calibration.forward.model if calibration.forward else ForwardModel()
-    if calibration.tone_applies and config.fresh_share > 0:
+    if dataset_url is None and photos_url is None:
+        raise ConfigError("nothing to train on: give a DATASET with train/ pairs, or --photos DIR (or both)")
+    if output_url is None and dataset_url is None:
+        raise ConfigError("training on photos alone needs -o/--output (where the model goes)")
+    output = TrainingOutput.at(output_url or default_output(dataset_url or ""), storages)
+    data = training_data(dataset_url, photos_url, storages, note)
+    if data.calibration and data.calibration.get("tone_applies"):
         # Fresh inputs come from the forward model, which has no tone change: on darkened pairs they
         # would teach the model the wrong brightness. Train on the real inputs only.
-        note("inputs are darker than their targets: training on the real inputs only (no fresh degradations)")
+        note("inputs are darker than their targets: training on the real inputs only (no fresh degradations, "
+             "no photos)")
         config = dataclasses.replace(config, fresh_share=0.0)
+        data = dataclasses.replace(data, photos=None)
     from workers.training.finetune import Trainer  # torch: only where training runs
 
-    start = resolve_checkpoint(start_ref or DEFAULT_TRAIN_FROM, settings)
-    summary = {"forward_model": forward.to_dict(), "tone_applies": calibration.tone_applies,
-               "created_at": calibration.created_at}
-    return Trainer(dataset, output, start.path, start.source, forward, config, settings.device, settings.precision,
-                   summary, label, restart)
+    start = resolve_start(start_ref, settings)
+    return Trainer(data, output, start.path, start.source, config, settings.device, settings.precision, restart)
 
 
-def run_training(dataset_url: str, output_url: str | None, start_ref: str | None, config: TrainConfig,
+def resolve_start(start_ref: str | None, settings: Settings) -> WeightsRef:
+    """The checkpoint training starts from: the one named (a path, ``hf:...``, or ``shipped:NAME``),
+    else the shipped model (``SHIPPED_MODEL``, or the registry's default), checked against its hash.
+
+    Raises:
+        ConfigError: the named file is missing or cannot be downloaded; the shipped model is missing
+            or fails its hash check.
+    """
+    if start_ref and not start_ref.startswith(SHIPPED_PREFIX):
+        return resolve_checkpoint(start_ref, settings)
+    registry = load_registry(models_folder(settings.models_dir))
+    name = (start_ref or "").removeprefix(SHIPPED_PREFIX) or settings.shipped_model or registry.default
+    path = registry.path(name)
+    return WeightsRef(path, f"{SHIPPED_PREFIX}{name}")
+
+
+def training_data(dataset_url: str | None, photos_url: str | None, storages: StorageFactory,
+                  note: Callable[[str], None]) -> TrainingData:
+    """The pairs, photos, forward model and brightness a run learns from (see :func:`make_trainer`)."""
+    forward, brightness, summary = ForwardModel(), COMPETITION_BRIGHTNESS, None
+    dataset, label = None, ""
+    if dataset_url is not None:
+        dataset, label = open_dataset(dataset_url, storages)
+        calibration = dataset_calibration(dataset_url, storages, note)
+        fit = calibration.forward
+        forward = fit.model if fit else ForwardModel()
+        if fit is not None and fit.target_brightness is not None:
+            brightness = fit.target_brightness
+        elif photos_url is not None or has_prefix(dataset, PHOTOS_FOLDER):
+            note("the calibration predates target brightness: photos are darkened to the competition's "
+                 "(re-run `producer calibrate` to measure this dataset's)")
+        summary = {"forward_model": forward.to_dict(), "tone_applies": calibration.tone_applies,
+                   "created_at": calibration.created_at}
+    else:
+        note("no dataset: the competition's forward model (gain 2.49, read variance 3.1, box, floor) and dark targets")
+    photos = None
+    if photos_url is not None:
+        photos = open_photos(photos_url, storages)
+    elif dataset is not None and has_prefix(dataset, PHOTOS_FOLDER):
+        photos = open_photos(f"{dataset_url.rstrip('/')}/{PHOTOS_FOLDER}", storages)  # type: ignore[union-attr]
+    if photos is not None:
+        note(f"photos: {len(photos.keys)} files in {photos.label}")
+    return TrainingData(forward, brightness, dataset, label, photos, summary)
+
+
+def open_photos(url: str, storages: StorageFactory) -> PhotoListing:
+    """A photo folder: ``url`` itself, or its ``photos/`` when it is a corpus root with a manifest.
+
+    Raises:
+        ConfigError: no photo file in it.
+    """
+    root = storages.open(url)
+    if root.exists(CORPUS_MANIFEST) and has_prefix(root, PHOTOS_FOLDER):
+        return list_photos(storages.open(f"{url.rstrip('/')}/{PHOTOS_FOLDER}"), url, (root, CORPUS_MANIFEST))
+    parent, _ = split_location(url)
+    return list_photos(root, url, (storages.open(parent), CORPUS_MANIFEST))
+
+
+def run_training(dataset_url: str | None, output_url: str | None, start_ref: str | None, config: TrainConfig,
                  settings: Settings, storages: StorageFactory, restart: bool = False,
                  on_progress: Callable[[TrainProgress], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
-                 note: Callable[[str], None] = logger.info) -> TrainResult:
+                 note: Callable[[str], None] = logger.info, photos_url: str | None = None) -> TrainResult:
     """Train and return what happened (see :meth:`Trainer.run`)."""
-    trainer = make_trainer(dataset_url, output_url, start_ref, config, settings, storages, restart, note)
+    trainer = make_trainer(dataset_url, output_url, start_ref, config, settings, storages, restart, note, photos_url)
     return trainer.run(on_progress, should_stop)
 
 
@@ -89,6 +159,7 @@ class TrainJob:
     restart: bool = False
     started_at: float = 0.0  # epoch seconds when the producer enqueued it: the --minutes budget counts from here
     chunk: int = 0
+    photos: str | None = None  # a photo folder to learn from too (default: the dataset's photos/)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -161,7 +232,7 @@ def train_chunk(job: TrainJob, settings: Settings, storages: StorageFactory) -> 
     storage.put(key, json.dumps({"job": job.started_at, "chunk": job.chunk, "complete": False, "done": False}).encode())
     config = TrainConfig(**job.config)
     trainer = make_trainer(job.dataset, job.output, job.start, config, settings, storages,
-                           restart=job.restart and job.chunk == 0)
+                           restart=job.restart and job.chunk == 0, photos_url=job.photos)
     chunk_end = time.monotonic() + settings.train_chunk_s
     spent = max(0.0, time.time() - job.started_at) if job.started_at else 0.0
     result = trainer.run(should_stop=lambda: time.monotonic() >= chunk_end, budget_spent_s=spent)
