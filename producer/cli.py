@@ -445,26 +445,36 @@ def evaluate(dataset: str, presets: tuple[str, ...], calibration: str | None, ru
     from workers.run.context import StageContext
     from workers.run.presets import TAKES_CALIBRATION
     from workers.run.resolve import resolve_pipeline
+    from workers.training.artifacts import TRAINED_FILE
     from workers.training.calibrate import default_location, load_calibration
 
     inputs_dir = Path(inputs) if inputs else Path(dataset) / ev.VAL_INPUTS
     pairs = ev.truth_pairs(inputs_dir, Path(gt) if gt else Path(dataset) / ev.VAL_TRUTH)
     ctx = StageContext(settings)
     scores = []
+    own_model = (Path(dataset) / TRAINED_FILE).is_file()
+    variants: list[tuple[str, bool, bool]] = []  # (preset, tta, the dataset's own model)
     for preset in presets or list(PRESETS):
-        for tta in (False, True) if preset == "learned" else (False,):
-            label = preset + (" + tta" if tta else "")
-            choice = PipelineChoice(preset, DenoiseSpec(), calibration if preset in TAKES_CALIBRATION else None, tta=tta)
-            try:
-                pipeline = resolve_pipeline(choice, dataset, ctx.storages, ctx.storage).pipeline
-            except ConfigError as exc:
-                if presets:
-                    raise
-                click.echo(f"skipping preset {label}: {exc}", err=True)
-                continue
-            plan = prepare_run(settings, ctx.storage, str(inputs_dir), pipeline, show_progress=True)
-            _execute(ctx, plan)
-            scores.append(ev.score_run(ctx.storage, plan.manifest, pairs, f"{label} (run {plan.run_id})", ctx.limits))
+        if preset != "learned":
+            variants.append((preset, False, False))
+            continue
+        for own in (False, True) if own_model else (False,):
+            variants += [(preset, False, own), (preset, True, own)]
+    for preset, tta, own in variants:
+        label = preset + {(True, True): " (fine-tuned)", (True, False): " (shipped)"}.get((preset == "learned", own), "")
+        label += " + tta" if tta else ""
+        choice = PipelineChoice(preset, DenoiseSpec(), calibration if preset in TAKES_CALIBRATION else None, tta=tta,
+                                dataset_model=own)
+        try:
+            pipeline = resolve_pipeline(choice, dataset, ctx.storages, ctx.storage).pipeline
+        except ConfigError as exc:
+            if presets:
+                raise
+            click.echo(f"skipping preset {label}: {exc}", err=True)
+            continue
+        plan = prepare_run(settings, ctx.storage, str(inputs_dir), pipeline, show_progress=True)
+        _execute(ctx, plan)
+        scores.append(ev.score_run(ctx.storage, plan.manifest, pairs, f"{label} (run {plan.run_id})", ctx.limits))
     for run_id in run_ids:
         scores.append(ev.score_run(ctx.storage, load_manifest(ctx.storage, run_id), pairs, f"run {run_id}", ctx.limits))
     if baselines:

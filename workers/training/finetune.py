@@ -100,7 +100,7 @@ class Trainer:
         self.start_source, self.start_sha256 = start_source, file_sha256(start)
         self.device = resolve_device(device)
         if self.device.type == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use
         self.amp = amp_dtype(self.device, precision)
         self.channels_last = self.device.type == "cuda" or self.amp is not None
         torch.manual_seed(config.seed)
