@@ -1,4 +1,5 @@
-"""What each worker process holds (one stage context, one tracker) and how a GPU worker starts.
+"""What each worker process holds (one stage context, one tracker, its identity and heartbeat) and
+how a GPU worker starts.
 
 Kept apart from :mod:`workers.runtime.app`, which only builds the app: the app module never needs
 the tasks, and the tasks and this module import the app, so no import runs in a circle.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -16,7 +18,9 @@ from celery import signals
 
 from workers.errors import ConfigError
 from workers.run.context import StageContext
-from workers.runtime.app import CPU_QUEUE, GPU_QUEUE, SWEEP, app
+from workers.runtime.app import CPU_QUEUE, GPU_QUEUE, SWEEP, SWEEP_QUEUE, app
+from workers.runtime.claims import Claims
+from workers.runtime.liveness import NODE_NAME, Heartbeat, this_process
 from workers.runtime.tracking import RunTracker
 
 logger = logging.getLogger(__name__)
@@ -33,6 +37,40 @@ def stage_context() -> StageContext:
 @functools.cache
 def tracker() -> RunTracker:
     return RunTracker.from_url(SETTINGS.broker_url_with_password)
+
+
+_CLAIMS: dict[int, tuple[Claims, Heartbeat]] = {}
+_CLAIMS_LOCK = threading.Lock()
+
+
+def claims() -> Claims:
+    """This process's claims on images, under its own identity; its heartbeat starts with the first
+    call (a prefork child draws its own identity, after the fork)."""
+    pid = os.getpid()
+    with _CLAIMS_LOCK:
+        if pid not in _CLAIMS:
+            _CLAIMS.clear()  # the parent's, inherited across fork
+            me = this_process()
+            beat = Heartbeat(tracker().client, me, SETTINGS.heartbeat_every_s, SETTINGS.stall_after_s).start()
+            _CLAIMS[pid] = (Claims(stage_context().storage, tracker(), me, SETTINGS), beat)
+        return _CLAIMS[pid][0]
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    """A clean exit: others know at once that this process holds nothing any more."""
+    entry = _CLAIMS.get(os.getpid())
+    if entry is not None:
+        entry[1].stop()
+
+
+@signals.celeryd_after_setup.connect
+def _name_and_queues(sender: str, instance: Any, **_: Any) -> None:
+    """Holds name the Celery node ("gpu@host-2"); CPU workers also read the sweep's own queue."""
+    NODE_NAME["value"] = sender
+    if CPU_QUEUE in consumed_queues(instance):
+        instance.app.amqp.queues.select_add(SWEEP_QUEUE)
 
 
 def consumed_queues(worker: Any) -> set[str]:
@@ -75,7 +113,8 @@ def start_sweeper(holder: str) -> threading.Thread:
             time.sleep(every)
             try:
                 if tracker().lease("sweep", holder, every * 0.9):
-                    app.send_task(SWEEP, ignore_result=True)
+                    # A sweep not started within its period is dropped: the next one does its work.
+                    app.send_task(SWEEP, ignore_result=True, expires=every)
             except Exception:  # noqa: BLE001 - a timer must outlive any outage
                 logger.warning("could not send the recovery sweep this time", exc_info=True)
 
