@@ -282,12 +282,15 @@ def _upscale_run(run_id: str, items: list[tuple[SimpleRequest, str]], events: _T
             go.append(image)
     holds = {image.name: image.hold for image in go}
     alone = [image.name for image in sorted((i for i in go if i.attempts.suspect), key=lambda i: i.attempts.deaths)]
+    previous: list[str] = []
 
     def on_pass(names: Sequence[str]) -> None:
+        """Charge a death in this forward pass to its images only."""
         try:
-            mine.computing(run_id, [holds[name] for name in names])
+            mine.computing(run_id, [holds[name] for name in names], [holds[name] for name in previous])
         except OUTAGE_ERRORS:  # a death in this pass would then not be charged to these images
             logger.warning("run %s: could not mark %d images as computing", run_id, len(names))
+        previous[:] = names
 
     started = time.perf_counter()
     try:

@@ -1,0 +1,110 @@
+"""Poison inputs and dying workers: every image ends, none crash-loops a pool.
+
+Real redis-server, weed mini and Celery workers, runs enqueued with ``--no-wait`` (nobody watching:
+the workers and their sweep must end everything). Where a worker must die, the kernel kills it:
+the worker runs in a cgroup v1 memory group (:mod:`testbed.memory`), as a container runs under its
+memory limit, and is restarted whenever it dies, as a Deployment restarts its pod. Simulated
+crashes (``die-on``, ``raise-on`` in ``tests/simulated/sitecustomize.py``) are used only where a
+crash must hit one image of a batch of same-size images, which no memory limit can single out.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import pytest
+
+from testbed.memory import MemoryLimit, unavailable
+from testbed.workers import CeleryWorker
+from tests.conftest import noisy_image, png_bytes
+from tests.fixtures import write_images
+from tests.fixtures_cluster import Cluster, wait_until
+from tests.test_faults import start_run
+from tests.test_recovery import SIMULATED, failures_of, recovering, summary_of  # noqa: F401 - the fixture
+from workers.run.attempts import read_attempts
+from workers.run.keys import RunKeys
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+MIB = 1024 * 1024
+# Headroom a worker gets beyond what it held when it became ready. A GPU-queue worker (the compact
+# model on the CPU here) grows about 15 MB over its first batches of 32x24 images, and about 190 MB
+# for one 640x480 input: that input is the legitimate photo whose 4x output does not fit its pod.
+GPU_HEADROOM = 100 * MIB
+HOLD_MARK = "simulated hold-until"  # tests/simulated/sitecustomize.py
+
+
+def needs_memory_groups() -> None:
+    reason = unavailable()
+    if reason:
+        pytest.skip(f"the kernel must kill the worker: {reason}")
+
+
+def start_limited(cluster: Cluster, queue: str, limit: MemoryLimit, concurrency: int = 1, **env: str) -> CeleryWorker:
+    """A worker inside ``limit``'s memory group, moved there once loaded and before its first message."""
+    gate = cluster.logs / f"gate-{uuid.uuid4().hex[:8]}"
+    simulate = ",".join(filter(None, [env.pop("SIMULATE", ""), f"hold-until:{gate}"]))
+    worker = CeleryWorker(queue, {**cluster.env, **env, "PYTHONPATH": SIMULATED, "SIMULATE": simulate}, cluster.logs,
+                          concurrency=concurrency)
+    cluster.workers.append(worker)
+    wait_until(lambda: HOLD_MARK in worker.log.read_text(errors="replace") or not worker.alive(), 180,
+               f"{worker.name} to load")
+    limit.add(worker.pid)
+    gate.touch()
+    return worker.wait_ready()
+
+
+def test_a_photo_the_kernel_kills_its_gpu_worker_for_fails_after_three_deaths_and_its_batch_mates_finish(
+        recovering, tmp_path):
+    """The issue's scenario: a GPU worker under a memory limit, restarted whenever it dies, and a
+    legitimate large photo whose 4x output does not fit that limit among small images. The kernel
+    OOM-kills the worker three times; the next delivery records the photo as failed; the others are
+    done, the run aggregates with nobody watching, and --retry-failed (on a worker with room) redoes it."""
+    needs_memory_groups()
+    folder = tmp_path / "in"
+    names = write_images(folder, 4)
+    photo = "test_00009_photo.png"
+    (folder / photo).write_bytes(png_bytes(noisy_image(640, 480, seed=9)))
+    recovering.env["MAX_IMAGE_PIXELS"] = "1000000"
+    recovering.start("cpu", concurrency=2)
+    with MemoryLimit(GPU_HEADROOM) as limit:
+        gpu = start_limited(recovering, "gpu", limit)
+        started = time.monotonic()
+        run_id = start_run(recovering, folder, tmp_path)
+        restarts = 0
+
+        def restart_and_check() -> bool:  # a Deployment: the pod comes back whenever it dies
+            nonlocal gpu, restarts
+            if not gpu.alive():
+                restarts += 1
+                gpu = start_limited(recovering, "gpu", limit)
+            return summary_of(recovering, run_id) is not None
+
+        wait_until(restart_and_check, 420, f"run {run_id} to aggregate", poll=0.5)
+        took = time.monotonic() - started
+        kills = limit.oom_kills()
+    summary = summary_of(recovering, run_id)
+    print(f"\nGPU poison (640x480 under a {GPU_HEADROOM // MIB} MiB limit): failed and the run aggregated "
+          f"{took:.1f} s after the enqueue; {kills} OOM kills, {restarts} restarts "
+          f"(STALL_AFTER_S={recovering.env['STALL_AFTER_S']}, sweep every {recovering.env['SWEEP_INTERVAL_S']} s)")
+    assert (summary["written"], summary["failed"], summary["pending"]) == (4, 1, 0)
+    assert re.fullmatch(r"worker died 3 times while processing it; last gpu-\w+@127\.0\.0\.1, upscale",
+                        failures_of(recovering, run_id)[photo])
+    assert kills == 3 and restarts == 3  # killed by the kernel each time, never a fourth
+    store = recovering.store()
+    assert all(read_attempts(store, run_id, name, "upscale").deaths == 0 for name in names)
+
+    recovering.stop()
+    recovering.workers.clear()
+    recovering.start("cpu", concurrency=2)
+    recovering.start("gpu")
+    again = recovering.producer("enqueue", str(folder), "--retry-failed", cwd=tmp_path)
+    assert "5 inputs, 4 already finished" in again.stdout, again.stdout + again.stderr
+    assert store.exists(RunKeys(run_id).row(photo))  # upscaled this time, from a count started afresh
+    assert read_attempts(store, run_id, photo, "upscale").deaths == 0
+    # Its row is longer than the others' (a 640x480 input among 32x24 ones): left out of the CSV, as
+    # any output of another size is, and listed with that reason.
+    assert again.returncode == 1 and "5 rows written" not in again.stdout
+    assert "submission has 1536 columns" in failures_of(recovering, run_id)[photo]
