@@ -22,7 +22,13 @@ from tests.fixtures import run_producer
 from workers.io.storage import Storage, StorageFactory
 from workers.settings import Settings
 
-__all__ = ["Cluster", "cluster", "run_id_from", "wait_until"]
+__all__ = ["RECOVERY_STALL_S", "RECOVERY_SWEEP_S", "SIMULATED", "Cluster", "cluster", "recovering", "run_id_from",
+           "wait_until"]
+
+SIMULATED = str(Path(__file__).resolve().parent / "simulated")  # sitecustomize.py: faults injected into workers
+# The fault tests' recovery clock: the sweep runs every RECOVERY_SWEEP_S; a worker silent for
+# RECOVERY_STALL_S is presumed dead, and a run idle that long is searched for lost messages.
+RECOVERY_STALL_S, RECOVERY_SWEEP_S = 8, 2
 
 _DATABASES = itertools.cycle(range(1, 16))
 
@@ -103,3 +109,15 @@ def cluster(redis_server: RedisServer, s3_server: S3Server, s3_bucket: str, weig
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def recovering(cluster: Cluster) -> Cluster:
+    """The cluster with a short recovery clock and the small compact model (when available) on GPU workers."""
+    from tests.conftest import weights_file
+
+    compact = weights_file("realesr-animevideov3.pth")
+    if compact.is_file():
+        cluster.env["WEIGHTS"] = str(compact)
+    cluster.env.update(STALL_AFTER_S=str(RECOVERY_STALL_S), SWEEP_INTERVAL_S=str(RECOVERY_SWEEP_S))
+    return cluster

@@ -10,19 +10,22 @@ crash must hit one image of a batch of same-size images, which no memory limit c
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import time
 import uuid
 
+import numpy as np
 import pytest
 
 from testbed.memory import MemoryLimit, unavailable
 from testbed.workers import CeleryWorker
 from tests.conftest import noisy_image, png_bytes
 from tests.fixtures import write_images
-from tests.fixtures_cluster import Cluster, wait_until
+from tests.fixtures_cluster import SIMULATED, Cluster, wait_until
 from tests.test_faults import start_run
-from tests.test_recovery import SIMULATED, failures_of, recovering, summary_of  # noqa: F401 - the fixture
+from tests.test_recovery import failures_of, summary_of, wait_for_summary, with_faults
 from workers.run.attempts import read_attempts
 from workers.run.keys import RunKeys
 
@@ -108,3 +111,74 @@ def test_a_photo_the_kernel_kills_its_gpu_worker_for_fails_after_three_deaths_an
     # any output of another size is, and listed with that reason.
     assert again.returncode == 1 and "5 rows written" not in again.stdout
     assert "submission has 1536 columns" in failures_of(recovering, run_id)[photo]
+
+
+# A CPU worker's pool child copies about 65 MB of its parent's pages as it starts (CPython's reference
+# counts write to them), so two children need about 130 MB; decoding a 36-megapixel input takes
+# about 11.5 bytes a pixel, 415 MB.
+CPU_HEADROOM = 320 * MIB
+
+
+def gradient_png(width: int, height: int) -> bytes:
+    """A legitimate large photo that compresses well: small to upload, large once decoded."""
+    y, x = np.mgrid[0:height, 0:width]
+    return png_bytes(np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8))
+
+
+def test_a_cpu_pool_child_the_kernel_kills_and_a_bug_in_every_task_each_end_one_image_not_the_run(
+        recovering, tmp_path):
+    """One run, every way one image can keep failing, while the workers keep serving the rest:
+
+    * a 36-megapixel input whose decoding does not fit the CPU worker's memory group: the kernel
+      kills the prefork child decoding it, Celery requeues its message at once (the loop Celery's
+      documentation warns of), each requeue is a death, and the fourth delivery records it failed;
+    * an input the denoise task raises for, and one the upscale task raises for (a bug): each is
+      retried until TASK_MAX_ERRORS, then failed with the error's type and message; the upscale
+      one first failed in a batch with the healthy images, which are then done alone;
+    * the aggregation raises once: retried, the run aggregates.
+
+    --retry-failed then takes the three again, with their counts started afresh."""
+    needs_memory_groups()
+    folder = tmp_path / "in"
+    names = write_images(folder, 4)
+    healthy, denoise_bug, upscale_bug = names[:2], names[2], names[3]
+    huge = "test_00009_huge.png"
+    (folder / huge).write_bytes(gradient_png(6000, 6000))
+    recovering.env.update(MAX_IMAGE_PIXELS="40000000", TASK_MAX_ERRORS="2")
+    with MemoryLimit(CPU_HEADROOM) as limit:
+        cpu = start_limited(recovering, "cpu", limit, concurrency=2,
+                            SIMULATE=f"raise-on:{denoise_bug},raise-once:aggregate")
+        recovering.start("gpu", **with_faults(f"raise-on:{upscale_bug}"))
+        started = time.monotonic()
+        run_id = start_run(recovering, folder, tmp_path)
+        summary = wait_for_summary(recovering, run_id, 300)
+        took = time.monotonic() - started
+        kills = limit.oom_kills()
+        assert cpu.alive()  # only its pool children died
+    print(f"\nCPU poison (36 MP under a {CPU_HEADROOM // MIB} MiB limit) and a bug in each task: run aggregated "
+          f"{took:.1f} s after the enqueue; {kills} OOM kills")
+    failures = failures_of(recovering, run_id)
+    assert (summary["written"], summary["failed"], summary["pending"]) == (2, 3, 0), failures
+    assert re.fullmatch(r"worker died 3 times while processing it; last cpu-\w+@127\.0\.0\.1, denoise", failures[huge])
+    assert kills == 3
+    for name, stage in ((denoise_bug, "denoise"), (upscale_bug, "upscale")):
+        assert re.fullmatch(rf"unexpected error \(2 times; last on (cpu|gpu)-\w+@127\.0\.0\.1, {stage}\): "
+                            rf"ValueError: simulated: a bug on {re.escape(name)}", failures[name]), failures[name]
+    store = recovering.store()
+    assert all(read_attempts(store, run_id, name, "upscale").errors <= 1 for name in healthy)  # its batch-mates
+    assert "simulated: aggregation bug" in cpu.log.read_text()
+
+    recovering.stop()
+    recovering.workers.clear()
+    again = recovering.producer("enqueue", str(folder), "--retry-failed", "--no-wait", cwd=tmp_path)
+    assert again.returncode == 0 and "5 inputs, 2 already finished" in again.stdout, again.stdout + again.stderr
+    assert sorted(queued_names(recovering, "cpu")) == sorted([huge, denoise_bug])
+    assert queued_names(recovering, "gpu") == [upscale_bug]  # it was denoised: it goes on from there
+    assert not any(store.exists(RunKeys(run_id).attempts(name, stage))
+                   for name in (huge, denoise_bug, upscale_bug) for stage in ("denoise", "upscale"))
+
+
+def queued_names(cluster: Cluster, queue: str) -> list[str]:
+    """The input names of the messages waiting in ``queue``."""
+    bodies = [json.loads(raw)["body"] for raw in cluster.redis_client().lrange(queue, 0, -1)]
+    return [json.loads(base64.b64decode(body))[0][1] for body in bodies]

@@ -15,27 +15,15 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, png_bytes
+from tests.conftest import png_bytes
 from tests.fixtures import write_images
-from tests.fixtures_cluster import Cluster, wait_until
+from tests.fixtures_cluster import RECOVERY_STALL_S, RECOVERY_SWEEP_S, SIMULATED, Cluster, wait_until
 from tests.test_faults import assert_complete_and_identical, count, start_run
 from workers.run.keys import RunKeys
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-SIMULATED = str(REPO / "tests" / "simulated")
-STALL_S, SWEEP_S = 8, 2  # the sweep runs every SWEEP_S; a run idle for STALL_S is re-enqueued
-
-
-@pytest.fixture
-def recovering(cluster: Cluster) -> Cluster:
-    from tests.conftest import weights_file
-
-    compact = weights_file("realesr-animevideov3.pth")
-    if compact.is_file():
-        cluster.env["WEIGHTS"] = str(compact)
-    cluster.env.update(STALL_AFTER_S=str(STALL_S), SWEEP_INTERVAL_S=str(SWEEP_S))
-    return cluster
+STALL_S, SWEEP_S = RECOVERY_STALL_S, RECOVERY_SWEEP_S
 
 
 def with_faults(*faults: str) -> dict[str, str]:

@@ -23,6 +23,8 @@ from workers.io.storage import Storage
 from workers.run.keys import META_STAGES, RunKeys
 from workers.run.manifest import now_iso
 
+WORKER_DEATHS = "worker-deaths"  # the kind of failure record of an image its workers kept dying on
+
 
 @dataclass(frozen=True)
 class Attempts:

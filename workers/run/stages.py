@@ -68,10 +68,13 @@ class Outcome:
 # -- recording -------------------------------------------------------------------------------------
 
 
-def record_failure(ctx: StageContext, run_id: str, name: str, stage: str, reason: str) -> Outcome:
-    """Write ``failed/<stem>.json``; the image then counts as finished (failed) for the run."""
+def record_failure(ctx: StageContext, run_id: str, name: str, stage: str, reason: str, kind: str = "") -> Outcome:
+    """Write ``failed/<stem>.json``; the image then counts as finished (failed) for the run. ``kind``
+    says why when readers treat it apart (``worker-deaths``: the report does not decode the input)."""
     logger.warning("run %s: %s failed in %s: %s", run_id, name, stage, reason)
     record = {"name": name, "stage": stage, "reason": reason, "worker": ctx.hostname, "at": now_iso()}
+    if kind:
+        record["kind"] = kind
     ctx.storage.put(RunKeys(run_id).failed(name), json.dumps(record).encode())
     return Outcome(name, "failed", reason)
 

@@ -27,6 +27,7 @@ from celery import Celery
 logger = logging.getLogger(__name__)
 
 UNACKED = "unacked"  # kombu's Redis transport: delivery tag -> [message, exchange, routing key]
+UNACKED_INDEX = "unacked_index"  # delivery tag -> when it was delivered (the consumer's clock)
 CHUNK = 2000  # queue entries per filtered read: a few milliseconds of Redis time each
 
 # KEYS: a queue. ARGV: first index, last index, then needles. The bodies of the messages in that
@@ -55,6 +56,15 @@ class Message:
     name: str
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """An image message delivered to a worker and not yet acknowledged."""
+
+    tag: bytes
+    message: Message
+    at: float  # when it was delivered (the consumer's clock)
+
+
 def image_args(body_b64: str) -> tuple[str, str] | None:
     """(run id, name) from a message body (base64 JSON ``[args, kwargs, embed]``), None for any other."""
     try:
@@ -76,16 +86,21 @@ def image_message(message: object) -> Message | None:
     return Message(task_id, *args) if args else None
 
 
-def unacked_messages(client: redis.Redis) -> dict[bytes, Message]:
-    """Delivery tag -> image message, for every message delivered and not yet acknowledged."""
-    found = {}
-    for tag, raw in client.hgetall(UNACKED).items():
+def unacked_messages(client: redis.Redis) -> list[Delivery]:
+    """Every image message delivered and not yet acknowledged (as many as the workers prefetch)."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(UNACKED)
+        pipe.zrange(UNACKED_INDEX, 0, -1, withscores=True)
+        raw_by_tag, scores = pipe.execute()
+    delivered_at = dict(scores)
+    found = []
+    for tag, raw in raw_by_tag.items():
         try:
             message = image_message(json.loads(raw)[0])
         except (ValueError, IndexError, TypeError):
             continue
         if message is not None:
-            found[tag] = message
+            found.append(Delivery(tag, message, float(delivered_at.get(tag, 0.0))))
     return found
 
 
@@ -108,9 +123,9 @@ def waiting_images(client: redis.Redis, queues: Iterable[str], run_ids: Iterable
                 if args and args[0] in wanted:
                     found[args[0]].add(args[1])
             start += CHUNK
-    for message in unacked_messages(client).values():
-        if message.run_id in wanted:
-            found[message.run_id].add(message.name)
+    for delivery in unacked_messages(client):
+        if delivery.message.run_id in wanted:
+            found[delivery.message.run_id].add(delivery.message.name)
     return found
 
 

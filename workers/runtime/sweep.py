@@ -50,8 +50,9 @@ from workers.run.manifest import RunManifest, load_manifest
 from workers.run.plan import plan_from, plan_remaining
 from workers.run.registry import active_runs, cancelled_at, registered_at, unregister
 from workers.runtime.app import CPU_QUEUE, GPU_QUEUE
-from workers.runtime.broker import restore, unacked_messages, waiting_images
+from workers.runtime.broker import Delivery, restore, unacked_messages, waiting_images
 from workers.runtime.claims import Claims, reload_attempts
+from workers.runtime.holds import Hold
 from workers.runtime.liveness import alive
 from workers.runtime.plans import send_plan
 
@@ -185,14 +186,14 @@ def bury_dead_holders(claims: Claims, app: Celery, run_id: str, report: SweepRep
     dead = {name: entry for name, entry in holds.items() if not living[entry[1].holder.token]}
     if not dead:
         return
-    delivered = {message.task_id: tag for tag, message in unacked_messages(claims.tracker.client).items()}
+    deliveries = unacked_messages(claims.tracker.client)
     for name, (raw, hold) in dead.items():
         attempts = claims.bury(run_id, raw, hold)
         if attempts is None:
             continue  # buried by someone else meanwhile
         if hold.batch:
             report.deaths[run_id] += 1
-        tag = delivered.get(hold.task_id)
+        tag = held_delivery(deliveries, hold)
         if tag is not None:
             restore(app, tag)
             report.restored[run_id] += 1
@@ -201,6 +202,16 @@ def bury_dead_holders(claims: Claims, app: Celery, run_id: str, report: SweepRep
         # or the visibility timeout passed), or it is lost: looked for when the run stalls.
         logger.warning("sweep: run %s: %s was held by %s, which is gone; %s", run_id, name, hold.holder.node,
                        "its message is back in the queue" if tag is not None else "no unacknowledged message left")
+
+
+def held_delivery(deliveries: list[Delivery], hold: Hold) -> bytes | None:
+    """The delivery tag of the message a dead holder held: its task id, delivered before it was
+    claimed. A copy delivered since (Celery requeues a dead pool child's message at once, and
+    another child may hold it already) is someone else's: handing that back would duplicate it."""
+    for delivery in deliveries:
+        if delivery.message.task_id == hold.task_id and delivery.at <= hold.since:
+            return delivery.tag
+    return None
 
 
 def resend_lost(claims: Claims, app: Celery, manifests: list[RunManifest], now: float, report: SweepReport) -> None:

@@ -23,7 +23,7 @@ from celery_batches import Batches, SimpleRequest
 from workers.errors import ConfigError, RunNotFoundError, TransientError
 from workers.report import report_stage
 from workers.run.aggregate import aggregate_stage
-from workers.run.attempts import Attempts, describe_error
+from workers.run.attempts import WORKER_DEATHS, Attempts, describe_error
 from workers.run.registry import unregister
 from workers.run.retries import BACKOFF_MAX_S, backoff_s
 from workers.run.stages import denoise_stage, give_up, record_failure, upscale_stage
@@ -86,10 +86,10 @@ def _release(run_id: str, name: str) -> None:
         logger.warning("run %s: could not release %s; the sweep will", run_id, name)
 
 
-def fail_and_finish(stage: str, run_id: str, name: str, reason: str, token: str) -> dict[str, Any]:
+def fail_and_finish(stage: str, run_id: str, name: str, reason: str, token: str, kind: str = "") -> dict[str, Any]:
     """Record the image as failed with ``reason`` and count it finished: its run still completes,
     and ``producer enqueue --retry-failed`` tries it again."""
-    outcome = record_failure(stage_context(), run_id, name, stage, reason)
+    outcome = record_failure(stage_context(), run_id, name, stage, reason, kind)
     finish_image(run_id, name, token)
     return outcome.as_dict()
 
@@ -176,7 +176,7 @@ def denoise(self: Any, run_id: str, name: str) -> dict[str, Any]:
         if image.verdict == "elsewhere":
             return {"name": name, "status": "elsewhere", "reason": "a live worker is processing it"}
         if image.verdict == "fail":
-            return fail_and_finish("denoise", run_id, name, image.attempts.death_reason(), token)
+            return fail_and_finish("denoise", run_id, name, image.attempts.death_reason(), token, WORKER_DEATHS)
         outcome = denoise_stage(stage_context(), run_id, name)
         if outcome.status == "denoised":
             hand_over(self, run_id, name, token)
@@ -276,7 +276,8 @@ def _upscale_run(run_id: str, items: list[tuple[SimpleRequest, str]], events: _T
         if image.verdict == "elsewhere":
             events.succeeded(requests[image.name], lambda r: {"status": "elsewhere"})
         elif image.verdict == "fail":
-            outcome = fail_and_finish("upscale", run_id, image.name, image.attempts.death_reason(), token)
+            outcome = fail_and_finish("upscale", run_id, image.name, image.attempts.death_reason(), token,
+                                      WORKER_DEATHS)
             events.succeeded(requests[image.name], lambda r, o=outcome: o)
         else:
             go.append(image)

@@ -7,11 +7,13 @@ the tasks, and the tasks and this module import the app, so no import runs in a 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from celery import signals
@@ -26,6 +28,7 @@ from workers.runtime.tracking import RunTracker
 logger = logging.getLogger(__name__)
 
 SETTINGS = app.conf.lowlight_settings
+POOL_CHILD_OOM_SCORE_ADJ = 500  # of -1000..1000: children go first, the main process last
 
 
 @functools.cache
@@ -63,6 +66,16 @@ def _stop_heartbeat(**_: Any) -> None:
     entry = _CLAIMS.get(os.getpid())
     if entry is not None:
         entry[1].stop()
+
+
+@signals.worker_process_init.connect
+def _expendable_pool_child(**_: Any) -> None:
+    """A prefork pool child raises its own OOM score: when the container's memory limit is hit, the
+    kernel then kills the child working on the image (Celery forks another and requeues the message,
+    and the next delivery counts the death) rather than the worker's main process, which would take
+    the whole worker down with every image it holds."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text(str(POOL_CHILD_OOM_SCORE_ADJ))
 
 
 @signals.celeryd_after_setup.connect
