@@ -60,9 +60,13 @@ class Cluster:
     workers: list[CeleryWorker] = field(default_factory=list)
 
     def start(self, queue: str, concurrency: int = 1, **extra_env: str) -> CeleryWorker:
+        return self.launch(queue, concurrency, **extra_env).wait_ready()
+
+    def launch(self, queue: str, concurrency: int = 1, **extra_env: str) -> CeleryWorker:
+        """A worker, started but not waited for (one that may die as soon as it consumes)."""
         worker = CeleryWorker(queue, {**self.env, **extra_env}, self.logs, concurrency=concurrency)
         self.workers.append(worker)
-        return worker.wait_ready()
+        return worker
 
     def start_default(self) -> Cluster:
         """One CPU worker (2 processes) and one GPU-queue worker (solo, on the CPU here)."""

@@ -4,8 +4,9 @@ Real redis-server, weed mini and Celery workers, runs enqueued with ``--no-wait`
 the workers and their sweep must end everything). Where a worker must die, the kernel kills it:
 the worker runs in a cgroup v1 memory group (:mod:`testbed.memory`), as a container runs under its
 memory limit, and is restarted whenever it dies, as a Deployment restarts its pod. Simulated
-crashes (``die-on``, ``raise-on`` in ``tests/simulated/sitecustomize.py``) are used only where a
-crash must hit one image of a batch of same-size images, which no memory limit can single out.
+crashes and bugs (``die-on``, ``raise-on`` in ``tests/simulated/sitecustomize.py``) are used only
+where a crash must hit one image of a batch of same-size images, which no memory limit can single
+out, and for the bugs no real code has.
 """
 
 from __future__ import annotations
@@ -179,6 +180,41 @@ def test_a_cpu_pool_child_the_kernel_kills_and_a_bug_in_every_task_each_end_one_
 
 
 def queued_names(cluster: Cluster, queue: str) -> list[str]:
-    """The input names of the messages waiting in ``queue``."""
-    bodies = [json.loads(raw)["body"] for raw in cluster.redis_client().lrange(queue, 0, -1)]
-    return [json.loads(base64.b64decode(body))[0][1] for body in bodies]
+    """The input names of the image messages waiting in ``queue``."""
+    messages = [json.loads(raw) for raw in cluster.redis_client().lrange(queue, 0, -1)]
+    return [json.loads(base64.b64decode(m["body"]))[0][1] for m in messages
+            if m["headers"]["task"] in ("workers.tasks.denoise", "workers.tasks.upscale")]
+
+
+def test_a_crash_in_a_shared_forward_pass_isolates_the_batch_and_fails_only_the_culprit_simulated(
+        recovering, tmp_path):
+    """Four same-size images in one forward pass, one of which crashes the GPU worker (simulated:
+    the kernel cannot single out one image of a batch of equals). All four are charged one death;
+    from then on each runs in a pass of its own, so its batch-mates finish on their next delivery
+    and only the culprit goes on dying, until its fourth delivery records it as failed."""
+    folder = tmp_path / "in"
+    names = write_images(folder, 4)
+    culprit = names[1]
+    recovering.env.update(GPU_BATCH_WAIT_S="2")  # the four messages make one batch
+    gpu_env = {"SIMULATE": f"die-on:{culprit}", "PYTHONPATH": SIMULATED}
+    recovering.start("cpu")
+    run_id = start_run(recovering, folder, tmp_path, "--denoise-on", "gpu")  # all four wait at the GPU queue
+    gpu = recovering.launch("gpu", **gpu_env)
+    restarts = 0
+
+    def restart_and_check() -> bool:  # it may die before it even says it is ready
+        nonlocal gpu, restarts
+        if not gpu.alive():
+            restarts += 1
+            gpu = recovering.launch("gpu", **gpu_env)
+        return summary_of(recovering, run_id) is not None
+
+    wait_until(restart_and_check, 300, f"run {run_id} to aggregate", poll=0.5)
+    summary = summary_of(recovering, run_id)
+    assert (summary["written"], summary["failed"]) == (3, 1), failures_of(recovering, run_id)
+    assert failures_of(recovering, run_id)[culprit].startswith("worker died 3 times while processing it; last gpu-")
+    assert restarts == 3
+    store = recovering.store()
+    for name in names:
+        attempts = read_attempts(store, run_id, name, "upscale")
+        assert attempts.alone and attempts.deaths == (3 if name == culprit else 1), attempts

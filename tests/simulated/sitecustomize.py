@@ -11,9 +11,10 @@ needs hardware or a failure mode no local server has:
   (a transient error that never clears).
 * ``lose-aggregate-once``: the first aggregation message a worker sends is lost between the worker
   and the broker.
-* ``die-on:<name>``: the worker process SIGKILLs itself when it starts on the input ``<name>`` (its
-  decoding in the CPU stage, its forward pass in the GPU stage): a crash no memory limit is needed
-  for. The fault tests prove the same with the kernel's OOM killer too (``testbed.memory``).
+* ``die-on:<name>``: the worker process SIGKILLs itself when it starts on the input ``<name>`` (the
+  CPU stage, or a GPU forward pass holding it): a crash no memory limit is needed for, which can
+  hit one image among same-size ones. The fault tests prove the rest with the kernel's OOM killer
+  (``testbed.memory``).
 * ``raise-on:<name>``: an unexpected exception (a bug) at the same places, every time.
 * ``raise-once:aggregate``: the first aggregation in each worker process raises.
 * ``raise-in:train``: every training chunk raises before it trains.
@@ -85,21 +86,24 @@ def _lose_aggregate_once(_: str) -> None:
 
 
 def _on_input(name: str, act) -> None:  # noqa: ANN001 - act(name) is called where the input is worked on
+    """Call ``act`` when the CPU task starts on ``name`` (after its claim), or when a GPU forward pass
+    that holds it starts."""
     from workers.run import stages
+    from workers.runtime import tasks
 
-    read_input, on_device = stages.read_input, stages._denoise_on_device
+    denoise_stage, on_device = tasks.denoise_stage, stages._denoise_on_device
 
-    def read(ctx, manifest, image):  # noqa: ANN001, ANN202
+    def denoise(ctx, run_id, image):  # noqa: ANN001, ANN202
         if image == name:
             act(image)
-        return read_input(ctx, manifest, image)
+        return denoise_stage(ctx, run_id, image)
 
     def denoise_on_device(ctx, manifest, batch, *args):  # noqa: ANN001, ANN002, ANN202
         if any(item.name == name for item in batch):
             act(name)
         return on_device(ctx, manifest, batch, *args)
 
-    stages.read_input, stages._denoise_on_device = read, denoise_on_device
+    tasks.denoise_stage, stages._denoise_on_device = denoise, denoise_on_device
 
 
 def _die_on(name: str) -> None:

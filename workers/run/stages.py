@@ -162,15 +162,13 @@ class _Loaded:
 OnPass = Callable[[Sequence[str]], None]
 
 
-def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str], alone: Sequence[str] = (),
-                  on_pass: OnPass | None = None) -> list[Outcome]:
+def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str], on_pass: OnPass | None = None) -> list[Outcome]:
     """Upscale the images ``names`` of one run, same-size images in shared batches.
 
     With the CPU placement the inputs are the CPU stage's denoised images; with the GPU placement
-    this stage also decodes the inputs and runs NL-means on the device first. The images in
-    ``alone`` (suspects: something went wrong with them before) each get a forward pass of their
-    own, after the others, in the given order. ``on_pass(names)`` is called just before each
-    forward pass: a worker marks what it is computing, so that its death is charged to those only.
+    this stage also decodes the inputs and runs NL-means on the device first. ``on_pass(names)``
+    is called just before each forward pass: a worker marks what it is computing, so that its death
+    is charged to those images only.
 
     Never raises for a single image: each distinct name gets one :class:`Outcome`, in first-seen
     order; transient problems and unexpected errors come back as ``retry`` outcomes carrying the
@@ -199,16 +197,17 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str], alone: S
     # and only one where an image alone is above GPU_BATCH_PIXELS.
     stores: dict[str, Future[Outcome]] = {}
     side_writes: list[Future[None]] = []
-    for (height, width), batch in forward_passes(loaded, alone, ctx.settings):
-        if height * width > ctx.settings.gpu_batch_pixels:
-            wait(stores.values())
-        for part, outputs, per_image, error in _upscale_isolated(ctx, manifest, batch, side_writes, on_pass):
-            if error is not None:
-                outcomes.update((item.name, error_outcome(item.name, error, len(part))) for item in part)
-                continue
-            wait(stores.values())
-            stores |= _submit_stores(ctx, manifest, part, outputs, per_image, (width, height))
-            del outputs  # the stores hold what they need: the next batch must not meet this one
+    for (height, width), items in loaded.items():
+        for batch in _chunks(items, batch_size(ctx.settings, height * width)):
+            if height * width > ctx.settings.gpu_batch_pixels:
+                wait(stores.values())
+            for part, outputs, per_image, error in _upscale_isolated(ctx, manifest, batch, side_writes, on_pass):
+                if error is not None:
+                    outcomes.update((item.name, error_outcome(item.name, error, len(part))) for item in part)
+                    continue
+                wait(stores.values())
+                stores |= _submit_stores(ctx, manifest, part, outputs, per_image, (width, height))
+                del outputs  # the stores hold what they need: the next batch must not meet this one
     for name, future in stores.items():
         try:
             outcomes[name] = future.result()
@@ -219,23 +218,6 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str], alone: S
         if future.exception() is not None:
             logger.warning("run %s: could not store a denoised image: %s", run_id, future.exception())
     return [outcomes[name] for name in dict.fromkeys(names)]
-
-
-def forward_passes(loaded: dict[tuple[int, int], list[_Loaded]], alone: Sequence[str], settings: Settings
-                   ) -> Iterator[tuple[tuple[int, int], list[_Loaded]]]:
-    """(size, images) of each forward pass: same-size images in batches (see :func:`batch_size`),
-    then each image of ``alone`` in a pass of its own, in that order."""
-    solo = set(alone)
-    by_name = {}
-    for size, items in loaded.items():
-        shared = [item for item in items if item.name not in solo]
-        for batch in _chunks(shared, batch_size(settings, size[0] * size[1])):
-            yield size, batch
-        by_name |= {item.name: (size, item) for item in items if item.name in solo}
-    for name in alone:
-        if name in by_name:
-            size, item = by_name[name]
-            yield size, [item]
 
 
 def _upscale_isolated(ctx: StageContext, manifest: RunManifest, batch: list[_Loaded], side_writes: list[Future[None]],

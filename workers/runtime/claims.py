@@ -102,11 +102,11 @@ class Claims:
         timeout): hung, not working. Its image is taken over; no death is counted."""
         return time.time() - hold.since > self.settings.visibility_timeout_s
 
-    def computing(self, run_id: str, holds: Sequence[Hold], computed: Sequence[Hold] = ()) -> None:
-        """A forward pass over these claimed images starts now: if this process dies in it, each of them
-        died. The images of the pass before (``computed``) are through it: a death from now on is
-        not theirs (their outputs may still be on their way to storage: they are sent on, no death)."""
-        updated = [hold.computing(0) for hold in computed] + [hold.computing(len(holds)) for hold in holds]
+    def computing(self, run_id: str, holds: Sequence[Hold], idle: Sequence[Hold] = ()) -> None:
+        """Work on these claimed images starts now (their loading, or a forward pass over them): if this
+        process dies in it, each of them died, with ``len(holds) - 1`` others. The ``idle`` ones are
+        not being worked on (done with, or not started): a death from now on is not theirs."""
+        updated = [hold.computing(0) for hold in idle] + [hold.computing(len(holds)) for hold in holds]
         self.tracker.update_holds(run_id, self.me.token, updated)
 
     def release(self, run_id: str, names: Sequence[str]) -> None:

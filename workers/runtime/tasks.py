@@ -28,6 +28,7 @@ from workers.run.registry import unregister
 from workers.run.retries import BACKOFF_MAX_S, backoff_s
 from workers.run.stages import denoise_stage, give_up, record_failure, upscale_stage
 from workers.runtime.app import AGGREGATE, CALIBRATE, DENOISE, SWEEP, TRAIN, UPSCALE, app
+from workers.runtime.claims import Claimed
 from workers.runtime.liveness import Holder, alive
 from workers.runtime.sweep import sweep as run_sweep
 from workers.runtime.tracking import OUTAGE_ERRORS
@@ -281,24 +282,39 @@ def _upscale_run(run_id: str, items: list[tuple[SimpleRequest, str]], events: _T
             events.succeeded(requests[image.name], lambda r, o=outcome: o)
         else:
             go.append(image)
-    holds = {image.name: image.hold for image in go}
-    alone = [image.name for image in sorted((i for i in go if i.attempts.suspect), key=lambda i: i.attempts.deaths)]
-    previous: list[str] = []
+    for group in isolate_suspects(go):
+        _upscale_group(run_id, group, requests, events)
 
-    def on_pass(names: Sequence[str]) -> None:
-        """Charge a death in this forward pass to its images only."""
+
+def isolate_suspects(images: list[Claimed]) -> list[list[Claimed]]:
+    """The images nothing went wrong with, batched together first; then each suspect (its worker died,
+    or it failed unexpectedly, before) alone, from load to store, fewest deaths first: its batch-mates
+    finish on their next delivery, and a death from here on is charged to the culprit only."""
+    healthy = [image for image in images if not image.attempts.suspect]
+    suspects = sorted((image for image in images if image.attempts.suspect), key=lambda image: image.attempts.deaths)
+    return ([healthy] if healthy else []) + [[image] for image in suspects]
+
+
+def _upscale_group(run_id: str, group: list[Claimed], requests: dict[str, list[SimpleRequest]],
+                   events: _TaskEvents) -> None:
+    """One call of the GPU stage on ``group``, its outcomes recorded before the next group starts."""
+    mine, token = claims(), claims().me.token
+    holds = {image.name: image.hold for image in group}
+
+    def mark(computing: Sequence[str]) -> None:
+        """Charge a death from now on to ``computing`` only (loading charges the whole group)."""
         try:
-            mine.computing(run_id, [holds[name] for name in names], [holds[name] for name in previous])
-        except OUTAGE_ERRORS:  # a death in this pass would then not be charged to these images
-            logger.warning("run %s: could not mark %d images as computing", run_id, len(names))
-        previous[:] = names
+            mine.computing(run_id, [holds[n] for n in computing], [h for n, h in holds.items() if n not in computing])
+        except OUTAGE_ERRORS:  # a death now would not be charged to these images
+            logger.warning("run %s: could not mark %d images as computing", run_id, len(computing))
 
+    mark(list(holds))
     started = time.perf_counter()
     try:
-        outcomes = upscale_stage(stage_context(), run_id, list(holds), alone, on_pass)
+        outcomes = upscale_stage(stage_context(), run_id, list(holds), mark)
     except RunNotFoundError as exc:  # the run was deleted: nothing to do for these messages
         mine.release(run_id, list(holds))
-        events.failed([r for image in go for r in requests[image.name]], exc)
+        events.failed([r for name in holds for r in requests[name]], exc)
         return
     elapsed = time.perf_counter() - started
     for outcome in outcomes:
