@@ -300,11 +300,17 @@ def _upscale_group(run_id: str, group: list[Claimed], requests: dict[str, list[S
     """One call of the GPU stage on ``group``, its outcomes recorded before the next group starts."""
     mine, token = claims(), claims().me.token
     holds = {image.name: image.hold for image in group}
+    marked: set[str] = set()
 
     def mark(computing: Sequence[str]) -> None:
-        """Charge a death from now on to ``computing`` only (loading charges the whole group)."""
+        """Charge a death from now on to ``computing`` only (loading charges the whole group). A group
+        that is one forward pass keeps the mark of its loading: no second round trip."""
+        if marked == set(computing):
+            return
         try:
             mine.computing(run_id, [holds[n] for n in computing], [h for n, h in holds.items() if n not in computing])
+            marked.clear()
+            marked.update(computing)
         except OUTAGE_ERRORS:  # a death now would not be charged to these images
             logger.warning("run %s: could not mark %d images as computing", run_id, len(computing))
 
