@@ -264,6 +264,7 @@ def test_a_backlog_of_runs_holds_one_message_per_image_and_a_cancel_outlives_red
         expected = Counter({(run, path.name): 1 for run, folder in zip(runs[:2], folders, strict=False)
                             for path in folder.iterdir()})
         assert gpu_messages() == expected
+        assert redis.llen("sweep") <= 1  # one sweep per period, never a pile behind the backlog
 
         volatile.stop()
         volatile.start()  # empty: the queued messages, the counts and the cancel flag are gone
