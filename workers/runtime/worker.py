@@ -23,7 +23,7 @@ from workers.run.context import StageContext
 from workers.runtime.app import CPU_QUEUE, GPU_QUEUE, SWEEP, SWEEP_QUEUE, app
 from workers.runtime.claims import Claims
 from workers.runtime.liveness import NODE_NAME, Heartbeat, this_process
-from workers.runtime.tracking import RunTracker
+from workers.runtime.tracking import QUICK_RETRY, RunTracker
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ def claims() -> Claims:
         if pid not in _CLAIMS:
             _CLAIMS.clear()  # the parent's, inherited across fork
             me = this_process()
-            beat = Heartbeat(tracker().client, me, SETTINGS.heartbeat_every_s, SETTINGS.stall_after_s).start()
+            # Its own client, quick to give up: a beat during an outage must not hold a shutdown for minutes.
+            client = RunTracker.from_url(SETTINGS.broker_url_with_password, retry=QUICK_RETRY).client
+            beat = Heartbeat(client, me, SETTINGS.heartbeat_every_s, SETTINGS.stall_after_s).start()
             _CLAIMS[pid] = (Claims(stage_context().storage, tracker(), me, SETTINGS), beat)
         return _CLAIMS[pid][0]
 
