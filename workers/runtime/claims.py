@@ -119,6 +119,18 @@ class Claims:
             return None
         return self._count_death(run_id, hold) or Attempts(hold.name, hold.stage)
 
+    def bury_pool_child(self, run_id: str, name: str, pid: int) -> Attempts | None:
+        """A prefork pool child of this worker died (the parent saw it): bury its hold on ``name`` now,
+        before Celery requeues the message, so that a worker on another machine that takes the
+        requeued message does not find the image held by a process whose heartbeat still runs."""
+        entry = self.tracker.holds(run_id).get(name)
+        if entry is None:
+            return None
+        raw, hold = entry
+        if hold.holder.pid != pid or hold.holder.machine != self.me.machine:
+            return None  # not that child's (it died before claiming, or the image moved on)
+        return self.bury(run_id, raw, hold)
+
     def _count_death(self, run_id: str, hold: Hold) -> Attempts | None:
         """One more death for the image, if its dead holder was computing it (storage, then the cache)."""
         if hold.batch == 0:

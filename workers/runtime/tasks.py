@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.exceptions import Reject, Retry
+from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
 
 from workers.errors import ConfigError, RunNotFoundError, TransientError
@@ -161,8 +163,23 @@ def retry_or_give_up(task: Any, stage: str, run_id: str, name: str, error: BaseE
     raise Retry(exc=error, when=countdown)
 
 
+class LostChildAware(Request):
+    """The request of a denoise message, in the worker's main process: when the pool child running
+    it dies (an OOM kill), its hold is buried and the death counted here, before Celery requeues
+    the message (``task_reject_on_worker_lost``) for any worker to take."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        if isinstance(exc_info.exception, WorkerLostError) and self.worker_pid:
+            try:
+                run_id, name = image_arguments(self.args, self.kwargs)
+                claims().bury_pool_child(run_id, name, self.worker_pid)
+            except Exception:  # noqa: BLE001 - the next delivery or the sweep counts it instead
+                logger.warning("could not record the death of pool child %s", self.worker_pid, exc_info=True)
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
+
 # Nobody reads a per-image result (Flower gets events): storing 10,000 of them would only fill Redis.
-@app.task(name=DENOISE, bind=True, ignore_result=True, max_retries=SETTINGS.task_max_retries)
+@app.task(name=DENOISE, bind=True, ignore_result=True, max_retries=SETTINGS.task_max_retries, Request=LostChildAware)
 def denoise(self: Any, run_id: str, name: str) -> dict[str, Any]:
     """CPU stage for one image, then hand it to the GPU queue. Claimed first: a duplicate of work in
     progress is dropped, and an image whose workers kept dying is recorded as failed instead."""
