@@ -218,3 +218,20 @@ def test_a_crash_in_a_shared_forward_pass_isolates_the_batch_and_fails_only_the_
     for name in names:
         attempts = read_attempts(store, run_id, name, "upscale")
         assert attempts.alone and attempts.deaths == (3 if name == culprit else 1), attempts
+
+
+def test_a_configuration_error_is_reported_once_loudly_and_the_waiting_producer_says_why(recovering, tmp_path):
+    """A CPU worker whose S3 credentials are refused (as after a rotated secret): every image it takes
+    meets the same error. It is logged critical once and flagged on the run, the sweep does not
+    send the run's work again and again, and the waiting producer stops with the error instead of
+    waiting for ever."""
+    folder = tmp_path / "in"
+    write_images(folder, 3)
+    recovering.env.update(STALL_AFTER_S="3", SWEEP_INTERVAL_S="1")
+    cpu = recovering.start("cpu", AWS_SECRET_ACCESS_KEY="rotated")
+    result = recovering.producer("enqueue", str(folder), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "cannot go on: ConfigError: S3 refused" in result.stderr and "AWS_SECRET_ACCESS_KEY" in result.stderr
+    assert "workers report a configuration error" in result.stderr
+    log = cpu.log.read_text()
+    assert log.count("CONFIGURATION ERROR, every image of this kind will fail") == 1  # the run's, once

@@ -160,22 +160,24 @@ class Claims:
         return attempts
 
 
-_REPORTED: set[str] = set()
+_REPORTED: set[tuple[str, str]] = set()
 
 
 def report_config_error(tracker: RunTracker, run_id: str, error: BaseException, node: str) -> None:
-    """Loudly, once per process and message: a configuration error stops every image alike, and a
-    traceback per image would bury it."""
+    """Loudly, once: a configuration error stops every image alike, and a traceback per image would
+    bury it. The first report of a run (a flag set once, cluster-wide) is logged critical and shown
+    by ``producer status`` and the waiting producer; the rest are one warning line each."""
     message = f"{describe_error(error)} (seen by {node})"
-    first_on_run = False
     try:
-        first_on_run = tracker.flag_config_error(run_id, message)
-    except Exception:  # noqa: BLE001 - flagging is a courtesy; the log line below is the report
-        logger.warning("run %s: could not flag the configuration error on the run", run_id, exc_info=True)
-    if message not in _REPORTED or first_on_run:
-        _REPORTED.add(message)
+        loud = tracker.flag_config_error(run_id, message)
+    except Exception:  # noqa: BLE001 - flagging is a courtesy; then each process says it once
+        loud = (run_id, type(error).__name__) not in _REPORTED
+    _REPORTED.add((run_id, type(error).__name__))
+    if loud:
         logger.critical("run %s: CONFIGURATION ERROR, every image of this kind will fail until it is fixed: %s",
                         run_id, message)
+    else:
+        logger.warning("run %s: the configuration error again: %s", run_id, describe_error(error))
 
 
 def reload_attempts(storage: Storage, tracker: RunTracker, run_id: str) -> int:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
-from workers.errors import ObjectNotFoundError, RunNotFoundError
+from workers.errors import ConfigError, ObjectNotFoundError, RunNotFoundError
 from workers.io.storage import Storage
 from workers.run.aggregate import is_current_summary
 from workers.run.keys import RunKeys, RunProgress
@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 # than the aggregation itself: a 100k-image run is asked again only every ~27 minutes by default.
 AGGREGATION_GRACE_PER_IMAGE_S = 0.01
 IMAGE_QUEUES = (CPU_QUEUE, GPU_QUEUE)
+_REFUSED: list[bool] = []  # this process was told once that the run store refuses it
 
 
 def aggregation_grace_s(total: int, stall_after_s: float) -> float:
@@ -110,7 +111,16 @@ def sweep(claims: Claims, app: Celery, stall_after_s: float, run_ids: Iterable[s
     now = time.time() if now is None else now
     report = SweepReport()
     stalled: list[RunManifest] = []
-    for run_id in list(active_runs(claims.storage) if run_ids is None else run_ids):
+    try:
+        run_ids = list(active_runs(claims.storage) if run_ids is None else run_ids)
+    except ConfigError as exc:  # the store refuses this worker: say it once, not a traceback per sweep
+        if _REFUSED:
+            logger.warning("sweep: the run store still refuses this worker: %s", exc)
+        else:
+            logger.critical("sweep: CONFIGURATION ERROR, the run store refuses this worker: %s", exc)
+        _REFUSED.append(True)
+        return report
+    for run_id in run_ids:
         report.runs += 1
         try:
             if lease_s > 0 and not claims.tracker.lease(f"sweep:{run_id}", claims.me.token, lease_s):

@@ -30,7 +30,7 @@ from workers.run.registry import unregister
 from workers.run.retries import BACKOFF_MAX_S, backoff_s
 from workers.run.stages import denoise_stage, give_up, record_failure, upscale_stage
 from workers.runtime.app import AGGREGATE, CALIBRATE, DENOISE, SWEEP, TRAIN, UPSCALE, app
-from workers.runtime.claims import Claimed
+from workers.runtime.claims import Claimed, report_config_error
 from workers.runtime.liveness import Holder, alive
 from workers.runtime.sweep import sweep as run_sweep
 from workers.runtime.tracking import OUTAGE_ERRORS
@@ -147,9 +147,11 @@ def retry_or_give_up(task: Any, stage: str, run_id: str, name: str, error: BaseE
             given_up = count_error(stage, run_id, name, error, 1, retries)
         except TRANSIENT as exc:  # the count could not be stored: retry as for any outage
             return retry_or_give_up(task, stage, run_id, name, exc, token)
-        except Exception:  # noqa: BLE001 - storage refuses even the count (AccessDenied): reported; the run waits
+        except Exception as exc:  # noqa: BLE001 - storage refuses even the count (AccessDenied): the run waits
             logger.exception("run %s: could not record the error of %s; dropped until the run is enqueued again",
                              run_id, name)
+            if isinstance(exc, ConfigError):  # flagged: the sweep leaves the run alone, the producer says why
+                report_config_error(tracker(), run_id, exc, claims().me.node)
             _release(run_id, name)
             return {"name": name, "status": "unrecorded", "reason": str(error)}
         if given_up is not None:
