@@ -33,6 +33,9 @@ def faults(cluster: Cluster) -> Cluster:
     compact = weights_file("realesr-animevideov3.pth")
     if compact.is_file():
         cluster.env["WEIGHTS"] = str(compact)
+    # Sweeps (the workers' and a waiting producer's) every few seconds: a run Redis forgot is rebuilt
+    # soon. STALL_AFTER_S stays long: nothing here waits for a stall.
+    cluster.env["SWEEP_INTERVAL_S"] = "3"
     return cluster
 
 
