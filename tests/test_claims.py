@@ -135,3 +135,15 @@ def test_liveness_by_pid_sees_a_reused_pid_and_this_process():
     assert alive_here(me) is True
     assert alive_here(Holder("x", "n", me.machine, me.pid, str(int(me.started) + 1))) is False  # same pid, other process
     assert alive_here(Holder("x", "n", "elsewhere", me.pid, me.started)) is None  # another machine: ask Redis
+
+
+def test_a_hold_left_at_another_stage_does_not_make_the_next_stage_a_duplicate(world):
+    """A CPU process that handed an image on but could not release it (Redis hiccup) still runs: the
+    GPU stage's delivery takes the image over instead of dropping it as work in progress."""
+    storage, tracker, settings = world
+    cpu = Claims(storage, tracker, this_process(), settings)
+    cpu.claim("r1", "denoise", [("a.png", "t1")], computing=True)
+    gpu_process = Holder("0f0f0f0f0f0f0f0f", "gpu@host-2", "another-machine", 9, "1")
+    claim = Claims(storage, tracker, gpu_process, settings).claim("r1", "upscale", [("a.png", "t2")])
+    assert claim.images[0].verdict == "go" and claim.images[0].attempts.deaths == 0
+    assert tracker.holds("r1")["a.png"][1].holder == gpu_process

@@ -1,8 +1,8 @@
 """Every delivery of an image claims it first: who held it before, and what that says.
 
 * Nobody holds it: claimed, go on.
-* A live process holds it: this delivery is a duplicate of work in progress (a message sent
-  twice); it is dropped, and the holder finishes the image.
+* A live process holds it at the same stage: this delivery is a duplicate of work in progress (a
+  message sent twice); it is dropped, and the holder finishes the image.
 * A process that is gone holds it: it died with the image. If it was computing the image, that is
   a death, counted in the image's attempts record in storage; at MAX_WORKER_DEATHS this delivery
   records the image as failed instead of handing it to the next victim.
@@ -83,7 +83,10 @@ class Claims:
             attempts = Attempts.from_json(cached) if cached else Attempts(name, stage)
             other = state.others.get(name)
             if other is not None:
-                if living[other.holder.token] and not self._abandoned(other):
+                # Work in progress is duplicated only by a message for the same stage: a hold at
+                # another stage was left by a process that has moved on (a hand-over it could not
+                # release), and is taken over.
+                if living[other.holder.token] and other.stage == stage and not self._abandoned(other):
                     images.append(Claimed(name, "elsewhere", attempts, mine[name]))
                     continue
                 if not self.tracker.swap_hold(run_id, name, state.raw_others[name], mine[name]):

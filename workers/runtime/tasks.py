@@ -68,17 +68,17 @@ def finish_image(run_id: str, name: str, token: str = "") -> None:
 
 
 def hand_over(task: Any, run_id: str, name: str, token: str) -> None:
-    """Send the image to the GPU queue and release this process's hold on it. A publish that fails
-    even after its long retry budget puts the message back instead of acknowledging it: an image is
-    never dropped between two stages."""
+    """Release this process's hold on the image and send it to the GPU queue. Released first: a GPU
+    worker may claim it the instant it is sent. A publish that fails even after its long retry
+    budget puts the message back instead of acknowledging it: an image is never dropped between two
+    stages."""
+    with contextlib.suppress(*OUTAGE_ERRORS):
+        tracker().touch(run_id, release=(name, token))  # the image moves on: progress, for the sweep
     try:
         upscale.apply_async((run_id, name), ignore_result=True)
     except OUTAGE_ERRORS as exc:
         logger.error("run %s: %s could not be handed to the GPU queue (%s); the message is requeued", run_id, name, exc)
-        _release(run_id, name)
         raise Reject(exc, requeue=True) from exc
-    with contextlib.suppress(*OUTAGE_ERRORS):
-        tracker().touch(run_id, release=(name, token))  # the image moved on: progress, for the sweep
 
 
 def _release(run_id: str, name: str) -> None:
