@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +24,11 @@ import click
 from workers.errors import ConfigError, EnhanceError
 from workers.io.storage import Storage, StorageFactory, is_local
 from workers.ops.denoise import DENOISERS, DenoiseSpec
+from workers.run.attempts import stored_attempts
 from workers.run.keys import ImageState, RunKeys, RunProgress
 from workers.run.manifest import load_manifest
 from workers.run.presets import PRESETS
+from workers.run.registry import cancelled_at
 from workers.run.resolve import PipelineChoice
 from workers.settings import Settings, public_fields
 
@@ -129,12 +132,15 @@ def cli(verbose: int) -> None:
 @click.option("--run", "run_id", envvar="RUN_ID", help="Run id (default: derived from SRC and the pipeline, so re-running resumes).")
 @click.option("--sample-submission", type=click.Path(dir_okay=False, exists=True), envvar="SAMPLE_SUBMISSION",
               help="Check the column count against this file (default: SRC/sample_submission.csv if present).")
-@click.option("--retry-failed", is_flag=True, help="Forget earlier per-image failures and try those images again.")
+@click.option("--retry-failed", is_flag=True, help="Forget earlier per-image failures (and the worker deaths and "
+              "errors counted against those images) and try those images again.")
+@click.option("--resume-cancelled", is_flag=True, help="Resume a run that `producer cancel` stopped (without it, "
+              "enqueueing a cancelled run is refused).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Distributed mode: follow the run until it ends.")
 @_pipeline_options
 @_settings_options
-def enqueue(src: str, run_id: str | None, sample_submission: str | None, retry_failed: bool, wait: bool,
-            choice: PipelineChoice, settings: Settings) -> None:
+def enqueue(src: str, run_id: str | None, sample_submission: str | None, retry_failed: bool, resume_cancelled: bool,
+            wait: bool, choice: PipelineChoice, settings: Settings) -> None:
     """Process every image in SRC (a folder, a dataset root with test/, or s3://bucket/prefix)."""
     from producer.planning import prepare_run
     from workers.run.context import StageContext
@@ -145,7 +151,7 @@ def enqueue(src: str, run_id: str | None, sample_submission: str | None, retry_f
     click.echo(f"preset {resolved.pipeline.preset}" + (f": {resolved.note}" if resolved.note else "")
                + ("" if choice.preset else "; --preset to choose another"))
     plan = prepare_run(settings, ctx.storage, src, resolved.pipeline, run_id, sample_submission, retry_failed,
-                       show_progress=True)
+                       show_progress=True, resume_cancelled=resume_cancelled)
     click.echo(f"run {plan.run_id}: {plan.manifest.total} inputs, {len(plan.finished)} already finished")
     result = _execute(ctx, plan, wait)
     if result is not None:
@@ -197,9 +203,18 @@ def status(run_id: str, settings: Settings) -> None:
     click.echo("  stages: " + "  ".join(f"{state.value} {n}" for state, n in counts.items())
                + f"  rejected {len(manifest.rejected)}  total {manifest.total}")
     waiting = counts[ImageState.PENDING] + counts[ImageState.DENOISED]
+    cancelled = cancelled_at(storage, run_id)
+    if cancelled is not None:
+        click.echo(f"  cancelled {datetime.fromtimestamp(cancelled, UTC):%Y-%m-%d %H:%M:%S UTC}; "
+                   "`producer enqueue --resume-cancelled` resumes it")
     if waiting:
         click.echo(f"  queued or in progress: {counts[ImageState.PENDING]} at the CPU stage, "
                    f"{counts[ImageState.DENOISED]} at the GPU stage")
+        progress = RunProgress.read(storage, run_id)
+        for attempts in stored_attempts(storage, run_id):
+            if progress.state(attempts.name) in (ImageState.PENDING, ImageState.DENOISED):
+                click.echo(f"  suspect {attempts.name} at {attempts.stage}: {attempts.deaths} worker deaths, "
+                           f"{attempts.errors} errors (last on {attempts.last_worker})")
     if not settings.embedded and waiting:
         from producer import dispatch
 
@@ -262,14 +277,16 @@ def aggregate(run_id: str, partial: bool, settings: Settings) -> None:
 @click.argument("run_id")
 @_settings_options
 def cancel(run_id: str, settings: Settings) -> None:
-    """Cancel RUN_ID: workers drop its queued tasks; `producer enqueue` on it again resumes it."""
+    """Cancel RUN_ID: workers drop its queued tasks, and nothing sends its work again (the cancel is
+    kept in storage); `producer enqueue --resume-cancelled` resumes it."""
     if settings.embedded:
         raise ConfigError("no broker configured: an in-process run stops with Ctrl-C and resumes when re-run")
     from producer import dispatch
 
-    load_manifest(_storage(settings), run_id)  # a clear error for a run that does not exist
-    dispatch.cancel(settings, run_id)
-    click.echo(f"run {run_id} cancelled; finished images are kept")
+    storage = _storage(settings)
+    manifest = load_manifest(storage, run_id)  # a clear error for a run that does not exist
+    dispatch.cancel(settings, storage, run_id, manifest.total)
+    click.echo(f"run {run_id} cancelled; finished images are kept; `producer enqueue --resume-cancelled` resumes it")
 
 
 @cli.command()

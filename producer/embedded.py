@@ -18,10 +18,12 @@ import cv2
 from tqdm import tqdm
 
 from producer.planning import RunPlan
+from workers.errors import TransientError
 from workers.report import report_stage
 from workers.run.aggregate import AggregateResult, aggregate_stage
 from workers.run.context import StageContext
-from workers.run.stages import Outcome, denoise_stage, upscale_stage
+from workers.run.retries import RetryLater
+from workers.run.stages import Outcome, denoise_stage, error_outcome, upscale_stage
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +31,12 @@ logger = logging.getLogger(__name__)
 def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -> AggregateResult:
     """Process everything ``plan`` has left, then aggregate. Re-running after an interruption resumes.
 
+    An image whose transient errors (storage, device memory) outlast TASK_MAX_RETRIES, with the
+    workers' backoff, is recorded as failed, as the workers do; the run goes on.
+
     Raises:
-        TransientError: storage or device trouble; nothing finished is lost, re-run to resume.
+        TransientError: storage trouble outside the images' stages (the manifest, the aggregation);
+            nothing finished is lost, re-run to resume.
         ConfigError: e.g. the weights cannot be found.
     """
     run_id = plan.run_id
@@ -61,23 +67,37 @@ def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -
     fused = plan.manifest.pipeline.denoise_on == "gpu"
     ready = list(plan.to_denoise + plan.to_upscale) if fused else list(plan.to_upscale)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="denoise")
+    retries = RetryLater(ctx, run_id)  # one image's transient error ends failed after its retries; the run goes on
+
+    def retry_later(outcome: Outcome, stage: str) -> None:
+        given_up = retries.add(outcome, stage)
+        if given_up is not None:
+            finish(given_up)
+
     try:
         cpu_work = () if fused else plan.to_denoise
         # Taking turns: a window of one batch is denoised (every core), then upscaled (every core).
         window = len(cpu_work) if overlap else settings.gpu_batch_size
         queued = list(cpu_work)
-        pending: set[Future[Outcome]] = set()
-        while pending or ready or queued:
+        pending: dict[Future[Outcome], str] = {}
+        while pending or ready or queued or retries:
+            for name, stage in retries.due():
+                (queued if stage == "denoise" else ready).append(name)
             if not pending and queued and (overlap or not ready):
-                pending = {pool.submit(denoise_stage, ctx, run_id, n) for n in queued[:window]}
+                pending = {pool.submit(denoise_stage, ctx, run_id, n): n for n in queued[:window]}
                 queued = queued[window:]
             if pending:
                 # Overlapping: block only when there is nothing to upscale, else collect what finished.
                 # Taking turns: the whole window first.
-                done, pending = wait(pending, timeout=settings.gpu_batch_wait_s if ready and overlap else None,
-                                     return_when=FIRST_COMPLETED if overlap else ALL_COMPLETED)
+                done, _ = wait(pending, timeout=settings.gpu_batch_wait_s if ready and overlap else None,
+                               return_when=FIRST_COMPLETED if overlap else ALL_COMPLETED)
                 for future in done:
-                    outcome = future.result()
+                    name = pending.pop(future)
+                    try:
+                        outcome = future.result()
+                    except TransientError as exc:
+                        retry_later(error_outcome(name, exc), "denoise")
+                        continue
                     if outcome.status == "failed":
                         finish(outcome)
                     else:
@@ -86,8 +106,11 @@ def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -
                 batch, ready = ready[: settings.gpu_batch_size], ready[settings.gpu_batch_size :]
                 for outcome in upscale_stage(ctx, run_id, batch):
                     if outcome.status == "retry":
-                        raise outcome.error  # type: ignore[misc]
-                    finish(outcome)
+                        retry_later(outcome, "upscale")
+                    else:
+                        finish(outcome)
+            elif not pending and not queued:
+                retries.wait()
     except BaseException:
         # Do not sit through the queued denoising of an aborted run (Ctrl-C, storage down).
         pool.shutdown(wait=False, cancel_futures=True)

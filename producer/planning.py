@@ -5,18 +5,21 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 from tqdm import tqdm
 
 from producer.sources import SAMPLE_SUBMISSION, Source, resolve_source
-from workers.errors import ConfigError, ObjectNotFoundError, RunNotFoundError
+from workers.errors import ConfigError, ObjectNotFoundError, RunCancelledError, RunNotFoundError
 from workers.io.storage import LocalStorage, Storage, StorageFactory, fetch_in_order
 from workers.io.submission import read_expected_columns
 from workers.io.weights import describe_weights
 from workers.ops.upscalers import upscaler_kind
-from workers.run.keys import RunKeys, stem
+from workers.run.attempts import forget_attempts
+from workers.run.keys import RunKeys, RunProgress, stem
 from workers.run.manifest import PipelineSpec, RunManifest, load_manifest, make_run_id, now_iso, save_manifest
 from workers.run.plan import RunPlan, plan_remaining
+from workers.run.registry import cancelled_at
 from workers.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -31,15 +34,18 @@ def prepare_run(
     sample_submission: str | None = None,
     retry_failed: bool = False,
     show_progress: bool = False,
+    resume_cancelled: bool = False,
 ) -> RunPlan:
     """List ``src``, save (or refresh) the run manifest and return the remaining work.
 
     Each input's fingerprint is recorded; an input whose bytes (or whose name for the same stem)
     differ from what an earlier enqueue of the run recorded has its outputs forgotten, so it is redone.
+    ``retry_failed`` forgets the failures and the counted worker deaths and errors of unchanged inputs.
 
     Raises:
         ConfigError: bad source, two inputs with one submission ID, unreadable sample submission, or
             ``run_id`` exists with other settings.
+        RunCancelledError: the run was cancelled and ``resume_cancelled`` is not set (nothing changed).
         TransientError: a store could not be reached.
     """
     storages = StorageFactory(settings)
@@ -54,6 +60,10 @@ def prepare_run(
         existing = None
     if existing and (existing.pipeline.content() != pipeline.content() or existing.model != model):
         raise ConfigError(f"run {run_id} already exists with a different pipeline or model; choose another --run")
+    cancelled = cancelled_at(storage, run_id)
+    if cancelled is not None and not resume_cancelled:
+        when = datetime.fromtimestamp(cancelled, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        raise RunCancelledError(f"run {run_id} was cancelled ({when}); pass --resume-cancelled to resume it")
 
     fingerprints = dict(zip(source.names, fetch_in_order(source.storage.fingerprint, source.names,
                                                          settings.io_threads), strict=True))
@@ -79,8 +89,11 @@ def prepare_run(
     )
     save_manifest(storage, manifest)
     if retry_failed:
+        failed = RunProgress.read(storage, run_id).failed
         for name in manifest.names:
-            storage.delete(keys.failed(name))
+            if stem(name) in failed:
+                storage.delete(keys.failed(name))
+                forget_attempts(storage, run_id, name)
     return plan_remaining(storage, manifest)
 
 

@@ -46,6 +46,10 @@ class CeleryWorker:
             time.sleep(0.2)
         raise TimeoutError(f"worker {self.name} not ready after {timeout}s:\n{self.tail()}")
 
+    def alive(self) -> bool:
+        """Whether the worker's main process still runs (a dead pool child does not count)."""
+        return self._process.alive()
+
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 

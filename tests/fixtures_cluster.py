@@ -22,7 +22,13 @@ from tests.fixtures import run_producer
 from workers.io.storage import Storage, StorageFactory
 from workers.settings import Settings
 
-__all__ = ["Cluster", "cluster", "run_id_from", "wait_until"]
+__all__ = ["RECOVERY_STALL_S", "RECOVERY_SWEEP_S", "SIMULATED", "Cluster", "cluster", "recovering", "run_id_from",
+           "wait_until"]
+
+SIMULATED = str(Path(__file__).resolve().parent / "simulated")  # sitecustomize.py: faults injected into workers
+# The fault tests' recovery clock: the sweep runs every RECOVERY_SWEEP_S; a worker silent for
+# RECOVERY_STALL_S is presumed dead, and a run idle that long is searched for lost messages.
+RECOVERY_STALL_S, RECOVERY_SWEEP_S = 8, 2
 
 _DATABASES = itertools.cycle(range(1, 16))
 
@@ -54,9 +60,13 @@ class Cluster:
     workers: list[CeleryWorker] = field(default_factory=list)
 
     def start(self, queue: str, concurrency: int = 1, **extra_env: str) -> CeleryWorker:
+        return self.launch(queue, concurrency, **extra_env).wait_ready()
+
+    def launch(self, queue: str, concurrency: int = 1, **extra_env: str) -> CeleryWorker:
+        """A worker, started but not waited for (one that may die as soon as it consumes)."""
         worker = CeleryWorker(queue, {**self.env, **extra_env}, self.logs, concurrency=concurrency)
         self.workers.append(worker)
-        return worker.wait_ready()
+        return worker
 
     def start_default(self) -> Cluster:
         """One CPU worker (2 processes) and one GPU-queue worker (solo, on the CPU here)."""
@@ -103,3 +113,15 @@ def cluster(redis_server: RedisServer, s3_server: S3Server, s3_bucket: str, weig
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def recovering(cluster: Cluster) -> Cluster:
+    """The cluster with a short recovery clock and the small compact model (when available) on GPU workers."""
+    from tests.conftest import weights_file
+
+    compact = weights_file("realesr-animevideov3.pth")
+    if compact.is_file():
+        cluster.env["WEIGHTS"] = str(compact)
+    cluster.env.update(STALL_AFTER_S=str(RECOVERY_STALL_S), SWEEP_INTERVAL_S=str(RECOVERY_SWEEP_S))
+    return cluster

@@ -20,7 +20,7 @@ from testbed.servers import find_redis_server, find_weed
 from tests.conftest import REPO, make_random_rrdb, noisy_image
 from tests.fixtures import BENCHMARKS, load_script
 
-SCRIPTS = ("throughput", "batching", "cpu_per_gpu", "quality", "denoise_placement", "aggregate", "memory")
+SCRIPTS = ("throughput", "batching", "cpu_per_gpu", "quality", "denoise_placement", "aggregate", "memory", "liveness")
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,16 @@ def test_aggregate_quick(capsys):
     out = capsys.readouterr().out
     assert "12 images (2 failed)" in out and "ms simulated round trip" in out
     assert "| 1  " in out and "| 4  " in out
+
+
+@pytest.mark.integration
+def test_liveness_backlog_quick(capsys):
+    if not (find_weed() and find_redis_server()):
+        pytest.skip("needs redis-server and weed, as the integration tests")
+    assert load_script("liveness").main(["--part", "backlog", "--runs", "1", "--backlog-images", "2", "--periods", "1",
+                                         "--stall", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 x STALL_AFTER_S | 2                 | 2  " in out
 
 
 def test_memory_quick(capsys):

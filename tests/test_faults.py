@@ -33,6 +33,9 @@ def faults(cluster: Cluster) -> Cluster:
     compact = weights_file("realesr-animevideov3.pth")
     if compact.is_file():
         cluster.env["WEIGHTS"] = str(compact)
+    # Sweeps (the workers' and a waiting producer's) every few seconds: a run Redis forgot is rebuilt
+    # soon. STALL_AFTER_S stays long: nothing here waits for a stall.
+    cluster.env["SWEEP_INTERVAL_S"] = "3"
     return cluster
 
 
@@ -147,10 +150,12 @@ def test_producer_rides_out_redis_starting_late(faults, tmp_path):
 def test_a_lost_completion_reply_is_mended_by_the_waiting_producer(faults, tmp_path, monkeypatch):
     """The reply that tells the last worker it completed the run can be lost to a dropped
     connection; its retry cannot tell, so no aggregation is enqueued. Redis then counts every image
-    finished with no summary: the waiting producer enqueues the aggregation itself."""
+    finished with no summary: the waiting producer's sweep of its run (the workers' stall detector)
+    enqueues the aggregation itself."""
     from producer import dispatch
     from producer.planning import plan_remaining
     from workers.run.manifest import load_manifest
+    from workers.runtime import sweep
     from workers.settings import Settings
 
     folder = tmp_path / "in"
@@ -162,12 +167,12 @@ def test_a_lost_completion_reply_is_mended_by_the_waiting_producer(faults, tmp_p
     run_id = run_id_from(first.stdout)
     store, keys = faults.store(), RunKeys(run_id)
     store.delete(keys.summary)
-    settings = Settings.from_env(faults.env)
+    settings = Settings.from_env(faults.env, sweep_interval_s=1.0)
     tracker = dispatch.connect_tracker(settings)
     plan = plan_remaining(store, load_manifest(store, run_id))
     tracker.start(run_id, 3)
     assert tracker.finish_many(run_id, plan.finished)  # the run completes; this reply is "lost"
-    monkeypatch.setattr(dispatch, "aggregation_grace_s", lambda total, stall_after_s: 1.0)
+    monkeypatch.setattr(sweep, "aggregation_grace_s", lambda total, stall_after_s: 1.0)
     result = dispatch.wait_for_run(settings, store, plan, tracker)
     assert (result.written, result.pending) == (3, 0)
     assert_complete_and_identical(faults, run_id, folder, tmp_path)
@@ -240,6 +245,8 @@ def test_cancel_drops_queued_work_and_resume_finishes(faults, tmp_path):
     ping = subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "inspect", "ping", "-t", "10", "-d", worker.name],
                           env=faults.env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "pong" in ping.stdout  # the worker is healthy
-    result = faults.producer("enqueue", str(folder), cwd=tmp_path)  # resume
+    refused = faults.producer("enqueue", str(folder), cwd=tmp_path)  # a cancel is resumed only when asked to
+    assert refused.returncode == 2 and "was cancelled" in refused.stderr, refused.stdout + refused.stderr
+    result = faults.producer("enqueue", str(folder), "--resume-cancelled", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_complete_and_identical(faults, run_id, folder, tmp_path)

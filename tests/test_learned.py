@@ -3,8 +3,11 @@ that run it, and gives the same submission embedded and distributed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,27 +134,68 @@ def test_learned_distributed_is_identical_to_embedded(cluster, trained_dataset, 
 
 
 @pytest.mark.integration
-def test_training_runs_on_a_train_worker_in_chunks(cluster, tmp_path):
+def test_training_runs_on_a_train_worker_in_chunks_and_a_chain_survives_a_copy_and_a_lost_publish(cluster, tmp_path):
     """`producer train s3://...` with a broker: a worker of the train queue trains in TRAIN_CHUNK_S chunks
-    (each enqueues the next) and writes the checkpoint next to the dataset in the bucket."""
+    (each enqueues the next) and writes the checkpoint next to the dataset in the bucket.
+
+    The chain is driven by the job's stored state: the first publish of a next chunk fails (as in
+    an outage longer than its budget; the finished chunk is retried and sends it again), and a copy
+    of a running chunk's message arrives too (dropped): the job still ends, having trained exactly
+    its steps once."""
+    from tests.fixtures_cluster import SIMULATED
     from tests.test_training import write_dataset
+    from workers.runtime.app import TRAIN, create_app
+    from workers.training.config import TrainConfig
+    from workers.training.job import TrainJob
 
     local = write_dataset(tmp_path / "local", count=5)
     start = make_random_compact(tmp_path / "start.pth")
     store = cluster.store()
     for path in sorted(local.rglob("*.png")):
         store.put(f"dataset/{path.relative_to(local).as_posix()}", path.read_bytes())
-    cluster.start("train", TRAIN_CHUNK_S="1")
+    worker = cluster.start("train", TRAIN_CHUNK_S="1", PYTHONPATH=SIMULATED, SIMULATE="lose-train-next-once")
     dataset = f"s3://{cluster.bucket}/dataset"
-    result = cluster.producer("train", dataset, "--from", str(start), "--steps", "300", "--batch", "4", "--crop", "16",
-                              "--eval-every", "50", cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "trained 300 steps (budget used)" in result.stdout
+    config = ["--steps", "300", "--batch", "4", "--crop", "16", "--eval-every", "50"]
+    producer = subprocess.Popen([sys.executable, "-m", "producer", "train", dataset, "--from", str(start), *config],
+                                env=cluster.env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        marker_key = "dataset/trained_x4.safetensors.job.json"
+
+        def second_chunk_running() -> dict | None:
+            marker = json.loads(store.get(marker_key)) if store.exists(marker_key) else {}
+            return marker if marker.get("chunk", 0) >= 1 and not marker.get("complete") else None
+
+        wait_until(lambda: second_chunk_running() is not None, 180, "the second chunk to run")
+        marker = second_chunk_running()
+        if marker is not None:  # a copy of the running chunk's message
+            copy = TrainJob(dataset, None, str(start), dataclasses.asdict(TrainConfig(steps=300, batch=4, crop=16,
+                            eval_every=50)), started_at=marker["job"], chunk=marker["chunk"])
+            create_app(Settings.from_env(cluster.env)).send_task(TRAIN, (copy.to_dict(),), task_id=marker["task"])
+        out, err = producer.communicate(timeout=300)
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+            producer.communicate()
+    assert producer.returncode == 0, out + err
+    assert "trained 300 steps (budget used)" in out
     assert store.exists("dataset/trained_x4.safetensors") and store.exists("dataset/calibration.json")
-    marker = json.loads(store.get("dataset/trained_x4.safetensors.job.json"))
+    marker = json.loads(store.get(marker_key))
     assert marker["done"] and marker["chunk"] >= 1  # more than one chunk ran
     provenance = json.loads(store.get("dataset/trained_x4.json"))
     assert provenance["steps"] == 300 and provenance["finished"]
     wait_until(lambda: not cluster.redis_client().llen("train"), 30, "the train queue to drain")
+    log = worker.log.read_text()
+    assert "simulated: Redis unreachable" in log and "'status': 'resend'" in log  # the lost next chunk, sent again
+    assert "'status': 'held'" in log or "'status': 'duplicate'" in log  # the copy, dropped
     assert np.isfinite(provenance["holdout_psnr"])
     shutil.rmtree(local)
+
+
+@pytest.mark.integration
+def test_a_training_chunk_that_raises_fails_the_job_and_producer_train_says_why(cluster, tmp_path):
+    from tests.fixtures_cluster import SIMULATED
+
+    cluster.start("train", TASK_MAX_ERRORS="2", PYTHONPATH=SIMULATED, SIMULATE="raise-in:train")
+    result = cluster.producer("train", f"s3://{cluster.bucket}/dataset", "--steps", "10", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "training job failed in chunk 0: ValueError: simulated: a bug in training" in result.stderr

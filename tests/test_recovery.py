@@ -9,33 +9,24 @@ between a worker and the broker) are simulated inside the real worker processes 
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, png_bytes
+from tests.conftest import png_bytes
 from tests.fixtures import write_images
-from tests.fixtures_cluster import Cluster, wait_until
+from tests.fixtures_cluster import RECOVERY_STALL_S, RECOVERY_SWEEP_S, SIMULATED, Cluster, wait_until
 from tests.test_faults import assert_complete_and_identical, count, start_run
+from workers.run.attempts import read_attempts
 from workers.run.keys import RunKeys
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-SIMULATED = str(REPO / "tests" / "simulated")
-STALL_S, SWEEP_S = 8, 2  # the sweep runs every SWEEP_S; a run idle for STALL_S is re-enqueued
-
-
-@pytest.fixture
-def recovering(cluster: Cluster) -> Cluster:
-    from tests.conftest import weights_file
-
-    compact = weights_file("realesr-animevideov3.pth")
-    if compact.is_file():
-        cluster.env["WEIGHTS"] = str(compact)
-    cluster.env.update(STALL_AFTER_S=str(STALL_S), SWEEP_INTERVAL_S=str(SWEEP_S))
-    return cluster
+STALL_S, SWEEP_S = RECOVERY_STALL_S, RECOVERY_SWEEP_S
 
 
 def with_faults(*faults: str) -> dict[str, str]:
@@ -58,8 +49,9 @@ def failures_of(cluster: Cluster, run_id: str) -> dict[str, str]:
 
 
 def test_gpu_worker_killed_mid_batch_completes_within_two_sweeps_not_a_visibility_timeout(recovering, tmp_path):
-    """The scenario of the issue, with the default VISIBILITY_TIMEOUT_S (3600 s): the killed worker's
-    buffered messages sit in Redis's unacked hash; the sweep re-enqueues them from storage."""
+    """An operator SIGKILLs a GPU worker mid-batch, with the default VISIBILITY_TIMEOUT_S (3600 s): its
+    messages sit in Redis's unacked hash; the sweep sees its holder gone and hands them back to the
+    queue at once. One death is charged to the images it was computing, and fails none of them."""
     recovering.env["VISIBILITY_TIMEOUT_S"] = "3600"
     folder = tmp_path / "in"
     write_images(folder, 8, width=96, height=64)
@@ -78,7 +70,9 @@ def test_gpu_worker_killed_mid_batch_completes_within_two_sweeps_not_a_visibilit
     print(f"\nGPU worker SIGKILLed mid-batch: run complete {took:.1f} s after the kill "
           f"(STALL_AFTER_S={STALL_S}, sweep every {SWEEP_S} s, VISIBILITY_TIMEOUT_S=3600)")
     assert summary["written"] == 8 and took < STALL_S + 2 * SWEEP_S + 90, f"{took:.0f} s after the kill"
-    assert_complete_and_identical(recovering, run_id, folder, tmp_path)
+    assert_complete_and_identical(recovering, run_id, folder, tmp_path)  # an operator's kill fails nothing
+    store = recovering.store()
+    assert max(read_attempts(store, run_id, path.name, "upscale").deaths for path in folder.iterdir()) <= 1
 
 
 def test_a_gpu_worker_holding_part_of_a_batch_flushes_it_after_a_broker_reconnect(recovering, tmp_path):
@@ -232,8 +226,65 @@ def test_status_shows_progress_stall_and_what_the_sweep_did(recovering, tmp_path
     status = recovering.producer("status", run_id, cwd=tmp_path)
     assert "queued or in progress: 2 at the CPU stage, 0 at the GPU stage" in status.stdout
     assert "stalled" in status.stdout, status.stdout
-    recovering.start("cpu")  # its sweeper re-enqueues the stalled run (the first messages still wait too)
+    recovering.start("cpu")  # its sweeper finds the stalled run's messages queued: nothing to send again
     wait_until(lambda: "recovery:" in recovering.producer("status", run_id, cwd=tmp_path).stdout, 60,
                "the sweep to record what it did")
     recovering.start("gpu")
     assert wait_for_summary(recovering, run_id, 120)["written"] == 2
+
+
+def test_a_backlog_of_runs_holds_one_message_per_image_and_a_cancel_outlives_redis(recovering, tmp_path):
+    """Three runs wait behind each other at the GPU queue (no GPU worker yet) through several stall
+    periods: the sweep sends nothing twice, each image has one message. One run is cancelled, then
+    Redis restarts without persistence: the sweep rebuilds the two others with one message per
+    image, and leaves the cancelled one cancelled (its cancel is in storage). Both aggregate once a
+    GPU worker comes; enqueueing the cancelled run is refused until --resume-cancelled."""
+    from testbed.servers import RedisServer
+
+    volatile = RedisServer(tmp_path / "volatile-redis", appendonly=False)
+    try:
+        stall = 3
+        recovering.env.update(BROKER_URL=f"redis://{volatile.host}:{volatile.port}/0", REDIS_PASSWORD=volatile.password,
+                              STALL_AFTER_S=str(stall), SWEEP_INTERVAL_S="1")
+        folders = [tmp_path / f"in{k}" for k in range(3)]
+        for k, folder in enumerate(folders):
+            write_images(folder, 3, prefix=f"test_{k}")
+        runs = [start_run(recovering, folder, tmp_path) for folder in folders]
+        cancelled = recovering.producer("cancel", runs[2], cwd=tmp_path)
+        assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+        redis = volatile.client()
+        recovering.start("cpu", concurrency=2)  # denoises the live runs; its sweeper runs every second
+        wait_until(lambda: redis.llen("cpu") == 0 and not redis.hlen("unacked") and redis.llen("gpu") == 6, 120,
+                   "the two live runs to wait at the GPU queue")
+
+        def gpu_messages() -> Counter:
+            return Counter(tuple(args) for args in queued_args(redis, "gpu"))
+
+        time.sleep(4 * stall)  # four stall periods behind the backlog
+        expected = Counter({(run, path.name): 1 for run, folder in zip(runs[:2], folders, strict=False)
+                            for path in folder.iterdir()})
+        assert gpu_messages() == expected
+        assert redis.llen("sweep") <= 1  # one sweep per period, never a pile behind the backlog
+
+        volatile.stop()
+        volatile.start()  # empty: the queued messages, the counts and the cancel flag are gone
+        wait_until(lambda: redis.llen("gpu") == 6, 60, "the sweep to rebuild the two live runs")
+        time.sleep(2 * stall)
+        assert gpu_messages() == expected
+        assert redis.exists(f"lowlight:run:{runs[2]}:cancelled")  # the sweep put the flag back
+
+        recovering.start("gpu")
+        for run_id in runs[:2]:
+            assert wait_for_summary(recovering, run_id, 120)["written"] == 3
+        assert summary_of(recovering, runs[2]) is None and count(recovering, runs[2], "rows") == 0
+        refused = recovering.producer("enqueue", str(folders[2]), cwd=tmp_path)
+        assert refused.returncode == 2 and "--resume-cancelled" in refused.stderr, refused.stdout + refused.stderr
+        resumed = recovering.producer("enqueue", str(folders[2]), "--resume-cancelled", cwd=tmp_path)
+        assert resumed.returncode == 0 and "3 rows written" in resumed.stdout, resumed.stdout + resumed.stderr
+    finally:
+        recovering.stop()
+        volatile.stop()
+
+
+def queued_args(client, queue: str) -> list[list]:
+    return [json.loads(base64.b64decode(json.loads(raw)["body"]))[0] for raw in client.lrange(queue, 0, -1)]

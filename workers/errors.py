@@ -68,7 +68,12 @@ class RunNotFoundError(ConfigError):
 
 
 class RunCancelledError(EnhanceError):
-    """The run was cancelled while the command waited for it."""
+    """The run was cancelled while the command waited for it, or before: resuming it takes
+    ``--resume-cancelled``."""
+
+
+class TrainingFailedError(EnhanceError):
+    """A distributed training job ended failed (a chunk's error, or its workers kept dying)."""
 
 
 class InvalidKeyError(EnhanceError, ValueError):

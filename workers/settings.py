@@ -89,8 +89,15 @@ class Settings:
         "enqueues the next: a redelivered chunk resumes from the last state. Under half VISIBILITY_TIMEOUT_S.")
     task_max_retries: int = _setting(
         12, "Retries of a transient failure before an image is recorded as failed ('gave up after N transient errors').")
+    max_worker_deaths: int = _setting(
+        3, "An image whose worker died this many times while processing it (an OOM kill, a crash) is recorded as "
+        "failed at its next delivery, instead of crash-looping the pool.")
+    task_max_errors: int = _setting(
+        3, "An unexpected error (a bug, a configuration error) is retried until it has happened this many times to an "
+        "image at one stage; then the image is recorded as failed with the error's type and message.")
     stall_after_s: float = _setting(
-        600.0, "A run with no image finished for this long is re-enqueued from storage by the recovery sweep.")
+        600.0, "A worker process silent this long is presumed dead (its images are sent again), and a run with no "
+        "image finished this long has its lost messages (not queued, not held) sent again by the recovery sweep.")
     sweep_interval_s: float = _setting(
         30.0, "How often the CPU workers sweep for stalled runs (at most STALL_AFTER_S/4; one sweep cluster-wide).")
     result_expires_s: int = _setting(86_400, "How long task results stay in Redis.")
@@ -109,7 +116,7 @@ class Settings:
         if self.precision not in {"auto", "fp16", "bf16", "fp32"}:
             raise ConfigError(f"PRECISION must be auto, fp16, bf16 or fp32, got {self.precision!r}")
         for name in ("max_image_bytes", "max_image_pixels", "tile_max_pixels", "model_cache_size", "gpu_batch_pixels",
-                     "stall_after_s", "sweep_interval_s"):
+                     "stall_after_s", "sweep_interval_s", "max_worker_deaths", "task_max_errors"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.upper()} must be positive")
 
@@ -117,6 +124,11 @@ class Settings:
     def sweep_every_s(self) -> float:
         """The sweep's period: SWEEP_INTERVAL_S, shortened so a stall is seen within a quarter of STALL_AFTER_S."""
         return max(1.0, min(self.sweep_interval_s, self.stall_after_s / 4))
+
+    @property
+    def heartbeat_every_s(self) -> float:
+        """How often a worker process says it is alive: four times per STALL_AFTER_S, so one late beat is no death."""
+        return max(0.5, self.stall_after_s / 4)
 
     @property
     def embedded(self) -> bool:

@@ -11,6 +11,16 @@ needs hardware or a failure mode no local server has:
   (a transient error that never clears).
 * ``lose-aggregate-once``: the first aggregation message a worker sends is lost between the worker
   and the broker.
+* ``die-on:<name>``: the worker process SIGKILLs itself when it starts on the input ``<name>`` (the
+  CPU stage, or a GPU forward pass holding it): a crash no memory limit is needed for, which can
+  hit one image among same-size ones. The fault tests prove the rest with the kernel's OOM killer
+  (``testbed.memory``).
+* ``raise-on:<name>``: an unexpected exception (a bug) at the same places, every time.
+* ``raise-once:aggregate``: the first aggregation in each worker process raises.
+* ``raise-in:train``: every training chunk raises before it trains.
+* ``lose-train-next-once``: the first publish of a training job's next chunk fails as in an outage.
+* ``hold-until:<path>``: not a fault: the worker waits, started and loaded, before it consumes its
+  first message, until ``<path>`` exists (a test moves it into a memory group meanwhile).
 """
 
 from __future__ import annotations
@@ -75,7 +85,99 @@ def _lose_aggregate_once(_: str) -> None:
     tasks.aggregate.apply_async = apply_async
 
 
-PATCHES = {"oom-flat": _oom_flat, "storage-down": _storage_down, "lose-aggregate-once": _lose_aggregate_once}
+def _on_input(name: str, act) -> None:  # noqa: ANN001 - act(name) is called where the input is worked on
+    """Call ``act`` when the CPU task starts on ``name`` (after its claim), or when a GPU forward pass
+    that holds it starts."""
+    from workers.run import stages
+    from workers.runtime import tasks
+
+    denoise_stage, on_device = tasks.denoise_stage, stages._denoise_on_device
+
+    def denoise(ctx, run_id, image):  # noqa: ANN001, ANN202
+        if image == name:
+            act(image)
+        return denoise_stage(ctx, run_id, image)
+
+    def denoise_on_device(ctx, manifest, batch, *args):  # noqa: ANN001, ANN002, ANN202
+        if any(item.name == name for item in batch):
+            act(name)
+        return on_device(ctx, manifest, batch, *args)
+
+    tasks.denoise_stage, stages._denoise_on_device = denoise, denoise_on_device
+
+
+def _die_on(name: str) -> None:
+    import signal
+
+    _on_input(name, lambda _: os.kill(os.getpid(), signal.SIGKILL))
+
+
+def _raise_on(name: str) -> None:
+    def bug(image: str) -> None:
+        raise ValueError(f"simulated: a bug on {image}")
+
+    _on_input(name, bug)
+
+
+def _raise_once(_: str) -> None:
+    from workers.runtime import tasks
+
+    real = tasks.aggregate_stage
+    raised: list[bool] = []
+
+    def aggregate_stage(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if not raised:
+            raised.append(True)
+            raise RuntimeError("simulated: aggregation bug")
+        return real(*args, **kwargs)
+
+    tasks.aggregate_stage = aggregate_stage
+
+
+def _raise_in_train(_: str) -> None:
+    from workers.training import job
+
+    def make_trainer(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise ValueError("simulated: a bug in training")
+
+    job.make_trainer = make_trainer
+
+
+def _lose_train_next_once(_: str) -> None:
+    from kombu.exceptions import OperationalError
+
+    from workers.runtime import tasks
+
+    real = tasks.train.apply_async
+    lost: list[bool] = []
+
+    def apply_async(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if not lost:
+            lost.append(True)
+            raise OperationalError("simulated: Redis unreachable for the whole publish budget")
+        return real(*args, **kwargs)
+
+    tasks.train.apply_async = apply_async
+
+
+def _hold_until(path: str) -> None:
+    import logging
+    import time
+
+    from celery import signals
+
+    @signals.worker_ready.connect(weak=False)
+    def _wait(**_: object) -> None:  # the event loop, and with it every delivery, starts after this returns
+        logging.getLogger("simulated").warning("%s: paused before consuming", HOLD_MARK)
+        while not os.path.exists(path):
+            time.sleep(0.05)
+
+
+HOLD_MARK = "simulated hold-until"
+
+PATCHES = {"oom-flat": _oom_flat, "storage-down": _storage_down, "lose-aggregate-once": _lose_aggregate_once,
+           "die-on": _die_on, "raise-on": _raise_on, "raise-once": _raise_once, "raise-in": _raise_in_train,
+           "lose-train-next-once": _lose_train_next_once, "hold-until": _hold_until}
 
 if SIMULATE:
     _install()

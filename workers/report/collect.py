@@ -21,6 +21,7 @@ from workers.ops.upscalers import upscaler_kind
 from workers.report.data import Failure, ImageReport, ReportData, Score, StageTiming, TrainingSummary
 from workers.report.scoring import get_png, score_image
 from workers.report.thumbnails import crops, embed
+from workers.run.attempts import WORKER_DEATHS
 from workers.run.keys import RunKeys, RunProgress, stem
 from workers.run.manifest import RunManifest, load_manifest
 from workers.run.resolve import provenance_key
@@ -85,7 +86,7 @@ def collect_report_data(
         throughput=throughput,
         scores=tuple(sorted((s for s in scores.values() if s.psnr is not None), key=lambda s: s.psnr or 0.0)),
         images=tuple(_image_report(storage, source, keys, name, progress, metas.shown, scores.get(name), limits,
-                                   output_limits) for name in shown),
+                                   output_limits, markers.get(name)) for name in shown),
         omitted=len(order) - len(shown),
         failures=_failures(storage, keys, manifest, markers),
         training=_training(storage, manifest),
@@ -181,7 +182,8 @@ def _read_failure_markers(
     failed = [name for name in manifest.names if stem(name) in progress.failed]
     records = fetch_in_order(lambda name: _read_json(storage, keys.failed(name)) or {}, failed, threads)
     return {
-        name: Failure(name, str(record.get("stage", "?")), str(record.get("reason", "")), str(record.get("at", "")))
+        name: Failure(name, str(record.get("stage", "?")), str(record.get("reason", "")), str(record.get("at", "")),
+                      str(record.get("kind", "")))
         for name, record in zip(failed, records, strict=True)
     }
 
@@ -263,9 +265,15 @@ def _image_report(
     score: Score | None,
     limits: DecodeLimits,
     output_limits: DecodeLimits,
+    failure: Failure | None = None,
 ) -> ImageReport:
     notes = []
-    original, why = _load_input(source, name, limits)
+    if failure is not None and failure.kind == WORKER_DEATHS:
+        # What killed the workers would kill the one writing this report (and its redelivery, and
+        # the next): an input that crash-loops a pool is never decoded for a picture.
+        original, why = None, "not decoded: its workers died processing it"
+    else:
+        original, why = _load_input(source, name, limits)
     if why:
         notes.append(f"input: {why}")
     denoised, output = get_png(storage, keys.denoised(name), limits), get_png(storage, keys.sr(name), output_limits)

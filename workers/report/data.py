@@ -53,6 +53,7 @@ class Failure:
     stage: str
     reason: str
     at: str = ""
+    kind: str = ""  # "worker-deaths": its workers kept dying on it (the report does not decode its input)
 
 
 @dataclass(frozen=True)

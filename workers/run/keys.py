@@ -11,6 +11,7 @@ Layout under ``runs/<run>/``::
     rows/<stem>.csv            the image's submission row; written last, it marks the image done
     failed/<stem>.json         why the image failed (it is then done too, as failed)
     meta/<stem>.<stage>.json   timing and sizes, for reports
+    attempts/<stem>.<stage>.json   worker deaths and unexpected errors at a stage (only once one happened)
     input/<name>               the input itself, when a local source is uploaded to an object store
     submission.csv, failures.json, summary.json, report.html   written by the aggregator
 
@@ -34,7 +35,7 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LONGEST_RUN_ID = "r" * 128  # the longest id check_run_id allows: names are checked against it
 SEGMENT_BYTES = 255  # longest path segment (file name) on local filesystems: ext4, XFS, btrfs, APFS, NTFS
 KEY_BYTES = 1024  # longest S3 object key, the store's own prefix included
-META_STAGES = ("denoise", "upscale")  # the stages that write meta/<stem>.<stage>.json
+META_STAGES = ("denoise", "upscale")  # the per-image stages: each writes meta/, and attempts/ when one went wrong
 
 
 def check_run_id(run_id: str) -> str:
@@ -127,6 +128,9 @@ class RunKeys:
     def meta(self, name: str, stage: str) -> str:
         return self._image("meta", name, f".{stage}.json")
 
+    def attempts(self, name: str, stage: str) -> str:
+        return self._image("attempts", name, f".{stage}.json")
+
     def input(self, name: str) -> str:
         """Where a local input is uploaded when the run store is an object store."""
         return join_key(self.root, "input", check_name(name))
@@ -135,7 +139,8 @@ class RunKeys:
         """Every object the stages write for ``name``, its markers (row, failure) first: what is
         forgotten when the input changes."""
         return (self.row(name), self.failed(name), self.sr(name), self.denoised(name),
-                *(self.meta(name, stage) for stage in META_STAGES))
+                *(self.meta(name, stage) for stage in META_STAGES),
+                *(self.attempts(name, stage) for stage in META_STAGES))
 
     def prefix(self, stage: str) -> str:
         return join_key(self.root, stage)

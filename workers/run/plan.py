@@ -6,7 +6,8 @@ recovery sweep plans from it when a run stalls or Redis forgot it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from workers.io.storage import Storage
 from workers.run.keys import ImageState, RunProgress
@@ -30,10 +31,20 @@ class RunPlan:
     def has_work(self) -> bool:
         return bool(self.to_denoise or self.to_upscale)
 
+    def only(self, names: Iterable[str]) -> RunPlan:
+        """The same plan, limited to the unfinished images ``names`` (what the sweep found lost)."""
+        keep = set(names)
+        return replace(self, to_denoise=tuple(n for n in self.to_denoise if n in keep),
+                       to_upscale=tuple(n for n in self.to_upscale if n in keep))
+
 
 def plan_remaining(storage: Storage, manifest: RunManifest) -> RunPlan:
     """Every input of ``manifest`` by what storage says it still needs (one listing per stage)."""
-    progress = RunProgress.read(storage, manifest.run_id)
+    return plan_from(manifest, RunProgress.read(storage, manifest.run_id))
+
+
+def plan_from(manifest: RunManifest, progress: RunProgress) -> RunPlan:
+    """Every input of ``manifest`` by what ``progress`` says it still needs."""
     by_state: dict[ImageState, list[str]] = {state: [] for state in ImageState}
     for name in manifest.names:
         by_state[progress.state(name)].append(name)

@@ -8,7 +8,9 @@ runs; everything else runs in the caller's thread.
 Each stage is idempotent: it returns at once if its output exists (``skipped`` when the image is
 already finished, ``denoised`` when only the next stage remains). A permanent per-image problem
 is recorded under ``failed/`` and returned as a ``failed`` outcome; a transient problem raises
-(single-image stages) or is returned as a ``retry`` outcome (batch stage), never recorded.
+(single-image stages) or is returned as a ``retry`` outcome (batch stage), never recorded. The
+batch stage returns an unexpected error (a bug, ``cv2.error``) as a ``retry`` outcome too, with the
+error and how many images shared it: the caller counts it and decides (:mod:`workers.run.attempts`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Literal
@@ -57,6 +59,7 @@ class Outcome:
     seconds: float = 0.0
     size: tuple[int, int] | None = None  # (width, height) of the stage's input
     error: BaseException | None = field(default=None, compare=False, repr=False)
+    batch: int = 1  # how many images shared the pass (or the error) this outcome comes from
 
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "status": self.status, "reason": self.reason, "seconds": round(self.seconds, 4)}
@@ -65,12 +68,20 @@ class Outcome:
 # -- recording -------------------------------------------------------------------------------------
 
 
-def record_failure(ctx: StageContext, run_id: str, name: str, stage: str, reason: str) -> Outcome:
-    """Write ``failed/<stem>.json``; the image then counts as finished (failed) for the run."""
+def record_failure(ctx: StageContext, run_id: str, name: str, stage: str, reason: str, kind: str = "") -> Outcome:
+    """Write ``failed/<stem>.json``; the image then counts as finished (failed) for the run. ``kind``
+    says why when readers treat it apart (``worker-deaths``: the report does not decode the input)."""
     logger.warning("run %s: %s failed in %s: %s", run_id, name, stage, reason)
     record = {"name": name, "stage": stage, "reason": reason, "worker": ctx.hostname, "at": now_iso()}
+    if kind:
+        record["kind"] = kind
     ctx.storage.put(RunKeys(run_id).failed(name), json.dumps(record).encode())
     return Outcome(name, "failed", reason)
+
+
+def error_outcome(name: str, error: BaseException, batch: int = 1) -> Outcome:
+    """A ``retry`` outcome for ``error``, transient or not (the caller tells them apart)."""
+    return Outcome(name, "retry", f"{type(error).__name__}: {error}", error=error, batch=batch)
 
 
 def give_up(ctx: StageContext, run_id: str, name: str, stage: str, attempts: int, error: BaseException | str) -> Outcome:
@@ -148,15 +159,23 @@ class _Loaded:
     denoise: DenoiseSpec | None  # what remains to run on the device; None once denoised
 
 
-def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[Outcome]:
+OnPass = Callable[[Sequence[str]], None]
+
+
+def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str], on_pass: OnPass | None = None) -> list[Outcome]:
     """Upscale the images ``names`` of one run, same-size images in shared batches.
 
     With the CPU placement the inputs are the CPU stage's denoised images; with the GPU placement
-    this stage also decodes the inputs and runs NL-means on the device first.
+    this stage also decodes the inputs and runs NL-means on the device first. ``on_pass(names)``
+    is called just before each forward pass: a worker marks what it is computing, so that its death
+    is charged to those images only.
 
     Never raises for a single image: each distinct name gets one :class:`Outcome`, in first-seen
-    order; transient problems come back as ``retry`` outcomes carrying the error, for the caller to
-    reschedule.
+    order; transient problems and unexpected errors come back as ``retry`` outcomes carrying the
+    error (and how many images shared it), for the caller to reschedule or give up.
+
+    Raises:
+        RunNotFoundError, TransientError: the run's manifest cannot be read.
     """
     outcomes: dict[str, Outcome] = {}
     manifest = ctx.manifest(run_id)
@@ -170,8 +189,8 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[
             loaded[item.image.shape[:2]].append(item)
         except PermanentImageError as exc:
             outcomes[name] = record_failure(ctx, run_id, name, "upscale", exc.reason)
-        except TransientError as exc:
-            outcomes[name] = Outcome(name, "retry", str(exc), error=exc)
+        except Exception as exc:  # noqa: BLE001 - transient or not, this image's alone: the caller decides
+            outcomes[name] = error_outcome(name, exc)
 
     # PNG encoding and uploads run on I/O threads, overlapping the next batch's forward pass; a batch's
     # outputs wait for the previous batch's to be stored, so at most two batches of 4x images exist,
@@ -182,9 +201,9 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[
         for batch in _chunks(items, batch_size(ctx.settings, height * width)):
             if height * width > ctx.settings.gpu_batch_pixels:
                 wait(stores.values())
-            for part, outputs, per_image, error in _upscale_isolated(ctx, manifest, batch, side_writes):
+            for part, outputs, per_image, error in _upscale_isolated(ctx, manifest, batch, side_writes, on_pass):
                 if error is not None:
-                    outcomes.update((item.name, Outcome(item.name, "retry", str(error), error=error)) for item in part)
+                    outcomes.update((item.name, error_outcome(item.name, error, len(part))) for item in part)
                     continue
                 wait(stores.values())
                 stores |= _submit_stores(ctx, manifest, part, outputs, per_image, (width, height))
@@ -194,20 +213,24 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str]) -> list[
             outcomes[name] = future.result()
         except Exception as exc:  # noqa: BLE001 - a storage bug or surprise fails this image's attempt alone
             logger.exception("run %s: storing %s failed unexpectedly; it will be retried", run_id, name)
-            outcomes[name] = Outcome(name, "retry", f"{type(exc).__name__}: {exc}", error=TransientError(str(exc)))
+            outcomes[name] = error_outcome(name, exc)
     for future in side_writes:  # intermediate images: for reports, never a reason to fail an image
         if future.exception() is not None:
             logger.warning("run %s: could not store a denoised image: %s", run_id, future.exception())
     return [outcomes[name] for name in dict.fromkeys(names)]
 
 
-def _upscale_isolated(ctx: StageContext, manifest: RunManifest, batch: list[_Loaded], side_writes: list[Future[None]]
-                      ) -> Iterator[tuple[list[_Loaded], np.ndarray | None, float, TransientError | None]]:
+def _upscale_isolated(ctx: StageContext, manifest: RunManifest, batch: list[_Loaded], side_writes: list[Future[None]],
+                      on_pass: OnPass | None = None
+                      ) -> Iterator[tuple[list[_Loaded], np.ndarray | None, float, BaseException | None]]:
     """(images, their 4x outputs, seconds per image, error) for a batch: together while that works;
     after an out-of-memory error that the upscaler's own splitting and tiling could not avoid, one
-    image at a time, so only the image that cannot fit fails (and is retried, then given up)."""
+    image at a time, so only the image that cannot fit fails (and is retried, then given up). Any
+    other error is the batch's, returned for each of its images with the batch's size."""
     started = time.perf_counter()
     try:
+        if on_pass is not None:
+            on_pass([item.name for item in batch])
         images = _denoise_on_device(ctx, manifest, batch, started, side_writes)
         outputs = upscale_images(ctx, images, manifest.pipeline)
         del images  # only the outputs go on
@@ -217,9 +240,11 @@ def _upscale_isolated(ctx: StageContext, manifest: RunManifest, batch: list[_Loa
             return
         logger.warning("run %s: %s; upscaling these %d images one at a time", manifest.run_id, exc, len(batch))
         for item in batch:
-            yield from _upscale_isolated(ctx, manifest, [item], side_writes)
+            yield from _upscale_isolated(ctx, manifest, [item], side_writes, on_pass)
         return
-    except TransientError as exc:
+    except Exception as exc:  # noqa: BLE001 - transient or a bug: the caller counts and retries it
+        if not isinstance(exc, TransientError):
+            logger.exception("run %s: unexpected error upscaling %d images", manifest.run_id, len(batch))
         yield batch, None, 0.0, exc
         return
     yield batch, outputs, (time.perf_counter() - started) / len(batch), None
@@ -305,8 +330,8 @@ def _store_upscaled(
     except PermanentImageError as exc:
         return record_failure(ctx, manifest.run_id, name, "upscale", exc.reason)
     except TransientError as exc:
-        return Outcome(name, "retry", str(exc), error=exc)
-    return Outcome(name, "done", seconds=seconds, size=size)
+        return Outcome(name, "retry", str(exc), error=exc, batch=batch)
+    return Outcome(name, "done", seconds=seconds, size=size, batch=batch)
 
 
 def batch_size(settings: Settings, pixels: int) -> int:

@@ -24,7 +24,8 @@ from workers.settings import Settings
 CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"
 TRAIN_QUEUE = "train"
-QUEUES = (CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE)
+SWEEP_QUEUE = "sweep"  # consumed by every CPU worker, whatever its -Q says (workers.runtime.worker)
+QUEUES = (CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE, SWEEP_QUEUE)
 
 # Task names are the message format: they stay put whatever module defines the tasks.
 DENOISE, UPSCALE, AGGREGATE = "workers.tasks.denoise", "workers.tasks.upscale", "workers.tasks.aggregate"
@@ -39,13 +40,15 @@ PUBLISH_RETRY_POLICY = {"max_retries": 40, "interval_start": 0.5, "interval_step
 # Separate queues so one class of work can never starve the other: a flood of cheap denoise tasks
 # must not sit in front of the GPU's work, GPU workers must never pick up CPU work, and a training
 # job (minutes to hours on one GPU) must never sit in front of the upscale batches: it has its own
-# queue and its own workers.
+# queue and its own workers. The recovery sweep must never wait behind a backlog of a million
+# denoise tasks either (sweeps would pile up, then run in a burst): it has its own queue, which the
+# CPU workers read next to theirs, and each sweep message expires after one sweep period.
 TASK_ROUTES = {
     DENOISE: {"queue": CPU_QUEUE},
     UPSCALE: {"queue": GPU_QUEUE},
     AGGREGATE: {"queue": CPU_QUEUE},
     CALIBRATE: {"queue": CPU_QUEUE},
-    SWEEP: {"queue": CPU_QUEUE},
+    SWEEP: {"queue": SWEEP_QUEUE},
     TRAIN: {"queue": TRAIN_QUEUE},
 }
 

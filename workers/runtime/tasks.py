@@ -8,35 +8,44 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import redis
+from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.exceptions import Reject, Retry
+from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
 
-from workers.errors import RunNotFoundError, TransientError
+from workers.errors import ConfigError, RunNotFoundError, TransientError
 from workers.report import report_stage
 from workers.run.aggregate import aggregate_stage
+from workers.run.attempts import WORKER_DEATHS, Attempts, describe_error
 from workers.run.registry import unregister
-from workers.run.stages import denoise_stage, give_up, upscale_stage
+from workers.run.retries import BACKOFF_MAX_S, backoff_s
+from workers.run.stages import denoise_stage, give_up, record_failure, upscale_stage
 from workers.runtime.app import AGGREGATE, CALIBRATE, DENOISE, SWEEP, TRAIN, UPSCALE, app
+from workers.runtime.claims import Claimed, report_config_error
+from workers.runtime.liveness import Holder, alive
 from workers.runtime.sweep import sweep as run_sweep
 from workers.runtime.tracking import OUTAGE_ERRORS
-from workers.runtime.worker import SETTINGS, stage_context, tracker
+from workers.runtime.worker import SETTINGS, claims, stage_context, tracker
 from workers.training.calibrate import calibrate_here, task_destination
-from workers.training.job import TrainJob, train_chunk
+from workers.training.job import TrainJob, chunk_failed, train_chunk
 
 logger = logging.getLogger(__name__)
 
 # Redis trouble outlasting the tracker's own retries is as transient as a storage outage.
 TRANSIENT = (TransientError, *OUTAGE_ERRORS)
-BACKOFF_MAX_S = 60  # keep well under the visibility timeout: a waiting retry is unacked
-# The run-level tasks (aggregate, calibrate, train) retry on the decorator; the per-image tasks
-# retry by hand (retry_or_give_up, _reschedule), because an image must end recorded as failed.
+# Calibration retries transient errors on the decorator (anything else reaches the producer waiting
+# on its result); aggregation and training bound every error (retry_run_task, train), and the
+# per-image tasks retry by hand (retry_or_give_up, _reschedule), because an image must end recorded
+# as failed.
 RETRY = {
     "autoretry_for": TRANSIENT,
     "retry_backoff": 2,
@@ -46,38 +55,53 @@ RETRY = {
 }
 
 
-def backoff_s(retries: int) -> int:
-    """Seconds before retry number ``retries + 1``: 2, 4, 8, ... capped well under the visibility timeout."""
-    return min(2 ** (retries + 1), BACKOFF_MAX_S)
-
-
-def finish_image(run_id: str, name: str) -> None:
-    """Record that ``name`` is finished; the call that completes the run enqueues its aggregation.
+def finish_image(run_id: str, name: str, token: str = "") -> None:
+    """Record that ``name`` is finished and release ``token``'s hold on it; the call that completes
+    the run enqueues its aggregation.
 
     If that publish is lost anyway (an outage longer than its budget), the sweep aggregates the run
     once every image has been finished for the grace period.
     """
-    if tracker().finish(run_id, name):
+    if tracker().finish(run_id, name, token):
         logger.info("run %s: last image finished, aggregating", run_id)
         aggregate.apply_async((run_id,))
 
 
-def hand_over(task: Any, run_id: str, name: str) -> None:
-    """Send the image to the GPU queue. A publish that fails even after its long retry budget puts
-    the message back instead of acknowledging it: an image is never dropped between two stages."""
+def hand_over(task: Any, run_id: str, name: str, token: str) -> None:
+    """Release this process's hold on the image and send it to the GPU queue. Released first: a GPU
+    worker may claim it the instant it is sent. A publish that fails even after its long retry
+    budget puts the message back instead of acknowledging it: an image is never dropped between two
+    stages."""
+    with contextlib.suppress(*OUTAGE_ERRORS):
+        tracker().touch(run_id, release=(name, token))  # the image moves on: progress, for the sweep
     try:
         upscale.apply_async((run_id, name), ignore_result=True)
     except OUTAGE_ERRORS as exc:
         logger.error("run %s: %s could not be handed to the GPU queue (%s); the message is requeued", run_id, name, exc)
         raise Reject(exc, requeue=True) from exc
-    with contextlib.suppress(*OUTAGE_ERRORS):
-        tracker().touch(run_id)  # the image moved on: progress, for the sweep
 
 
-def give_up_and_finish(stage: str, run_id: str, name: str, attempts: int, error: BaseException) -> dict[str, Any]:
+def _release(run_id: str, name: str) -> None:
+    """Best effort: a hold left behind only makes a duplicate of this message wait for the sweep."""
+    try:
+        claims().release(run_id, [name])
+    except OUTAGE_ERRORS:
+        logger.warning("run %s: could not release %s; the sweep will", run_id, name)
+
+
+def fail_and_finish(stage: str, run_id: str, name: str, reason: str, token: str, kind: str = "") -> dict[str, Any]:
+    """Record the image as failed with ``reason`` and count it finished: its run still completes,
+    and ``producer enqueue --retry-failed`` tries it again."""
+    outcome = record_failure(stage_context(), run_id, name, stage, reason, kind)
+    finish_image(run_id, name, token)
+    return outcome.as_dict()
+
+
+def give_up_and_finish(stage: str, run_id: str, name: str, attempts: int, error: BaseException,
+                       token: str) -> dict[str, Any]:
     """Record the image as failed after its last transient error, and count it finished."""
     outcome = give_up(stage_context(), run_id, name, stage, attempts, error)
-    finish_image(run_id, name)
+    finish_image(run_id, name, token)
     return outcome.as_dict()
 
 
@@ -93,14 +117,46 @@ def publish_retry(task: Any, run_id: str, name: str, task_id: str, retries: int)
     return countdown
 
 
-def retry_or_give_up(task: Any, stage: str, run_id: str, name: str, error: BaseException) -> dict[str, Any]:
-    """Retry the task later, or, once TASK_MAX_RETRIES are used up, record the image as failed (its
-    run completes; ``--retry-failed`` resumes it). The retry is published here, with the long
-    publish budget; if even that fails, the message is requeued rather than acknowledged (Celery's
-    own ``retry()`` rejects it for good)."""
+def count_error(stage: str, run_id: str, name: str, error: BaseException, batch: int, retries: int) -> Attempts | None:
+    """Count an unexpected error of the image; None while it may still be retried, its record once
+    TASK_MAX_ERRORS (or TASK_MAX_RETRIES) is reached.
+
+    Raises:
+        TransientError, redis errors: the count could not be stored (storage or Redis down).
+        ConfigError: storage refuses it (reported once, loudly, by the claims).
+    """
+    attempts = claims().record_error(run_id, name, stage, error, batch)
+    logger.error("run %s: %s at %s: %s (%d of %d)", run_id, name, stage, attempts.last_error, attempts.errors,
+                 SETTINGS.task_max_errors, exc_info=error if attempts.errors == 1 else None)
+    if attempts.errors >= SETTINGS.task_max_errors or retries >= SETTINGS.task_max_retries:
+        return attempts
+    return None
+
+
+def retry_or_give_up(task: Any, stage: str, run_id: str, name: str, error: BaseException, token: str) -> dict[str, Any]:
+    """Retry the task later or record the image as failed: after TASK_MAX_RETRIES for a transient
+    error, after TASK_MAX_ERRORS for any other (the run completes; ``--retry-failed`` resumes it).
+    The retry is published here, with the long publish budget; if even that fails, the message is
+    requeued rather than acknowledged (Celery's own ``retry()`` rejects it for good)."""
     retries = task.request.retries or 0
-    if retries >= task.max_retries:
-        return give_up_and_finish(stage, run_id, name, retries + 1, error)
+    if isinstance(error, TRANSIENT):
+        if retries >= task.max_retries:
+            return give_up_and_finish(stage, run_id, name, retries + 1, error, token)
+    else:
+        try:
+            given_up = count_error(stage, run_id, name, error, 1, retries)
+        except TRANSIENT as exc:  # the count could not be stored: retry as for any outage
+            return retry_or_give_up(task, stage, run_id, name, exc, token)
+        except Exception as exc:  # noqa: BLE001 - storage refuses even the count (AccessDenied): the run waits
+            logger.exception("run %s: could not record the error of %s; dropped until the run is enqueued again",
+                             run_id, name)
+            if isinstance(exc, ConfigError):  # flagged: the sweep leaves the run alone, the producer says why
+                report_config_error(tracker(), run_id, exc, claims().me.node)
+            _release(run_id, name)
+            return {"name": name, "status": "unrecorded", "reason": str(error)}
+        if given_up is not None:
+            return fail_and_finish(stage, run_id, name, given_up.error_reason(), token)
+    _release(run_id, name)
     try:
         countdown = publish_retry(task, run_id, name, task.request.id, retries)
     except OUTAGE_ERRORS as exc:
@@ -109,20 +165,47 @@ def retry_or_give_up(task: Any, stage: str, run_id: str, name: str, error: BaseE
     raise Retry(exc=error, when=countdown)
 
 
+class LostChildAware(Request):
+    """The request of a denoise message, in the worker's main process: when the pool child running
+    it dies (an OOM kill), its hold is buried and the death counted here, before Celery requeues
+    the message (``task_reject_on_worker_lost``) for any worker to take."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        if isinstance(exc_info.exception, WorkerLostError) and self.worker_pid:
+            try:
+                run_id, name = image_arguments(self.args, self.kwargs)
+                claims().bury_pool_child(run_id, name, self.worker_pid)
+            except Exception:  # noqa: BLE001 - the next delivery or the sweep counts it instead
+                logger.warning("could not record the death of pool child %s", self.worker_pid, exc_info=True)
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
+
 # Nobody reads a per-image result (Flower gets events): storing 10,000 of them would only fill Redis.
-@app.task(name=DENOISE, bind=True, ignore_result=True, max_retries=SETTINGS.task_max_retries)
+@app.task(name=DENOISE, bind=True, ignore_result=True, max_retries=SETTINGS.task_max_retries, Request=LostChildAware)
 def denoise(self: Any, run_id: str, name: str) -> dict[str, Any]:
-    """CPU stage for one image, then hand it to the GPU queue."""
+    """CPU stage for one image, then hand it to the GPU queue. Claimed first: a duplicate of work in
+    progress is dropped, and an image whose workers kept dying is recorded as failed instead."""
+    token = ""
     try:
-        if tracker().is_cancelled(run_id):
+        mine = claims()
+        token = mine.me.token
+        claim = mine.claim(run_id, "denoise", [(name, self.request.id)], computing=True)
+        if claim.cancelled:
             return {"name": name, "status": "cancelled"}
+        (image,) = claim.images
+        if image.verdict == "elsewhere":
+            return {"name": name, "status": "elsewhere", "reason": "a live worker is processing it"}
+        if image.verdict == "fail":
+            return fail_and_finish("denoise", run_id, name, image.attempts.death_reason(), token, WORKER_DEATHS)
         outcome = denoise_stage(stage_context(), run_id, name)
         if outcome.status == "denoised":
-            hand_over(self, run_id, name)
+            hand_over(self, run_id, name, token)
         else:
-            finish_image(run_id, name)
-    except TRANSIENT as exc:
-        return retry_or_give_up(self, "denoise", run_id, name, exc)
+            finish_image(run_id, name, token)
+    except (Retry, Reject):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every error ends: retried a bounded number of times, then recorded
+        return retry_or_give_up(self, "denoise", run_id, name, exc, token)
     return outcome.as_dict()
 
 
@@ -158,13 +241,14 @@ class ReconnectSafeBatches(Batches):
 @app.task(name=UPSCALE, base=ReconnectSafeBatches, flush_every=SETTINGS.gpu_batch_size, flush_interval=SETTINGS.gpu_batch_wait_s)
 def upscale(requests: list[SimpleRequest]) -> None:
     """GPU stage. celery-batches hands over the messages waiting on this worker (up to one batch);
-    each run's images go through :func:`upscale_stage`, which batches same-size images.
+    each run's images are claimed, then go through :func:`upscale_stage`, which batches same-size
+    images and runs suspects (images whose worker died, or that failed unexpectedly, before) alone.
 
     celery-batches acknowledges every message once this returns, whatever happened, so nothing may
-    escape: each image is finished, rescheduled or (after TASK_MAX_RETRIES) recorded as failed here,
-    one image at a time, and a malformed message is logged and dropped alone. A reschedule that
-    cannot be published even after its budget is logged, and the loop goes on; the recovery sweep
-    re-enqueues that image when its run stalls.
+    escape: each image is finished, rescheduled or (after its retries) recorded as failed here, one
+    image at a time, and a malformed message is logged and dropped alone. A reschedule that cannot
+    be published even after its budget is logged, and the loop goes on; the recovery sweep sends
+    that image again when its run stalls.
     """
     by_run: dict[str, list[tuple[SimpleRequest, str]]] = defaultdict(list)
     with _TaskEvents(requests) as events:
@@ -182,7 +266,7 @@ def upscale(requests: list[SimpleRequest]) -> None:
             except Exception as exc:  # noqa: BLE001 - see the docstring: reschedule, never drop
                 logger.exception("run %s: upscale batch failed; rescheduling %d images", run_id, len(items))
                 for request, name in items:
-                    _reschedule(request, run_id, name, exc)
+                    _reschedule(request, run_id, name, exc, len(items))
                 events.failed([request for request, _ in items], exc)
 
 
@@ -198,30 +282,78 @@ def image_arguments(args: Any, kwargs: Any) -> tuple[str, str]:
 
 
 def _upscale_run(run_id: str, items: list[tuple[SimpleRequest, str]], events: _TaskEvents) -> None:
-    requests = [request for request, _ in items]
-    if tracker().is_cancelled(run_id):
-        events.succeeded(requests, lambda r: {"status": "cancelled"})
+    mine = claims()
+    token = mine.me.token
+    requests: dict[str, list[SimpleRequest]] = defaultdict(list)  # a name sent twice shares one outcome
+    for request, name in items:
+        requests[name].append(request)
+    claim = mine.claim(run_id, "upscale", [(name, reqs[0].id) for name, reqs in requests.items()])
+    if claim.cancelled:
+        events.succeeded([r for reqs in requests.values() for r in reqs], lambda r: {"status": "cancelled"})
         return
+    go = []
+    for image in claim.images:
+        if image.verdict == "elsewhere":
+            events.succeeded(requests[image.name], lambda r: {"status": "elsewhere"})
+        elif image.verdict == "fail":
+            outcome = fail_and_finish("upscale", run_id, image.name, image.attempts.death_reason(), token,
+                                      WORKER_DEATHS)
+            events.succeeded(requests[image.name], lambda r, o=outcome: o)
+        else:
+            go.append(image)
+    for group in isolate_suspects(go):
+        _upscale_group(run_id, group, requests, events)
+
+
+def isolate_suspects(images: list[Claimed]) -> list[list[Claimed]]:
+    """The images nothing went wrong with, batched together first; then each suspect (its worker died,
+    or it failed unexpectedly, before) alone, from load to store, fewest deaths first: its batch-mates
+    finish on their next delivery, and a death from here on is charged to the culprit only."""
+    healthy = [image for image in images if not image.attempts.suspect]
+    suspects = sorted((image for image in images if image.attempts.suspect), key=lambda image: image.attempts.deaths)
+    return ([healthy] if healthy else []) + [[image] for image in suspects]
+
+
+def _upscale_group(run_id: str, group: list[Claimed], requests: dict[str, list[SimpleRequest]],
+                   events: _TaskEvents) -> None:
+    """One call of the GPU stage on ``group``, its outcomes recorded before the next group starts."""
+    mine, token = claims(), claims().me.token
+    holds = {image.name: image.hold for image in group}
+    marked: set[str] = set()
+
+    def mark(computing: Sequence[str]) -> None:
+        """Charge a death from now on to ``computing`` only (loading charges the whole group). A group
+        that is one forward pass keeps the mark of its loading: no second round trip."""
+        if marked == set(computing):
+            return
+        try:
+            mine.computing(run_id, [holds[n] for n in computing], [h for n, h in holds.items() if n not in computing])
+            marked.clear()
+            marked.update(computing)
+        except OUTAGE_ERRORS:  # a death now would not be charged to these images
+            logger.warning("run %s: could not mark %d images as computing", run_id, len(computing))
+
+    mark(list(holds))
     started = time.perf_counter()
     try:
-        outcomes = upscale_stage(stage_context(), run_id, [name for _, name in items])
+        outcomes = upscale_stage(stage_context(), run_id, list(holds), mark)
     except RunNotFoundError as exc:  # the run was deleted: nothing to do for these messages
-        events.failed(requests, exc)
+        mine.release(run_id, list(holds))
+        events.failed([r for name in holds for r in requests[name]], exc)
         return
     elapsed = time.perf_counter() - started
-    by_name = {outcome.name: outcome for outcome in outcomes}  # duplicates of a name share one outcome
-    for request, name in items:
-        outcome = by_name[name]
+    for outcome in outcomes:
+        reqs = requests[outcome.name]
         try:
             if outcome.status == "retry":
                 error = outcome.error or TransientError(outcome.reason)
-                _reschedule(request, run_id, name, error)
-                events.failed([request], error)
+                _reschedule(reqs[0], run_id, outcome.name, error, outcome.batch)
+                events.failed(reqs, error)
             else:
-                finish_image(run_id, outcome.name)
-                events.succeeded([request], lambda r, o=outcome: o.as_dict(), runtime=elapsed)
+                finish_image(run_id, outcome.name, token)
+                events.succeeded(reqs, lambda r, o=outcome: o.as_dict(), runtime=elapsed)
         except OUTAGE_ERRORS as exc:  # Redis outlasted the tracker's retries: this image waits for the sweep
-            logger.error("run %s: %s could not be recorded (%s); the sweep will pick it up", run_id, name, exc)
+            logger.error("run %s: %s could not be recorded (%s); the sweep will pick it up", run_id, outcome.name, exc)
 
 
 @signals.task_received.connect
@@ -235,20 +367,30 @@ def _announce_batched_request(sender: Any, request: Any, **_: Any) -> None:
                                  retries=(request.request_dict or {}).get("retries", 0))
 
 
-def _reschedule(request: SimpleRequest, run_id: str, name: str, error: BaseException) -> None:
-    """Retry one image later with exponential backoff; after TASK_MAX_RETRIES record it as failed.
+def _reschedule(request: SimpleRequest, run_id: str, name: str, error: BaseException, batch: int = 1) -> None:
+    """Retry one image later with exponential backoff; record it as failed after TASK_MAX_RETRIES
+    (transient errors) or TASK_MAX_ERRORS (any other, counted with the ``batch`` it hit).
 
     Never raises: a publish that fails even after its budget, or a Redis outage while giving up,
     is logged and leaves the image to the recovery sweep, so the other images of the batch go on.
     """
     retries = int((request.request_dict or {}).get("retries") or 0)
+    token = claims().me.token
     try:
-        if retries >= SETTINGS.task_max_retries:
-            give_up_and_finish("upscale", run_id, name, retries + 1, error)
+        if isinstance(error, TRANSIENT):
+            if retries >= SETTINGS.task_max_retries:
+                give_up_and_finish("upscale", run_id, name, retries + 1, error, token)
+                return
         else:
-            publish_retry(upscale, run_id, name, request.id, retries)
+            given_up = count_error("upscale", run_id, name, error, batch, retries)
+            if given_up is not None:
+                fail_and_finish("upscale", run_id, name, given_up.error_reason(), token)
+                return
+        _release(run_id, name)
+        publish_retry(upscale, run_id, name, request.id, retries)
     except Exception:  # noqa: BLE001 - see the docstring
         logger.exception("run %s: could not reschedule %s; the sweep re-enqueues it when the run stalls", run_id, name)
+        _release(run_id, name)
 
 
 class _TaskEvents:
@@ -302,10 +444,36 @@ def calibrate(dataset_url: str, output_url: str | None = None) -> dict[str, Any]
     return {"location": where, "pairs": calibration.n_pairs, "summary": calibration.summary()}
 
 
-@app.task(name=AGGREGATE, **RETRY)
-def aggregate(run_id: str, allow_partial: bool = False) -> dict[str, Any]:
+def retry_run_task(task: Any, error: BaseException, what: str) -> Retry:
+    """The retry of a run-level task: a transient error up to TASK_MAX_RETRIES times, any other up to
+    TASK_MAX_ERRORS attempts in all; after that the error itself is raised, logged loudly once.
+
+    Raises:
+        the error: its retries are used up.
+    """
+    retries = task.request.retries or 0
+    limit = task.max_retries if isinstance(error, TRANSIENT) else SETTINGS.task_max_errors - 1
+    if retries >= limit:
+        logger.critical("%s failed for good after %d attempts: %s", what, retries + 1, describe_error(error))
+        raise error
+    if not isinstance(error, TRANSIENT):
+        logger.error("%s failed (%s); retrying", what, describe_error(error), exc_info=error)
+    return task.retry(exc=error, countdown=backoff_s(retries))
+
+
+@app.task(name=AGGREGATE, bind=True, max_retries=SETTINGS.task_max_retries)
+def aggregate(self: Any, run_id: str, allow_partial: bool = False) -> dict[str, Any]:
     """Write the run's submission.csv, failures report and HTML report from the per-image objects
-    (idempotent)."""
+    (idempotent). Every error ends: see :func:`retry_run_task` (the sweep asks again after its grace)."""
+    try:
+        return _aggregate(run_id, allow_partial)
+    except Retry:
+        raise
+    except Exception as exc:  # noqa: BLE001 - bounded: retry_run_task
+        raise retry_run_task(self, exc, f"aggregating run {run_id}") from exc
+
+
+def _aggregate(run_id: str, allow_partial: bool) -> dict[str, Any]:
     epoch = _epoch(run_id)  # before aggregating: a start of the same run after this keeps its keys
     result = aggregate_stage(stage_context(), run_id, allow_partial)
     if result.complete and not result.pending:
@@ -331,17 +499,38 @@ def _epoch(run_id: str) -> str:
 @app.task(name=SWEEP, ignore_result=False)
 def sweep() -> dict[str, object]:
     """The recovery sweep (:mod:`workers.runtime.sweep`): workers send it on a timer, one per interval."""
-    report = run_sweep(stage_context().storage, tracker(), app, SETTINGS.stall_after_s)
+    report = run_sweep(claims(), app, SETTINGS.stall_after_s, lease_s=SETTINGS.sweep_every_s * 0.9)
     return report.as_dict()
 
 
-
-@app.task(name=TRAIN, **RETRY)
-def train(job: dict[str, Any]) -> dict[str, Any]:
-    """One chunk of a training job (TRAIN_CHUNK_S at most), then the next chunk is enqueued: each
-    message stays far inside the visibility timeout, and a redelivered one resumes from the saved state."""
+@app.task(name=TRAIN, bind=True, max_retries=SETTINGS.task_max_retries)
+def train(self: Any, job: dict[str, Any]) -> dict[str, Any]:
+    """One chunk of a training job (TRAIN_CHUNK_S at most), then the next chunk's message is sent:
+    each message stays far inside the visibility timeout, and the chain is driven by the job's
+    stored state (:func:`~workers.training.job.next_step`), so a message delivered twice neither
+    trains twice nor ends the chain. Every error ends: a chunk that raises is retried (transient:
+    TASK_MAX_RETRIES; a configuration error: never; anything else: TASK_MAX_ERRORS attempts) and
+    then marks the job failed with the error, which ``producer train`` reports."""
     training = TrainJob.from_dict(job).checked()
-    outcome = train_chunk(training, SETTINGS, stage_context().storages)
-    if outcome.status == "continue":
-        train.apply_async((dataclasses.replace(training, chunk=training.chunk + 1).to_dict(),))
+    storages = stage_context().storages
+    me = claims().me
+    try:
+        redelivered = bool(self.request.retries) or bool((self.request.delivery_info or {}).get("redelivered"))
+        outcome = train_chunk(training, self.request.id, SETTINGS, storages, json.loads(me.to_json()),
+                              lambda holder: alive([Holder(**holder)], tracker().client)[holder["token"]], redelivered)
+        if outcome.next_task is not None:
+            following = dataclasses.replace(training, chunk=training.chunk + 1).to_dict()
+            train.apply_async((following,), task_id=outcome.next_task)
+    except Retry:
+        raise
+    except Exception as exc:  # noqa: BLE001 - bounded below, and recorded where the producer looks
+        retries = self.request.retries or 0
+        limit = 0 if isinstance(exc, ConfigError) else (
+            self.max_retries if isinstance(exc, TRANSIENT) else SETTINGS.task_max_errors - 1)
+        final = retries >= limit
+        chunk_failed(training, self.request.id, storages, describe_error(exc), final)
+        if final:
+            logger.critical("training job %s failed: %s", training.output_location(), describe_error(exc))
+            raise
+        raise self.retry(exc=exc, countdown=backoff_s(retries)) from exc
     return outcome.as_dict()

@@ -11,6 +11,9 @@ Each finished image also stamps the run's last progress, which the recovery swee
 epoch, so a late :meth:`RunTracker.forget` of an aggregated run cannot drop the keys of the same run
 started again meanwhile.
 
+Which process holds which image right now (:mod:`workers.runtime.holds`) and a cache of the images'
+attempts records (:mod:`workers.run.attempts`) live under the same run prefix.
+
 Storage stays the source of truth: if Redis loses these keys (restart without persistence), the
 sweep (or ``producer enqueue`` on the same run) rebuilds them from the objects already stored.
 """
@@ -19,12 +22,16 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import redis
 from kombu.exceptions import OperationalError
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+
+from workers.runtime import holds
+from workers.runtime.holds import Hold
 
 KEY_PREFIX = "lowlight:run"
 TTL_S = 14 * 24 * 3600
@@ -56,7 +63,14 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.Timeo
 
 # A run Redis does not know (never started here, lost in a restart, or forgotten after aggregation)
 # is left alone: a late duplicate must not recreate its keys. `producer enqueue` starts it again.
+# The finishing process's hold on the image (KEYS[4], token ARGV[4]) is released in the same call.
 _FINISH = """
+if ARGV[4] ~= '' then
+    local current = redis.call('HGET', KEYS[4], ARGV[1])
+    if current and string.sub(current, 1, #ARGV[4] + 1) == ARGV[4] .. '\\t' then
+        redis.call('HDEL', KEYS[4], ARGV[1])
+    end
+end
 if redis.call('EXISTS', KEYS[2]) == 0 then
     return 0
 end
@@ -81,6 +95,21 @@ return 1
 """
 
 
+# Every per-run key, for start() and forget().
+_PARTS = ("epoch", "finished", "total", "progress", "recovery", "held", "attempts", "config-error")
+
+
+@dataclass(frozen=True)
+class ClaimState:
+    """What :meth:`RunTracker.claim` found: a cancelled run, or per image the other process's hold
+    (None: claimed) and the cached attempts record (None: nothing went wrong before)."""
+
+    cancelled: bool
+    others: dict[str, Hold] = field(default_factory=dict)
+    raw_others: dict[str, str] = field(default_factory=dict)  # exactly as stored, for a compare-and-set
+    attempts: dict[str, str] = field(default_factory=dict)
+
+
 class RunTracker:
     """Finished-image bookkeeping for runs, on one Redis connection pool."""
 
@@ -88,6 +117,10 @@ class RunTracker:
         self.client = client
         self._finish = client.register_script(_FINISH)
         self._forget = client.register_script(_FORGET)
+        self._claim = client.register_script(holds.CLAIM)
+        self._swap = client.register_script(holds.SWAP)
+        self._release = client.register_script(holds.RELEASE)
+        self._update = client.register_script(holds.UPDATE)
 
     @classmethod
     def from_url(cls, url: str, retry: Retry = OUTAGE_RETRY) -> RunTracker:
@@ -107,7 +140,8 @@ class RunTracker:
         """
         epoch = secrets.token_hex(8)
         with self.client.pipeline() as pipe:
-            pipe.delete(self._key(run_id, "finished"), self._key(run_id, "cancelled"), self._key(run_id, "recovery"))
+            pipe.delete(self._key(run_id, "finished"), self._key(run_id, "cancelled"), self._key(run_id, "recovery"),
+                        self._key(run_id, "attempts"), self._key(run_id, "config-error"))
             pipe.set(self._key(run_id, "total"), total, ex=TTL_S)
             pipe.set(self._key(run_id, "epoch"), epoch, ex=TTL_S)
             pipe.set(self._key(run_id, "progress"), time.time(), ex=TTL_S)
@@ -115,20 +149,21 @@ class RunTracker:
         return epoch
 
     def _finish_keys(self, run_id: str) -> list[str]:
-        return [self._key(run_id, "finished"), self._key(run_id, "total"), self._key(run_id, "progress")]
+        return [self._key(run_id, "finished"), self._key(run_id, "total"), self._key(run_id, "progress"),
+                self._key(run_id, "held")]
 
-    def finish(self, run_id: str, name: str) -> bool:
-        """Mark ``name`` finished (done or failed) and stamp the run's progress. True for exactly one
-        call: the one completing the run."""
-        return bool(self._finish(keys=self._finish_keys(run_id), args=[name, TTL_S, time.time()]))
+    def finish(self, run_id: str, name: str, token: str = "") -> bool:
+        """Mark ``name`` finished (done or failed), stamp the run's progress and release the hold of
+        ``token`` on it. True for exactly one call: the one completing the run."""
+        return bool(self._finish(keys=self._finish_keys(run_id), args=[name, TTL_S, time.time(), token]))
 
-    def finish_many(self, run_id: str, names: Iterable[str]) -> bool:
+    def finish_many(self, run_id: str, names: Iterable[str], token: str = "") -> bool:
         """Mark several names in one round trip (a resumed run re-marks thousands); True if one of them
         completed the run. Each mark is the same atomic script as :meth:`finish`."""
         keys, now = self._finish_keys(run_id), time.time()
         with self.client.pipeline(transaction=False) as pipe:
             for name in names:
-                self._finish(keys=keys, args=[name, TTL_S, now], client=pipe)
+                self._finish(keys=keys, args=[name, TTL_S, now, token], client=pipe)
             return any(pipe.execute())
 
     def counts(self, run_id: str) -> tuple[int, int | None]:
@@ -147,12 +182,79 @@ class RunTracker:
     def forget(self, run_id: str, epoch: str = "") -> bool:
         """Drop a finished run's keys, if they still belong to ``epoch`` (any epoch when empty): a run
         started again since keeps its own. True when the keys were dropped."""
-        parts = ("epoch", "finished", "total", "progress", "recovery")
-        return bool(self._forget(keys=[self._key(run_id, part) for part in parts], args=[epoch]))
+        return bool(self._forget(keys=[self._key(run_id, part) for part in _PARTS], args=[epoch]))
 
-    def touch(self, run_id: str, at: float | None = None) -> None:
-        """Stamp the run's progress (default: now): an image moved on, or the sweep just re-enqueued its rest."""
-        self.client.set(self._key(run_id, "progress"), time.time() if at is None else at, ex=TTL_S)
+    def touch(self, run_id: str, at: float | None = None, release: tuple[str, str] | None = None) -> None:
+        """Stamp the run's progress (default: now): an image moved on, or the sweep just re-enqueued its
+        rest; ``release`` = (name, token) releases that hold in the same round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(self._key(run_id, "progress"), time.time() if at is None else at, ex=TTL_S)
+            if release:
+                self._release(keys=[self._key(run_id, "held")], args=[release[1], release[0]], client=pipe)
+            pipe.execute()
+
+    # -- holds: which process works on which image (workers.runtime.holds) ------------------------------
+
+    def claim(self, run_id: str, stage: str, token: str, mine: Mapping[str, Hold]) -> ClaimState:
+        """Claim the images ``mine`` (name -> the new hold) for ``token`` in one round trip, unless the
+        run is cancelled; also read each image's cached attempts record at ``stage``."""
+        args: list[str | int] = [token, stage, TTL_S]
+        for name, hold in mine.items():
+            args += [name, hold.encode()]
+        reply = self._claim(keys=[self._key(run_id, "held"), self._key(run_id, "cancelled"),
+                                  self._key(run_id, "attempts")], args=args)
+        if int(reply[0]):
+            return ClaimState(cancelled=True)
+        state = ClaimState(cancelled=False)
+        for name, other, cached in zip(mine, reply[1::2], reply[2::2], strict=True):
+            if other:
+                state.raw_others[name] = other.decode()
+                state.others[name] = Hold.decode(name, other)
+            if cached:
+                state.attempts[name] = cached.decode()
+        return state
+
+    def swap_hold(self, run_id: str, name: str, expected: str, new: Hold | None) -> bool:
+        """Replace the hold stored as exactly ``expected`` by ``new`` (None: drop it); False if it changed."""
+        return bool(self._swap(keys=[self._key(run_id, "held")], args=[name, expected, new.encode() if new else ""]))
+
+    def update_holds(self, run_id: str, token: str, updated: Sequence[Hold]) -> None:
+        """Rewrite ``token``'s own holds (a forward pass is starting: they are now computing)."""
+        args: list[str] = [token]
+        for hold in updated:
+            args += [hold.name, hold.encode()]
+        self._update(keys=[self._key(run_id, "held")], args=args)
+
+    def release(self, run_id: str, names: Iterable[str], token: str) -> None:
+        """Drop ``token``'s holds on ``names`` (holds another process took over are kept)."""
+        names = list(names)
+        if names:
+            self._release(keys=[self._key(run_id, "held")], args=[token, *names])
+
+    def holds(self, run_id: str) -> dict[str, tuple[str, Hold]]:
+        """Every hold on the run's images: name -> (the stored value, the hold)."""
+        raw = self.client.hgetall(self._key(run_id, "held"))
+        return {k.decode(): (v.decode(), Hold.decode(k.decode(), v)) for k, v in raw.items()}
+
+    # -- what went wrong, cached from storage (workers.run.attempts) -----------------------------------
+
+    def cache_attempts(self, run_id: str, records: Mapping[str, str]) -> None:
+        """Cache attempts records, by ``<stage>:<name>``, as their JSON."""
+        if records:
+            key = self._key(run_id, "attempts")
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping=dict(records))
+                pipe.expire(key, TTL_S)
+                pipe.execute()
+
+    def flag_config_error(self, run_id: str, message: str) -> bool:
+        """Record that a worker met a configuration error on this run (kept until the run is enqueued
+        again). True the first time, so it is reported loudly once, not once per image."""
+        return bool(self.client.set(self._key(run_id, "config-error"), message, nx=True, ex=TTL_S))
+
+    def config_error(self, run_id: str) -> str | None:
+        value = self.client.get(self._key(run_id, "config-error"))
+        return value.decode() if value is not None else None
 
     def last_progress(self, run_id: str) -> float | None:
         """Epoch seconds of the run's last progress, or None when Redis has no stamp."""

@@ -1,4 +1,5 @@
-"""What each worker process holds (one stage context, one tracker) and how a GPU worker starts.
+"""What each worker process holds (one stage context, one tracker, its identity and heartbeat) and
+how a GPU worker starts.
 
 Kept apart from :mod:`workers.runtime.app`, which only builds the app: the app module never needs
 the tasks, and the tasks and this module import the app, so no import runs in a circle.
@@ -6,22 +7,28 @@ the tasks, and the tasks and this module import the app, so no import runs in a 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from celery import signals
 
 from workers.errors import ConfigError
 from workers.run.context import StageContext
-from workers.runtime.app import CPU_QUEUE, GPU_QUEUE, SWEEP, app
-from workers.runtime.tracking import RunTracker
+from workers.runtime.app import CPU_QUEUE, GPU_QUEUE, SWEEP, SWEEP_QUEUE, app
+from workers.runtime.claims import Claims
+from workers.runtime.liveness import NODE_NAME, Heartbeat, this_process
+from workers.runtime.tracking import QUICK_RETRY, RunTracker
 
 logger = logging.getLogger(__name__)
 
 SETTINGS = app.conf.lowlight_settings
+POOL_CHILD_OOM_SCORE_ADJ = 500  # of -1000..1000: children go first, the main process last
 
 
 @functools.cache
@@ -33,6 +40,52 @@ def stage_context() -> StageContext:
 @functools.cache
 def tracker() -> RunTracker:
     return RunTracker.from_url(SETTINGS.broker_url_with_password)
+
+
+_CLAIMS: dict[int, tuple[Claims, Heartbeat]] = {}
+_CLAIMS_LOCK = threading.Lock()
+
+
+def claims() -> Claims:
+    """This process's claims on images, under its own identity; its heartbeat starts with the first
+    call (a prefork child draws its own identity, after the fork)."""
+    pid = os.getpid()
+    with _CLAIMS_LOCK:
+        if pid not in _CLAIMS:
+            _CLAIMS.clear()  # the parent's, inherited across fork
+            me = this_process()
+            # Its own client, quick to give up: a beat during an outage must not hold a shutdown for minutes.
+            client = RunTracker.from_url(SETTINGS.broker_url_with_password, retry=QUICK_RETRY).client
+            beat = Heartbeat(client, me, SETTINGS.heartbeat_every_s, SETTINGS.stall_after_s).start()
+            _CLAIMS[pid] = (Claims(stage_context().storage, tracker(), me, SETTINGS), beat)
+        return _CLAIMS[pid][0]
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    """A clean exit: others know at once that this process holds nothing any more."""
+    entry = _CLAIMS.get(os.getpid())
+    if entry is not None:
+        entry[1].stop()
+
+
+@signals.worker_process_init.connect
+def _expendable_pool_child(**_: Any) -> None:
+    """A prefork pool child raises its own OOM score: when the container's memory limit is hit, the
+    kernel then kills the child working on the image (Celery forks another and requeues the message,
+    and the next delivery counts the death) rather than the worker's main process, which would take
+    the whole worker down with every image it holds."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text(str(POOL_CHILD_OOM_SCORE_ADJ))
+
+
+@signals.celeryd_after_setup.connect
+def _name_and_queues(sender: str, instance: Any, **_: Any) -> None:
+    """Holds name the Celery node ("gpu@host-2"); CPU workers also read the sweep's own queue."""
+    NODE_NAME["value"] = sender
+    if CPU_QUEUE in consumed_queues(instance):
+        instance.app.amqp.queues.select_add(SWEEP_QUEUE)
 
 
 def consumed_queues(worker: Any) -> set[str]:
@@ -75,7 +128,8 @@ def start_sweeper(holder: str) -> threading.Thread:
             time.sleep(every)
             try:
                 if tracker().lease("sweep", holder, every * 0.9):
-                    app.send_task(SWEEP, ignore_result=True)
+                    # A sweep not started within its period is dropped: the next one does its work.
+                    app.send_task(SWEEP, ignore_result=True, expires=every)
             except Exception:  # noqa: BLE001 - a timer must outlive any outage
                 logger.warning("could not send the recovery sweep this time", exc_info=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -189,16 +190,24 @@ class TrainJob:
 
 @dataclass(frozen=True)
 class ChunkOutcome:
-    status: Literal["continue", "done", "duplicate"]
+    """What a ``train`` message did: ``continue`` (a chunk ran; send ``next_task``), ``done``,
+    ``resend`` (a finished chunk ran again: send ``next_task`` once more, it may be missing),
+    ``failed`` (the job is over, see the marker's error), ``duplicate`` or ``held`` (dropped: another
+    job's, an old one, or the chunk a live worker is running)."""
+
+    status: Literal["continue", "done", "resend", "failed", "duplicate", "held"]
     steps: int = 0
     best_psnr: float | None = None
+    next_task: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def job_marker(job: TrainJob, storages: StorageFactory) -> tuple[Storage, str]:
-    """Where a job records which chunk last ran and whether the job is over (``<output>.job.json``)."""
+    """Where a job records its state (``<output>.job.json``): the chunk that runs or last ran, the
+    message that runs it and the one that runs the next, who holds it and when it last beat, deaths,
+    errors, and whether the job is over (``done``, or ``failed`` with the ``error``)."""
     output = TrainingOutput.at(job.output_location(), storages)
     return output.storage, output.name + ".job.json"
 
@@ -211,33 +220,118 @@ def read_marker(job: TrainJob, storages: StorageFactory) -> dict[str, Any] | Non
         return None
 
 
-def train_chunk(job: TrainJob, settings: Settings, storages: StorageFactory) -> ChunkOutcome:
-    """Run one time-boxed chunk of ``job`` (at most TRAIN_CHUNK_S), resuming from the saved state.
-
-    A chunk runs only if the marker says the previous chunk of the same job completed, or this very
-    chunk started and died (a redelivery); a new job (another ``started_at``) starts at chunk 0.
-    Anything else is a duplicate message, dropped. The caller enqueues the next chunk when the
-    outcome says ``continue``.
-    """
+def write_marker(job: TrainJob, storages: StorageFactory, marker: dict[str, Any]) -> None:
     storage, key = job_marker(job, storages)
-    marker = read_marker(job, storages) or {}
-    if marker.get("job") != job.started_at:
-        allowed = job.chunk == 0
-    else:
-        follows = marker["chunk"] == job.chunk - 1 and marker["complete"] and not marker["done"]
-        allowed = follows or (marker["chunk"] == job.chunk and not marker["complete"])
-    if not allowed:
-        logger.warning("training chunk %d of %s is a duplicate (marker %s): dropped", job.chunk, key, marker)
-        return ChunkOutcome("duplicate")
-    storage.put(key, json.dumps({"job": job.started_at, "chunk": job.chunk, "complete": False, "done": False}).encode())
+    storage.put(key, json.dumps(marker).encode())
+
+
+Step = Literal["run", "resume", "resend", "duplicate", "held", "died"]
+
+
+def next_step(marker: dict[str, Any] | None, job: TrainJob, task_id: str, holder_alive: bool | None,
+              redelivered: bool = False) -> Step:
+    """What a ``train`` message must do, from the job's stored state alone (the chain is driven by it):
+
+    * a new job's first message runs chunk 0; a message of an older job is a duplicate;
+    * a job that is over (done, failed) drops every message;
+    * after a chunk completed, the message the marker names as ``next`` runs the next chunk, and
+      the message of the completed chunk, ``redelivered`` (its publish of the next failed and it
+      was retried, or its worker died before the acknowledgement), sends ``next`` once more: the
+      next message has that same task id, so if both exist one of them is a duplicate. A plain
+      copy of it (sent twice) is a duplicate: it must not multiply the chain;
+    * while a chunk runs, its own message delivered again is dropped while its holder is alive
+      (``holder_alive``), and resumes it as a death of the holder otherwise.
+    """
+    if marker is None or marker.get("job") != job.started_at:
+        newer = marker is None or job.started_at > float(marker.get("job") or 0)
+        return "run" if job.chunk == 0 and newer else "duplicate"
+    if marker.get("done") or marker.get("failed"):
+        return "duplicate"
+    if marker.get("complete"):
+        if task_id == marker.get("next"):
+            return "run"
+        return "resend" if task_id == marker.get("task") and redelivered else "duplicate"
+    if task_id != marker.get("task"):
+        return "duplicate"
+    if marker.get("holder") is None:
+        return "resume"  # it stopped on an error and is retried
+    return "held" if holder_alive else "died"
+
+
+def train_chunk(job: TrainJob, task_id: str, settings: Settings, storages: StorageFactory, holder: dict[str, Any],
+                holder_alive: Callable[[dict[str, Any]], bool], redelivered: bool = False) -> ChunkOutcome:
+    """Run the chunk of ``job`` that the stored state says is next (at most TRAIN_CHUNK_S), resuming
+    from the saved training state (see :func:`next_step`). ``holder`` is this process's identity,
+    stored while the chunk runs; ``holder_alive`` tells whether another one still runs.
+
+    A chunk whose worker died is resumed as a death; after MAX_WORKER_DEATHS the job is failed.
+    The caller sends ``next_task`` (with that task id) for ``continue`` and ``resend``.
+    """
+    marker = read_marker(job, storages)
+    current = marker if marker is not None and marker.get("job") == job.started_at else None
+    running = current is not None and not current.get("complete") and current.get("holder") is not None
+    step = next_step(marker, job, task_id, holder_alive(current["holder"]) if running else None,  # type: ignore[index]
+                     redelivered)
+    if step in ("duplicate", "held"):
+        logger.warning("training message %s for %s: %s (marker %s): dropped", task_id, job.output_location(), step, marker)
+        return ChunkOutcome(step)
+    assert step == "run" or current is not None
+    if step == "resend":
+        return ChunkOutcome("resend", next_task=current["next"])  # type: ignore[index]
+    deaths = int((current or {}).get("deaths", 0))
+    chunk = 0 if current is None else int(current["chunk"]) + (step == "run")
+    if step == "died":
+        deaths += 1
+        node = current["holder"].get("node", "?")  # type: ignore[index]
+        logger.warning("training chunk %d of %s: worker %s died running it (%d of %d deaths)", chunk,
+                       job.output_location(), node, deaths, settings.max_worker_deaths)
+        if deaths >= settings.max_worker_deaths:
+            error = f"worker died {deaths} times while training; last {node}, chunk {chunk}"
+            write_marker(job, storages, {**current, "holder": None, "deaths": deaths, "failed": True, "error": error})  # type: ignore[dict-item]
+            return ChunkOutcome("failed")
+    state = {"job": job.started_at, "chunk": chunk, "task": task_id, "complete": False, "done": False, "failed": False,
+             "holder": holder, "heartbeat": time.time(), "deaths": deaths,
+             "errors": int((current or {}).get("errors", 0)) if step != "run" else 0}
+    write_marker(job, storages, state)
     config = TrainConfig(**job.config)
     trainer = make_trainer(job.dataset, job.output, job.start, config, settings, storages,
-                           restart=job.restart and job.chunk == 0, photos_url=job.photos)
+                           restart=job.restart and chunk == 0, photos_url=job.photos)
     chunk_end = time.monotonic() + settings.train_chunk_s
     spent = max(0.0, time.time() - job.started_at) if job.started_at else 0.0
-    result = trainer.run(should_stop=lambda: time.monotonic() >= chunk_end, budget_spent_s=spent)
+    beat = _heartbeat(job, storages, state, settings.heartbeat_every_s)
+    result = trainer.run(on_progress=lambda _: beat(), should_stop=lambda: time.monotonic() >= chunk_end,
+                         budget_spent_s=spent)
     over_budget = bool(config.minutes) and time.time() - job.started_at >= 60 * config.minutes
     done = result.finished or over_budget
-    storage.put(key, json.dumps({"job": job.started_at, "chunk": job.chunk, "complete": True, "done": done,
-                                 "steps": result.steps, "best_psnr": result.best_psnr}).encode())
-    return ChunkOutcome("done" if done else "continue", result.steps, result.best_psnr)
+    next_task = None if done else secrets.token_hex(16)
+    write_marker(job, storages, {**state, "complete": True, "done": done, "holder": None, "next": next_task,
+                                 "heartbeat": time.time(), "steps": result.steps, "best_psnr": result.best_psnr})
+    return ChunkOutcome("done" if done else "continue", result.steps, result.best_psnr, next_task)
+
+
+def _heartbeat(job: TrainJob, storages: StorageFactory, state: dict[str, Any], every_s: float) -> Callable[[], None]:
+    """A progress callback that restamps the marker's heartbeat at most every ``every_s``: the
+    producer following the job tells a slow chunk from a dead one by it."""
+    last = [time.monotonic()]
+
+    def beat() -> None:
+        if time.monotonic() - last[0] >= every_s:
+            last[0] = time.monotonic()
+            try:
+                write_marker(job, storages, {**state, "heartbeat": time.time()})
+            except Exception:  # noqa: BLE001 - a missed beat is not worth a chunk
+                logger.warning("could not restamp the training heartbeat", exc_info=True)
+
+    return beat
+
+
+def chunk_failed(job: TrainJob, task_id: str, storages: StorageFactory, error: str, final: bool) -> None:
+    """Record that the chunk of message ``task_id`` stopped on ``error``: retried later (its holder is
+    cleared, so the retry resumes it wherever it lands), or the job is over when ``final``."""
+    marker = read_marker(job, storages)
+    if marker is None or marker.get("job") != job.started_at:
+        marker = {"job": job.started_at, "chunk": job.chunk, "task": task_id, "complete": False, "done": False}
+    if marker.get("task") != task_id or marker.get("complete"):
+        return  # not this message's chunk: nothing of the job's state to change
+    write_marker(job, storages, {**marker, "holder": None, "errors": int(marker.get("errors", 0)) + 1,
+                                 "error": error, "failed": final})

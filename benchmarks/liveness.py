@@ -1,0 +1,225 @@
+"""What liveness costs a healthy run, and what it does to a backlog, on real servers.
+
+(1) ``healthy``: a distributed run of ``--images`` images (one CPU worker with two processes, one
+GPU-queue worker, real redis-server and SeaweedFS S3 from ``testbed/``) after a warm-up run. It
+counts every Redis command the run causes (``INFO commandstats``, reset before the run: the
+server's own count and time per command) and every S3 request (a counting proxy between the
+workers and S3), per image. The producer enqueues with ``--no-wait`` and the script watches S3
+directly, so the counts are the workers' and one enqueue's. Sweeps and heartbeats run on timers,
+not per image: SWEEP_INTERVAL_S is set long so they stay out of the count.
+
+(2) ``backlog``: ``--runs`` runs of ``--backlog-images`` images wait at the GPU queue (no GPU
+worker) while a CPU worker's sweep runs every second with STALL_AFTER_S ``--stall``; after each
+stall period it prints how many messages the GPU queue holds per unfinished image.
+
+The script uses only the CLI, ``testbed/`` and Redis: copy it into an export of another commit to
+measure that code the same way (the README's before/after figures were measured so).
+
+    python benchmarks/liveness.py --images 40 --runs 3 --backlog-images 5 --periods 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
+    sys.path.insert(0, ROOT)
+from benchmarks import common  # noqa: E402
+from benchmarks.aggregate import LatencyProxy  # noqa: E402
+from benchmarks.common import fmt, log, markdown_table  # noqa: E402
+
+
+class CountingProxy(LatencyProxy):
+    """A TCP proxy that counts the HTTP requests passing through it (S3 calls), adding no delay."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.requests = 0
+        super().__init__(target_host, target_port, 0.0)
+
+    async def _connect(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            server_r, server_w = await asyncio.open_connection(*self.target)
+            await asyncio.gather(self._count(client_r, server_w), self._pump(server_r, client_w, 0.0))
+        except (ConnectionError, asyncio.CancelledError):
+            client_w.close()
+
+    async def _count(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Client to server: every request starts with ``METHOD /path HTTP/1.1``."""
+        tail = b""
+        try:
+            while chunk := await reader.read(65536):
+                seen = tail + chunk
+                self.requests += seen.count(b" HTTP/1.1\r\n") - tail.count(b" HTTP/1.1\r\n")
+                tail = seen[-16:]
+                writer.write(chunk)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", default="healthy,backlog", help="healthy, backlog or both (comma separated)")
+    parser.add_argument("--images", type=int, default=40, help="images of the healthy run")
+    parser.add_argument("--size", default="32x24", help="input size WxH")
+    parser.add_argument("--runs", type=int, default=3, help="runs waiting in the backlog")
+    parser.add_argument("--backlog-images", type=int, default=5, help="images per backlog run")
+    parser.add_argument("--stall", type=float, default=3.0, help="STALL_AFTER_S of the backlog part")
+    parser.add_argument("--periods", type=int, default=3, help="stall periods to watch the backlog for")
+    parser.add_argument("--weights", type=Path, default=None, help="GPU worker checkpoint (default: the compact "
+                        "realesr-animevideov3 in ../shared/weights when present)")
+    return parser.parse_args(argv)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def enqueue(env: dict[str, str], folder: Path, cwd: Path) -> str:
+    """``producer enqueue FOLDER --no-wait``; the run id."""
+    result = subprocess.run([sys.executable, "-m", "producer", "enqueue", str(folder), "--no-wait"], env=env, cwd=cwd,
+                            capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(result.stdout + result.stderr)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("run ") and " inputs" in line)
+    return line.split()[1].rstrip(":")
+
+
+def summary_exists(s3_client, bucket: str, run_id: str) -> bool:  # noqa: ANN001 - minio.Minio
+    return any(True for _ in s3_client.list_objects(bucket, prefix=f"runs/{run_id}/summary.json"))
+
+
+def healthy(env: dict[str, str], redis, s3, bucket: str, tmp: Path, count: int, size: tuple[int, int]) -> None:  # noqa: ANN001
+    from testbed.workers import CeleryWorker
+
+    host, port = s3.endpoint.split(":")
+    proxy = CountingProxy(host, int(port))
+    env = {**env, "S3_ENDPOINT": proxy.endpoint, "SWEEP_INTERVAL_S": "600", "STALL_AFTER_S": "3600"}
+    logs = tmp / "logs-healthy"
+    logs.mkdir()
+    workers = [CeleryWorker("cpu", env, logs, concurrency=2), CeleryWorker("gpu", env, logs)]
+    client, direct = redis.client(), s3.client()
+    try:
+        for worker in workers:
+            worker.wait_ready()
+        common.write_inputs(tmp / "warm", common.synthetic_images(1, *size, seed=99))
+        warm = enqueue(env, tmp / "warm", tmp)
+        wait_for(lambda: summary_exists(direct, bucket, warm), 300, "the warm-up run")
+        common.write_inputs(tmp / "healthy", common.synthetic_images(count, *size))
+        time.sleep(1)
+        client.config_resetstat()
+        proxy.requests = 0
+        started = time.perf_counter()
+        run_id = enqueue(env, tmp / "healthy", tmp)
+        wait_for(lambda: summary_exists(direct, bucket, run_id), 600, f"run {run_id}")
+        seconds = time.perf_counter() - started
+        stats = client.info("commandstats")
+        s3_requests = proxy.requests
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.stop()
+        proxy.close()
+    commands = {name.removeprefix("cmdstat_"): value for name, value in stats.items()}
+    calls = sum(v["calls"] for v in commands.values())
+    usec = sum(v["usec"] for v in commands.values())
+    print(f"\n### Healthy run: {count} images of {size[0]}x{size[1]}, {seconds:.1f} s\n")
+    print(markdown_table(["per image", "value"], [
+        ["Redis commands", fmt(calls / count)],
+        ["Redis server time (ms)", fmt(usec / count / 1000)],
+        ["S3 requests", fmt(s3_requests / count)],
+    ]))
+    top = sorted(commands.items(), key=lambda item: -item[1]["calls"])[:12]
+    print("\n" + markdown_table(["Redis command", "calls per image", "usec per call"],
+                                [[name, fmt(v["calls"] / count), fmt(v["usec_per_call"])] for name, v in top]))
+
+
+def gpu_queue(client) -> Counter:  # noqa: ANN001 - redis.Redis
+    """(run, name) -> messages waiting at the GPU queue."""
+    bodies = (json.loads(raw)["body"] for raw in client.lrange("gpu", 0, -1))
+    return Counter(tuple(json.loads(base64.b64decode(body))[0]) for body in bodies)
+
+
+def backlog(env: dict[str, str], redis, tmp: Path, runs: int, images: int, stall: float, periods: int,  # noqa: ANN001
+            size: tuple[int, int]) -> None:
+    from testbed.workers import CeleryWorker
+
+    env = {**env, "STALL_AFTER_S": str(stall), "SWEEP_INTERVAL_S": "1"}
+    client = redis.client()
+    client.flushdb()
+    for k in range(runs):
+        common.write_inputs(tmp / f"backlog{k}", common.synthetic_images(images, *size, seed=k))
+        enqueue(env, tmp / f"backlog{k}", tmp)
+    logs = tmp / "logs-backlog"
+    logs.mkdir()
+    cpu = CeleryWorker("cpu", env, logs, concurrency=1)
+    try:
+        cpu.wait_ready()
+        expected = runs * images
+        wait_for(lambda: client.llen("cpu") == 0 and not client.hlen("unacked") and client.llen("gpu") >= expected, 300,
+                 "every image to wait at the GPU queue")
+        rows = []
+        for period in range(periods + 1):
+            queued = gpu_queue(client)
+            rows.append([f"{period} x STALL_AFTER_S", expected, sum(queued.values()), max(queued.values())])
+            if period < periods:
+                time.sleep(stall + 1.5)  # one stall, and the sweep after it
+    finally:
+        cpu.terminate()
+        cpu.stop()
+    print(f"\n### Backlog: {runs} runs of {images} images at the GPU queue, no GPU worker, STALL_AFTER_S={stall:g}\n")
+    print(markdown_table(["after", "unfinished images", "messages at the GPU queue", "most for one image"], rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    parts = set(args.part.split(","))
+    size = common.parse_size(args.size)
+    from testbed.servers import RedisServer, S3Server
+    from testbed.workers import cluster_env
+
+    weights = args.weights or common.default_weights().with_name("realesr-animevideov3.pth")
+    if not weights.is_file():
+        weights = common.default_weights()
+    load = common.load_average()
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        redis, s3 = RedisServer(tmp / "redis", appendonly=True), S3Server(tmp / "s3")
+        try:
+            bucket = s3.make_bucket("liveness")
+            env = cluster_env(dict(os.environ), redis, 0, s3, bucket, weights.resolve(), GPU_BATCH_SIZE="8")
+            if "healthy" in parts:
+                log(f"healthy: {args.images} images")
+                healthy(env, redis, s3, bucket, tmp, args.images, size)
+            if "backlog" in parts:
+                log(f"backlog: {args.runs} runs x {args.backlog_images} images, {args.periods} stall periods")
+                backlog(env, redis, tmp, args.runs, args.backlog_images, args.stall, args.periods, size)
+        finally:
+            redis.stop()
+            s3.cleanup()
+    print(f"\n{common.cpu_model()}, {common.core_count()} cores; load average {load} at the start")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

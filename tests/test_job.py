@@ -1,0 +1,36 @@
+"""A distributed training job's chain, driven by its stored state: what each message does."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.training.job import TrainJob, next_step
+
+JOB = TrainJob("s3://b/dataset", started_at=100.0)
+
+
+def marker(**fields):  # noqa: ANN003, ANN201
+    return {"job": 100.0, "chunk": 1, "task": "t1", "complete": False, "done": False, "holder": {"token": "w"},
+            **fields}
+
+
+@pytest.mark.parametrize(("state", "task", "alive", "redelivered", "step"), [
+    (None, "t0", None, False, "run"),  # a new job's first message
+    ({"job": 50.0, "chunk": 4, "done": True}, "t0", None, False, "run"),  # a newer job on the same output
+    ({"job": 200.0, "chunk": 0}, "t0", None, False, "duplicate"),  # a message of an older job
+    (marker(done=True, complete=True), "t1", None, True, "duplicate"),  # the job is over
+    (marker(failed=True), "t1", False, True, "duplicate"),
+    (marker(complete=True, next="t2"), "t2", None, False, "run"),  # the next chunk's message
+    (marker(complete=True, next="t2"), "t1", None, True, "resend"),  # the finished chunk retried: next may be lost
+    (marker(complete=True, next="t2"), "t1", None, False, "duplicate"),  # a copy of it must not fork the chain
+    (marker(), "t1", True, True, "held"),  # its chunk runs on a live worker
+    (marker(), "t1", False, True, "died"),  # its worker died: resume it, one more death
+    (marker(holder=None), "t1", None, True, "resume"),  # retried after an error
+    (marker(), "t9", True, False, "duplicate"),  # any other message
+])
+def test_each_message_does_what_the_stored_state_says(state, task, alive, redelivered, step):
+    assert next_step(state, JOB, task, alive, redelivered) == step
+
+
+def test_only_a_first_chunk_starts_a_job():
+    assert next_step(None, TrainJob("s3://b/dataset", started_at=100.0, chunk=3), "t3", None) == "duplicate"

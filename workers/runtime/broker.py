@@ -1,0 +1,136 @@
+"""What the broker holds for a run: its image messages waiting in the queues, and those delivered to
+a worker and not yet acknowledged (kombu's Redis transport keeps them in the ``unacked`` hash until
+the visibility timeout). The recovery sweep asks before it sends anything, so it never adds a
+second message for an image whose first is only waiting its turn.
+
+* :func:`waiting_images` reads the queues in chunks with a server-side filter (only messages that
+  name one of the runs come back), and the unacknowledged messages (as many as the workers prefetch
+  and hold for retries: small); it is asked only about runs that stalled, at most once per
+  STALL_AFTER_S each.
+* :func:`restore` hands a dead worker's unacknowledged message back to the front of its queue
+  through kombu's own restore (the one it runs after the visibility timeout), at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+
+logger = logging.getLogger(__name__)
+
+UNACKED = "unacked"  # kombu's Redis transport: delivery tag -> [message, exchange, routing key]
+UNACKED_INDEX = "unacked_index"  # delivery tag -> when it was delivered (the consumer's clock)
+CHUNK = 2000  # queue entries per filtered read: a few milliseconds of Redis time each
+
+# KEYS: a queue. ARGV: first index, last index, then needles. The bodies of the messages in that
+# range whose raw text contains a needle (a quoted run id, which only the argsrepr header shows:
+# the body itself is base64). Filtering in Redis keeps a big backlog's other runs off the wire.
+_FILTER = """
+local out = {}
+for _, m in ipairs(redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])) do
+    for i = 3, #ARGV do
+        if string.find(m, ARGV[i], 1, true) then
+            table.insert(out, string.match(m, '"body": "([^"]*)"') or '')
+            break
+        end
+    end
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Message:
+    """An image message as the broker stores it."""
+
+    task_id: str
+    run_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """An image message delivered to a worker and not yet acknowledged."""
+
+    tag: bytes
+    message: Message
+    at: float  # when it was delivered (the consumer's clock)
+
+
+def image_args(body_b64: str) -> tuple[str, str] | None:
+    """(run id, name) from a message body (base64 JSON ``[args, kwargs, embed]``), None for any other."""
+    try:
+        args = json.loads(base64.b64decode(body_b64))[0]
+    except (ValueError, binascii.Error, IndexError, KeyError, TypeError):
+        return None
+    if isinstance(args, list) and len(args) == 2 and all(isinstance(a, str) for a in args):
+        return args[0], args[1]
+    return None
+
+
+def image_message(message: object) -> Message | None:
+    """A kombu message (decoded JSON) as an image message, or None (another task, malformed)."""
+    try:
+        task_id = message["headers"]["id"]  # type: ignore[index]
+        args = image_args(message["body"])  # type: ignore[index]
+    except (KeyError, TypeError):
+        return None
+    return Message(task_id, *args) if args else None
+
+
+def unacked_messages(client: redis.Redis) -> list[Delivery]:
+    """Every image message delivered and not yet acknowledged (as many as the workers prefetch)."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(UNACKED)
+        pipe.zrange(UNACKED_INDEX, 0, -1, withscores=True)
+        raw_by_tag, scores = pipe.execute()
+    delivered_at = dict(scores)
+    found = []
+    for tag, raw in raw_by_tag.items():
+        try:
+            message = image_message(json.loads(raw)[0])
+        except (ValueError, IndexError, TypeError):
+            continue
+        if message is not None:
+            found.append(Delivery(tag, message, float(delivered_at.get(tag, 0.0))))
+    return found
+
+
+def waiting_images(client: redis.Redis, queues: Iterable[str], run_ids: Iterable[str]) -> dict[str, set[str]]:
+    """Run id -> names with a message in ``queues`` or delivered and unacknowledged (any stage)."""
+    run_ids = list(run_ids)
+    found: dict[str, set[str]] = defaultdict(set)
+    if not run_ids:
+        return found
+    wanted = set(run_ids)
+    needles = [f"'{run_id}'" for run_id in run_ids]
+    scan = client.register_script(_FILTER)
+    for queue in queues:
+        start = 0
+        # Producers push on the left and workers pop on the right, so reading left to right from
+        # index 0 never skips an entry that stays in the list: new pushes only move entries up.
+        while start < client.llen(queue):
+            for body in scan(keys=[queue], args=[start, start + CHUNK - 1, *needles]):
+                args = image_args(body.decode())
+                if args and args[0] in wanted:
+                    found[args[0]].add(args[1])
+            start += CHUNK
+    for delivery in unacked_messages(client):
+        if delivery.message.run_id in wanted:
+            found[delivery.message.run_id].add(delivery.message.name)
+    return found
+
+
+def restore(app: Celery, tag: bytes) -> None:
+    """Put an unacknowledged message back at the front of its queue now, with kombu's own restore
+    (a transaction on the ``unacked`` hash: two sweeps restoring one tag push it once)."""
+    with app.connection_for_write() as connection:
+        connection.default_channel.qos.restore_by_tag(tag, leftmost=False)
