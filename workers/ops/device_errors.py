@@ -16,6 +16,14 @@ Plain functions of an exception: testable without a GPU, importable without torc
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from workers.errors import DeviceLostError, DeviceOutOfMemoryError
+
+T = TypeVar("T")
+
 # cudaError_t values that leave the context unusable (CUDA runtime API, ``driver_types.h``).
 STICKY_CUDA_ERROR_CODES = frozenset({
     46,  # cudaErrorDevicesUnavailable
@@ -84,3 +92,32 @@ def is_broken_cuda_context(exc: BaseException) -> bool:
     message = _message(exc)
     return ("cuda" in message or "cudnn" in message or "cublas" in message) and any(
         marker in message for marker in _STICKY_MESSAGES)
+
+
+def attempt(work: Callable[[], T]) -> tuple[bool, T | None]:
+    """``(True, work())``, or ``(False, None)`` when the device ran out of memory (any allocator).
+
+    It returns after its ``except`` block has ended, so when the caller retries smaller the failed
+    attempt's tensors (held by the exception's traceback) are already freed.
+    """
+    try:
+        return True, work()
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+    return False, None
+
+
+@contextlib.contextmanager
+def device_failures_raised(device: object) -> Iterator[None]:
+    """Inside: a broken CUDA context raises :class:`DeviceLostError`, and an out-of-memory error that
+    no split or tiling handled (a final copy, a recompute) raises :class:`DeviceOutOfMemoryError`."""
+    try:
+        yield
+    except Exception as exc:
+        if is_broken_cuda_context(exc):
+            raise DeviceLostError(f"{device}: the CUDA context is broken ({type(exc).__name__}: {exc}); "
+                                  "this process cannot use the device again") from exc
+        if is_out_of_memory(exc):
+            raise DeviceOutOfMemoryError(f"out of memory on {device}: {exc}") from None
+        raise

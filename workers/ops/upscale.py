@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import threading
@@ -33,9 +32,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from workers.errors import DeviceLostError, DeviceOutOfMemoryError, UnsupportedModelError
+from workers.errors import DeviceOutOfMemoryError, UnsupportedModelError
 from workers.io.weights import file_sha256
-from workers.ops.device_errors import is_broken_cuda_context, is_out_of_memory
+from workers.ops.device_errors import attempt, device_failures_raised
 from workers.ops.upscalers import ChannelOrder, TilePolicy
 
 logger = logging.getLogger(__name__)
@@ -187,7 +186,7 @@ class Upscaler:
         bgr = channel_order == "bgr"
         result, target = self._host_output((n, h * self.scale, w * self.scale, 3))
         call = _Call(_bgr_to_rgb_uint8 if bgr else _to_rgb_uint8, tta)
-        with _device_lost_is_fatal(self.device), torch.inference_mode():
+        with device_failures_raised(self.device), torch.inference_mode():
             x = self._device_input(images[..., ::-1] if bgr else images)
             self._forward_resilient(x, target, call)
             self._settle(call)
@@ -289,18 +288,14 @@ class Upscaler:
             call.checks.append(_Check(x, store, flags[0] if len(flags) == 1 else torch.stack(flags).any()))
 
     def _attempt(self, work: Callable[[], None], call: _Call) -> bool:
-        """Run ``work``; False if the device ran out of memory (its checks are dropped). Returns only
-        after the ``except`` block has ended, so the failed pass's tensors are already freed."""
+        """Run ``work``; False if the device ran out of memory (its checks are dropped, the cache is
+        emptied). Returns only after the ``except`` block has ended: the failed pass's tensors are freed."""
         mark = len(call.checks)
-        try:
-            work()
-            return True
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-        del call.checks[mark:]
-        _release_cached_memory(self.device)
-        return False
+        fitted, _ = attempt(work)
+        if not fitted:
+            del call.checks[mark:]
+            _release_cached_memory(self.device)
+        return fitted
 
     def _forward_resilient(self, x: torch.Tensor, out: torch.Tensor, call: _Call) -> None:
         """``finish(model(x))`` into ``out`` (N x C x 4H x 4W, any device and strides): the whole batch
@@ -367,19 +362,6 @@ def _copy_into(out: torch.Tensor, crop: tuple[slice, ...] = ()) -> Store:
     """Store a finished result (or its ``crop``) into ``out``, without waiting for the device where
     ``out`` is pinned host memory."""
     return lambda result: out.copy_(result[crop] if crop else result, non_blocking=True)
-
-
-@contextlib.contextmanager
-def _device_lost_is_fatal(device: torch.device) -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        if is_broken_cuda_context(exc):
-            raise DeviceLostError(f"{device}: the CUDA context is broken ({type(exc).__name__}: {exc}); "
-                                  "this process cannot use the device again") from exc
-        if is_out_of_memory(exc):  # outside the splitting (the final synchronisation, the fp32 recompute)
-            raise DeviceOutOfMemoryError(f"out of memory on {device}: {exc}") from None
-        raise
 
 
 def _to_rgb_uint8(y: torch.Tensor) -> torch.Tensor:

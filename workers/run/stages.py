@@ -259,7 +259,7 @@ def _denoise_on_device(ctx: StageContext, manifest: RunManifest, batch: list[_Lo
     for i in pending:
         by_spec[batch[i].denoise].append(i)
     for spec, indices in by_spec.items():
-        images[indices] = denoise_on_device(images[indices], spec, device)
+        images[indices] = denoise_on_device(images[indices], spec, device, ctx.settings.tile_max_pixels)
     seconds = (time.perf_counter() - started) / len(batch)
     keys = RunKeys(manifest.run_id)
     for i in pending:
