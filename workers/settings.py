@@ -62,6 +62,9 @@ class Settings:
     device: str = _setting("auto", "Torch device for the upscaler: auto, cpu, cuda, cuda:N.")
     precision: str = _setting("auto", "auto (CUDA: bf16 where the card has it, else fp16; CPU: fp32), fp16, bf16 or fp32.")
     gpu_batch_size: int = _setting(8, "Most same-size images per forward pass.")
+    cpu_batch_size: int = _setting(
+        1, "Most same-size images per forward pass when the model runs on a CPU: there a batch only runs the same "
+        "convolutions over more pixels, and at 256x160 batch 1 measured fastest (benchmarks/batching.py).")
     gpu_batch_pixels: int = _setting(
         2_097_152, "Most input pixels per forward pass: fewer same-size images go together where GPU_BATCH_SIZE of "
         "them would exceed it; a larger image runs alone. Bounds memory: a batch's 4x output is 48 bytes a pixel.")
@@ -103,8 +106,9 @@ class Settings:
     result_expires_s: int = _setting(86_400, "How long task results stay in Redis.")
 
     def __post_init__(self) -> None:
-        if self.gpu_batch_size < 1:
-            raise ConfigError(f"GPU_BATCH_SIZE must be >= 1, got {self.gpu_batch_size}")
+        for name in ("gpu_batch_size", "cpu_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.upper()} must be >= 1, got {getattr(self, name)}")
         if self.tile_size <= 2 * self.tile_overlap:
             raise ConfigError(
                 f"TILE_SIZE ({self.tile_size}) must exceed twice TILE_OVERLAP ({self.tile_overlap})"
