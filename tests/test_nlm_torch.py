@@ -200,7 +200,7 @@ def test_chunk_for_budget_gives_whole_search_rows():
     assert chunk_for_budget(10**15, 8, 160, 256) == 441  # never more than the window
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_cuda_matches_cpu():
     images = np.stack([synthetic(64, 40, 20, seed) for seed in range(4)])
     cpu = nlm_colored_torch(torch.from_numpy(images)).numpy()

@@ -229,7 +229,7 @@ class Upscaler:
 
     def _model_forward(self, x: torch.Tensor) -> torch.Tensor:
         """One raw pass of the network in its dtype: spandrel's padding and crop, no clamp."""
-        return self.raw_forward(self.network or self.descriptor.model, x)
+        return self.raw_forward(self.descriptor.model if self.network is None else self.network, x)
 
     def _precise_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The same pass in fp32 (an fp32 copy of the model, made on first need and kept)."""
