@@ -430,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_label = f"GPU_BATCH_SIZE {batch_size}" if device.type == "cuda" else f"CPU_BATCH_SIZE {Settings().cpu_batch_size}"
     gpu_stage: list[GpuStageResult] = []
     learned_breakdown = SeedBreakdown()
+    learned_macs = 0.0
     load_notes: list[tuple[str, str]] = []
     modes: list[ModeResult] = []
     breakdown = SeedBreakdown()
@@ -478,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.learned:
             if not args.skip_seed:
                 loop_model, load_s = common.timed(lambda: load_seed_model(args.learned, device))
+                learned_macs = common.conv_macs_per_pixel(loop_model.model, device, next(loop_model.model.parameters()).dtype)
                 seed_upscale_patch(loop_model, _pil(images[0] if device.type == "cuda" else images[0][:8, :8]), False)
                 log(f"(l) serial loop, learned model ({args.learned.name}): {args.count} images")
                 seconds, _ = run_seed_loop(inputs, tmp / "loop-learned-out", args.learned, device, loop_model,
@@ -518,10 +520,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(common.markdown_table(("excluded from the timings", "seconds"),
                                     load_notes + [(f"(c) start-up: {k}", f"{v:.2f} s") for k, v in startup.items()]))
-    for label, parts in (("(a)", breakdown), ("(a')", reload_breakdown), ("(l)", learned_breakdown)):
+    for label, parts, model_macs in (("(a)", breakdown, macs), ("(a')", reload_breakdown, macs),
+                                     ("(l)", learned_breakdown, learned_macs)):
         if parts.seconds:
             print(f"\n### Where the serial loop's time goes {label}\n")
-            print(report_breakdown(parts, macs, args.count * width * height))
+            print(report_breakdown(parts, model_macs, args.count * width * height))
     if gpu_stage:
         print(f"\n### The GPU stage alone ({args.learned.name}, upscale_stage in batches of the production size): "
               "compute vs I/O\n")
