@@ -207,3 +207,26 @@ def test_every_gpu_schedule_stores_the_same_bytes(ctx, tmp_path, schedule):
     for name in names:
         for key in (RunKeys("r1").sr(name), RunKeys("r1").row(name)):
             assert ctx.storage.get(key) == reference.storage.get(key)
+
+
+def test_begin_upscale_returns_while_the_last_outputs_are_still_stored(ctx, tmp_path, monkeypatch):
+    """What lets a GPU worker start its next batch while this one uploads: computing is done when
+    begin_upscale returns, storing is not waited for until outcomes()."""
+    import threading
+
+    from workers.run import stages
+
+    names = write_images(tmp_path / "in", 2)
+    make_run(ctx.storage, tmp_path / "in", names, pipeline=PipelineSpec(denoise=DenoiseSpec(method="none")))
+    release = threading.Event()
+    real = stages._store_upscaled
+
+    def held_store(*args):  # noqa: ANN002, ANN202
+        release.wait(timeout=60)
+        return real(*args)
+
+    monkeypatch.setattr(stages, "_store_upscaled", held_store)
+    pending = stages.begin_upscale(ctx, "r1", names, GpuSchedule(parallel_loads=True, overlap=True))
+    assert pending.computed == names and not ctx.storage.exists(RunKeys("r1").row(names[0]))
+    release.set()
+    assert [o.status for o in pending.outcomes()] == ["done", "done"]

@@ -188,6 +188,36 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str], schedule
     Raises:
         DeviceLostError: the device's CUDA context is broken; nothing more can run in this process.
     """
+    return begin_upscale(ctx, run_id, names, schedule).outcomes()
+
+
+class UpscaleInFlight:
+    """An :func:`upscale_stage` call whose computing is done and whose outputs may still be being
+    encoded and stored on the I/O threads. :meth:`outcomes` waits for them."""
+
+    def __init__(self, work: _GpuWork, names: list[str]) -> None:
+        self._work, self._names = work, names
+
+    @property
+    def computed(self) -> list[str]:
+        """The names whose outputs exist (stored or being stored)."""
+        return list(self._work.stores)
+
+    def outcomes(self) -> list[Outcome]:
+        """Wait for every store; one outcome per distinct name, in first-seen order."""
+        outcomes = self._work.finish()
+        return [outcomes[name] for name in self._names]
+
+
+def begin_upscale(ctx: StageContext, run_id: str, names: Sequence[str], schedule: GpuSchedule | None = None
+                  ) -> UpscaleInFlight:
+    """:func:`upscale_stage` up to the last batch computed: returns while that batch's outputs are
+    still being encoded and stored, so a caller can start on the next batch meanwhile (a GPU worker
+    pipelining its batches) and collect the outcomes later.
+
+    Raises:
+        DeviceLostError: the device's CUDA context is broken; nothing more can run in this process.
+    """
     manifest = ctx.manifest(run_id)
     schedule = schedule or GpuSchedule.for_device(upscaler_device(ctx, manifest.pipeline))
     unique = list(dict.fromkeys(names))  # de-duplicate, keep order
@@ -203,8 +233,7 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str], schedule
             work.run(groups.pop(shape))
     for group in groups.values():
         work.run(group)
-    outcomes = work.finish()
-    return [outcomes[name] for name in unique]
+    return UpscaleInFlight(work, unique)
 
 
 def upscaler_device(ctx: StageContext, pipeline: PipelineSpec) -> str:
