@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,24 @@ class ModeResult:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds
+
+
+@dataclass
+class ModeRunner:
+    label: str
+    run: Callable[[int], float]  # round number -> seconds for every image once
+    baseline: str = "(a)"
+
+
+def run_interleaved(runners: list[ModeRunner], rounds: int) -> dict[str, float]:
+    """Each mode's seconds summed over ``rounds``, the modes in order, then in reverse order, and so
+    on (ABBA): a machine whose load drifts during the run slows every mode alike, not the last ones."""
+    totals = {runner.label: 0.0 for runner in runners}
+    for r in range(rounds):
+        for runner in runners if r % 2 == 0 else reversed(runners):
+            log(f"{runner.label.split(' ', 1)[0]} round {r + 1} of {rounds}")
+            totals[runner.label] += runner.run(r)
+    return totals
 
 
 @dataclass
@@ -102,6 +121,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also time the GPU stage alone (upscale_stage) with the --learned model: how much of its "
                              "wall time is compute and how much I/O, with the I/O arranged as before (one load at a "
                              "time) and as now")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every mode this many times, in order then in reverse order (ABBA), and sum: a load "
+                             "that drifts during the run then weighs on every mode alike [default: 1]")
     parser.add_argument("--skip-seed", action="store_true", help="leave out (a) and (l)")
     parser.add_argument("--skip-embedded", action="store_true", help="leave out (b)")
     return common.parse_common(parser, argv)
@@ -445,55 +467,50 @@ def main(argv: list[str] | None = None) -> int:
         load_notes.append(("model load, production loader (excluded)", f"{load_s:.2f} s"))
         macs = common.conv_macs_per_pixel(upscaler.descriptor.model, upscaler.device, upscaler.dtype)
 
+        runners: list[ModeRunner] = []
         if not args.skip_seed:
             seed_model, load_s = common.timed(lambda: load_seed_model(args.weights, device))
             load_notes.append(("model load, stablepy-style (excluded from (a))", f"{load_s:.2f} s"))
             seed_upscale_patch(seed_model, _pil(images[0] if device.type == "cuda" else images[0][:8, :8]))
-            log(f"(a) seed loop: {args.count} images")
-            seconds, _ = run_seed_loop(inputs, tmp / "seed-out", args.weights, device, seed_model,
-                                       default_cv2_threads, breakdown)
-            modes.append(ModeResult("(a) seed serial loop (stablepy-style upscale, batch 1, BGR)", args.count, seconds))
-            del seed_model
+            runners.append(ModeRunner("(a) seed serial loop (stablepy-style upscale, batch 1, BGR)", lambda r: run_seed_loop(
+                inputs, tmp / f"seed-out-{r}", args.weights, device, seed_model, default_cv2_threads, breakdown)[0]))
             if args.seed_reload:
-                log(f"(a') seed loop reloading the checkpoint per image: {args.count} images")
-                seconds, loading = run_seed_loop(inputs, tmp / "seed-reload-out", args.weights, device, None,
-                                                 default_cv2_threads, reload_breakdown)
-                modes.append(ModeResult("(a') seed loop, checkpoint reloaded per image", args.count, seconds,
-                                         f"{loading:.2f} s of it loading"))
+                runners.append(ModeRunner("(a') seed loop, checkpoint reloaded per image", lambda r: run_seed_loop(
+                    inputs, tmp / f"seed-reload-out-{r}", args.weights, device, None, default_cv2_threads,
+                    reload_breakdown)[0]))
+
+        def embedded(label: str, learned: Path | None = None, compile_mode: str = "off") -> Callable[[int], float]:
+            def run(r: int) -> float:
+                seconds, load_s = run_embedded_mode(args, tmp / "in", tmp / f"store-{len(load_notes)}-{r}", images,
+                                                    learned, compile_mode)
+                if r == 0:
+                    load_notes.append((f"model load + warm-up{', compilation' if compile_mode != 'off' else ''} "
+                                       f"(excluded from {label})", f"{load_s:.2f} s"))
+                return seconds
+            return run
 
         if not args.skip_embedded:
-            log(f"(b) embedded: {args.count} images")
-            seconds, load_s = run_embedded_mode(args, tmp / "in", tmp / "store", images)
-            load_notes.append(("model load + warm-up, embedded StageContext (excluded from (b))", f"{load_s:.2f} s"))
-            modes.append(ModeResult(f"(b) embedded (producer enqueue, no broker; {threads} denoise threads, "
-                                    f"{batch_label})", args.count, seconds))
-
+            runners.append(ModeRunner(f"(b) embedded (producer enqueue, no broker; {threads} denoise threads, "
+                                      f"{batch_label})", embedded("(b)")))
         if args.compile != "off":
-            log(f"(b') embedded, TORCH_COMPILE={args.compile}: {args.count} images")
-            seconds, load_s = run_embedded_mode(args, tmp / "in", tmp / "store-compiled", images,
-                                                compile_mode=args.compile)
-            load_notes.append((f"model load + compilation, TORCH_COMPILE={args.compile} (excluded from (b'))",
-                               f"{load_s:.2f} s"))
-            modes.append(ModeResult(f"(b') embedded, TORCH_COMPILE={args.compile} ({batch_label})", args.count, seconds))
-
+            runners.append(ModeRunner(f"(b') embedded, TORCH_COMPILE={args.compile} ({batch_label})",
+                                      embedded("(b')", compile_mode=args.compile)))
         if args.learned:
             if not args.skip_seed:
-                loop_model, load_s = common.timed(lambda: load_seed_model(args.learned, device))
+                loop_model = load_seed_model(args.learned, device)
                 learned_macs = common.conv_macs_per_pixel(loop_model.model, device, next(loop_model.model.parameters()).dtype)
                 seed_upscale_patch(loop_model, _pil(images[0] if device.type == "cuda" else images[0][:8, :8]), False)
-                log(f"(l) serial loop, learned model ({args.learned.name}): {args.count} images")
-                seconds, _ = run_seed_loop(inputs, tmp / "loop-learned-out", args.learned, device, loop_model,
-                                           default_cv2_threads, learned_breakdown, seed_stages=False)
-                modes.append(ModeResult(f"(l) serial loop as (a), the learned preset's work ({args.learned.name}, "
-                                        "no NL-means, RGB)", args.count, seconds, baseline="(l)"))
-                del loop_model
-            log(f"(d) embedded, preset learned ({args.learned.name}): {args.count} images")
-            seconds, load_s = run_embedded_mode(args, tmp / "in", tmp / "store-learned", images, args.learned)
-            load_notes.append(("model load + warm-up, learned checkpoint (excluded from (d))", f"{load_s:.2f} s"))
-            modes.append(ModeResult(f"(d) embedded, --preset learned ({args.learned.name}, no NL-means, "
-                                    f"{batch_label})", args.count, seconds, baseline="(l)"))
-            if args.gpu_stage:
-                gpu_stage = measure_gpu_stage(args, tmp, images, device)
+                runners.append(ModeRunner(
+                    f"(l) serial loop as (a), the learned preset's work ({args.learned.name}, no NL-means, RGB)",
+                    lambda r: run_seed_loop(inputs, tmp / f"loop-learned-out-{r}", args.learned, device, loop_model,
+                                            default_cv2_threads, learned_breakdown, seed_stages=False)[0], "(l)"))
+            runners.append(ModeRunner(f"(d) embedded, --preset learned ({args.learned.name}, no NL-means, "
+                                      f"{batch_label})", embedded("(d)", args.learned), "(l)"))
+        totals = run_interleaved(runners, args.rounds)
+        modes += [ModeResult(runner.label, args.count * args.rounds, totals[runner.label], baseline=runner.baseline)
+                  for runner in runners]
+        if args.learned and args.gpu_stage:
+            gpu_stage = measure_gpu_stage(args, tmp, images, device)
 
         if args.distributed:
             log("(c) distributed: starting redis-server, S3 and two Celery workers")
@@ -514,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
 
     peak = common.device_peak(upscaler.device)
     model_label = common.describe_model(args.weights, upscaler.descriptor, upscaler.dtype)
-    print(f"## Throughput: {args.count} images {width}x{height} -> {4 * width}x{4 * height}\n")
+    rounds = f", {args.rounds} interleaved rounds (ABBA)" if args.rounds > 1 else ""
+    print(f"## Throughput: {args.count} images {width}x{height} -> {4 * width}x{4 * height}{rounds}\n")
     print(report_modes(modes))
     if load_notes or startup:
         print()
