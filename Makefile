@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 WEIGHTS ?= $(firstword $(wildcard ../shared/weights/RealESRGAN_x4plus.pth))
 export WEIGHTS
 
-.PHONY: demo test test-fast faults soak bench pretrain corpus system-deps clean
+.PHONY: demo test test-fast faults soak bench pretrain corpus system-deps device-bundle device-check clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/throughput.py --size 64x40 --count 4
 	$(BIN)/python benchmarks/quality.py --dataset dataset
 
+# What the GPU check needs on a bare machine with no internet (wheels + offline weights), in .device-bundle/.
+device-bundle: $(BIN)/.installed
+	PYTHON=$(BIN)/python bash scripts/device-bundle
+
+# The gpu tests and the GPU benchmarks in one table (at most ~8 minutes on one card): README "Device check".
+device-check:
+	python3 scripts/device-check
+
 # The photo corpus (about 270 public photos, cached outside git) and the shipped model made from it.
 corpus: $(BIN)/.installed
 	$(BIN)/python scripts/fetch-photo-corpus
@@ -54,4 +62,4 @@ pretrain: $(BIN)/.installed
 	bash scripts/pretrain
 
 clean:
-	rm -rf runs .pytest_cache test-artifacts
+	rm -rf runs .pytest_cache test-artifacts .device-bundle

@@ -49,6 +49,7 @@ class Variant:
     label: str
     memory_format: Any  # torch.memory_format
     compile: bool = False
+    cudnn_benchmark: bool = False
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,7 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--formats", default="auto",
                         help="memory formats to compare: auto (CUDA: channels_last,nchw; CPU: the production "
                              "nchw), or a list of nchw,channels_last [default: auto]")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA: of the channels_last model)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the channels_last model")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="CUDA: also time channels_last with torch.backends.cudnn.benchmark (CUDNN_BENCHMARK=1)")
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.count = common.QUICK_SIZE, common.QUICK_COUNT
@@ -86,18 +89,19 @@ def variants(args: argparse.Namespace, device: Any) -> list[Variant]:
     import torch
 
     formats = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-    production = "channels_last" if device.type == "cuda" else "nchw"
+    production = "channels_last"  # load_upscaler's choice on every device
     if args.formats == "auto":
-        names = ["channels_last", "nchw"] if device.type == "cuda" else ["nchw"]
+        names = ["channels_last", "nchw"] if device.type == "cuda" else ["channels_last"]
     else:
         names = [n.strip() for n in args.formats.split(",") if n.strip()]
         unknown = set(names) - set(formats)
         if unknown:
             raise SystemExit(f"--formats: unknown {sorted(unknown)}; choose from nchw, channels_last")
     result = [Variant(f"{n}{' (production)' if n == production else ''}", formats[n]) for n in names]
+    if args.cudnn_benchmark and device.type == "cuda":
+        result.append(Variant("channels_last + cudnn.benchmark", formats["channels_last"], cudnn_benchmark=True))
     if args.compile:
-        name = "channels_last" if device.type == "cuda" else names[0]
-        result.append(Variant(f"{name} + torch.compile", formats[name], compile=True))
+        result.append(Variant("channels_last + torch.compile", formats["channels_last"], compile=True))
     return result
 
 
@@ -122,6 +126,8 @@ def sweep(variant: Variant, upscaler: Any, images: list[Any], batch_sizes: list[
     model.to(memory_format=variant.memory_format)
     forward = torch.compile(model) if variant.compile else upscaler.descriptor
     cuda = upscaler.device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = variant.cudnn_benchmark
     points = []
     for batch in batch_sizes:
         point = Point(variant.label, batch)
@@ -174,6 +180,11 @@ def report(points: list[Point], macs: float, pixels_per_image: int, cuda: bool) 
                                   "TFLOP/s", "peak GiB", "status"), rows)
 
 
+def peak_images_per_second(peak: common.Peak, macs: float, pixels: int) -> float:
+    """Images/s the device's peak FLOP/s would give for this model and input size."""
+    return peak.flops / (2 * macs * pixels)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from workers.ops.upscale import load_upscaler
@@ -209,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         oom = next((p.batch for p in points if p.variant == label and p.status == "OOM"), None)
         limit = f"; out of memory at batch {oom}" if oom else ""
         print(f"- {label}: best batch {best.batch} at {fmt(best.images_per_second)} images/s{gain}{limit}")
+        common.record(args, f"{label}: best batch {best.batch}", best.images_per_second, "images/s",
+                      f"{2 * macs * width * height * best.images_per_second / 1e12:.1f} TFLOP/s"
+                      + (f", {best.images_per_second / peak_images_per_second(peak, macs, width * height):.0%} of peak"
+                         if peak.flops else ""))
     if not cuda:
         print(f"\nOn a CPU ({width}x{height} inputs) a batch runs the same convolutions over more pixels: a gain is "
               "the same work done more efficiently (TFLOP/s column), bounded by the CPU's peak, and it depends on "

@@ -76,6 +76,10 @@ def add_common_arguments(parser: Any, size: bool = True, count: int | None = 8) 
         parser.add_argument("--count", type=int, default=count, help=f"number of images [default: {count}]")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK_COUNT} images of {QUICK_SIZE[0]}x{QUICK_SIZE[1]}")
+    parser.set_defaults(script=parser.prog.removesuffix(".py"))
+    parser.add_argument("--results", type=Path, default=None, metavar="FILE",
+                        help="also append the headline numbers to FILE as JSON lines (scripts/device-check "
+                             "builds its one table from them)")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="torch intra-op threads in this process (and OMP_NUM_THREADS for workers it starts); "
                              "0: torch's default, one per core [default: 0]")
@@ -89,6 +93,20 @@ def parse_common(parser: Any, argv: list[str] | None, min_count: int = 1) -> Any
     if args.count < min_count:
         parser.error(f"--count must be >= {min_count}")
     return args
+
+
+def record(args: Any, metric: str, value: float | str, unit: str = "", note: str = "") -> None:
+    """Append one headline number to ``--results`` (nothing without it): what a summary of several
+    scripts' runs is built from, so no one parses Markdown."""
+    path = getattr(args, "results", None)
+    if path is None:
+        return
+    import json
+
+    line = {"script": args.script, "metric": metric,
+            "value": value if isinstance(value, str) else float(value), "unit": unit, "note": note}
+    with Path(path).open("a", encoding="utf-8") as out:
+        out.write(json.dumps(line) + "\n")
 
 
 def print_machine(upscaler: Any, weights: Path, width: int, height: int, load_avg_start: str) -> None:
@@ -381,10 +399,13 @@ def measure_nlm(images: Sequence[np.ndarray], threads: int = 1) -> StageTiming:
                        sum(i.shape[0] * i.shape[1] for i in images))
 
 
-def warm_up_upscaler(upscaler: Any, images: Sequence[np.ndarray], batch_size: int) -> None:
-    """One untimed pass: on CUDA a full batch (kernels, allocator); on CPU a tiny crop (it is slow)."""
-    if upscaler.device.type == "cuda":
-        upscaler.upscale(np.stack(list(images[:batch_size])))
+def warm_up_upscaler(upscaler: Any, images: Sequence[np.ndarray], batch_size: int, full: bool = False) -> None:
+    """Untimed passes: on CUDA (or ``full``) a full batch and the last, partial one (kernels, allocator,
+    and for torch.compile each input shape it will meet); on a CPU a tiny crop (it is slow)."""
+    if upscaler.device.type == "cuda" or full:
+        sizes = {min(batch_size, len(images)), len(images) % batch_size} - {0}
+        for size in sorted(sizes):
+            upscaler.upscale(np.stack(list(images[:size])))
     else:
         upscaler.upscale(np.stack(list(images[:1]))[:, :8, :8])
 

@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     nlm_s = nlm.seconds / nlm.images
     needed = up.images_per_second * nlm_s
 
+    common.record(args, "cores of NL-means one upscaler keeps busy", needed, "cores",
+                  f"{fmt(up.images_per_second)} upscaled images/s x {fmt(1000 * nlm_s)} ms of NL-means per image")
     print(f"## CPU cores per upscaler device: {width}x{height} -> {4 * width}x{4 * height}\n")
     print(common.markdown_table(("quantity", "value"), [
         ("NL-means on one core (OpenCV 1 thread, h=7, hColor=7, 7, 21)",

@@ -149,9 +149,15 @@ def main(argv: list[str] | None = None) -> int:
                     reference = reference or submission
                     same = "yes" if submission == reference else "NO"
                     rows.append((placement, cores, fmt(rate), f"{rate / upscale_rate:.0%}", same))
+                    common.record(args, f"pipeline, denoise on {placement}, {cores} cores", rate, "images/s",
+                                  f"{rate / upscale_rate:.0%} of upscaler-only; submission identical: {same}")
         finally:
             os.sched_setaffinity(0, all_cores)
 
+    common.record(args, "NL-means, OpenCV, 1 core", opencv.images_per_second, "images/s")
+    common.record(args, f"NL-means, PyTorch port, batch {args.batch}", torch_rate, "images/s",
+                  f"identical to OpenCV: {all(row[3].startswith('inf') for row in fidelity)}")
+    common.record(args, f"upscaler alone, batch {args.batch}", upscale_rate, "images/s")
     print(f"## Denoise placement: {args.count} images {width}x{height}\n")
     print(f"Fidelity of the PyTorch port on {common.device_name(args.device_obj)} against OpenCV "
           "(default settings h=7, hColor=7, 7, 21; PSNR of the worst image):\n")

@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, w
 from benchmarks import common  # noqa: E402
 from benchmarks.common import fmt, log  # noqa: E402
 
+SHIPPED_MODEL = common.REPO / "models" / "lowlight-compact.safetensors"
+
 
 @dataclass
 class ModeResult:
@@ -56,10 +59,29 @@ class ModeResult:
     images: int
     seconds: float
     note: str = ""
+    baseline: str = "(a)"  # the serial loop doing the same work, that this mode is compared with
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds
+
+
+@dataclass
+class ModeRunner:
+    label: str
+    run: Callable[[int], float]  # round number -> seconds for every image once
+    baseline: str = "(a)"
+
+
+def run_interleaved(runners: list[ModeRunner], rounds: int) -> dict[str, float]:
+    """Each mode's seconds summed over ``rounds``, the modes in order, then in reverse order, and so
+    on (ABBA): a machine whose load drifts during the run slows every mode alike, not the last ones."""
+    totals = {runner.label: 0.0 for runner in runners}
+    for r in range(rounds):
+        for runner in runners if r % 2 == 0 else reversed(runners):
+            log(f"{runner.label.split(' ', 1)[0]} round {r + 1} of {rounds}")
+            totals[runner.label] += runner.run(r)
+    return totals
 
 
 @dataclass
@@ -89,11 +111,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="images for the per-stage upscale timing [default: min(count, 4); CUDA: count]")
     parser.add_argument("--seed-reload", action="store_true",
                         help="also time the seed loop reloading the checkpoint per image (stablepy's diffusion-pipeline path)")
-    parser.add_argument("--learned", type=Path, default=None, nargs="?", const=common.DEFAULT_WEIGHTS_DIR / "realesr-animevideov3.pth",
+    parser.add_argument("--learned", type=Path, default=None, nargs="?", const=SHIPPED_MODEL,
                         help="also time (d), the embedded pipeline with --preset learned running this checkpoint (no "
-                        "NL-means) [default when given without a path: the compact SRVGG, a stand-in with a trained "
-                        "model's architecture and speed]")
-    parser.add_argument("--skip-seed", action="store_true", help="leave out (a)")
+                        "NL-means), against (l), the serial loop doing the same work [default when given without a "
+                        "path: the shipped model, models/lowlight-compact.safetensors]")
+    parser.add_argument("--compile", default="off", choices=("off", "default", "reduce-overhead", "max-autotune"),
+                        help="also time (b') = (b) with TORCH_COMPILE set to this mode (compilation excluded, reported)")
+    parser.add_argument("--gpu-stage", action="store_true",
+                        help="also time the GPU stage alone (upscale_stage) with the --learned model: how much of its "
+                             "wall time is compute and how much I/O, with the I/O arranged as before (one load at a "
+                             "time) and as now")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every mode this many times, in order then in reverse order (ABBA), and sum: a load "
+                             "that drifts during the run then weighs on every mode alike [default: 1]")
+    parser.add_argument("--skip-seed", action="store_true", help="leave out (a) and (l)")
     parser.add_argument("--skip-embedded", action="store_true", help="leave out (b)")
     return common.parse_common(parser, argv)
 
@@ -121,27 +152,30 @@ def release_resources(device: Any) -> None:
     gc.collect()
 
 
-def seed_upscale_patch(descriptor: Any, image: Any) -> Any:
-    """stablepy's ``upscale_pil_patch`` without tiles: BGR float64 in, one forward, BGR->RGB uint8 out."""
+def seed_upscale_patch(descriptor: Any, image: Any, bgr: bool = True) -> Any:
+    """stablepy's ``upscale_pil_patch`` without tiles: BGR float64 in, one forward, BGR->RGB uint8 out
+    (``bgr`` False: the same in RGB, as a model trained on RGB wants)."""
     import numpy as np
     import torch
     from PIL import Image
 
     param = next(descriptor.model.parameters())
     with torch.inference_mode():
-        arr = np.array(image.convert("RGB"))[:, :, ::-1]
+        order = slice(None, None, -1 if bgr else 1)
+        arr = np.array(image.convert("RGB"))[:, :, order]
         arr = np.ascontiguousarray(np.transpose(arr, (2, 0, 1))) / 255
         tensor = torch.from_numpy(arr).unsqueeze(0).to(device=param.device, dtype=param.dtype)
         out = descriptor(tensor).squeeze(0).float().cpu().clamp_(0, 1).numpy()
-        out = (255.0 * np.moveaxis(out, 0, 2)).round().astype(np.uint8)[:, :, ::-1]
+        out = (255.0 * np.moveaxis(out, 0, 2)).round().astype(np.uint8)[:, :, order]
         return Image.fromarray(np.ascontiguousarray(out), "RGB")
 
 
 def run_seed_loop(inputs: list[Path], out_dir: Path, weights: Path, device: Any, descriptor: Any | None,
-                  cv2_threads: int, breakdown: SeedBreakdown) -> tuple[float, float]:
+                  cv2_threads: int, breakdown: SeedBreakdown, seed_stages: bool = True) -> tuple[float, float]:
     """Return (seconds, seconds spent loading models inside the loop); fills ``breakdown``.
 
-    ``descriptor`` None reloads the checkpoint for every image.
+    ``descriptor`` None reloads the checkpoint for every image. ``seed_stages`` False: the same loop
+    doing the learned preset's work (no NL-means, RGB feed), the serial baseline of (d).
     """
     import cv2
     import numpy as np
@@ -156,10 +190,11 @@ def run_seed_loop(inputs: list[Path], out_dir: Path, weights: Path, device: Any,
         t = time.perf_counter()
         image = Image.open(path).convert("RGB")
         t = breakdown.add("decode (PIL open + convert RGB)", t)
-        bgr = cv2.cvtColor(np.array(image), cv2.COLOR_RGB2BGR)
-        clean = cv2.fastNlMeansDenoisingColored(bgr, None, 7, 7, 7, 21)
-        image = Image.fromarray(cv2.cvtColor(clean, cv2.COLOR_BGR2RGB))
-        t = breakdown.add(f"NL-means (OpenCV, {cv2_threads} threads)", t)
+        if seed_stages:
+            bgr = cv2.cvtColor(np.array(image), cv2.COLOR_RGB2BGR)
+            clean = cv2.fastNlMeansDenoisingColored(bgr, None, 7, 7, 7, 21)
+            image = Image.fromarray(cv2.cvtColor(clean, cv2.COLOR_BGR2RGB))
+            t = breakdown.add(f"NL-means (OpenCV, {cv2_threads} threads)", t)
         model = descriptor
         if model is None:
             model = load_seed_model(weights, device)
@@ -168,8 +203,8 @@ def run_seed_loop(inputs: list[Path], out_dir: Path, weights: Path, device: Any,
         release_resources(device)
         t = breakdown.add("release (empty_cache + gc.collect)", t)
         dest = (image.width * 4 // 8 * 8, image.height * 4 // 8 * 8)
-        hr = seed_upscale_patch(model, image)
-        t = breakdown.add("upscale (BGR float64 -> forward -> uint8)", t)
+        hr = seed_upscale_patch(model, image, bgr=seed_stages)
+        t = breakdown.add(f"upscale ({'BGR' if seed_stages else 'RGB'} float64 -> forward -> uint8)", t)
         if hr.size != dest:
             hr = hr.resize(dest, resample=Image.Resampling.LANCZOS)
         t = breakdown.add("Lanczos resize to a multiple of 8", t)
@@ -190,37 +225,42 @@ def run_seed_loop(inputs: list[Path], out_dir: Path, weights: Path, device: Any,
 # -- (b) embedded ----------------------------------------------------------------------------------------
 
 
-def pipeline_settings(args: argparse.Namespace, storage_url: str) -> Any:
+def pipeline_settings(args: argparse.Namespace, storage_url: str, compile_mode: str = "off") -> Any:
     from workers.settings import Settings
 
     values: dict[str, Any] = {"storage_url": storage_url, "weights": str(args.weights), "device": args.device,
-                              "cpu_workers": args.cpu_workers}
+                              "cpu_workers": args.cpu_workers, "torch_compile": compile_mode}
     if args.gpu_batch_size:
         values["gpu_batch_size"] = args.gpu_batch_size
     return Settings(**values)
 
 
+def learned_pipeline(ctx: Any, learned: Path) -> Any:
+    """The learned preset running ``learned`` as the run's own model (published into the run store)."""
+    from workers.io.storage import LocalStorage
+    from workers.run.presets import PresetInputs, build_pipeline
+    from workers.run.resolve import publish_checkpoint
+    from workers.training.artifacts import TrainingOutput
+
+    checkpoint = publish_checkpoint(TrainingOutput(LocalStorage(learned.parent), learned.name), ctx.storage)
+    return build_pipeline("learned", PresetInputs(checkpoint=checkpoint))
+
+
 def run_embedded_mode(args: argparse.Namespace, input_dir: Path, store: Path, images: list[Any],
-                      learned: Path | None = None) -> tuple[float, float]:
-    """Return (seconds for plan + run + aggregate, model load seconds). ``learned``: run that checkpoint
-    as the run's own model (preset learned) instead of NL-means + WEIGHTS."""
+                      learned: Path | None = None, compile_mode: str = "off") -> tuple[float, float]:
+    """Return (seconds for plan + run + aggregate, model load seconds, warm-up included). ``learned``:
+    run that checkpoint as the run's own model (preset learned) instead of NL-means + WEIGHTS."""
     from producer.embedded import run_embedded
     from producer.planning import prepare_run
     from workers.run.context import StageContext
     from workers.run.manifest import PipelineSpec
 
-    ctx = StageContext(pipeline_settings(args, str(store)))
-    pipeline = PipelineSpec()
-    if learned is not None:
-        from workers.io.storage import LocalStorage
-        from workers.run.presets import PresetInputs, build_pipeline
-        from workers.run.resolve import publish_checkpoint
-        from workers.training.artifacts import TrainingOutput
-
-        checkpoint = publish_checkpoint(TrainingOutput(LocalStorage(learned.parent), learned.name), ctx.storage)
-        pipeline = build_pipeline("learned", PresetInputs(checkpoint=checkpoint))
+    ctx = StageContext(pipeline_settings(args, str(store), compile_mode))
+    pipeline = PipelineSpec() if learned is None else learned_pipeline(ctx, learned)
     upscaler, load_s = common.timed(lambda: ctx.upscaler_for(pipeline))
-    common.warm_up_upscaler(upscaler, images, ctx.settings.gpu_batch_size)
+    batch = ctx.settings.gpu_batch_size if upscaler.device.type == "cuda" else ctx.settings.cpu_batch_size
+    _, warm_s = common.timed(lambda: common.warm_up_upscaler(upscaler, images, batch, full=compile_mode != "off"))
+    load_s += warm_s
     started = time.perf_counter()
     plan = prepare_run(ctx.settings, ctx.storage, str(input_dir), pipeline, show_progress=False)
     result = run_embedded(ctx, plan, show_progress=False)
@@ -228,6 +268,84 @@ def run_embedded_mode(args: argparse.Namespace, input_dir: Path, store: Path, im
     if result.written != len(images):
         raise RuntimeError(f"embedded run wrote {result.written} of {len(images)} rows; see {store}")
     return seconds, load_s
+
+
+# -- the GPU stage alone ------------------------------------------------------------------------------
+
+
+@dataclass
+class GpuStageResult:
+    label: str
+    images: int
+    seconds: float  # wall time of the upscale_stage calls
+    compute: float  # of which inside the upscaler (the device's work, transfers and rounding included)
+
+    @property
+    def io_share(self) -> float:
+        return 1 - self.compute / self.seconds
+
+
+def gpu_stage_schedules(device: Any) -> list[tuple[str, Any]]:
+    from workers.run.stages import SERIAL_LOADS, GpuSchedule
+
+    before = ("before: inputs fetched and decoded one at a time, then compute; stores overlap the next batch",
+              SERIAL_LOADS)
+    if device.type == "cuda":
+        return [before, ("now: loads on the I/O threads ahead of the batch, stores overlap the next batch",
+                         GpuSchedule.for_device("cuda"))]
+    return [before,
+            ("now, CPU: loads on the I/O threads, then compute, then stores: taking turns", GpuSchedule.for_device("cpu")),
+            ("now, GPU arrangement run on this CPU: loads and stores overlap compute", GpuSchedule.for_device("cuda"))]
+
+
+def measure_gpu_stage(args: argparse.Namespace, tmp: Path, images: list[Any], device: Any) -> list[GpuStageResult]:
+    """``upscale_stage`` (what a GPU worker runs per batch) over every image, in batches of the
+    production size, once per I/O arrangement; compute is the time spent inside the upscaler."""
+    from producer.planning import prepare_run
+    from workers.run import stages
+    from workers.run.context import StageContext
+
+    results = []
+    for label, schedule in gpu_stage_schedules(device):
+        ctx = StageContext(pipeline_settings(args, str(tmp / f"stage-{len(results)}")))
+        pipeline = learned_pipeline(ctx, args.learned)
+        upscaler = ctx.upscaler_for(pipeline)
+        batch = ctx.settings.gpu_batch_size if device.type == "cuda" else ctx.settings.cpu_batch_size
+        common.warm_up_upscaler(upscaler, images, batch)
+        plan = prepare_run(ctx.settings, ctx.storage, str(tmp / "in"), pipeline, show_progress=False)
+        compute = [0.0]
+        real = stages.upscale_images
+
+        def timed_upscale(*a: Any, real: Any = real, compute: list[float] = compute) -> Any:
+            started = time.perf_counter()
+            try:
+                return real(*a)
+            finally:
+                compute[0] += time.perf_counter() - started
+
+        names = [*plan.to_denoise, *plan.to_upscale]  # the learned preset has nothing for the CPU stage to do
+        log(f"GPU stage, {label.split(':')[0]}: {len(names)} images")
+        stages.upscale_images = timed_upscale
+        try:
+            started = time.perf_counter()
+            for batch_names in common.chunks(names, ctx.settings.gpu_batch_size):
+                outcomes = stages.upscale_stage(ctx, plan.run_id, batch_names, schedule)
+                if {o.status for o in outcomes} != {"done"}:
+                    raise RuntimeError(f"GPU stage: {outcomes}")
+            seconds = time.perf_counter() - started
+        finally:
+            stages.upscale_images = real
+        results.append(GpuStageResult(label, len(names), seconds, compute[0]))
+        ctx.io_pool.shutdown()
+    return results
+
+
+def report_gpu_stage(results: list[GpuStageResult]) -> str:
+    base = results[0]
+    rows = [(r.label, r.images, f"{r.seconds:.2f}", f"{r.compute:.2f}", f"{r.io_share:.0%}",
+             fmt(r.images / r.seconds), f"{base.seconds / r.seconds:.2f}x") for r in results]
+    return common.markdown_table(("I/O arrangement", "images", "wall s", "compute s", "I/O share of wall",
+                                  "images/s", "vs before"), rows)
 
 
 # -- (c) distributed -------------------------------------------------------------------------------------
@@ -330,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     width, height = args.size
     images = common.synthetic_images(args.count, width, height)
     batch_size = args.gpu_batch_size or Settings().gpu_batch_size
+    threads = args.cpu_workers or common.core_count()
+    batch_label = f"GPU_BATCH_SIZE {batch_size}" if device.type == "cuda" else f"CPU_BATCH_SIZE {Settings().cpu_batch_size}"
+    gpu_stage: list[GpuStageResult] = []
+    learned_breakdown = SeedBreakdown()
+    learned_macs = 0.0
     load_notes: list[tuple[str, str]] = []
     modes: list[ModeResult] = []
     breakdown = SeedBreakdown()
@@ -344,36 +467,50 @@ def main(argv: list[str] | None = None) -> int:
         load_notes.append(("model load, production loader (excluded)", f"{load_s:.2f} s"))
         macs = common.conv_macs_per_pixel(upscaler.descriptor.model, upscaler.device, upscaler.dtype)
 
+        runners: list[ModeRunner] = []
         if not args.skip_seed:
             seed_model, load_s = common.timed(lambda: load_seed_model(args.weights, device))
             load_notes.append(("model load, stablepy-style (excluded from (a))", f"{load_s:.2f} s"))
             seed_upscale_patch(seed_model, _pil(images[0] if device.type == "cuda" else images[0][:8, :8]))
-            log(f"(a) seed loop: {args.count} images")
-            seconds, _ = run_seed_loop(inputs, tmp / "seed-out", args.weights, device, seed_model,
-                                       default_cv2_threads, breakdown)
-            modes.append(ModeResult("(a) seed serial loop (stablepy-style upscale, batch 1, BGR)", args.count, seconds))
-            del seed_model
+            runners.append(ModeRunner("(a) seed serial loop (stablepy-style upscale, batch 1, BGR)", lambda r: run_seed_loop(
+                inputs, tmp / f"seed-out-{r}", args.weights, device, seed_model, default_cv2_threads, breakdown)[0]))
             if args.seed_reload:
-                log(f"(a') seed loop reloading the checkpoint per image: {args.count} images")
-                seconds, loading = run_seed_loop(inputs, tmp / "seed-reload-out", args.weights, device, None,
-                                                 default_cv2_threads, reload_breakdown)
-                modes.append(ModeResult("(a') seed loop, checkpoint reloaded per image", args.count, seconds,
-                                         f"{loading:.2f} s of it loading"))
+                runners.append(ModeRunner("(a') seed loop, checkpoint reloaded per image", lambda r: run_seed_loop(
+                    inputs, tmp / f"seed-reload-out-{r}", args.weights, device, None, default_cv2_threads,
+                    reload_breakdown)[0]))
+
+        def embedded(label: str, learned: Path | None = None, compile_mode: str = "off") -> Callable[[int], float]:
+            def run(r: int) -> float:
+                seconds, load_s = run_embedded_mode(args, tmp / "in", tmp / f"store-{len(load_notes)}-{r}", images,
+                                                    learned, compile_mode)
+                if r == 0:
+                    load_notes.append((f"model load + warm-up{', compilation' if compile_mode != 'off' else ''} "
+                                       f"(excluded from {label})", f"{load_s:.2f} s"))
+                return seconds
+            return run
 
         if not args.skip_embedded:
-            log(f"(b) embedded: {args.count} images")
-            seconds, load_s = run_embedded_mode(args, tmp / "in", tmp / "store", images)
-            load_notes.append(("model load, embedded StageContext (excluded from (b))", f"{load_s:.2f} s"))
-            threads = args.cpu_workers or common.core_count()
-            modes.append(ModeResult(f"(b) embedded (producer enqueue, no broker; {threads} denoise threads, "
-                                    f"GPU_BATCH_SIZE {batch_size})", args.count, seconds))
-
+            runners.append(ModeRunner(f"(b) embedded (producer enqueue, no broker; {threads} denoise threads, "
+                                      f"{batch_label})", embedded("(b)")))
+        if args.compile != "off":
+            runners.append(ModeRunner(f"(b') embedded, TORCH_COMPILE={args.compile} ({batch_label})",
+                                      embedded("(b')", compile_mode=args.compile)))
         if args.learned:
-            log(f"(d) embedded, preset learned ({args.learned.name}): {args.count} images")
-            seconds, load_s = run_embedded_mode(args, tmp / "in", tmp / "store-learned", images, args.learned)
-            load_notes.append(("model load, learned checkpoint (excluded from (d))", f"{load_s:.2f} s"))
-            modes.append(ModeResult(f"(d) embedded, --preset learned ({args.learned.name}, no NL-means, "
-                                    f"GPU_BATCH_SIZE {batch_size})", args.count, seconds))
+            if not args.skip_seed:
+                loop_model = load_seed_model(args.learned, device)
+                learned_macs = common.conv_macs_per_pixel(loop_model.model, device, next(loop_model.model.parameters()).dtype)
+                seed_upscale_patch(loop_model, _pil(images[0] if device.type == "cuda" else images[0][:8, :8]), False)
+                runners.append(ModeRunner(
+                    f"(l) serial loop as (a), the learned preset's work ({args.learned.name}, no NL-means, RGB)",
+                    lambda r: run_seed_loop(inputs, tmp / f"loop-learned-out-{r}", args.learned, device, loop_model,
+                                            default_cv2_threads, learned_breakdown, seed_stages=False)[0], "(l)"))
+            runners.append(ModeRunner(f"(d) embedded, --preset learned ({args.learned.name}, no NL-means, "
+                                      f"{batch_label})", embedded("(d)", args.learned), "(l)"))
+        totals = run_interleaved(runners, args.rounds)
+        modes += [ModeResult(runner.label, args.count * args.rounds, totals[runner.label], baseline=runner.baseline)
+                  for runner in runners]
+        if args.learned and args.gpu_stage:
+            gpu_stage = measure_gpu_stage(args, tmp, images, device)
 
         if args.distributed:
             log("(c) distributed: starting redis-server, S3 and two Celery workers")
@@ -394,16 +531,27 @@ def main(argv: list[str] | None = None) -> int:
 
     peak = common.device_peak(upscaler.device)
     model_label = common.describe_model(args.weights, upscaler.descriptor, upscaler.dtype)
-    print(f"## Throughput: {args.count} images {width}x{height} -> {4 * width}x{4 * height}\n")
+    rounds = f", {args.rounds} interleaved rounds (ABBA)" if args.rounds > 1 else ""
+    print(f"## Throughput: {args.count} images {width}x{height} -> {4 * width}x{4 * height}{rounds}\n")
     print(report_modes(modes))
     if load_notes or startup:
         print()
         print(common.markdown_table(("excluded from the timings", "seconds"),
                                     load_notes + [(f"(c) start-up: {k}", f"{v:.2f} s") for k, v in startup.items()]))
-    for label, parts in (("(a)", breakdown), ("(a')", reload_breakdown)):
+    for label, parts, model_macs in (("(a)", breakdown, macs), ("(a')", reload_breakdown, macs),
+                                     ("(l)", learned_breakdown, learned_macs)):
         if parts.seconds:
-            print(f"\n### Where the seed loop's time goes {label}\n")
-            print(report_breakdown(parts, macs, args.count * width * height))
+            print(f"\n### Where the serial loop's time goes {label}\n")
+            print(report_breakdown(parts, model_macs, args.count * width * height))
+    if gpu_stage:
+        print(f"\n### The GPU stage alone ({args.learned.name}, upscale_stage in batches of the production size): "
+              "compute vs I/O\n")
+        print(report_gpu_stage(gpu_stage))
+        print("\nI/O = fetching (existence checks, GET) and decoding the inputs, encoding the 4x PNG and storing "
+              "it, the row and the meta: the wall time outside the upscaler.")
+        for result in gpu_stage:
+            common.record(args, f"GPU stage I/O share, {result.label.split(':')[0]}", 100 * result.io_share, "%")
+    record_modes(args, modes)
     print("\n### Per-stage cost\n")
     print(report_stages(nlm, stages, macs, peak))
     best = max(stages, key=lambda s: s.images_per_second)
@@ -425,12 +573,23 @@ def _pil(rgb: Any) -> Any:
 
 
 def report_modes(modes: list[ModeResult]) -> str:
-    base = next((m for m in modes if m.label.startswith("(a)")), None)
+    """Each mode's images/s and its ratio to the serial loop doing the same work ((a), or (l) for the
+    learned preset), measured in the same run."""
     rows = []
     for m in modes:
-        ratio = f"{m.images_per_second / base.images_per_second:.2f}x" if base else "n/a"
+        base = next((b for b in modes if b.label.startswith(m.baseline + " ")), None)
+        ratio = f"{m.images_per_second / base.images_per_second:.2f}x vs {m.baseline}" if base else "n/a"
         rows.append((m.label, m.images, f"{m.seconds:.2f}", fmt(m.images_per_second), ratio, m.note))
-    return common.markdown_table(("mode", "images", "wall s", "images/s", "vs (a)", "note"), rows)
+    return common.markdown_table(("mode", "images", "wall s", "images/s", "vs its serial loop", "note"), rows)
+
+
+def record_modes(args: argparse.Namespace, modes: list[ModeResult]) -> None:
+    for m in modes:
+        key = m.label.split(" ", 1)[0]
+        common.record(args, f"{key} images/s", m.images_per_second, "images/s", m.label)
+        base = next((b for b in modes if b.label.startswith(m.baseline + " ")), None)
+        if base is not None and base is not m:
+            common.record(args, f"{key} vs {m.baseline}", m.images_per_second / base.images_per_second, "x")
 
 
 def report_breakdown(parts: SeedBreakdown, macs: float, pixels: int) -> str:

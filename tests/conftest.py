@@ -20,6 +20,20 @@ WEIGHTS_DIR = Path(os.environ.get("TEST_WEIGHTS_DIR", REPO.parent / "shared" / "
 DATASET = REPO / "dataset"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests need a CUDA device: without one they are skipped, and the reason says so."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="gpu: needs a CUDA device, none here (scripts/device-check runs these on a card)")
+    for item in gpu:
+        item.add_marker(skip)
+
+
 def weights_file(name: str = "RealESRGAN_x4plus.pth") -> Path:
     return WEIGHTS_DIR / name
 

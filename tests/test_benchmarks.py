@@ -6,6 +6,7 @@ benchmarks' output only. A one-block random RRDBNet keeps them quick on a 2-core
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from testbed.servers import find_redis_server, find_weed
 from tests.conftest import REPO, make_random_rrdb, noisy_image
 from tests.fixtures import BENCHMARKS, load_script
 
-SCRIPTS = ("throughput", "batching", "cpu_per_gpu", "quality", "denoise_placement", "aggregate", "memory", "liveness")
+SCRIPTS = ("throughput", "batching", "cpu_per_gpu", "quality", "denoise_placement", "aggregate", "memory", "liveness",
+           "cpu_inference", "training_speed", "png_encode")
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,40 @@ def test_liveness_backlog_quick(capsys):
     assert "| 1 x STALL_AFTER_S | 2                 | 2  " in out
 
 
+def test_throughput_learned_against_its_serial_loop_and_the_gpu_stage(tiny_weights, capsys, tmp_path):
+    results = tmp_path / "results.jsonl"
+    assert run_main("throughput", "--quick", "--weights", str(tiny_weights), "--learned", "--gpu-stage",
+                    "--skip-embedded", "--results", str(results)) == 0
+    out = capsys.readouterr().out
+    assert "| (l) serial loop as (a), the learned preset's work" in out and "x vs (l)" in out
+    assert "| before: inputs fetched and decoded one at a time" in out and "| I/O share of wall " in out
+    assert "### Where the serial loop's time goes (l)" in out
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert {"(d) vs (l)", "GPU stage I/O share, before"} <= {line["metric"] for line in lines}
+    assert {line["script"] for line in lines} == {"throughput"}
+
+
+def test_cpu_inference_quick(capsys):
+    assert run_main("cpu_inference", "--quick", "--no-compile") == 0
+    out = capsys.readouterr().out
+    assert "| before: NCHW, inference_mode, default threads " in out and "| channels_last (production) " in out
+    assert "| production: Upscaler.upscale" in out and "| verdict " in out
+    assert_machine_table(out)
+
+
+def test_training_speed_quick(capsys):
+    assert run_main("training_speed", "--quick") == 0
+    out = capsys.readouterr().out
+    assert "| PRECISION " in out and "| steps/s " in out and "| auto " in out
+
+
+def test_png_encode_quick(capsys):
+    assert run_main("png_encode", "--quick") == 0
+    out = capsys.readouterr().out
+    assert "| ours: workers.io.imageio.encode_png" in out and "| bytes " in out  # ours against itself
+    assert out.count("| pixels ") == 3  # OpenCV, Pillow, the Up filter: same pixels, other bytes
+
+
 def test_memory_quick(capsys):
     assert run_main("memory", "--quick") == 0
     out = capsys.readouterr().out
@@ -110,8 +146,8 @@ def test_batching_quick(tiny_weights, capsys):
                     "--weights", str(tiny_weights)) == 0
     out = capsys.readouterr().out
     assert "| vs batch 1 " in out
-    assert out.count("| nchw (production) ") == 2 and out.count("| channels_last ") == 2
-    assert "- nchw (production): best batch" in out and "- channels_last: best batch" in out
+    assert out.count("| channels_last (production) ") == 2 and out.count("| nchw ") == 2
+    assert "- channels_last (production): best batch" in out and "- nchw: best batch" in out
     assert "runs the same convolutions over more pixels" in out  # the CPU caveat
     assert_machine_table(out)
 

@@ -7,17 +7,18 @@ from tests.conftest import noisy_image, png_bytes
 from tests.fixtures import load_script, make_run, write_images
 from workers.io.imageio import decode_png
 from workers.io.submission import grey_subsample
+from workers.ops.denoise import DenoiseSpec
 from workers.run.aggregate import aggregate_stage
 from workers.run.context import StageContext
 from workers.run.keys import RunKeys, RunProgress
 from workers.run.manifest import PipelineSpec
 from workers.run.presets import build_pipeline
-from workers.run.stages import denoise_stage, upscale_stage
+from workers.run.stages import SERIAL_LOADS, GpuSchedule, denoise_stage, upscale_stage
 
 
 @pytest.fixture
 def ctx(settings):
-    return StageContext(settings.replace(gpu_batch_size=2))
+    return StageContext(settings.replace(gpu_batch_size=2, cpu_batch_size=2))
 
 
 def test_denoise_writes_output_and_is_idempotent(ctx, tmp_path):
@@ -150,7 +151,7 @@ def test_denoising_fused_into_the_gpu_stage_gives_identical_outputs(ctx, tmp_pat
 
 def test_gpu_batches_are_bounded_by_a_pixel_budget_not_only_a_count(settings, tmp_path):
     """GPU_BATCH_SIZE alone put eight 16 MP images into one forward pass; GPU_BATCH_PIXELS caps the pixels."""
-    ctx = StageContext(settings.replace(gpu_batch_size=8, gpu_batch_pixels=2 * 32 * 24))
+    ctx = StageContext(settings.replace(gpu_batch_size=8, cpu_batch_size=8, gpu_batch_pixels=2 * 32 * 24))
     names = write_images(tmp_path / "in", 3)
     make_run(ctx.storage, tmp_path / "in", names, pipeline=PipelineSpec(upscaler="bicubic"))
     assert [o.status for o in upscale_stage(ctx, "r1", names)] == ["done"] * 3
@@ -161,8 +162,9 @@ def test_gpu_batches_are_bounded_by_a_pixel_budget_not_only_a_count(settings, tm
 def test_an_image_above_the_pixel_budget_runs_alone(settings):
     from workers.run.stages import batch_size
 
-    tight = settings.replace(gpu_batch_size=8, gpu_batch_pixels=1000)
+    tight = settings.replace(gpu_batch_size=8, cpu_batch_size=4, gpu_batch_pixels=1000)
     assert (batch_size(tight, 100), batch_size(tight, 400), batch_size(tight, 5000)) == (8, 2, 1)
+    assert (batch_size(tight, 100, on_cpu=True), batch_size(tight, 400, on_cpu=True)) == (4, 2)
 
 
 def test_the_gpu_stage_of_large_images_needs_under_twice_their_output_in_memory(tmp_path):
@@ -176,3 +178,55 @@ def test_the_gpu_stage_of_large_images_needs_under_twice_their_output_in_memory(
     width, height = memory.size_for(4)
     output_mib = 16 * width * height * 3 / 2**20
     assert result["peak_mib"] - result["before_mib"] < 2 * output_mib, (result, output_mib)
+
+
+def test_a_cpu_model_runs_batch_1_by_default(settings, tmp_path):
+    """On a CPU a batch only runs the same convolutions over more pixels, and batch 1 measured fastest."""
+    ctx = StageContext(settings)
+    names = write_images(tmp_path / "in", 3)
+    make_run(ctx.storage, tmp_path / "in", names, pipeline=PipelineSpec(denoise=DenoiseSpec(method="none")))
+    assert [o.status for o in upscale_stage(ctx, "r1", names)] == ["done"] * 3
+    assert [json.loads(ctx.storage.get(RunKeys("r1").meta(n, "upscale")))["batch"] for n in names] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("schedule", [GpuSchedule(True, True), GpuSchedule(True, False), SERIAL_LOADS],
+                         ids=["overlapped", "taking-turns", "serial-loads"])
+def test_every_gpu_schedule_stores_the_same_bytes(ctx, tmp_path, schedule):
+    """Where the I/O runs changes nothing stored; missing and skipped images keep their outcomes, in order."""
+    folder = tmp_path / "in"
+    names = write_images(folder, 3) + write_images(folder, 2, width=16, height=16, prefix="small_")
+    make_run(ctx.storage, folder, [*names, "gone.png"], pipeline=PipelineSpec(denoise=DenoiseSpec(method="none")))
+    reference = StageContext(ctx.settings.replace(storage_url=str(tmp_path / "reference")))
+    make_run(reference.storage, folder, [*names, "gone.png"], pipeline=PipelineSpec(denoise=DenoiseSpec(method="none")))
+    expected = upscale_stage(reference, "r1", [*names, "gone.png"], GpuSchedule(parallel_loads=False, overlap=False))
+    upscale_stage(ctx, "r1", names[:1])  # one image already done: skipped below
+    outcomes = upscale_stage(ctx, "r1", [*names, names[0], "gone.png"], schedule)
+    assert [o.name for o in outcomes] == [*names, "gone.png"]
+    assert [o.status for o in outcomes] == ["skipped", "done", "done", "done", "done", "failed"]
+    assert [o.status for o in expected] == ["done"] * 5 + ["failed"]
+    for name in names:
+        for key in (RunKeys("r1").sr(name), RunKeys("r1").row(name)):
+            assert ctx.storage.get(key) == reference.storage.get(key)
+
+
+def test_begin_upscale_returns_while_the_last_outputs_are_still_stored(ctx, tmp_path, monkeypatch):
+    """What lets a GPU worker start its next batch while this one uploads: computing is done when
+    begin_upscale returns, storing is not waited for until outcomes()."""
+    import threading
+
+    from workers.run import stages
+
+    names = write_images(tmp_path / "in", 2)
+    make_run(ctx.storage, tmp_path / "in", names, pipeline=PipelineSpec(denoise=DenoiseSpec(method="none")))
+    release = threading.Event()
+    real = stages._store_upscaled
+
+    def held_store(*args):  # noqa: ANN002, ANN202
+        release.wait(timeout=60)
+        return real(*args)
+
+    monkeypatch.setattr(stages, "_store_upscaled", held_store)
+    pending = stages.begin_upscale(ctx, "r1", names, GpuSchedule(parallel_loads=True, overlap=True))
+    assert pending.computed == names and not ctx.storage.exists(RunKeys("r1").row(names[0]))
+    release.set()
+    assert [o.status for o in pending.outcomes()] == ["done", "done"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import DATASET, make_random_compact, make_random_rrdb
@@ -189,3 +190,54 @@ def test_the_checkpoint_round_trips_through_spandrel_into_the_upscaler(tiny, com
     assert upscaler.upscale(image).shape == (1, 64, 96, 3)
     ensembled = upscaler.upscale(image, tta=True)
     assert ensembled.shape == (1, 64, 96, 3) and not np.array_equal(ensembled, upscaler.upscale(image))
+
+
+def _poisoned_at(step: int):  # noqa: ANN202 - a _loss stand-in
+    """The real loss, except NaN on ``step``'s batch (counted by calls: one call per step)."""
+    from workers.training import finetune
+
+    real, calls = finetune._loss, []
+
+    def loss(pred, target, config):  # noqa: ANN001, ANN202
+        calls.append(1)
+        value = real(pred, target, config)
+        return value * float("nan") if len(calls) == step + 1 else value
+
+    return loss
+
+
+@pytest.mark.parametrize("host_checks", [True, False], ids=["checked-on-host", "skipped-on-device"])
+def test_a_non_finite_step_changes_no_weight_and_training_goes_on(tiny, small, monkeypatch, host_checks):
+    """On CUDA the skip is decided on the device (fused Adam's found_inf), with no host sync per step;
+    the same path runs here on a CPU, next to the host check CPUs use."""
+    from workers.training import finetune
+
+    trainer = make_trainer(str(tiny), None, str(small), TINY, settings(), StorageFactory(settings()))
+    trainer = finetune.Trainer(trainer.data, trainer.output, small, "file:small", TINY, "cpu", restart=True,
+                               host_checks=host_checks)
+    weights: list[list[torch.Tensor]] = []
+    real_step = trainer._train_step
+
+    def step_and_snapshot(*args):  # noqa: ANN002, ANN202
+        loss = real_step(*args)
+        weights.append([p.detach().clone() for p in trainer.model.parameters()])
+        return loss
+
+    monkeypatch.setattr(trainer, "_train_step", step_and_snapshot)
+    monkeypatch.setattr(finetune, "_loss", _poisoned_at(2))
+    result = trainer.run()
+    assert result.steps == TINY.steps and result.finished
+    assert all(torch.equal(a, b) for a, b in zip(weights[1], weights[2], strict=True))  # step 2 changed nothing
+    assert not all(torch.equal(a, b) for a, b in zip(weights[2], weights[3], strict=True))  # step 3 trained
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_batches_prefetched_on_a_thread_are_the_batches_of_their_steps(tiny):
+    from workers.io.inflight import Prefetcher
+
+    source = make_trainer(str(tiny), None, str(make_random_compact(tiny / "c.pth")), TINY, settings(),
+                          StorageFactory(settings())).source
+    with Prefetcher(lambda step: make_batch(source, TINY, step)) as prefetch:
+        for step in (0, 1, 2, 2, 5, 6):  # a repeated and a skipped index are computed directly
+            got, expected = prefetch.get(step), make_batch(source, TINY, step)
+            assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))

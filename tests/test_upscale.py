@@ -1,3 +1,5 @@
+import sys
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -139,3 +141,136 @@ def test_other_offline_models_load(name):
 def test_random_stand_in_weights_load(tmp_path):
     model = load_upscaler(make_random_rrdb(tmp_path / "r.pth", blocks=1), "cpu")
     assert model.architecture == "ESRGAN"
+
+
+# -- reduced precision, checked before any clamp -------------------------------------------------------------
+
+
+class _Overflows(torch.nn.Module):
+    """x4 nearest, scaled up and back down: fine in fp32, +inf in fp16 above 0.07 (fp16 ends at 65504).
+
+    It refuses inputs whose sides are not multiples of 8, as architectures with size requirements
+    do: a call that skipped spandrel's padding would fail here."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[2] % 8 == 0 and x.shape[3] % 8 == 0, f"unpadded input {tuple(x.shape)}"
+        return nearest_x4(x) * 1e6 / 1e6
+
+
+def _stub_upscaler(dtype: torch.dtype) -> Upscaler:
+    """:class:`_Overflows` in spandrel's real wrapper (which pads, calls, and clamps in place)."""
+    from spandrel import ArchId, Architecture, ImageModelDescriptor, SizeRequirements
+
+    model = _Overflows().to(dtype)
+    class Overflowing(Architecture):
+        def load(self, state_dict):  # noqa: ANN001, ANN202 - never loads a file
+            raise NotImplementedError
+
+    architecture = Overflowing(id=ArchId("overflows"), detect=lambda state: False, name="Overflows")
+    descriptor = ImageModelDescriptor(model, {}, architecture, "SR", [], supports_half=True, supports_bfloat16=True,
+                                      scale=4, input_channels=3, output_channels=3,
+                                      size_requirements=SizeRequirements(multiple_of=8))
+    return Upscaler(descriptor, torch.device("cpu"), dtype, TilePolicy())
+
+
+def test_fp16_overflow_to_inf_is_recomputed_in_fp32_through_the_same_wrapper():
+    """spandrel clamps in place: checked after it, +inf is already a white 255 that passes."""
+    image = noisy_image(13, 11)[None]  # not a multiple of 8: the wrapper pads, and must pad the recompute too
+    fp32 = _stub_upscaler(torch.float32).upscale(image)
+    assert np.array_equal(fp32, nearest_x4(torch.from_numpy(image).permute(0, 3, 1, 2).float())
+                          .permute(0, 2, 3, 1).numpy().astype(np.uint8))
+    assert np.array_equal(_stub_upscaler(torch.float16).upscale(image), fp32)
+
+
+def test_fp16_overflow_is_recomputed_per_tile_and_with_tta():
+    upscaler = replace(_stub_upscaler(torch.float16), tiles=TilePolicy(max_pixels=100, size=8, overlap=2))
+    image = noisy_image(20, 12, seed=4)[None]
+    expected = _stub_upscaler(torch.float32).upscale(image)
+    assert np.array_equal(upscaler.upscale(image), expected)
+    assert np.array_equal(upscaler.upscale(image, tta=True), expected)  # nearest x4 is dihedral-equivariant
+
+
+def test_half_input_conversion_equals_fp32_rounded_once():
+    from workers.ops.upscale import _model_input
+
+    values = torch.arange(256, dtype=torch.uint8)
+    for dtype in (torch.float16, torch.bfloat16):
+        assert torch.equal(_model_input(values, dtype), (values.float() / 255).to(dtype))
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16),
+                                                      ((7, 5), torch.float16)])
+def test_auto_precision_on_cuda_is_bf16_where_the_card_has_it(monkeypatch, capability, expected):
+    from workers.ops.upscale import resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert resolve_dtype("auto", torch.device("cuda")) is expected
+    assert resolve_dtype("auto", torch.device("cpu")) is torch.float32
+    assert resolve_dtype("fp16", torch.device("cuda")) is torch.float16
+
+
+def test_channels_last_on_cpu_gives_the_same_output(weights_path):
+    """The model runs channels_last everywhere now (twice as fast on a CPU): same pixels as NCHW."""
+    upscaler = load_upscaler(weights_path, device="cpu")
+    image = noisy_image(16, 12, seed=5)[None]
+    x = torch.from_numpy(image).permute(0, 3, 1, 2).float() / 255
+    model = upscaler.descriptor.model
+    with torch.inference_mode():
+        nchw = model.to(memory_format=torch.contiguous_format)(x.contiguous())
+        model.to(memory_format=torch.channels_last)
+    expected = nchw.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.abs(upscaler.upscale(image).astype(int) - expected.astype(int)).max() <= 1
+
+
+# -- out of memory: recovered outside the except block, for every allocator ------------------------------------
+
+
+class _RecordsExceptionState(_OomAbove):
+    """Also records whether an exception was being handled when each pass started."""
+
+    def __init__(self, budget: int, error: Callable[[], Exception]) -> None:
+        super().__init__(budget)
+        self.error = error
+        self.handling: list[object] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.handling.append(sys.exc_info()[0])
+        self.calls.append(tuple(x.shape))
+        if x.shape[0] * x.shape[2] * x.shape[3] > self.budget:
+            raise self.error()
+        return nearest_x4(x)
+
+
+@pytest.mark.parametrize("error", [
+    lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    lambda: RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+    lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    lambda: torch.AcceleratorError("CUDA error: out of memory"),
+], ids=["torch", "cudnn", "cublas", "cuda-api"])
+def test_every_allocator_failure_splits_then_tiles_outside_the_except_block(error):
+    forward = _RecordsExceptionState(budget=20 * 20, error=error)
+    fake = _with_fake_device(Upscaler(None, torch.device("cpu"), torch.float32, TilePolicy()), forward,
+                             TilePolicy(max_pixels=10**6, size=16, overlap=2))
+    images = np.stack([noisy_image(24, 24, seed=s) for s in range(2)])
+    expected = nearest_x4(torch.from_numpy(images).permute(0, 3, 1, 2).float()).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(fake.upscale(images), expected.astype(np.uint8))
+    assert any(c[2] < 24 for c in forward.calls)  # it got to tiles
+    assert set(forward.handling) == {None}, "a retry ran while the failed pass's exception (and tensors) lived"
+
+
+def test_a_broken_cuda_context_is_not_retried_but_raised_as_device_lost():
+    from workers.errors import DeviceLostError
+
+    forward = _RecordsExceptionState(budget=0, error=lambda: torch.AcceleratorError(
+        "CUDA error: an illegal memory access was encountered"))
+    fake = _with_fake_device(Upscaler(None, torch.device("cpu"), torch.float32, TilePolicy()), forward, TilePolicy())
+    with pytest.raises(DeviceLostError, match="illegal memory access"):
+        fake.upscale(noisy_image(24, 24)[None])
+    assert len(forward.calls) == 1  # no split, no tiles
+
+
+def test_tile_windows_cover_the_output_once():
+    covered = torch.zeros(1, 1, 4 * 19, 4 * 23)
+    for window in __import__("workers.ops.upscale", fromlist=["tile_windows"]).tile_windows(19, 23, 8, 3, 4):
+        covered[window.target] += 1
+    assert torch.equal(covered, torch.ones_like(covered))

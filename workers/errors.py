@@ -8,7 +8,8 @@ Two branches decide what happens to an image when something goes wrong:
   The task is retried with backoff; the image is never marked failed for it.
 
 :class:`ConfigError` is neither: the deployment is wrong (missing weights, bad credentials) and an
-operator must act, so it stops the command with one clear line.
+operator must act, so it stops the command with one clear line. Nor is :class:`DeviceLostError`: the
+process's accelerator is unusable until the process is replaced.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ class StorageUnavailableError(TransientError):
 
 class DeviceOutOfMemoryError(TransientError):
     """The accelerator ran out of memory even for the smallest tile."""
+
+
+class DeviceLostError(EnhanceError):
+    """The accelerator's context is broken (illegal memory access, device-side assert, Xid): nothing
+    this process sends to the device can succeed again. Neither the image's fault nor a condition that
+    passes: the images go back to the queue and the process should exit so that it is replaced."""
 
 
 class UnsupportedModelError(ConfigError):

@@ -60,14 +60,24 @@ class Settings:
     shipped_model: str = _setting("", "Shipped model that --preset learned runs, and that `producer train` starts "
                                   "from, when the dataset has no model of its own (empty: the registry's default).")
     device: str = _setting("auto", "Torch device for the upscaler: auto, cpu, cuda, cuda:N.")
-    precision: str = _setting("auto", "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.")
+    precision: str = _setting("auto", "auto (CUDA: bf16 where the card has it, else fp16; CPU: fp32), fp16, bf16 or fp32.")
     gpu_batch_size: int = _setting(8, "Most same-size images per forward pass.")
+    cpu_batch_size: int = _setting(
+        1, "Most same-size images per forward pass when the model runs on a CPU: there a batch only runs the same "
+        "convolutions over more pixels, and at 256x160 batch 1 measured fastest (benchmarks/batching.py).")
     gpu_batch_pixels: int = _setting(
         2_097_152, "Most input pixels per forward pass: fewer same-size images go together where GPU_BATCH_SIZE of "
         "them would exceed it; a larger image runs alone. Bounds memory: a batch's 4x output is 48 bytes a pixel.")
     gpu_batch_wait_s: float = _setting(0.05, "How long a GPU worker waits to fill a batch.")
     model_cache_dir: str = _setting("", "Where workers keep the runs' trained checkpoints, by sha256 (empty: ~/.cache/lowlight-sr/models).")
     model_cache_size: int = _setting(2, "Trained checkpoints a worker keeps loaded at once (least recently used goes).")
+    cudnn_benchmark: bool = _setting(
+        False, "CUDA: let cuDNN time its algorithms for each new input shape and keep the fastest (process-wide). "
+        "Off until measured on a card (benchmarks/batching.py --device cuda --cudnn-benchmark); each new shape pays "
+        "the timing once.")
+    torch_compile: str = _setting(
+        "off", "torch.compile the upscaler's network: off, default, reduce-overhead or max-autotune. Each new input "
+        "shape compiles again (seconds to minutes); on a CPU it measured no faster (benchmarks/cpu_inference.py).")
     tile_max_pixels: int = _setting(1_048_576, "Inputs above this many pixels are upscaled in tiles.")
     tile_size: int = _setting(256, "Tile edge in input pixels when tiling.")
     tile_overlap: int = _setting(16, "Overlap between tiles in input pixels.")
@@ -103,8 +113,9 @@ class Settings:
     result_expires_s: int = _setting(86_400, "How long task results stay in Redis.")
 
     def __post_init__(self) -> None:
-        if self.gpu_batch_size < 1:
-            raise ConfigError(f"GPU_BATCH_SIZE must be >= 1, got {self.gpu_batch_size}")
+        for name in ("gpu_batch_size", "cpu_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.upper()} must be >= 1, got {getattr(self, name)}")
         if self.tile_size <= 2 * self.tile_overlap:
             raise ConfigError(
                 f"TILE_SIZE ({self.tile_size}) must exceed twice TILE_OVERLAP ({self.tile_overlap})"
@@ -113,6 +124,8 @@ class Settings:
             raise ConfigError(
                 f"TRAIN_CHUNK_S ({self.train_chunk_s}) must be positive and at most half VISIBILITY_TIMEOUT_S "
                 f"({self.visibility_timeout_s}): a chunk still running must never be handed to a second worker")
+        if self.torch_compile not in {"off", "default", "reduce-overhead", "max-autotune"}:
+            raise ConfigError(f"TORCH_COMPILE must be off, default, reduce-overhead or max-autotune, got {self.torch_compile!r}")
         if self.precision not in {"auto", "fp16", "bf16", "fp32"}:
             raise ConfigError(f"PRECISION must be auto, fp16, bf16 or fp32, got {self.precision!r}")
         for name in ("max_image_bytes", "max_image_pixels", "tile_max_pixels", "model_cache_size", "gpu_batch_pixels",

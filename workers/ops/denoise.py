@@ -5,6 +5,7 @@ Selected by name through :data:`DENOISERS`, so a new method is one function and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 
 from workers.errors import ConfigError, DeviceOutOfMemoryError
+from workers.ops.device_errors import attempt, device_failures_raised
 
 
 @dataclass(frozen=True)
@@ -57,26 +59,44 @@ def denoise(rgb: np.ndarray, spec: DenoiseSpec) -> np.ndarray:
     return DENOISERS[spec.method](rgb, spec)
 
 
-def denoise_on_device(images: np.ndarray, spec: DenoiseSpec, device: object) -> np.ndarray:
+MIN_NLM_TILE = 16  # below this a tile is mostly the border (13 px a side) it reads around it: give up instead
+
+
+def denoise_on_device(images: np.ndarray, spec: DenoiseSpec, device: object, max_pixels: int = 1_048_576) -> np.ndarray:
     """NL-means for a batch (``N x H x W x 3`` uint8 RGB) on a torch device: the PyTorch port of
     OpenCV's colored NL-means, bit-identical to :func:`nlm_opencv` (see :mod:`workers.ops.nlm_torch`).
 
+    Images above ``max_pixels`` are denoised in square tiles of about that many pixels (a 16 MP image
+    whole would need ~12 GB). On running out of memory it retries, after the ``except`` block has
+    freed the failed attempt: one row of the search window at a time, then ever smaller tiles.
+    Tiling and chunking never change the result.
+
     Raises:
-        DeviceOutOfMemoryError: the batch does not fit even one search row at a time.
+        DeviceOutOfMemoryError: even the smallest tile does not fit.
+        DeviceLostError: the device's CUDA context is broken.
     """
     import torch
 
-    from workers.ops.nlm_torch import nlm_colored_torch
+    from workers.ops.nlm_torch import DEFAULT_CHUNK, nlm_colored_torch
 
     if spec.method == "none":
         return images
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    try:
-        out = nlm_colored_torch(x, spec.h, spec.h_color, spec.template, spec.search)
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        try:  # one row of the search window at a time: the least memory it can use
-            out = nlm_colored_torch(x, spec.h, spec.h_color, spec.template, spec.search, chunk=spec.search)
-        except torch.OutOfMemoryError:
-            raise DeviceOutOfMemoryError(f"NL-means of {len(images)} images does not fit on {device}") from None
-    return out.cpu().numpy()
+    _, height, width, _ = images.shape
+    tile = None if height * width <= max_pixels else max(MIN_NLM_TILE, math.isqrt(max_pixels))
+    chunk = DEFAULT_CHUNK
+    with device_failures_raised(device):
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        while True:
+            fitted, out = attempt(lambda c=chunk, t=tile: nlm_colored_torch(
+                x, spec.h, spec.h_color, spec.template, spec.search, c, t))
+            if fitted:
+                return out.cpu().numpy()
+            if x.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if chunk > spec.search:  # first: one row of the search window at a time, the least it can hold
+                chunk = spec.search
+            elif (tile or max(height, width)) // 2 >= MIN_NLM_TILE:
+                tile = (tile or max(height, width)) // 2
+            else:
+                raise DeviceOutOfMemoryError(f"NL-means of {len(images)} images does not fit on {device} "
+                                             f"even in {tile or max(height, width)}px tiles")

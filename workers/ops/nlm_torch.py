@@ -20,7 +20,7 @@ can denoise what took ~15 CPU cores of OpenCV:
 
 All arithmetic is integer-exact (patch sums are integers below 2**24, held in fp32; weighted sums in
 int32, as OpenCV sizes ``M`` so they fit), so the output equals OpenCV's bit for bit. Checked against
-OpenCV 5.0.0: both Lab conversions on all 2**24 inputs, NL-means on the repo sample, synthetic images
+OpenCV 5.0.0 and 5.1.0 (``tests/test_nlm_torch.py`` asserts equality, not closeness): both Lab conversions on all 2**24 inputs, NL-means on the repo sample, synthetic images
 and 144 size/strength/window combinations. fp16 is not used anywhere: squared differences reach
 65025, beyond fp16's exact integers. The result does not depend on ``chunk`` or the batch.
 
@@ -302,14 +302,19 @@ def _accumulate(weights: torch.Tensor, pixels: torch.Tensor, estimate: torch.Ten
     weight_sum += weights.sum(dim=(0, 1), dtype=torch.int32)
 
 
-def _nlm_lab(lab: torch.Tensor, table: torch.Tensor, ab_start: int, shift: int, t_half: int, s_half: int, chunk: int) -> torch.Tensor:
-    """Denoise ``N x 3 x H x W`` uint8 Lab: ``L`` and ``a,b`` each with its part of the weight ``table``.
+def _nlm_lab(padded: torch.Tensor, table: torch.Tensor, ab_start: int, shift: int, t_half: int, s_half: int,
+             chunk: int) -> torch.Tensor:
+    """Denoise uint8 Lab, ``N x 3 x (H + 2b) x (W + 2b)`` already padded by ``b = s_half + t_half``, into
+    ``N x 3 x H x W``: ``L`` and ``a,b`` each with its part of the weight ``table``.
 
+    Each output pixel reads only its padded neighbourhood, so any window of a padded image gives
+    exactly the pixels of the whole image's result there: that is what tiling relies on.
     Tensors in, tensor out, no Python-side caches: the part worth ``torch.compile`` (exact either way).
     """
-    n, _, height, width = lab.shape
+    border = s_half + t_half
+    n, height, width = padded.shape[0], padded.shape[2] - 2 * border, padded.shape[3] - 2 * border
     search = 2 * s_half + 1
-    padded = pad_reflect101(lab.float(), s_half + t_half).contiguous()
+    padded = padded.float().contiguous()
 
     ext = (height + 2 * t_half, width + 2 * t_half)  # the region the patch sums read
     # Centre patches and, for each offset, the candidate patches and candidate pixels.
@@ -317,8 +322,8 @@ def _nlm_lab(lab: torch.Tensor, table: torch.Tensor, ab_start: int, shift: int, 
     candidates = _shifted_views(padded, ext, (0, 0), search)
     pixels = _shifted_views(padded.to(torch.int32), (height, width), (t_half, t_half), search)
 
-    estimate = torch.zeros((n, 3, height, width), dtype=torch.int32, device=lab.device)
-    weight_sum = torch.zeros((n, 2, height, width), dtype=torch.int32, device=lab.device)
+    estimate = torch.zeros((n, 3, height, width), dtype=torch.int32, device=padded.device)
+    weight_sum = torch.zeros((n, 2, height, width), dtype=torch.int32, device=padded.device)
     rows = max(1, chunk // search)
     for top in range(0, search, rows):
         ssd = _patch_ssd(center, candidates[top : top + rows], 2 * t_half + 1)
@@ -328,6 +333,25 @@ def _nlm_lab(lab: torch.Tensor, table: torch.Tensor, ab_start: int, shift: int, 
 
     ws = weight_sum[:, [0, 1, 1]].long()
     return ((estimate.long() + ws // 2) // ws).clamp_(0, 255).to(torch.uint8)
+
+
+def _nlm_lab_tiled(lab: torch.Tensor, table: torch.Tensor, ab_start: int, shift: int, t_half: int, s_half: int,
+                   chunk: int, tile: int | None) -> torch.Tensor:
+    """:func:`_nlm_lab` of the whole ``N x 3 x H x W`` Lab image, ``tile x tile`` output pixels at a time
+    (None: in one piece). The image is padded once, as a whole, so every tile sees exactly the
+    neighbourhood the untiled pass sees: the result does not depend on ``tile``."""
+    border = s_half + t_half
+    padded = pad_reflect101(lab, border)  # uint8: a quarter of the float copy each tile makes of its part
+    _, _, height, width = lab.shape
+    if tile is None or (tile >= height and tile >= width):
+        return _nlm_lab(padded, table, ab_start, shift, t_half, s_half, chunk)
+    out = torch.empty_like(lab)
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            bottom, right = min(top + tile, height), min(left + tile, width)
+            window = padded[:, :, top : bottom + 2 * border, left : right + 2 * border]
+            out[:, :, top:bottom, left:right] = _nlm_lab(window, table, ab_start, shift, t_half, s_half, chunk)
+    return out
 
 
 def bytes_per_offset(batch: int, height: int, width: int, template: int = 7) -> int:
@@ -354,13 +378,16 @@ def nlm_colored_torch(
     template: int = 7,
     search: int = 21,
     chunk: int = DEFAULT_CHUNK,
+    tile: int | None = None,
 ) -> torch.Tensor:
     """``cv2.fastNlMeansDenoisingColored`` for a batch: ``N x H x W x 3`` uint8 RGB in, same out.
 
     Runs where ``images`` lives (CPU or CUDA) and returns on that device. ``chunk`` is how many
     search offsets are processed at once (rounded down to whole rows of the search window, at least
     one row); memory grows linearly with it (:func:`bytes_per_offset`), speed saturates early.
-    The result equals OpenCV's on the same image (given as BGR), bit for bit.
+    ``tile`` denoises ``tile x tile`` pixels at a time (None: the whole image), so memory is bounded
+    by the tile, not the image (:func:`bytes_per_offset` of the tile). The result equals OpenCV's on
+    the same image (given as BGR), bit for bit, whatever ``chunk`` and ``tile``.
 
     Raises:
         ValueError: wrong shape or dtype, or windows that are not odd and positive.
@@ -369,8 +396,8 @@ def nlm_colored_torch(
         raise ValueError(f"expected N x H x W x 3 uint8 RGB, got {tuple(images.shape)} {images.dtype}")
     if template < 1 or search < 1 or template % 2 == 0 or search % 2 == 0:
         raise ValueError(f"template and search windows must be odd and positive, got {template}, {search}")
-    if h < 0 or h_color < 0 or chunk < 1:
-        raise ValueError(f"h, h_color must be >= 0 and chunk >= 1, got {h}, {h_color}, {chunk}")
+    if h < 0 or h_color < 0 or chunk < 1 or (tile is not None and tile < 1):
+        raise ValueError(f"h, h_color must be >= 0, chunk and tile >= 1, got {h}, {h_color}, {chunk}, {tile}")
     if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
         return images.clone()
     t_half, s_half = template // 2, search // 2
@@ -378,7 +405,7 @@ def nlm_colored_torch(
     table_ab, _ = _weight_table(float(h_color), 2, template, search, images.device)
     with torch.inference_mode():
         lab = rgb_to_lab_u8(images).permute(0, 3, 1, 2)
-        clean = _nlm_lab(lab, torch.cat([table_l, table_ab]), table_l.numel(), shift, t_half, s_half, chunk)
+        clean = _nlm_lab_tiled(lab, torch.cat([table_l, table_ab]), table_l.numel(), shift, t_half, s_half, chunk, tile)
         return lab_to_rgb_u8(clean.permute(0, 2, 3, 1).contiguous())
 
 

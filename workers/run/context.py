@@ -49,10 +49,8 @@ class StageContext:
         with self._model_lock:
             if name not in self._upscalers:
                 if kind.runs_checkpoint:
-                    ref, s = resolve_weights(self.settings), self.settings
-                    self._upscalers[name] = kind.load(
-                        ref.path, device=s.device, precision=s.precision, source=ref.source,
-                        tiles=TilePolicy(s.tile_max_pixels, s.tile_size, s.tile_overlap))
+                    ref = resolve_weights(self.settings)
+                    self._upscalers[name] = kind.load(ref.path, source=ref.source, **self._model_options())
                 else:
                     self._upscalers[name] = kind.load()
             return self._upscalers[name]
@@ -78,10 +76,13 @@ class StageContext:
 
     def _load_run_model(self, pipeline: PipelineSpec) -> ImageUpscaler:
         path = fetch_checkpoint(self.storage, pipeline.checkpoint, pipeline.checkpoint_sha256, self.model_cache_dir)
+        return upscaler_kind(pipeline.upscaler).load(path, source=f"run:{pipeline.checkpoint}", **self._model_options())
+
+    def _model_options(self) -> dict[str, object]:
+        """How every checkpoint is run here: device, precision, tiling, cuDNN autotuning, torch.compile."""
         s = self.settings
-        return upscaler_kind(pipeline.upscaler).load(
-            path, device=s.device, precision=s.precision, source=f"run:{pipeline.checkpoint}",
-            tiles=TilePolicy(s.tile_max_pixels, s.tile_size, s.tile_overlap))
+        return {"device": s.device, "precision": s.precision, "cudnn_benchmark": s.cudnn_benchmark,
+                "compile_mode": s.torch_compile, "tiles": TilePolicy(s.tile_max_pixels, s.tile_size, s.tile_overlap)}
 
     @property
     def model_cache_dir(self) -> Path:

@@ -2,8 +2,9 @@
 
 Celery tasks (:mod:`workers.runtime.tasks`) and the in-process runner (:mod:`producer.embedded`)
 both call exactly these, so the embedded default and the distributed system cannot drift apart.
-The GPU stage encodes and uploads its outputs on the context's I/O threads while the next batch
-runs; everything else runs in the caller's thread.
+The GPU stage fetches and decodes its inputs on the context's I/O threads ahead of the batch that
+needs them, and encodes and uploads its outputs there while the next batch runs (on a CPU the model
+and the I/O take turns instead); everything else runs in the caller's thread.
 
 Each stage is idempotent: it returns at once if its output exists (``skipped`` when the image is
 already finished, ``denoised`` when only the next stage remains). A permanent per-image problem
@@ -15,6 +16,7 @@ error and how many images shared it: the caller counts it and decides (:mod:`wor
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -27,6 +29,7 @@ from typing import Literal
 import numpy as np
 
 from workers.errors import (
+    DeviceLostError,
     DeviceOutOfMemoryError,
     ObjectNotFoundError,
     PermanentImageError,
@@ -34,6 +37,7 @@ from workers.errors import (
     TransientError,
 )
 from workers.io.imageio import decode_image, decode_png, encode_png, write_png
+from workers.io.inflight import ordered_map
 from workers.io.submission import grey_subsample, submission_id, write_row
 from workers.ops.denoise import DenoiseSpec, denoise, denoise_on_device
 from workers.ops.resample import resize_to_multiple
@@ -162,13 +166,37 @@ class _Loaded:
 OnPass = Callable[[Sequence[str]], None]
 
 
-def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str], on_pass: OnPass | None = None) -> list[Outcome]:
+@dataclass(frozen=True)
+class GpuSchedule:
+    """How the GPU stage arranges its I/O (HEADs, GETs, decoding; PNG encoding, uploads) around the
+    device's work."""
+
+    parallel_loads: bool = True  # fetch and decode on the I/O threads (False: one at a time, in this thread)
+    overlap: bool = True  # I/O runs while the device computes (False: they take turns)
+
+    @classmethod
+    def for_device(cls, device: str) -> GpuSchedule:
+        """On a GPU everything overlaps. On a CPU the model's threads and the I/O threads share the same
+        cores, and torch's OpenMP threads spin at every layer while a sibling is descheduled: the two
+        take turns, each with every core (measured: ``benchmarks/throughput.py``)."""
+        return cls(parallel_loads=True, overlap=not device.startswith("cpu"))
+
+
+# The GPU stage as it was before it loaded in parallel (``benchmarks/throughput.py`` compares).
+SERIAL_LOADS = GpuSchedule(parallel_loads=False, overlap=True)
+
+
+def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str], schedule: GpuSchedule | None = None,
+                  on_pass: OnPass | None = None) -> list[Outcome]:
     """Upscale the images ``names`` of one run, same-size images in shared batches.
 
     With the CPU placement the inputs are the CPU stage's denoised images; with the GPU placement
-    this stage also decodes the inputs and runs NL-means on the device first. ``on_pass(names)``
-    is called just before each forward pass: a worker marks what it is computing, so that its death
-    is charged to those images only.
+    this stage also decodes the inputs and runs NL-means on the device first. Inputs are fetched and
+    decoded on the I/O threads, in order, and a batch runs as soon as its images are ready, while
+    the next ones still load; outputs are encoded and uploaded on the I/O threads while the next
+    batch computes (``schedule``; default: :meth:`GpuSchedule.for_device` of the run's upscaler).
+    ``on_pass(names)`` is called just before each forward pass: a worker marks what it is computing,
+    so that its death is charged to those images only.
 
     Never raises for a single image: each distinct name gets one :class:`Outcome`, in first-seen
     order; transient problems and unexpected errors come back as ``retry`` outcomes carrying the
@@ -176,48 +204,131 @@ def upscale_stage(ctx: StageContext, run_id: str, names: Sequence[str], on_pass:
 
     Raises:
         RunNotFoundError, TransientError: the run's manifest cannot be read.
+        DeviceLostError: the device's CUDA context is broken; nothing more can run in this process.
     """
-    outcomes: dict[str, Outcome] = {}
-    manifest = ctx.manifest(run_id)
-    loaded: dict[tuple[int, int], list[_Loaded]] = defaultdict(list)
-    for name in dict.fromkeys(names):  # de-duplicate, keep order
-        try:
-            if is_finished(ctx, run_id, name):
-                outcomes[name] = Outcome(name, "skipped")
-                continue
-            item = _load_for_upscale(ctx, manifest, name)
-            loaded[item.image.shape[:2]].append(item)
-        except PermanentImageError as exc:
-            outcomes[name] = record_failure(ctx, run_id, name, "upscale", exc.reason)
-        except Exception as exc:  # noqa: BLE001 - transient or not, this image's alone: the caller decides
-            outcomes[name] = error_outcome(name, exc)
+    return begin_upscale(ctx, run_id, names, schedule, on_pass).outcomes()
 
-    # PNG encoding and uploads run on I/O threads, overlapping the next batch's forward pass; a batch's
-    # outputs wait for the previous batch's to be stored, so at most two batches of 4x images exist,
-    # and only one where an image alone is above GPU_BATCH_PIXELS.
-    stores: dict[str, Future[Outcome]] = {}
-    side_writes: list[Future[None]] = []
-    for (height, width), items in loaded.items():
-        for batch in _chunks(items, batch_size(ctx.settings, height * width)):
-            if height * width > ctx.settings.gpu_batch_pixels:
-                wait(stores.values())
-            for part, outputs, per_image, error in _upscale_isolated(ctx, manifest, batch, side_writes, on_pass):
-                if error is not None:
-                    outcomes.update((item.name, error_outcome(item.name, error, len(part))) for item in part)
-                    continue
-                wait(stores.values())
-                stores |= _submit_stores(ctx, manifest, part, outputs, per_image, (width, height))
-                del outputs  # the stores hold what they need: the next batch must not meet this one
-    for name, future in stores.items():
-        try:
-            outcomes[name] = future.result()
-        except Exception as exc:  # noqa: BLE001 - a storage bug or surprise fails this image's attempt alone
-            logger.exception("run %s: storing %s failed unexpectedly; it will be retried", run_id, name)
-            outcomes[name] = error_outcome(name, exc)
-    for future in side_writes:  # intermediate images: for reports, never a reason to fail an image
-        if future.exception() is not None:
-            logger.warning("run %s: could not store a denoised image: %s", run_id, future.exception())
-    return [outcomes[name] for name in dict.fromkeys(names)]
+
+class UpscaleInFlight:
+    """An :func:`upscale_stage` call whose computing is done and whose outputs may still be being
+    encoded and stored on the I/O threads. :meth:`outcomes` waits for them."""
+
+    def __init__(self, work: _GpuWork, names: list[str]) -> None:
+        self._work, self._names = work, names
+
+    @property
+    def computed(self) -> list[str]:
+        """The names whose outputs exist (stored or being stored)."""
+        return list(self._work.stores)
+
+    def outcomes(self) -> list[Outcome]:
+        """Wait for every store; one outcome per distinct name, in first-seen order."""
+        outcomes = self._work.finish()
+        return [outcomes[name] for name in self._names]
+
+
+def begin_upscale(ctx: StageContext, run_id: str, names: Sequence[str], schedule: GpuSchedule | None = None,
+                  on_pass: OnPass | None = None) -> UpscaleInFlight:
+    """:func:`upscale_stage` up to the last batch computed: returns while that batch's outputs are
+    still being encoded and stored, so a caller can start on the next batch meanwhile (a GPU worker
+    pipelining its batches) and collect the outcomes later.
+
+    Raises:
+        DeviceLostError: the device's CUDA context is broken; nothing more can run in this process.
+    """
+    manifest = ctx.manifest(run_id)
+    schedule = schedule or GpuSchedule.for_device(upscaler_device(ctx, manifest.pipeline))
+    unique = list(dict.fromkeys(names))  # de-duplicate, keep order
+    work = _GpuWork(ctx, manifest, schedule, on_cpu=not schedule.overlap, on_pass=on_pass)
+    groups: dict[tuple[int, int], list[_Loaded]] = defaultdict(list)
+    for name, prepared in zip(unique, _prepared(ctx, manifest, unique, schedule), strict=True):
+        if isinstance(prepared, Outcome):
+            work.outcomes[name] = prepared
+            continue
+        shape = prepared.image.shape[:2]
+        groups[shape].append(prepared)
+        if len(groups[shape]) >= work.batch_size(shape):
+            work.run(groups.pop(shape))
+    for group in groups.values():
+        work.run(group)
+    return UpscaleInFlight(work, unique)
+
+
+def upscaler_device(ctx: StageContext, pipeline: PipelineSpec) -> str:
+    """Where the pipeline's upscaler computes ("cpu" for one without a model), without loading it."""
+    from workers.ops.upscalers import upscaler_kind
+
+    if not upscaler_kind(pipeline.upscaler).runs_checkpoint:
+        return "cpu"
+    from workers.ops.upscale import resolve_device
+
+    return str(resolve_device(ctx.settings.device))
+
+
+def _prepared(ctx: StageContext, manifest: RunManifest, names: list[str], schedule: GpuSchedule
+              ) -> Iterator[_Loaded | Outcome]:
+    """Each name's decoded input, or its outcome if there is nothing to compute, in order."""
+    prepare = functools.partial(_prepare, ctx, manifest)
+    if not schedule.parallel_loads:
+        return map(prepare, names)
+    loads = ordered_map(prepare, names, ctx.io_pool, ahead=max(1, 2 * ctx.settings.io_threads))
+    return loads if schedule.overlap else iter(list(loads))  # taking turns: every load before any compute
+
+
+def _prepare(ctx: StageContext, manifest: RunManifest, name: str) -> _Loaded | Outcome:
+    try:
+        if is_finished(ctx, manifest.run_id, name):
+            return Outcome(name, "skipped")
+        return _load_for_upscale(ctx, manifest, name)
+    except PermanentImageError as exc:
+        return record_failure(ctx, manifest.run_id, name, "upscale", exc.reason)
+    except Exception as exc:  # noqa: BLE001 - transient or not, this image's alone: the caller decides
+        return error_outcome(name, exc)
+
+
+class _GpuWork:
+    """The batches of one :func:`upscale_stage` call: computing them, and their stores in flight.
+
+    A batch's outputs wait for the previous batch's to be stored, so at most two batches of 4x images
+    exist, and only one where an image alone is above GPU_BATCH_PIXELS or the stages take turns.
+    """
+
+    def __init__(self, ctx: StageContext, manifest: RunManifest, schedule: GpuSchedule, on_cpu: bool,
+                 on_pass: OnPass | None = None) -> None:
+        self.ctx, self.manifest, self.schedule, self.on_cpu, self.on_pass = ctx, manifest, schedule, on_cpu, on_pass
+        self.outcomes: dict[str, Outcome] = {}
+        self.stores: dict[str, Future[Outcome]] = {}
+        self.side_writes: list[Future[None]] = []
+
+    def batch_size(self, shape: tuple[int, int]) -> int:
+        return batch_size(self.ctx.settings, shape[0] * shape[1], self.on_cpu)
+
+    def run(self, batch: list[_Loaded]) -> None:
+        height, width = batch[0].image.shape[:2]
+        if not self.schedule.overlap or height * width > self.ctx.settings.gpu_batch_pixels:
+            wait(self.stores.values())
+        for part, outputs, per_image, error in _upscale_isolated(self.ctx, self.manifest, batch, self.side_writes,
+                                                                 self.on_pass):
+            if error is not None:
+                self.outcomes.update((item.name, error_outcome(item.name, error, len(part))) for item in part)
+                continue
+            wait(self.stores.values())
+            self.stores |= _submit_stores(self.ctx, self.manifest, part, outputs, per_image, (width, height))
+            del outputs  # the stores hold what they need: the next batch must not meet this one
+
+    def finish(self) -> dict[str, Outcome]:
+        """Wait for every store; the outcome of every name this call was given."""
+        run_id = self.manifest.run_id
+        for name, future in self.stores.items():
+            try:
+                self.outcomes[name] = future.result()
+            except Exception as exc:  # noqa: BLE001 - a storage bug or surprise fails this image's attempt alone
+                logger.exception("run %s: storing %s failed unexpectedly; it will be retried", run_id, name)
+                self.outcomes[name] = error_outcome(name, exc)
+        for future in self.side_writes:  # intermediate images: for reports, never a reason to fail an image
+            if future.exception() is not None:
+                logger.warning("run %s: could not store a denoised image: %s", run_id, future.exception())
+        return self.outcomes
 
 
 def _upscale_isolated(ctx: StageContext, manifest: RunManifest, batch: list[_Loaded], side_writes: list[Future[None]],
@@ -242,6 +353,8 @@ def _upscale_isolated(ctx: StageContext, manifest: RunManifest, batch: list[_Loa
         for item in batch:
             yield from _upscale_isolated(ctx, manifest, [item], side_writes, on_pass)
         return
+    except DeviceLostError:
+        raise  # not these images' fault: the process must go, the images back to the queue
     except Exception as exc:  # noqa: BLE001 - transient or a bug: the caller counts and retries it
         if not isinstance(exc, TransientError):
             logger.exception("run %s: unexpected error upscaling %d images", manifest.run_id, len(batch))
@@ -284,7 +397,7 @@ def _denoise_on_device(ctx: StageContext, manifest: RunManifest, batch: list[_Lo
     for i in pending:
         by_spec[batch[i].denoise].append(i)
     for spec, indices in by_spec.items():
-        images[indices] = denoise_on_device(images[indices], spec, device)
+        images[indices] = denoise_on_device(images[indices], spec, device, ctx.settings.tile_max_pixels)
     seconds = (time.perf_counter() - started) / len(batch)
     keys = RunKeys(manifest.run_id)
     for i in pending:
@@ -334,10 +447,12 @@ def _store_upscaled(
     return Outcome(name, "done", seconds=seconds, size=size, batch=batch)
 
 
-def batch_size(settings: Settings, pixels: int) -> int:
-    """How many same-size images of ``pixels`` each go through one forward pass: GPU_BATCH_SIZE, fewer
-    where GPU_BATCH_PIXELS would be exceeded, never none (a larger image runs alone)."""
-    return max(1, min(settings.gpu_batch_size, settings.gpu_batch_pixels // pixels))
+def batch_size(settings: Settings, pixels: int, on_cpu: bool = False) -> int:
+    """How many same-size images of ``pixels`` each go through one forward pass: GPU_BATCH_SIZE
+    (CPU_BATCH_SIZE when the model runs on a CPU), fewer where GPU_BATCH_PIXELS would be exceeded,
+    never none (a larger image runs alone)."""
+    most = settings.cpu_batch_size if on_cpu else settings.gpu_batch_size
+    return max(1, min(most, settings.gpu_batch_pixels // pixels))
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from workers.errors import ConfigError, ObjectNotFoundError
+from workers.io.inflight import Prefetcher
 from workers.io.weights import file_sha256
 from workers.ops.upscale import Upscaler, load_descriptor, resolve_device
 from workers.ops.upscalers import TilePolicy
@@ -72,9 +74,37 @@ def _loss(pred: torch.Tensor, target: torch.Tensor, config: TrainConfig) -> torc
     return (1 - config.luma_weight) * rgb + config.luma_weight * distance(y_pred, y_true)
 
 
-def _to_tensor(batch: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+def _pinned(batch: np.ndarray, pin: bool) -> torch.Tensor:
+    tensor = torch.from_numpy(batch)
+    return tensor.pin_memory() if pin else tensor
+
+
+def _to_tensor(batch: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+class _LateLoss:
+    """A step's loss, copied to the host without waiting for the device; :meth:`value` waits only for
+    that step, not for the ones queued after it."""
+
+    def __init__(self, step: int, loss: torch.Tensor) -> None:
+        self.step = step
+        self._event = None
+        if loss.device.type == "cuda":
+            self._host = loss.to("cpu", non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = loss
+
+    def ready(self) -> bool:
+        return self._event is None or self._event.query()
+
+    def value(self) -> float:
+        if self._event is not None:
+            self._event.synchronize()
+        return float(self._host)
 
 
 def amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -93,7 +123,8 @@ class Trainer:
     """One training run, writing to one :class:`TrainingOutput`. Not thread-safe."""
 
     def __init__(self, data: TrainingData, output: TrainingOutput, start: Path, start_source: str, config: TrainConfig,
-                 device: str = "auto", precision: str = "auto", restart: bool = False) -> None:
+                 device: str = "auto", precision: str = "auto", restart: bool = False,
+                 host_checks: bool | None = None) -> None:
         if data.dataset is None and data.photos is None:
             raise ConfigError("nothing to train on: give a dataset with train/ pairs, or photos (--photos)")
         self.data, self.output, self.config, self.forward = data, output, config, data.forward
@@ -111,7 +142,11 @@ class Trainer:
         self.ema_descriptor = copy.deepcopy(self.descriptor)
         self.ema = self.ema_descriptor.model.eval()
         self.ema.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        # On CUDA nothing reads the loss on the host each step (see _train_step): the fused optimizer
+        # takes the skip decision on the device. A CPU keeps the host check and the plain optimizer
+        # (the bit-for-bit resume is promised there).
+        self.host_checks = self.device.type != "cuda" if host_checks is None else host_checks
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=not self.host_checks or None)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp is torch.float16 and self.device.type == "cuda")
         self.skipped: list[tuple[str, str]] = []
         self.source, self.holdout, self.pair_names = self._prepare_data()
@@ -274,27 +309,44 @@ class Trainer:
     def _learning_rate(self, phase_seconds: float) -> float:
         return self.config.lr * 0.5 * (1 + math.cos(math.pi * self._progress(phase_seconds)))
 
-    def _train_step(self, phase_seconds: float) -> float:
-        inputs, targets = make_batch(self.source, self.config, self.step)
-        x = _to_tensor(inputs, self.device, self.channels_last)
-        y = _to_tensor(targets, self.device, False)
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of ``step`` as host tensors (pinned on CUDA, so the copy to the device does not
+        block): runs on the prefetch thread on CUDA."""
+        inputs, targets = make_batch(self.source, self.config, step)
+        pin = self.device.type == "cuda"
+        return _pinned(inputs, pin), _pinned(targets, pin)
+
+    def _train_step(self, phase_seconds: float, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """One step on ``batch``; its loss as a 0-d tensor, left where it was computed.
+
+        A non-finite loss changes no weight (the EMA still averages the unchanged ones in) and the
+        step counts: a retry would meet the same batch and the same model. With ``host_checks`` (a
+        CPU, where reading the loss costs nothing) that is decided on the host before the backward
+        pass; otherwise on the device, with no synchronisation: the fused optimizer skips its update
+        when ``found_inf`` says so (the gradient scaler sets it for fp16, from the gradients).
+        """
+        x = _to_tensor(batch[0], self.device, self.channels_last)
+        y = _to_tensor(batch[1], self.device, False)
         for group in self.optimizer.param_groups:
             group["lr"] = self._learning_rate(phase_seconds)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             loss = _loss(self.model(x).float(), y, self.config)
-        if not torch.isfinite(loss):
-            return math.nan
+        if self.host_checks and not torch.isfinite(loss):
+            return loss.detach()
         self.scaler.scale(loss).backward()
+        if not self.host_checks and not self.scaler.is_enabled():
+            self.optimizer.found_inf = (~torch.isfinite(loss.detach())).float()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))  # warm-up for short runs
         with torch.no_grad():
-            for ema_p, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-                ema_p.mul_(decay).add_(p.detach(), alpha=1 - decay)
+            ema_params, params = list(self.ema.parameters()), [p.detach() for p in self.model.parameters()]
+            torch._foreach_mul_(ema_params, decay)  # one launch for all tensors, not two per tensor
+            torch._foreach_add_(ema_params, params, alpha=1 - decay)
             for ema_b, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
                 ema_b.copy_(b)
-        return float(loss.detach())
+        return loss.detach()
 
     def budget_used(self, phase_seconds: float) -> bool:
         budget = self.config.step_budget
@@ -322,24 +374,39 @@ class Trainer:
 
         losses: list[float] = []
         bad_in_a_row = 0
+        late: deque[_LateLoss] = deque()
+
+        def account(reading: _LateLoss) -> float:
+            nonlocal bad_in_a_row
+            value = reading.value()
+            if math.isfinite(value):
+                bad_in_a_row = 0
+                losses.append(value)
+                return value
+            bad_in_a_row += 1
+            logger.warning("step %d: non-finite loss, its update was skipped", reading.step)
+            if bad_in_a_row > MAX_BAD_STEPS:
+                raise ConfigError(f"{MAX_BAD_STEPS} non-finite losses in a row: lower --lr or check the data")
+            return value
+
+        loss = math.nan  # the latest loss read
         ended = self.budget_used(phase_seconds())
+        prefetch = Prefetcher(self._batch) if self.device.type == "cuda" else None
         try:
             while not ended:
                 if should_stop is not None and should_stop():
                     break
-                loss = self._train_step(phase_seconds())
-                if math.isnan(loss):
-                    bad_in_a_row += 1
-                    logger.warning("step %d: non-finite loss, step skipped", self.step)
-                    if bad_in_a_row > MAX_BAD_STEPS:
-                        raise ConfigError(f"{MAX_BAD_STEPS} non-finite losses in a row: lower --lr or check the data")
-                    continue
-                bad_in_a_row = 0
+                batch = prefetch.get(self.step) if prefetch else self._batch(self.step)
+                late.append(_LateLoss(self.step, self._train_step(phase_seconds(), batch)))
                 self.step += 1
-                losses.append(loss)
                 ended = self.budget_used(phase_seconds())
+                evaluating = ended or self.step % self.config.eval_every == 0
+                # Losses are read once the device is past them: on a CPU at once; on CUDA one step late,
+                # since reading this step's would wait for it (a host synchronisation every step).
+                while late and (evaluating or late[0].ready() or len(late) > 1):
+                    loss = account(late.popleft())
                 scored = None
-                if ended or self.step % self.config.eval_every == 0:
+                if evaluating:
                     scored = self._checkpoint(losses, started, phase_before)
                     losses = []
                 if on_progress is not None:
@@ -349,6 +416,11 @@ class Trainer:
         except KeyboardInterrupt:
             self._save_state(time.monotonic() - started)
             raise
+        finally:
+            if prefetch is not None:
+                prefetch.close()
+        while late:
+            account(late.popleft())
         if losses:  # stopped between evaluations: evaluate what was learned since
             self._checkpoint(losses, started, phase_before)
         seconds = time.monotonic() - started

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from workers.errors import ConfigError
+from workers.io.inflight import ordered_map
 from workers.io.storage.base import Storage, check_key, join_key
 from workers.io.storage.local import LocalStorage, local_path, storage_url_for
 from workers.settings import Settings
@@ -77,14 +77,8 @@ def fetch_in_order(fetch: Callable[[T], R], items: Iterable[T], threads: int) ->
         yield from map(fetch, items)
         return
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch")
-    window: deque[Future[R]] = deque()
     try:
-        for item in items:
-            window.append(pool.submit(fetch, item))
-            if len(window) >= 2 * threads:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+        yield from ordered_map(fetch, items, pool, 2 * threads - 1)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
