@@ -229,3 +229,23 @@ def test_a_configuration_error_is_reported_once_loudly_and_the_waiting_producer_
     assert "workers report a configuration error" in result.stderr
     log = cpu.log.read_text()
     assert log.count("CONFIGURATION ERROR, every image of this kind will fail") == 1  # the run's, once
+
+
+def test_a_lost_device_hands_its_batch_back_uncounted_and_the_worker_leaves(recovering, tmp_path):
+    """A broken CUDA context (simulated: no card here) is neither the images' fault nor something that
+    passes: the GPU worker hands the whole batch back to the queue, charging nothing to the images,
+    and shuts down so that its pod is replaced; a healthy worker then finishes the run."""
+    folder = tmp_path / "in"
+    names = write_images(folder, 3)
+    recovering.start("cpu", concurrency=2)
+    lost = recovering.start("gpu", **with_faults("device-lost"))
+    run_id = start_run(recovering, folder, tmp_path)
+    wait_until(lambda: not lost.alive(), 120, "the worker with the lost device to shut down")
+    assert "the device is lost" in lost.log.read_text(errors="replace")
+    recovering.start("gpu")
+    summary = wait_for_summary(recovering, run_id, 180)
+    assert (summary["written"], summary["failed"], summary["pending"]) == (3, 0, 0)
+    store = recovering.store()
+    for name in names:
+        attempts = read_attempts(store, run_id, name, "upscale")
+        assert (attempts.errors, attempts.deaths) == (0, 0), attempts

@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import png_bytes
 from tests.fixtures import write_images
 from tests.fixtures_cluster import RECOVERY_STALL_S, RECOVERY_SWEEP_S, SIMULATED, Cluster, wait_until
+from tests.simulated.sitecustomize import STALL_MARK
 from tests.test_faults import assert_complete_and_identical, count, start_run
 from workers.run.attempts import read_attempts
 from workers.run.keys import RunKeys
@@ -56,11 +57,11 @@ def test_gpu_worker_killed_mid_batch_completes_within_two_sweeps_not_a_visibilit
     folder = tmp_path / "in"
     write_images(folder, 8, width=96, height=64)
     recovering.start("cpu", concurrency=2)
-    gpu = recovering.start("gpu")
+    gpu = recovering.start("gpu", **with_faults("stall-forward:1"))  # one pass, then the next hangs until the kill
     run_id = start_run(recovering, folder, tmp_path)
     redis = recovering.redis_client()
-    wait_until(lambda: count(recovering, run_id, "rows") >= 1 and redis.hlen("unacked") >= 1, 120,
-               "the GPU worker to hold messages mid-run")
+    wait_until(lambda: STALL_MARK in gpu.log.read_text(errors="replace") and count(recovering, run_id, "rows") >= 1
+               and redis.hlen("unacked") >= 1, 120, "the GPU worker to hold messages mid-run")
     gpu.kill()
     killed = time.monotonic()
     assert count(recovering, run_id, "rows") < 8

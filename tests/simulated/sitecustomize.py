@@ -19,6 +19,11 @@ needs hardware or a failure mode no local server has:
 * ``raise-once:aggregate``: the first aggregation in each worker process raises.
 * ``raise-in:train``: every training chunk raises before it trains.
 * ``lose-train-next-once``: the first publish of a training job's next chunk fails as in an outage.
+* ``device-lost``: the first forward pass of the process meets a broken CUDA context (an illegal
+  memory access, an Xid): what no CPU can produce.
+* ``stall-forward[:<n>]``: not a fault: after ``n`` (default 0) forward passes of the upscaler,
+  every pass hangs (logging STALL_MARK), so a test kills the worker inside one for certain, whatever
+  the machine's speed.
 * ``hold-until:<path>``: not a fault: the worker waits, started and loaded, before it consumes its
   first message, until ``<path>`` exists (a test moves it into a memory group meanwhile).
 """
@@ -51,6 +56,23 @@ def _oom_flat(_: str) -> None:
         flat = (x.flatten(1).amax(1) == x.flatten(1).amin(1)).any()
         if flat:
             raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return real(self, x)
+
+    Upscaler._model_forward = forward
+
+
+def _device_lost(_: str) -> None:
+    import torch
+
+    from workers.ops.upscale import Upscaler
+
+    real = Upscaler._model_forward
+    lost: list[bool] = []
+
+    def forward(self: Upscaler, x: torch.Tensor) -> torch.Tensor:
+        if not lost:
+            lost.append(True)  # the message torch raises; the upscaler must recognise it as sticky
+            raise RuntimeError("simulated: CUDA error: an illegal memory access was encountered")
         return real(self, x)
 
     Upscaler._model_forward = forward
@@ -173,10 +195,30 @@ def _hold_until(path: str) -> None:
             time.sleep(0.05)
 
 
-HOLD_MARK = "simulated hold-until"
+def _stall_forward(after: str) -> None:
+    import logging
+    import time
 
-PATCHES = {"oom-flat": _oom_flat, "storage-down": _storage_down, "lose-aggregate-once": _lose_aggregate_once,
-           "die-on": _die_on, "raise-on": _raise_on, "raise-once": _raise_once, "raise-in": _raise_in_train,
+    from workers.ops.upscale import Upscaler
+
+    real, passes = Upscaler._model_forward, []
+
+    def forward(self: Upscaler, x: object) -> object:
+        if len(passes) < int(after or 0):
+            passes.append(True)
+            return real(self, x)
+        logging.getLogger("simulated").warning("%s: %s", STALL_MARK, tuple(x.shape))
+        while True:
+            time.sleep(1)
+
+    Upscaler._model_forward = forward
+
+
+HOLD_MARK = "simulated hold-until"
+STALL_MARK = "simulated stall in a forward pass"
+
+PATCHES = {"oom-flat": _oom_flat, "device-lost": _device_lost, "stall-forward": _stall_forward,
+           "storage-down": _storage_down, "lose-aggregate-once": _lose_aggregate_once, "die-on": _die_on, "raise-on": _raise_on, "raise-once": _raise_once, "raise-in": _raise_in_train,
            "lose-train-next-once": _lose_train_next_once, "hold-until": _hold_until}
 
 if SIMULATE:

@@ -10,6 +10,8 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -22,7 +24,7 @@ from celery.exceptions import Reject, Retry
 from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
 
-from workers.errors import ConfigError, RunNotFoundError, TransientError
+from workers.errors import ConfigError, DeviceLostError, RunNotFoundError, TransientError
 from workers.report import report_stage
 from workers.run.aggregate import aggregate_stage
 from workers.run.attempts import WORKER_DEATHS, Attempts, describe_error
@@ -260,14 +262,36 @@ def upscale(requests: list[SimpleRequest]) -> None:
                 events.failed([request], exc)
                 continue
             by_run[run_id].append((request, name))
-        for run_id, items in by_run.items():
+        runs = list(by_run.items())
+        for index, (run_id, items) in enumerate(runs):
             try:
                 _upscale_run(run_id, items, events)
+            except DeviceLostError as exc:
+                hand_back_and_leave([(r, n, rid) for rid, later in runs[index:] for r, n in later], exc, events)
+                return
             except Exception as exc:  # noqa: BLE001 - see the docstring: reschedule, never drop
                 logger.exception("run %s: upscale batch failed; rescheduling %d images", run_id, len(items))
                 for request, name in items:
                     _reschedule(request, run_id, name, exc, len(items))
                 events.failed([request for request, _ in items], exc)
+
+
+def hand_back_and_leave(items: list[tuple[SimpleRequest, str, str]], error: DeviceLostError, events: _TaskEvents
+                        ) -> None:
+    """The device's CUDA context is broken: every image of the batch goes back to the queue as it
+    came (neither an error of the image nor a retry of it), and this worker shuts down warm so that
+    its pod or container is replaced by one with a working device. Images already finished in this
+    batch are skipped on their next delivery."""
+    logger.critical("the device is lost (%s): handing %d images back and shutting this worker down", error, len(items))
+    for request, name, run_id in items:
+        _release(run_id, name)
+        retries = int((request.request_dict or {}).get("retries") or 0)
+        try:
+            upscale.apply_async((run_id, name), task_id=request.id, retries=retries, ignore_result=True)
+        except Exception:  # noqa: BLE001 - the sweep sends it again when the run stalls
+            logger.exception("run %s: could not hand %s back; the sweep will", run_id, name)
+    events.failed([request for request, _, _ in items], error)
+    os.kill(os.getpid(), signal.SIGTERM)  # warm shutdown: this batch returns first, then the process exits
 
 
 def image_arguments(args: Any, kwargs: Any) -> tuple[str, str]:
@@ -336,7 +360,7 @@ def _upscale_group(run_id: str, group: list[Claimed], requests: dict[str, list[S
     mark(list(holds))
     started = time.perf_counter()
     try:
-        outcomes = upscale_stage(stage_context(), run_id, list(holds), mark)
+        outcomes = upscale_stage(stage_context(), run_id, list(holds), on_pass=mark)
     except RunNotFoundError as exc:  # the run was deleted: nothing to do for these messages
         mine.release(run_id, list(holds))
         events.failed([r for name in holds for r in requests[name]], exc)
