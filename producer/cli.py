@@ -208,8 +208,11 @@ def status(run_id: str, settings: Settings) -> None:
         click.echo(f"  cancelled {datetime.fromtimestamp(cancelled, UTC):%Y-%m-%d %H:%M:%S UTC}; "
                    "`producer enqueue --resume-cancelled` resumes it")
     if waiting:
-        click.echo(f"  queued or in progress: {counts[ImageState.PENDING]} at the CPU stage, "
-                   f"{counts[ImageState.DENOISED]} at the GPU stage")
+        if manifest.pipeline.first_stage == "denoise":
+            click.echo(f"  queued or in progress: {counts[ImageState.PENDING]} at the CPU stage, "
+                       f"{counts[ImageState.DENOISED]} at the GPU stage")
+        else:
+            click.echo(f"  queued or in progress: {waiting} at the GPU stage (this pipeline has no CPU stage)")
         progress = RunProgress.read(storage, run_id)
         for attempts in stored_attempts(storage, run_id):
             if progress.state(attempts.name) in (ImageState.PENDING, ImageState.DENOISED):

@@ -64,7 +64,7 @@ def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -
         bar.set_postfix(failed=failed)
 
     # With denoising fused into the GPU stage there is no CPU stage: everything goes to the upscaler.
-    fused = plan.manifest.pipeline.denoise_on == "gpu"
+    fused = plan.manifest.pipeline.first_stage == "upscale"
     ready = list(plan.to_denoise + plan.to_upscale) if fused else list(plan.to_upscale)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="denoise")
     retries = RetryLater(ctx, run_id)  # one image's transient error ends failed after its retries; the run goes on

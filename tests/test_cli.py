@@ -59,7 +59,7 @@ def test_hostile_folder_every_file_gets_a_result_and_the_rest_complete(tmp_path,
 
     status = producer("status", run.name, env=env, cwd=tmp_path)
     assert "4 rows, 6 failed" in status.stdout
-    assert "(denoise) test_00006_empty.png: empty file" in status.stdout
+    assert "(upscale) test_00006_empty.png: empty file" in status.stdout  # the default pipeline starts there
 
 
 def test_a_fixed_file_is_redone_and_retry_failed_reprocesses_unchanged_ones(tmp_path, env):

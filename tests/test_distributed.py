@@ -45,18 +45,23 @@ def test_distributed_submission_is_identical_to_embedded(cluster, tmp_path):
     assert s3.get(keys.submission).decode() == out.read_text()
 
 
-def test_messages_carry_ids_not_pixels(cluster, tmp_path):
+@pytest.mark.parametrize(("preset", "queue", "task"), [
+    ((), "gpu", "workers.tasks.upscale"),  # the default (learned): nothing for the CPU to do
+    (("--preset", "standard"), "cpu", "workers.tasks.denoise"),  # NL-means first
+])
+def test_messages_carry_ids_not_pixels_to_the_pipelines_first_stage(cluster, tmp_path, preset, queue, task):
     """No worker running: look at the queued messages themselves."""
     write_images(tmp_path / "in", 3, width=64, height=48)
-    result = cluster.producer("enqueue", str(tmp_path / "in"), "--no-wait", cwd=tmp_path)
+    result = cluster.producer("enqueue", str(tmp_path / "in"), "--no-wait", *preset, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    messages = cluster.redis_client().lrange("cpu", 0, -1)
-    assert len(messages) == 3
+    redis = cluster.redis_client()
+    messages = redis.lrange(queue, 0, -1)
+    assert len(messages) == 3 and redis.llen("gpu" if queue == "cpu" else "cpu") == 0
     for raw in messages:
         message = json.loads(raw)
         assert message["content-type"] == "application/json"
         assert len(raw) < 4096  # a 64x48 PNG alone would be larger than the whole message
-        assert message["headers"]["task"] == "workers.tasks.denoise"
+        assert message["headers"]["task"] == task
 
 
 def test_gpu_worker_killed_mid_run_another_finishes_it_exactly_once(cluster, tmp_path):
@@ -94,9 +99,11 @@ def test_the_same_task_delivered_twice_changes_nothing(cluster, tmp_path):
     name = "test_00001.png"
     client = cluster.s3.client()
 
+    # the default pipeline has no CPU stage: a stray denoise message must not write denoised/ either
+    tracked = [keys.denoised(name), keys.sr(name), keys.row(name), keys.submission, keys.summary]
+
     def snapshot() -> dict[str, tuple[bytes, object]]:
-        tracked = [keys.denoised(name), keys.sr(name), keys.row(name), keys.submission, keys.summary]
-        return {k: (s3.get(k), client.stat_object(cluster.bucket, k).last_modified) for k in tracked}
+        return {k: (s3.get(k), client.stat_object(cluster.bucket, k).last_modified) for k in tracked if s3.exists(k)}
 
     before = snapshot()
     app = create_app(Settings.from_env(cluster.env))

@@ -230,3 +230,29 @@ def test_begin_upscale_returns_while_the_last_outputs_are_still_stored(ctx, tmp_
     assert pending.computed == names and not ctx.storage.exists(RunKeys("r1").row(names[0]))
     release.set()
     assert [o.status for o in pending.outcomes()] == ["done", "done"]
+
+
+def test_a_pipeline_with_nothing_for_the_cpu_starts_at_the_gpu_stage_with_identical_outputs(ctx, tmp_path):
+    """The queue plan for a pipeline without a denoiser or a tone curve (the learned preset's): the GPU
+    stage reads the input itself. Against the old plan (the CPU stage's decode and PNG round trip
+    first): the same 4x images, rows and submission, byte for byte, and one stored object fewer."""
+    no_cpu_work = PipelineSpec(denoise=DenoiseSpec(method="none"))
+    assert no_cpu_work.first_stage == "upscale" and PipelineSpec().first_stage == "denoise"
+    folder = tmp_path / "in"
+    names = write_images(folder, 3) + ["broken.png"]
+    (folder / "broken.png").write_bytes(b"not an image")
+    make_run(ctx.storage, folder, names, run_id="old", pipeline=no_cpu_work)
+    make_run(ctx.storage, folder, names, run_id="new", pipeline=no_cpu_work)
+    for name in names:
+        denoise_stage(ctx, "old", name)
+    upscale_stage(ctx, "old", names)
+    direct = upscale_stage(ctx, "new", names)
+    assert [o.status for o in direct] == ["done", "done", "done", "failed"]
+    old, new = RunKeys("old"), RunKeys("new")
+    for name in names[:3]:
+        assert ctx.storage.get(new.sr(name)) == ctx.storage.get(old.sr(name))
+        assert ctx.storage.get(new.row(name)) == ctx.storage.get(old.row(name))
+        assert ctx.storage.exists(old.denoised(name)) and not ctx.storage.exists(new.denoised(name))
+    aggregate_stage(ctx, "old")
+    aggregate_stage(ctx, "new")
+    assert ctx.storage.get(new.submission) == ctx.storage.get(old.submission)

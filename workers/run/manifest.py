@@ -64,6 +64,19 @@ class PipelineSpec:
             raise ConfigError(f"upscaler {self.upscaler!r} and checkpoint {self.checkpoint!r}: only 'learned' runs "
                               "the run's own checkpoint, and it needs both its key and its sha256")
 
+    @property
+    def has_cpu_work(self) -> bool:
+        """Whether the CPU stage changes the pixels (a denoiser or a tone curve): without either it
+        would only decode the input and store it again as PNG."""
+        return self.denoise.method != "none" or bool(self.tone)
+
+    @property
+    def first_stage(self) -> Literal["denoise", "upscale"]:
+        """Where a new image goes first: the GPU stage when denoising is fused into it, or when the CPU
+        stage has nothing to do (it reads the input itself then: one task, one encode and decode and
+        one stored object fewer per image, the same pixels). The plan, the sweep and ``status`` use it."""
+        return "upscale" if self.denoise_on == "gpu" or not self.has_cpu_work else "denoise"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -373,7 +373,7 @@ def _submit_stores(ctx: StageContext, manifest: RunManifest, batch: list[_Loaded
 def _load_for_upscale(ctx: StageContext, manifest: RunManifest, name: str) -> _Loaded:
     """The CPU stage's denoised image when it exists; otherwise the input, to denoise on the device
     (the GPU placement, or a run whose placement changed while this worker held its manifest)."""
-    if manifest.pipeline.denoise_on == "cpu":
+    if manifest.pipeline.first_stage == "denoise":
         try:
             return _Loaded(name, decode_png(ctx.storage.get(RunKeys(manifest.run_id).denoised(name))), None)
         except ObjectNotFoundError:

@@ -20,8 +20,8 @@ def send_plan(app: Celery, plan: RunPlan, aggregate: bool = False) -> int:
         kombu.exceptions.OperationalError: the broker stayed unreachable for the whole publish budget.
     """
     run_id = plan.run_id
-    # With denoising fused into the GPU stage, new images skip the CPU queue altogether.
-    first_task = UPSCALE if plan.manifest.pipeline.denoise_on == "gpu" else DENOISE
+    # With denoising fused into the GPU stage, or nothing for the CPU to do, new images skip the CPU queue.
+    first_task = UPSCALE if plan.manifest.pipeline.first_stage == "upscale" else DENOISE
     with app.producer_or_acquire() as producer:
         for name in plan.to_denoise:
             app.send_task(first_task, (run_id, name), producer=producer, ignore_result=True)
