@@ -201,3 +201,20 @@ def test_a_summary_of_an_earlier_listing_is_not_reported_as_this_runs_outcome(cl
     assert again.returncode == 0, again.stdout + again.stderr
     assert "1 rows written, 0 failed, 0 pending" in again.stdout
     assert "1 rows, 0 failed" in cluster.producer("status", run_id, cwd=tmp_path).stdout
+
+
+def test_retries_waiting_for_their_eta_do_not_hold_the_gpu_workers_prefetch_slots(cluster, tmp_path):
+    """Two images rescheduled a minute ahead fill a GPU worker's prefetch (one batch of 2); a third,
+    ready now, must still be delivered and upscaled long before their ETA."""
+    names = write_images(tmp_path / "in", 3)
+    run_id = run_id_from(cluster.producer("enqueue", str(tmp_path / "in"), "--no-wait", cwd=tmp_path).stdout)
+    redis = cluster.redis_client()
+    redis.delete("gpu")  # replaced below: two retries with a countdown first, then a fresh message
+    app = create_app(Settings.from_env(cluster.env))
+    for name in names[:2]:
+        app.send_task("workers.tasks.upscale", (run_id, name), countdown=90, retries=1)
+    app.send_task("workers.tasks.upscale", (run_id, names[2]))
+    cluster.start("gpu", GPU_BATCH_SIZE="2", GPU_BATCH_WAIT_S="0.5")
+    s3, keys = cluster.store(), RunKeys(run_id)
+    wait_until(lambda: s3.exists(keys.row(names[2])), 45, "the image without an ETA to be upscaled")
+    assert not s3.exists(keys.row(names[0])) and not s3.exists(keys.row(names[1]))

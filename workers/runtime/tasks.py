@@ -223,12 +223,18 @@ class ReconnectSafeBatches(Batches):
     redelivery could take a whole visibility timeout. Their acknowledgement goes to the dead
     channel and is lost, as for any acks_late task that runs across a reconnect, so the broker
     delivers them once more after the visibility timeout, and the stages skip the finished work.
+
+    Messages with an ETA (retries sent with a countdown) wait in celery-batches' buffer, where they
+    held prefetch slots until their ETA: a few rescheduled images stalled the worker's intake for
+    up to BACKOFF_MAX_S. Celery's own strategy raises the prefetch count for each message it holds
+    for an ETA and lowers it when the message runs; this does the same.
     """
 
     abstract = True
 
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 - celery's name
         handler = super().Strategy(task, app, consumer)
+        self._qos = consumer.qos
         if self._tref is not None:
             self._tref.cancel()
             self._tref = None
@@ -237,7 +243,19 @@ class ReconnectSafeBatches(Batches):
             self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
             logger.warning("broker connection restarted: flushing %d buffered %s messages on a new timer",
                            buffered, self.name)
-        return handler
+
+        def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
+            if (message.headers or {}).get("eta"):
+                consumer.qos.increment_eventually()
+            handler(message, body, ack, reject, callbacks, **kw)
+
+        return handle
+
+    def flush(self, requests: list[Any]) -> Any:
+        held_for_eta = sum(1 for request in requests if request.eta)
+        if held_for_eta and getattr(self, "_qos", None) is not None:
+            self._qos.decrement_eventually(held_for_eta)
+        return super().flush(requests)
 
 
 @app.task(name=UPSCALE, base=ReconnectSafeBatches, flush_every=SETTINGS.gpu_batch_size, flush_interval=SETTINGS.gpu_batch_wait_s)
