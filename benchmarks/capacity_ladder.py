@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=Path.home() / ".cache" / "lowlight-sr" / "photo-corpus")
     parser.add_argument("--minutes", type=float, default=25.0, help="wall time of each candidate")
     parser.add_argument("--candidates", default="compact-64x16,rrdb-6,span-48,compact-32x16")
-    parser.add_argument("--parallel", type=int, default=2, help="candidates at once, each pinned to one core")
+    parser.add_argument("--parallel", type=int, default=2, help="candidates at once, pinned round-robin to the cores (4 on 2 cores: two per core, all in the same window)")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "ladder")
     parser.add_argument("--dataset", type=Path, default=REPO / "dataset")
     parser.add_argument("--batch", type=int, default=16)
@@ -131,8 +131,10 @@ def main() -> None:
         pending = list(chosen)
         while pending:
             batch, pending = pending[: args.parallel], pending[args.parallel :]
-            running = [train(c, make_start(c, args.out), args.corpus, args.minutes, args.out, core, args)
-                       for core, c in enumerate(batch)]
+            cores = sorted(os.sched_getaffinity(0))
+            # more candidates than cores share them in pairs: each still gets what every other gets
+            running = [train(c, make_start(c, args.out), args.corpus, args.minutes, args.out, cores[i % len(cores)], args)
+                       for i, c in enumerate(batch)]
             for process in running:
                 process.wait()
     rows = [score(c, args.out, args.dataset) for c in chosen]
