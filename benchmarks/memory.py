@@ -1,13 +1,14 @@
 """Peak memory: of the GPU stage by input size, and of the report by the number of images in a run.
 
 **Stage.** For each ``--megapixels`` size, two synthetic 4:3 images of that size go through one
-``upscale_stage`` call (the GPU task's stage function: decode the denoised PNGs, upscale, submission
+``upscale_stage`` call (the GPU task's stage function: decode the input PNGs, upscale, submission
 rows, PNG encode and store, the next image's upscale overlapping the last one's storing where the
 batch limits allow) in a fresh subprocess, so one size's allocations never flatter the next. The
 subprocess loads the upscaler and upscales a tiny warm-up image first; what is reported is its peak
 RSS over the RSS it had just before (Linux ``VmHWM``, reset with ``/proc/self/clear_refs``), next to
-the size of one 4x output as an uncompressed array. The denoised PNGs are written by this script,
-as the CPU stage would have left them: the GPU stage's memory does not depend on the denoiser.
+the size of one 4x output as an uncompressed array. The pipeline has no denoiser, so the GPU stage
+reads the inputs itself, as it does for the default preset: its memory does not depend on the
+denoiser.
 
 ``--upscaler bicubic`` is the ``quality`` preset's upscaler (no model, minutes for 1-16 MP on two
 cores); ``--upscaler compact`` runs ``realesr-animevideov3`` (SRVGG, ``--weights``), tiled above
@@ -149,20 +150,21 @@ def size_for(megapixels: float) -> tuple[int, int]:
 
 
 def write_stage_run(store: Path, megapixels: float, upscaler: str) -> list[str]:
-    """The two runs the child processes, a tiny warm-up and the measured one, with their denoised PNGs."""
+    """The two runs the child processes, a tiny warm-up and the measured one, each with its input PNGs."""
     from workers.io.imageio import encode_png
     from workers.io.storage import LocalStorage, storage_url_for
     from workers.ops.denoise import DenoiseSpec
-    from workers.run.keys import RunKeys
     from workers.run.manifest import PipelineSpec, RunManifest, save_manifest
 
     storage = LocalStorage(store)
     names = [f"test_{i:05d}.png" for i in range(1, IMAGES_PER_SIZE + 1)]
     pipeline = PipelineSpec(denoise=DenoiseSpec(method="none"), upscaler="bicubic" if upscaler == "bicubic" else "model")
     for run_id, (width, height) in ((WARM_UP, (16, 12)), (RUN, size_for(megapixels))):
-        save_manifest(storage, RunManifest(run_id, storage_url_for(store / "inputs"), tuple(names), pipeline, upscaler))
+        inputs = LocalStorage(store / "inputs" / run_id)
+        save_manifest(storage, RunManifest(run_id, storage_url_for(store / "inputs" / run_id), tuple(names), pipeline,
+                                           upscaler))
         for name, image in zip(names, common.synthetic_images(len(names), width, height), strict=True):
-            storage.put(RunKeys(run_id).denoised(name), encode_png(image))
+            inputs.put(name, encode_png(image))
     return names
 
 
