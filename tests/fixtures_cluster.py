@@ -124,4 +124,7 @@ def recovering(cluster: Cluster) -> Cluster:
     if compact.is_file():
         cluster.env["WEIGHTS"] = str(compact)
     cluster.env.update(STALL_AFTER_S=str(RECOVERY_STALL_S), SWEEP_INTERVAL_S=str(RECOVERY_SWEEP_S))
+    # NL-means and the compact model: both stages run, so deaths and bugs can hit either (the
+    # default, learned, has no CPU stage)
+    cluster.env["PRESET"] = "standard"
     return cluster

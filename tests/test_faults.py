@@ -36,6 +36,9 @@ def faults(cluster: Cluster) -> Cluster:
     # Sweeps (the workers' and a waiting producer's) every few seconds: a run Redis forgot is rebuilt
     # soon. STALL_AFTER_S stays long: nothing here waits for a stall.
     cluster.env["SWEEP_INTERVAL_S"] = "3"
+    # NL-means and the compact model: both stages run, so the faults hit CPU and GPU workers alike
+    # (the default, learned, has no CPU stage).
+    cluster.env["PRESET"] = "standard"
     return cluster
 
 
@@ -142,7 +145,7 @@ def test_producer_rides_out_redis_starting_late(faults, tmp_path):
             late.start()
             out, err = producer.communicate(timeout=120)
             assert producer.returncode == 0, head + out + err
-        assert late.client().llen("gpu") == 3  # the default pipeline starts at the GPU stage
+        assert late.client().llen("cpu") == 3
     finally:
         late.stop()
 
@@ -235,12 +238,12 @@ def test_cancel_drops_queued_work_and_resume_finishes(faults, tmp_path):
     write_images(folder, 12)
     run_id = start_run(faults, folder, tmp_path)  # no worker yet: every task is still queued
     redis = faults.redis_client()
-    assert redis.llen("gpu") == 12  # the default pipeline starts at the GPU stage
+    assert redis.llen("cpu") == 12
     cancelled = faults.producer("cancel", run_id, cwd=tmp_path)
     assert cancelled.returncode == 0, cancelled.stderr
     worker = faults.start("cpu", concurrency=1)
     faults.start("gpu")
-    wait_until(lambda: redis.llen("gpu") == 0 and not redis.hlen("unacked"), 120, "queued tasks to be dropped")
+    wait_until(lambda: redis.llen("cpu") == 0 and not redis.hlen("unacked"), 120, "queued tasks to be dropped")
     assert count(faults, run_id, "denoised") == 0 and count(faults, run_id, "rows") == 0
     ping = subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "inspect", "ping", "-t", "10", "-d", worker.name],
                           env=faults.env, cwd=REPO, capture_output=True, text=True, timeout=60)

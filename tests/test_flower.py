@@ -195,7 +195,8 @@ def flower_run(redis_server: RedisServer, s3_server: S3Server,
         wait_for(lambda: all(f'flower_worker_online{{worker="{w.name}"}} 1.0' in flower.metrics()
                              for w in cluster.workers), 60, "Flower to receive both workers' heartbeats")
         names = write_images(work / "in", IMAGES)
-        result = cluster.producer("enqueue", str(work / "in"), cwd=work)
+        # NL-means first (the default, learned, has no CPU stage): Flower must show both stages' tasks
+        result = cluster.producer("enqueue", str(work / "in"), "--preset", "standard", cwd=work)
         assert result.returncode == 0, result.stdout + result.stderr
         run_id = run_id_from(result.stdout)
 

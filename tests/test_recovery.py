@@ -226,7 +226,7 @@ def test_status_shows_progress_stall_and_what_the_sweep_did(recovering, tmp_path
     run_id = start_run(recovering, folder, tmp_path)  # no worker yet: nothing moves
     time.sleep(STALL_S + 1)
     status = recovering.producer("status", run_id, cwd=tmp_path)
-    assert "queued or in progress: 2 at the GPU stage (this pipeline has no CPU stage)" in status.stdout
+    assert "queued or in progress: 2 at the CPU stage, 0 at the GPU stage" in status.stdout
     assert "stalled" in status.stdout, status.stdout
     recovering.start("cpu")  # its sweeper finds the stalled run's messages queued: nothing to send again
     wait_until(lambda: "recovery:" in recovering.producer("status", run_id, cwd=tmp_path).stdout, 60,
