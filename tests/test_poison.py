@@ -57,7 +57,9 @@ def start_limited(cluster: Cluster, queue: str, limit: MemoryLimit, concurrency:
                f"{worker.name} to load")
     limit.add(worker.pid)
     gate.touch()
-    return worker.wait_ready()
+    # Loaded already (the hold comes after start-up): from here it may die at once, killed for its
+    # first message, before anyone reads "ready" in its log; the callers restart what died.
+    return worker
 
 
 def test_a_photo_the_kernel_kills_its_gpu_worker_for_fails_after_three_deaths_and_its_batch_mates_finish(
@@ -189,7 +191,8 @@ def test_a_crash_in_a_shared_forward_pass_isolates_the_batch_and_fails_only_the_
     folder = tmp_path / "in"
     names = write_images(folder, 4)
     culprit = names[1]
-    recovering.env.update(GPU_BATCH_WAIT_S="2", MAX_WORKER_DEATHS="2")  # the four messages make one batch
+    # the four messages make one batch and one forward pass (on a CPU a pass holds 1 image by default)
+    recovering.env.update(GPU_BATCH_WAIT_S="2", MAX_WORKER_DEATHS="2", CPU_BATCH_SIZE="4")
     gpu_env = {"SIMULATE": f"die-on:{culprit}", "PYTHONPATH": SIMULATED}
     recovering.start("cpu")
     run_id = start_run(recovering, folder, tmp_path, "--denoise-on", "gpu")  # all four wait at the GPU queue
