@@ -60,8 +60,8 @@ def test_a_trained_dataset_runs_learned_by_default_and_the_report_shows_the_trai
     run_id = run_id_from(result.stdout)
     store = LocalStorage(tmp_path / "store")
     pipeline = load_manifest(store, run_id).pipeline
-    assert pipeline.upscaler == "learned" and pipeline.checkpoint == f"models/{pipeline.checkpoint_sha256}.safetensors"
-    assert store.exists(pipeline.checkpoint) and store.exists(f"models/{pipeline.checkpoint_sha256}.json")
+    assert pipeline.upscaler == "learned" and pipeline.checkpoint == f"checkpoints/{pipeline.checkpoint_sha256}.safetensors"
+    assert store.exists(pipeline.checkpoint) and store.exists(f"checkpoints/{pipeline.checkpoint_sha256}.json")
     report = store.get(RunKeys(run_id).report).decode()
     assert "Trained model" in report and "held-back PSNR" in report and "30.50 dB at step 20" in report
     standard = run_producer("enqueue", str(trained_dataset), "--preset", "standard", env=env_for(tmp_path), cwd=tmp_path)

@@ -23,7 +23,9 @@ from workers.training.artifacts import TRAINED_FILE, TrainingOutput, default_out
 from workers.training.calibrate import Calibration, default_location, load_calibration
 
 DEFAULT_PRESET = "learned"
-MODELS_PREFIX = "models"  # run store: models/<sha256>.safetensors, shared by every run that uses it
+# run store: checkpoints/<sha256>.safetensors, shared by every run that uses it (not "models/": with the
+# default STORAGE_URL "." the store is the repository, whose models/ holds the shipped models)
+MODELS_PREFIX = "checkpoints"
 
 
 @dataclass(frozen=True)
