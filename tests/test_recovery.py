@@ -128,8 +128,12 @@ def test_an_image_out_of_memory_even_tiled_fails_alone_simulated_oom(recovering,
     names = write_images(folder, 3)
     (folder / "test_00009_flat.png").write_bytes(png_bytes(np.full((24, 32, 3), 40, np.uint8)))
     recovering.start("cpu", concurrency=2)
-    # CPU_BATCH_SIZE: the GPU-queue worker runs on this CPU, where batches are 1 by default; the scenario needs 4.
-    gpu = recovering.start("gpu", TASK_MAX_RETRIES="1", CPU_BATCH_SIZE="4", **with_faults("oom-flat"))
+    # CPU_BATCH_SIZE: the GPU-queue worker runs on this CPU, where batches are 1 by default; the scenario
+    # needs 4. The learned preset has no CPU stage: the four messages are queued at once, not as NL-means
+    # finishes each, and GPU_BATCH_WAIT_S gives a loaded machine time to deliver all four to one batch.
+    recovering.env["PRESET"] = "learned"
+    gpu = recovering.start("gpu", TASK_MAX_RETRIES="1", CPU_BATCH_SIZE="4", GPU_BATCH_WAIT_S="2",
+                           **with_faults("oom-flat"))
     run_id = start_run(recovering, folder, tmp_path)
     summary = wait_for_summary(recovering, run_id, 120)
     assert (summary["written"], summary["failed"]) == (3, 1)
