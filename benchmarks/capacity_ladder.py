@@ -28,9 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import REPO, conv_macs_per_pixel, log, machine_table  # noqa: E402
-
-WEIGHTS = REPO.parent / "shared" / "weights"
+from benchmarks.common import DEFAULT_WEIGHTS_DIR, REPO, conv_macs_per_pixel, log, machine_table  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ CANDIDATES = {
 def make_start(candidate: Candidate, folder: Path) -> Path:
     kind, _, what = candidate.start.partition(":")
     if kind == "file":
-        return WEIGHTS / what
+        return DEFAULT_WEIGHTS_DIR / what
     import torch
 
     torch.manual_seed(0)

@@ -473,16 +473,15 @@ def evaluate(dataset: str, presets: tuple[str, ...], calibration: str | None, ru
     ctx = StageContext(settings)
     scores = []
     own_model = (Path(dataset) / TRAINED_FILE).is_file()
-    variants: list[tuple[str, bool, bool]] = []  # (preset, tta, the dataset's own model)
+    variants: list[tuple[str, str, bool, bool]] = []  # (label, preset, tta, the dataset's own model)
     for preset in presets or list(PRESETS):
         if preset != "learned":
-            variants.append((preset, False, False))
+            variants.append((preset, preset, False, False))
             continue
         for own in (False, True) if own_model else (False,):
-            variants += [(preset, False, own), (preset, True, own)]
-    for preset, tta, own in variants:
-        label = preset + {(True, True): " (fine-tuned)", (True, False): " (shipped)"}.get((preset == "learned", own), "")
-        label += " + tta" if tta else ""
+            model = "learned (fine-tuned)" if own else "learned (shipped)"
+            variants += [(model, preset, False, own), (f"{model} + tta", preset, True, own)]
+    for label, preset, tta, own in variants:
         choice = PipelineChoice(preset, DenoiseSpec(), calibration if preset in TAKES_CALIBRATION else None, tta=tta,
                                 dataset_model=own)
         try:

@@ -239,7 +239,7 @@ def begin_upscale(ctx: StageContext, run_id: str, names: Sequence[str], schedule
     manifest = ctx.manifest(run_id)
     schedule = schedule or GpuSchedule.for_device(upscaler_device(ctx, manifest.pipeline))
     unique = list(dict.fromkeys(names))  # de-duplicate, keep order
-    work = _GpuWork(ctx, manifest, schedule, on_cpu=not schedule.overlap, on_pass=on_pass)
+    work = _GpuWork(ctx, manifest, schedule, on_pass)
     groups: dict[tuple[int, int], list[_Loaded]] = defaultdict(list)
     for name, prepared in zip(unique, _prepared(ctx, manifest, unique, schedule), strict=True):
         if isinstance(prepared, Outcome):
@@ -293,15 +293,16 @@ class _GpuWork:
     exist, and only one where an image alone is above GPU_BATCH_PIXELS or the stages take turns.
     """
 
-    def __init__(self, ctx: StageContext, manifest: RunManifest, schedule: GpuSchedule, on_cpu: bool,
+    def __init__(self, ctx: StageContext, manifest: RunManifest, schedule: GpuSchedule,
                  on_pass: OnPass | None = None) -> None:
-        self.ctx, self.manifest, self.schedule, self.on_cpu, self.on_pass = ctx, manifest, schedule, on_cpu, on_pass
+        self.ctx, self.manifest, self.schedule, self.on_pass = ctx, manifest, schedule, on_pass
         self.outcomes: dict[str, Outcome] = {}
         self.stores: dict[str, Future[Outcome]] = {}
         self.side_writes: list[Future[None]] = []
 
     def batch_size(self, shape: tuple[int, int]) -> int:
-        return batch_size(self.ctx.settings, shape[0] * shape[1], self.on_cpu)
+        # taking turns is the CPU's arrangement (GpuSchedule.for_device), and so is its batch size
+        return batch_size(self.ctx.settings, shape[0] * shape[1], on_cpu=not self.schedule.overlap)
 
     def run(self, batch: list[_Loaded]) -> None:
         height, width = batch[0].image.shape[:2]

@@ -303,13 +303,17 @@ def hand_back_and_leave(items: list[tuple[SimpleRequest, str, str]], error: Devi
     logger.critical("the device is lost (%s): handing %d images back and shutting this worker down", error, len(items))
     for request, name, run_id in items:
         _release(run_id, name)
-        retries = int((request.request_dict or {}).get("retries") or 0)
         try:
-            upscale.apply_async((run_id, name), task_id=request.id, retries=retries, ignore_result=True)
+            upscale.apply_async((run_id, name), task_id=request.id, retries=retries_of(request), ignore_result=True)
         except Exception:  # noqa: BLE001 - the sweep sends it again when the run stalls
             logger.exception("run %s: could not hand %s back; the sweep will", run_id, name)
     events.failed([request for request, _, _ in items], error)
     os.kill(os.getpid(), signal.SIGTERM)  # warm shutdown: this batch returns first, then the process exits
+
+
+def retries_of(request: SimpleRequest) -> int:
+    """How many times this message's image was rescheduled before (its ``retries`` field)."""
+    return int((request.request_dict or {}).get("retries") or 0)
 
 
 def image_arguments(args: Any, kwargs: Any) -> tuple[str, str]:
@@ -416,7 +420,7 @@ def _reschedule(request: SimpleRequest, run_id: str, name: str, error: BaseExcep
     Never raises: a publish that fails even after its budget, or a Redis outage while giving up,
     is logged and leaves the image to the recovery sweep, so the other images of the batch go on.
     """
-    retries = int((request.request_dict or {}).get("retries") or 0)
+    retries = retries_of(request)
     token = claims().me.token
     try:
         if isinstance(error, TRANSIENT):
