@@ -231,10 +231,13 @@ class ReconnectSafeBatches(Batches):
     """
 
     abstract = True
+    # The consumer whose prefetch count ETA messages raise. Its QoS is read when a message comes or a
+    # batch runs: Celery builds the strategies before it creates the QoS.
+    _consumer: Any = None
 
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 - celery's name
         handler = super().Strategy(task, app, consumer)
-        self._qos = consumer.qos
+        self._consumer = consumer
         if self._tref is not None:
             self._tref.cancel()
             self._tref = None
@@ -253,8 +256,9 @@ class ReconnectSafeBatches(Batches):
 
     def flush(self, requests: list[Any]) -> Any:
         held_for_eta = sum(1 for request in requests if request.eta)
-        if held_for_eta and getattr(self, "_qos", None) is not None:
-            self._qos.decrement_eventually(held_for_eta)
+        qos = getattr(self._consumer, "qos", None)
+        if held_for_eta and qos is not None:
+            qos.decrement_eventually(held_for_eta)
         return super().flush(requests)
 
 
