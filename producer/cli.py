@@ -63,6 +63,9 @@ def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+_DENOISE_OPTIONS = ("denoise_method", "nlm_h", "nlm_h_color", "nlm_template", "nlm_search")
+
+
 def _pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
     defaults = DenoiseSpec()
     options = [
@@ -105,12 +108,15 @@ def _pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
         preset = kwargs.pop("preset")
         if kwargs.pop("seed_compat"):
             preset = "seed"
+        context = click.get_current_context()
         # --weights on the command line names the model `learned` runs; WEIGHTS in the environment
         # stays the workers' Real-ESRGAN checkpoint.
-        source = click.get_current_context().get_parameter_source("weights")
+        source = context.get_parameter_source("weights")
         checkpoint = kwargs.get("weights") if source is click.core.ParameterSource.COMMANDLINE else None
+        given = {click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT}
+        denoise_given = any(context.get_parameter_source(name) in given for name in _DENOISE_OPTIONS)
         kwargs["choice"] = PipelineChoice(preset, spec, kwargs.pop("calibration"), kwargs.pop("denoise_on"),
-                                          kwargs.pop("tta"), checkpoint)
+                                          kwargs.pop("tta"), checkpoint, denoise_given=denoise_given)
         return command(**kwargs)
 
     return wrapper

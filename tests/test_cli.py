@@ -188,3 +188,15 @@ def test_inputs_sharing_a_submission_id_refuse_the_enqueue_naming_both(tmp_path,
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "'gt_00001.png' and 'test_00001.png' both have submission ID 'gt_00001'" in result.stderr
     assert not (tmp_path / "store" / "runs").exists()
+
+
+@pytest.mark.parametrize("how", ["flag", "variable"])
+def test_naming_nl_means_runs_it_even_at_the_default_strength(tmp_path, env, how):
+    """The default preset has no denoiser: `--denoise nlm` (or DENOISE=nlm) adds the seed's NL-means."""
+    write_images(tmp_path / "photos", 1)
+    args, extra = (["--denoise", "nlm"], {}) if how == "flag" else ([], {"DENOISE": "nlm"})
+    result = producer("enqueue", str(tmp_path / "photos"), *args, env={**env, **extra}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((run_dir(tmp_path) / "manifest.json").read_text())
+    assert manifest["pipeline"]["denoise"]["method"] == "nlm", manifest["pipeline"]
+    assert (run_dir(tmp_path) / "denoised" / "test_00001.png").is_file()

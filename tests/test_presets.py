@@ -87,3 +87,14 @@ def test_fields_added_later_leave_older_run_ids_alone():
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ConfigError, match=re.escape(str(sorted(PRESETS)))):
         build_pipeline("fast")
+
+
+def test_a_denoiser_the_user_names_runs_even_at_the_seeds_own_strength(curve):
+    checkpoint = Checkpoint("models/ab.safetensors", "ab" * 32)
+    named = build_pipeline("learned", PresetInputs(checkpoint=checkpoint, denoise_given=True))
+    assert named.denoise == DenoiseSpec()  # NL-means h=7, as `--denoise nlm` asks
+    assert build_pipeline("learned", PresetInputs(checkpoint=checkpoint)).denoise.method == "none"
+    calibrated = calibration(curve, 1.0, nlm_h=3.0)
+    assert build_pipeline("quality", PresetInputs(calibration=calibrated)).denoise.h == 3.0
+    assert build_pipeline("quality", PresetInputs(calibration=calibrated, denoise_given=True)).denoise == DenoiseSpec()
+    assert build_pipeline("seed", PresetInputs(denoise_given=True)).denoise == DenoiseSpec()  # the seed's own settings

@@ -39,11 +39,13 @@ class PresetInputs:
     calibration: Calibration | None = None
     checkpoint: Checkpoint | None = None
     tta: bool = False
+    denoise_given: bool = False  # the user named the denoiser or a strength (a flag or its variable)
 
     @property
     def denoise_chosen(self) -> bool:
-        """True when the user asked for a denoiser other than the seed's defaults."""
-        return self.denoise != DenoiseSpec()
+        """True when the user asked for a denoiser: named one (even the seed's own settings, which
+        ``learned`` would otherwise leave out and the calibrated presets replace), or changed a strength."""
+        return self.denoise_given or self.denoise != DenoiseSpec()
 
 
 Preset = Callable[[PresetInputs], PipelineSpec]
@@ -73,7 +75,7 @@ def _calibrated_denoise(inputs: PresetInputs, calibration: Calibration) -> Denoi
 def seed(inputs: PresetInputs) -> PipelineSpec:
     if inputs.calibration is not None:
         raise ConfigError("preset 'seed' reproduces the seed exactly and takes no tone curve or calibration")
-    if inputs.denoise_chosen:
+    if inputs.denoise != DenoiseSpec():
         raise ConfigError(
             "preset 'seed' reproduces the seed exactly: NL-means h=7, hColor=7, template 7, search 21; "
             "drop --denoise/--nlm-* (DENOISE, NLM_*) or use --preset standard"

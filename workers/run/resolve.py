@@ -39,6 +39,7 @@ class PipelineChoice:
     tta: bool = False
     checkpoint: str | None = None  # a trained model to run instead of DATASET/trained_x4.safetensors
     dataset_model: bool = True  # False: learned runs the shipped model even where the dataset has its own
+    denoise_given: bool = False  # the denoiser was named on the command line or in the environment
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ def resolve_pipeline(choice: PipelineChoice, dataset: str | None, storages: Stor
     if preset == "learned":
         model, note = _learned_model(choice, dataset, storages)
         checkpoint = publish_checkpoint(model, run_store or storages.open("."))
-    inputs = PresetInputs(denoise=choice.denoise, calibration=calibration, checkpoint=checkpoint, tta=choice.tta)
+    inputs = PresetInputs(denoise=choice.denoise, calibration=calibration, checkpoint=checkpoint, tta=choice.tta,
+                          denoise_given=choice.denoise_given)
     pipeline = dataclasses.replace(build_pipeline(preset, inputs), denoise_on=choice.denoise_on)
     return Resolved(pipeline, note)
 
