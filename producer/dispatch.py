@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
-import sys
 import time
 from typing import Any
 
@@ -85,15 +84,14 @@ def wait_for_run(settings: Settings, storage: Storage, plan: RunPlan, tracker: R
 
     Raises:
         RunCancelledError: someone ran ``producer cancel`` on the run.
-        ConfigError: a worker reported a configuration error for the run and nothing has moved for
-            STALL_AFTER_S since (it cannot finish until that is fixed).
+        ConfigError: a worker reported a configuration error for the run (missing weights, a store
+            that refuses it): it cannot finish until that is fixed.
     """
     tracker = tracker or connect_tracker(settings)
     run_id, keys = plan.run_id, RunKeys(plan.run_id)
     claims = Claims(storage, tracker, this_process(), settings)
     app = create_app(settings)
     next_sweep = time.monotonic() + settings.sweep_every_s
-    reported_error = None
     with tqdm(total=len(plan.manifest.names), desc=f"run {run_id}", unit="img") as bar:
         while True:
             try:
@@ -109,12 +107,11 @@ def wait_for_run(settings: Settings, storage: Storage, plan: RunPlan, tracker: R
                 finished, _ = tracker.counts(run_id)
                 bar.update(max(finished - bar.n, 0))
                 error = tracker.config_error(run_id)
-                if error is not None and error != reported_error:
-                    reported_error = error
-                    tqdm.write(f"workers report a configuration error on run {run_id}: {error}", file=sys.stderr)
-                if error is not None and time.time() - (tracker.last_progress(run_id) or 0) > settings.stall_after_s:
-                    raise ConfigError(f"run {run_id} cannot go on: {error}; fix it, then `producer enqueue` again "
-                                      "(with --retry-failed for the images it failed)")
+                if error is not None:
+                    # Every image of the kind fails alike until an operator acts: say so now, not
+                    # after the run has burnt its attempts. Workers go on with what they can do.
+                    raise ConfigError(f"workers report a configuration error on run {run_id}: {error}; fix it, "
+                                      "then `producer enqueue` again (with --retry-failed for the images it failed)")
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + settings.sweep_every_s
                     report = sweep(claims, app, settings.stall_after_s, [run_id], lease_s=settings.sweep_every_s * 0.9)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,34 @@ def test_messages_carry_ids_not_pixels_to_the_pipelines_first_stage(cluster, tmp
         assert message["content-type"] == "application/json"
         assert len(raw) < 4096  # a 64x48 PNG alone would be larger than the whole message
         assert message["headers"]["task"] == task
+
+
+def torch_is_loaded(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_gpu_workers_load_only_the_models_runs_need_and_one_that_cannot_load_stops_the_producer(cluster, tmp_path):
+    """A GPU-queue worker loads no model at start-up (it is ready in seconds, and a model it would
+    never run cannot hold it up): the first batch of a run loads what that run needs. A run of a
+    model the worker cannot load (the seed's, from the Hub, offline) is a configuration error: the
+    waiting producer stops with it (exit 2) as soon as a worker reports it, not at 0/N for ever."""
+    cluster.start("cpu")
+    gpu = cluster.start("gpu")
+    assert not torch_is_loaded(gpu.pid)
+    write_images(tmp_path / "in", 2)
+    learned = cluster.producer("enqueue", str(tmp_path / "in"), cwd=tmp_path)
+    assert learned.returncode == 0, learned.stdout + learned.stderr
+    assert torch_is_loaded(gpu.pid)  # the run's own checkpoint, on its first batch
+    gpu.stop()
+
+    cluster.start("gpu", WEIGHTS="", WEIGHTS_DIR=str(tmp_path / "no-weights"), HF_HUB_OFFLINE="1",
+                  HF_HOME=str(tmp_path / "empty-hf-cache"))
+    # Bounded well below STALL_AFTER_S (600 s here), where the producer used to give up.
+    hub = run_producer("enqueue", str(tmp_path / "in"), "--preset", "standard", env=cluster.env, cwd=tmp_path,
+                       timeout=300)
+    assert hub.returncode == 2, hub.stdout + hub.stderr
+    assert "workers report a configuration error" in hub.stderr and "WeightsUnavailableError" in hub.stderr
+    assert "Traceback" not in hub.stderr
 
 
 def test_gpu_worker_killed_mid_run_another_finishes_it_exactly_once(cluster, tmp_path):

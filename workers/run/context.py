@@ -21,8 +21,8 @@ from workers.settings import Settings
 class StageContext:
     """Everything a stage needs, built once per process and shared by its threads.
 
-    Upscalers are loaded on first use (or by :meth:`warm_up` at worker start) and kept; loading
-    one that runs a checkpoint is the only thing that imports torch.
+    Upscalers are loaded on first use (or by :meth:`warm_up`, which benchmarks call) and kept;
+    loading one that runs a checkpoint is the only thing that imports torch.
     """
 
     def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
@@ -89,7 +89,7 @@ class StageContext:
         return Path(self.settings.model_cache_dir or Path.home() / ".cache" / "lowlight-sr" / "models").expanduser()
 
     def warm_up(self) -> None:
-        """Load the worker's model now (GPU workers do at start-up), not on the first image."""
+        """Load the settings' own model (WEIGHTS or the Hub's) now, not on the first image."""
         self.upscaler("model")
 
     def manifest(self, run_id: str) -> RunManifest:

@@ -95,20 +95,26 @@ def consumed_queues(worker: Any) -> set[str]:
 
 @signals.worker_init.connect
 def _configure_gpu_worker(sender: Any, **_: Any) -> None:
-    """On a worker that serves the GPU queue: prefetch one batch, check the pool, load the model."""
+    """On a worker that serves the GPU queue: prefetch one batch, check the pool.
+
+    No model is loaded here: which one a batch needs is the run's choice (the default preset runs
+    the run's own checkpoint, ``seed`` the Hub model), so each is loaded by the first batch that
+    needs it and kept (:class:`~workers.run.context.StageContext`). Loading at start-up would make
+    every worker wait for, or crash-loop on, a model it may never run, and answer no health check
+    meanwhile; a model that cannot load is reported on the run that needs it, as a configuration
+    error the waiting producer stops on.
+    """
     if GPU_QUEUE not in consumed_queues(sender):
         return
-    ctx = stage_context()
+    settings = stage_context().settings
     pool = str(getattr(sender, "pool_cls", "")).lower()
-    if "prefork" in pool and ctx.settings.device != "cpu":
+    if "prefork" in pool and settings.device != "cpu":
         raise ConfigError("GPU workers must run with --pool=solo (or threads): CUDA does not survive fork")
     if "solo" in pool:
         sender.concurrency = 1  # the banner's default is the core count; solo runs one thing at a time
     # Batching needs up to one batch of messages in hand: this is "prefetch 1", counted in batches.
-    sender.prefetch_multiplier = max(sender.prefetch_multiplier, ctx.settings.gpu_batch_size)
-    ctx.warm_up()
-    model = ctx.upscaler().describe()
-    logger.info("GPU worker ready: model %s on %s", model["model"], model["device"])
+    sender.prefetch_multiplier = max(sender.prefetch_multiplier, settings.gpu_batch_size)
+    logger.info("GPU worker configured (DEVICE=%s): models load when a batch first needs them", settings.device)
 
 
 @signals.worker_ready.connect
