@@ -262,6 +262,23 @@ def collect(run_id: str, output: str, settings: Settings) -> None:
 
 
 @cli.command()
+@click.argument("folder", type=click.Path(file_okay=False, exists=True))
+@click.argument("destination")
+@_settings_options
+def upload(folder: str, destination: str, settings: Settings) -> None:
+    """Copy FOLDER (every file, sub-folders kept) to DESTINATION, e.g. s3://bucket/photos, with the
+    producer's own storage settings; then `producer enqueue DESTINATION`.
+
+    `producer enqueue FOLDER` with a broker uploads the inputs into the run itself: upload a folder
+    to process it more than once, or a dataset (train/ pairs) for `producer calibrate` and `train`.
+    """
+    from producer.upload import upload_folder
+
+    count = upload_folder(Path(folder), StorageFactory(settings).open(destination), show_progress=True)
+    click.echo(f"uploaded {count} files to {destination.rstrip('/')}/")
+
+
+@cli.command()
 @click.argument("run_id")
 @click.option("--partial", is_flag=True, help="Write the submission even though images are still pending.")
 @_settings_options

@@ -46,6 +46,19 @@ def test_distributed_submission_is_identical_to_embedded(cluster, tmp_path):
     assert s3.get(keys.submission).decode() == out.read_text()
 
 
+def test_a_dataset_uploaded_to_the_bucket_runs_from_there(cluster, tmp_path):
+    """docs/deploy.md's path for inputs in object storage: `producer upload`, then enqueue the bucket's
+    copy (a dataset root: its test/ split, its sample submission checked)."""
+    cluster.start_default()
+    uploaded = cluster.producer("upload", str(DATASET), f"s3://{cluster.bucket}/sample", cwd=tmp_path)
+    assert uploaded.returncode == 0, uploaded.stderr
+    assert "uploaded" in uploaded.stdout
+    result = cluster.producer("enqueue", f"s3://{cluster.bucket}/sample", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = run_id_from(result.stdout)
+    assert cluster.store().get(RunKeys(run_id).submission).decode() == cluster.embedded_submission(str(DATASET), tmp_path)
+
+
 @pytest.mark.parametrize(("preset", "queue", "task"), [
     ((), "gpu", "workers.tasks.upscale"),  # the default (learned): nothing for the CPU to do
     (("--preset", "standard"), "cpu", "workers.tasks.denoise"),  # NL-means first
