@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -538,6 +539,9 @@ def main() -> None:
         sys.exit(EXIT_ERROR)
     except EnhanceError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    except PermissionError as exc:  # an output folder the user cannot write (a container's mount, say)
+        click.echo(f"error: {exc.strerror}: {exc.filename} (this process runs as uid {os.getuid()})", err=True)
         sys.exit(EXIT_ERROR)
     except SystemExit:
         raise

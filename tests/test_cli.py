@@ -200,3 +200,13 @@ def test_naming_nl_means_runs_it_even_at_the_default_strength(tmp_path, env, how
     manifest = json.loads((run_dir(tmp_path) / "manifest.json").read_text())
     assert manifest["pipeline"]["denoise"]["method"] == "nlm", manifest["pipeline"]
     assert (run_dir(tmp_path) / "denoised" / "test_00001.png").is_file()
+
+
+def test_an_output_the_user_cannot_write_is_one_line_naming_it(tmp_path, env):
+    write_images(tmp_path / "photos", 1)
+    result = producer("enqueue", str(tmp_path / "photos"), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # /sys refuses new files even to root (CI runs as root): as a container's read-only mount does.
+    collected = producer("collect", run_dir(tmp_path).name, "-o", "/sys/submission.csv", env=env, cwd=tmp_path)
+    assert collected.returncode == 2 and "Traceback" not in collected.stderr
+    assert "Permission denied: /sys/submission.csv" in collected.stderr and "runs as uid" in collected.stderr

@@ -65,7 +65,7 @@ INFRA_ONLY_VARIABLES = {
     "DEBIAN_FRONTEND": "apt, image build only",
     "VIRTUAL_ENV": "the images' virtualenv",
     "PATH": "the images' virtualenv on PATH",
-    "HOME": "producer: a home (tmpfs) for whatever PRODUCER_USER it runs as",
+    "HOME": "compose: caches on the /tmp tmpfs (the root filesystem is read-only), for any PRODUCER_USER",
     "REDISCLI_AUTH": "redis service: redis-cli's password for the healthcheck",
     "MINIO_ROOT_USER": "minio and minio-init services: MinIO's root account",
     "MINIO_ROOT_PASSWORD": "minio and minio-init services: MinIO's root account",
@@ -510,7 +510,7 @@ def test_kubernetes_manifests_match_their_schemas() -> None:
             except kubernetes_validate.ValidationError as exc:
                 raise AssertionError(f"{where}: {'.'.join(map(str, exc.path))}: {exc.message}") from None
         checked += 1
-    assert checked >= 9
+    assert checked >= 11
 
 
 def test_keda_schema_rejects_the_usual_mistakes() -> None:
@@ -522,10 +522,11 @@ def test_keda_schema_rejects_the_usual_mistakes() -> None:
     (scaled, *_) = k8s_kind("ScaledObject")
     assert not list(keda.iter_errors(scaled))
     bad = json.loads(json.dumps(scaled))
-    bad["spec"]["triggers"][0]["metadata"]["listLength"] = 5  # must be a string
+    bad["spec"]["triggers"][1]["metadata"]["listLength"] = 5  # must be a string
+    bad["spec"]["triggers"][0]["metadata"]["valuelocation"] = "gpu.backlog"  # KEDA ignores a misspelt key
     bad["spec"]["minReplicas"] = 1  # HPA's name, not KEDA's
     messages = " ".join(e.message for e in keda.iter_errors(bad))
-    assert "is not of type 'string'" in messages and "minReplicas" in messages
+    assert "is not of type 'string'" in messages and "minReplicas" in messages and "valuelocation" in messages
 
 
 def test_kustomization_lists_every_manifest_but_the_secret_template() -> None:
@@ -620,28 +621,53 @@ def test_flower_deployment_and_service() -> None:
     db = next(a for a in container["command"] if a.startswith("--db=")).removeprefix("--db=")
     assert any(db.startswith(m["mountPath"] + "/") for m in container["volumeMounts"])
     assert flower["spec"]["strategy"]["type"] == "Recreate"
-    (service,) = k8s_kind("Service")
+    (service,) = [s for s in k8s_kind("Service") if s["metadata"]["name"] == "flower"]
     assert service["spec"]["type"] == "ClusterIP", "/metrics needs no password: keep Flower internal"
     assert service["spec"]["selector"] == flower["spec"]["selector"]["matchLabels"]
 
 
-def test_keda_scales_each_worker_on_its_own_queue_in_the_broker_database() -> None:
+def test_keda_scales_each_worker_on_the_waiting_and_reserved_work_of_its_own_queue() -> None:
+    """Each pool follows its queue's backlog (waiting + reserved, from queue-metrics), with the list
+    length KEDA reads itself as a second trigger, so it still scales up while queue-metrics is down."""
     broker = urlsplit(configmap()["BROKER_URL"])
     database = broker.path.strip("/") or "0"
     auth_names = {a["metadata"]["name"] for a in k8s_kind("TriggerAuthentication")}
     scaled = {s["spec"]["scaleTargetRef"]["name"]: s for s in k8s_kind("ScaledObject")}
+    (metrics_service,) = [s for s in k8s_kind("Service") if s["metadata"]["name"] == "queue-metrics"]
+    (metrics_port,) = metrics_service["spec"]["ports"]
     assert set(scaled) == {"cpu-worker", "gpu-worker", "train-worker"}
     for target, obj in scaled.items():
         command = containers(deployments()[target])[0]["command"]
-        (trigger,) = obj["spec"]["triggers"]
-        meta = trigger["metadata"]
-        assert trigger["type"] == "redis"
-        assert meta["listName"] == command[command.index("-Q") + 1] in (CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE)
+        queue = command[command.index("-Q") + 1]
+        backlog, listed = obj["spec"]["triggers"]
+        assert backlog["type"] == "metrics-api" and listed["type"] == "redis", target
+        url = urlsplit(backlog["metadata"]["url"])
+        assert (url.hostname, url.port, url.path) == ("queue-metrics.lowlight-sr.svc.cluster.local",
+                                                      metrics_port["port"], "/backlog"), "KEDA runs in another namespace"
+        assert backlog["metadata"]["valueLocation"] == f"{queue}.backlog"
+        assert backlog["metadata"]["targetValue"] == listed["metadata"]["listLength"], target
+        meta = listed["metadata"]
+        assert meta["listName"] == queue in (CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE)
         assert meta["address"] == f"{broker.hostname}:{broker.port}", "KEDA must poll BROKER_URL's Redis"
         assert meta["address"].endswith(".svc.cluster.local:6379"), "KEDA runs in another namespace: use the FQDN"
         assert meta["databaseIndex"] == database, "the queue lists live in BROKER_URL's database"
-        assert trigger["authenticationRef"]["name"] in auth_names
+        assert listed["authenticationRef"]["name"] in auth_names
         assert 0 <= obj["spec"]["minReplicaCount"] < obj["spec"]["maxReplicaCount"]
+    gpu = scaled["gpu-worker"]["spec"]
+    grace = deployments()["gpu-worker"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert gpu["cooldownPeriod"] >= grace, "the last GPU pod outlives the slowest batch's warm shutdown"
+
+
+def test_queue_metrics_serves_the_backlog_from_the_broker() -> None:
+    deployment = deployments()["queue-metrics"]
+    (container,) = containers(deployment)
+    assert container["command"][:3] == ["python", "-m", "workers.runtime.queue_metrics"]
+    port = int(container["command"][container["command"].index("--port") + 1])
+    assert container["ports"][0]["containerPort"] == port
+    assert {v["name"] for v in container["env"]} == {"REDIS_PASSWORD"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    (service,) = [s for s in k8s_kind("Service") if s["metadata"]["name"] == "queue-metrics"]
+    assert service["spec"]["type"] == "ClusterIP" and service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
 # --------------------------------------------------------------------------------------------
