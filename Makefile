@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 WEIGHTS ?= $(firstword $(wildcard ../shared/weights/RealESRGAN_x4plus.pth))
 export WEIGHTS
 
-.PHONY: demo test test-fast faults soak bench pretrain corpus system-deps device-bundle device-check clean
+.PHONY: demo test test-fast faults soak bench pretrain corpus system-deps device-bundle device-check compose-test clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ device-bundle: $(BIN)/.installed
 # The gpu tests and the GPU benchmarks in one table (at most ~8 minutes on one card): README "Device check".
 device-check:
 	python3 scripts/device-check
+
+# The deployment built and run for real: images, the compose stack, a run across containers, a scaled
+# pool and a killed worker (docs/deploy.md; about 8 minutes once the images are built). Needs a Docker
+# daemon: apt-get install -y docker.io docker-compose debootstrap && dockerd &
+compose-test:
+	python3 scripts/compose-test
 
 # The photo corpus (about 270 public photos, cached outside git) and the shipped model made from it.
 corpus: $(BIN)/.installed
