@@ -1,20 +1,25 @@
 # One-command set-up: `make demo` runs the sample through the pipeline, `make test` runs the tests.
-# Both create .venv and install the project into it on first use.
+# Both create .venv and install the project into it on first use: `make demo` the runtime only,
+# `make test` (and the other developer targets) the dev extras as well.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# Where torch and torchvision come from, e.g. https://download.pytorch.org/whl/cpu for the CPU-only
+# wheels (about 1 GB smaller than PyPI's CUDA build). Empty: pip's own index.
+TORCH_INDEX_URL ?=
+TORCH_PINS = $(shell $(PYTHON) -c "import tomllib; print(' '.join(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith(('torch==', 'torchvision=='))))")
 
-# Offline machines: use the shared stand-in for the default Hub model when it is there.
-# With internet, `make demo WEIGHTS=` downloads danhtran2mind/Real-ESRGAN-Anime-finetuning instead.
-WEIGHTS ?= $(firstword $(wildcard ../shared/weights/RealESRGAN_x4plus.pth))
-export WEIGHTS
-
-.PHONY: demo test test-fast faults soak bench pretrain corpus system-deps device-bundle device-check compose-test clean
+.PHONY: demo test test-fast faults soak bench pretrain corpus cluster system-deps device-bundle device-check compose-test clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX_URL),$(BIN)/pip install --quiet --index-url $(TORCH_INDEX_URL) $(TORCH_PINS))
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -24,34 +29,39 @@ demo: $(BIN)/.installed
 system-deps:
 	bash scripts/install-system-deps.sh
 
-test: $(BIN)/.installed system-deps
+test: $(BIN)/.installed-dev system-deps
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 # Unit tests only: no servers, no worker processes.
-test-fast: $(BIN)/.installed
+test-fast: $(BIN)/.installed-dev
 	$(BIN)/pytest -q -m "not integration"
 
 # Fault-injection scenarios alone (they are also part of `make test`).
-faults: $(BIN)/.installed system-deps
+faults: $(BIN)/.installed-dev system-deps
 	$(BIN)/pytest -q -m faults
 
 # Long load run: 2,000 tiny images through real workers (SOAK_IMAGES to change); not in `make test`.
-soak: $(BIN)/.installed system-deps
+soak: $(BIN)/.installed-dev system-deps
 	$(BIN)/pytest -q -s -m soak tests/test_soak.py
 
 # Benchmark tables on stdout (benchmarks/README.md); these sizes finish in minutes on 2 cores.
-bench: $(BIN)/.installed
+bench: $(BIN)/.installed-dev
 	$(BIN)/python benchmarks/throughput.py --size 64x40 --count 4
 	$(BIN)/python benchmarks/quality.py --dataset dataset
 
 # What the GPU check needs on a bare machine with no internet (wheels + offline weights), in .device-bundle/.
-device-bundle: $(BIN)/.installed
+device-bundle: $(BIN)/.installed-dev
 	PYTHON=$(BIN)/python bash scripts/device-bundle
 
 # The gpu tests and the GPU benchmarks in one table (at most ~8 minutes on one card): README "Device check".
 device-check:
 	python3 scripts/device-check
+
+# The distributed system on this machine, no Docker: Redis, S3 (SeaweedFS), a CPU and a GPU-queue
+# worker and Flower on 127.0.0.1; writes cluster.env for the producer; Ctrl-C stops it all.
+cluster: $(BIN)/.installed-dev system-deps
+	$(BIN)/python -m testbed.cluster
 
 # The deployment built and run for real: images, the compose stack, a run across containers, a scaled
 # pool and a killed worker (docs/deploy.md; about 8 minutes once the images are built). Needs a Docker

@@ -50,8 +50,7 @@ def prepare_run(
     """
     storages = StorageFactory(settings)
     source = resolve_source(src, storages, storage.key_prefix)
-    # A pipeline that runs no checkpoint (bicubic) does not depend on WEIGHTS: same run id.
-    model = describe_weights(settings) if upscaler_kind(pipeline.upscaler).runs_checkpoint else pipeline.upscaler
+    model = run_model(settings, pipeline)
     run_id = run_id or make_run_id(source.label, source.url, pipeline, model)
     keys = RunKeys(run_id)
     try:
@@ -95,6 +94,18 @@ def prepare_run(
                 storage.delete(keys.failed(name))
                 forget_attempts(storage, run_id, name)
     return plan_remaining(storage, manifest)
+
+
+def run_model(settings: Settings, pipeline: PipelineSpec) -> str:
+    """The model a run records (and its id derives from): only what the pipeline runs. The worker's
+    checkpoint (WEIGHTS, or the Hub's) for the Real-ESRGAN presets; the run's own checkpoint, by key
+    and hash, for ``learned``, whatever WEIGHTS says; the upscaler's name for one with no checkpoint."""
+    kind = upscaler_kind(pipeline.upscaler)
+    if kind.checkpoint == "worker":
+        return describe_weights(settings)
+    if kind.checkpoint == "run":
+        return f"run:{pipeline.checkpoint}"
+    return pipeline.upscaler
 
 
 def stale_names(previous: RunManifest | None, fingerprints: Mapping[str, str]) -> list[str]:

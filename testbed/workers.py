@@ -11,7 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-from testbed.servers import RedisServer, S3Server, _Process
+from testbed.servers import RedisServer, S3Server, _Process, free_port
 
 REPO = Path(__file__).resolve().parent.parent  # workers run from the checkout, as `celery -A workers` expects
 READY_MARK = "ready."
@@ -90,3 +90,45 @@ def cluster_env(base: dict[str, str], redis: RedisServer, db: int, s3: S3Server,
         AWS_SECRET_ACCESS_KEY=s3.secret_key, WEIGHTS=str(weights), DEVICE="cpu", PYTHONUNBUFFERED="1", **extra,
     )
     return env
+
+
+# The task table's columns in docker-compose.yml and infra/k8s/flower.yaml: args shows run and image.
+FLOWER_TASK_COLUMNS = "name,uuid,state,args,received,started,runtime,worker"
+
+
+class FlowerProcess:
+    """``celery -A workers flower`` on 127.0.0.1:<port>, with basic auth, logging to a file: started
+    the way docker-compose.yml starts it (the broker password in REDIS_PASSWORD, the credentials in
+    FLOWER_BASIC_AUTH)."""
+
+    def __init__(self, env: dict[str, str], work_dir: Path, basic_auth: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = work_dir / "flower.log"
+        argv = [sys.executable, "-m", "celery", "-A", "workers", "flower", "--address=127.0.0.1",
+                f"--port={self.port}", "--persistent=True", f"--db={work_dir / 'flower.db'}",
+                f"--tasks-columns={FLOWER_TASK_COLUMNS}"]
+        self._process = _Process(argv, log=self.log, cwd=REPO, env={**env, "FLOWER_BASIC_AUTH": basic_auth})
+
+    def alive(self) -> bool:
+        return self._process.alive()
+
+    def wait_ready(self, timeout: float = 60) -> FlowerProcess:
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: never a proxy
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._process.alive():
+                raise RuntimeError(f"flower exited:\n{self.tail()}")
+            with contextlib.suppress(OSError), opener.open(f"{self.url}/healthcheck", timeout=2) as answer:
+                if answer.read() == b"OK":
+                    return self
+            time.sleep(0.3)
+        raise TimeoutError(f"Flower not ready after {timeout}s:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        self._process.stop()

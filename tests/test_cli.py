@@ -210,3 +210,17 @@ def test_an_output_the_user_cannot_write_is_one_line_naming_it(tmp_path, env):
     collected = producer("collect", run_dir(tmp_path).name, "-o", "/sys/submission.csv", env=env, cwd=tmp_path)
     assert collected.returncode == 2 and "Traceback" not in collected.stderr
     assert "Permission denied: /sys/submission.csv" in collected.stderr and "runs as uid" in collected.stderr
+
+
+def test_weights_the_default_preset_does_not_run_leave_its_run_and_manifest_alone(tmp_path, env):
+    """WEIGHTS names the Real-ESRGAN presets' checkpoint: the default run (the shipped model) is the same
+    run with or without it, and its manifest names the model it runs."""
+    write_images(tmp_path / "photos", 2)
+    first = producer("enqueue", str(tmp_path / "photos"), env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    unset = {k: v for k, v in env.items() if k != "WEIGHTS"}
+    again = producer("enqueue", str(tmp_path / "photos"), env=unset, cwd=tmp_path)
+    assert again.returncode == 0 and "2 already finished" in again.stdout, again.stdout + again.stderr
+    manifest = json.loads((run_dir(tmp_path) / "manifest.json").read_text())
+    assert manifest["model"] == f"run:{manifest['pipeline']['checkpoint']}"
+    assert manifest["model"].startswith("run:checkpoints/") and "RealESRGAN" not in json.dumps(manifest)

@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from testbed.servers import RedisServer, S3Server, _Process, free_port
-from testbed.workers import CeleryWorker, cluster_env
+from testbed.servers import RedisServer, S3Server
+from testbed.workers import CeleryWorker, FlowerProcess, cluster_env
 from tests.conftest import REPO, make_random_rrdb
 from tests.fixtures import write_images
 from tests.fixtures_cluster import _DATABASES, Cluster, run_id_from
@@ -40,8 +39,6 @@ SWEEP = "workers.tasks.sweep"
 IMAGES = 3
 USER = "ops"
 PASSWORD = secrets.token_urlsafe(12)
-# The task table's columns in docker-compose.yml and infra/k8s/flower.yaml: args shows run and image.
-TASK_COLUMNS = "name,uuid,state,args,received,started,runtime,worker"
 SCREENSHOT = REPO / "test-artifacts" / "flower-tasks.png"
 DOCS_SCREENSHOT = REPO / "docs" / "flower-tasks.png"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -99,29 +96,11 @@ def wait_for(condition, timeout: float, what: str, poll: float = 0.3):  # noqa: 
 # Flower process
 
 
-class Flower:
-    """``celery -A workers flower`` on 127.0.0.1:<free port>, logging to a file."""
+class Flower(FlowerProcess):
+    """Flower with this module's credentials, and its API read with them."""
 
     def __init__(self, env: dict[str, str], work_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = work_dir / "flower.log"
-        argv = [sys.executable, "-m", "celery", "-A", "workers", "flower", "--address=127.0.0.1",
-                f"--port={self.port}", "--persistent=True", f"--db={work_dir / 'flower.db'}",
-                f"--tasks-columns={TASK_COLUMNS}"]
-        self._process = _Process(argv, log=self.log, cwd=REPO, env={**env, "FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"})
-
-    def wait_ready(self, timeout: float = 60) -> Flower:
-        def up() -> bool:
-            if not self._process.alive():
-                raise RuntimeError(f"flower exited:\n{self.tail()}")
-            return get(f"{self.url}/healthcheck", timeout=2).text == "OK"
-
-        wait_for(up, timeout, "Flower's /healthcheck")
-        return self
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        super().__init__(env, work_dir, f"{USER}:{PASSWORD}")
 
     def api(self, path: str):  # noqa: ANN201 - parsed JSON
         response = get(f"{self.url}{path}", headers=auth_header())
@@ -130,9 +109,6 @@ class Flower:
 
     def metrics(self) -> str:
         return get(f"{self.url}/metrics").text
-
-    def stop(self) -> None:
-        self._process.stop()
 
 
 # --------------------------------------------------------------------------------------------
