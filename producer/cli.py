@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from producer.options import Group, settings_options
 from workers.errors import ConfigError, EnhanceError
 from workers.io.storage import Storage, StorageFactory, is_local
 from workers.ops.denoise import DENOISERS, DenoiseSpec
@@ -31,7 +32,7 @@ from workers.run.manifest import load_manifest
 from workers.run.presets import PRESETS
 from workers.run.registry import cancelled_at
 from workers.run.resolve import PipelineChoice
-from workers.settings import Settings, public_fields
+from workers.settings import Settings, code_version
 
 if TYPE_CHECKING:
     from producer.planning import RunPlan
@@ -41,52 +42,27 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
 
 
-def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add one flag per public setting; the command receives a built ``settings`` argument."""
-    for f in reversed(public_fields()):
-        kind = {bool: click.BOOL, int: click.INT, float: click.FLOAT}.get(type(f.default), click.STRING)
-        command = click.option(
-            "--" + f.name.replace("_", "-"),
-            f.name,
-            type=kind,
-            default=None,
-            envvar=f.name.upper(),
-            show_envvar=True,
-            help=f"{f.metadata['help']} [default: {f.default!r}]",
-        )(command)
-
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> Any:
-        overrides = {f.name: kwargs.pop(f.name) for f in public_fields()}
-        kwargs["settings"] = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
-        return command(**kwargs)
-
-    return wrapper
-
-
 _DENOISE_OPTIONS = ("denoise_method", "nlm_h", "nlm_h_color", "nlm_template", "nlm_search")
 
 
 def _pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
     defaults = DenoiseSpec()
     options = [
-        click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None, envvar="PRESET",
-                     help="Pipeline recipe: learned (default: the dataset's model from `producer train`, else the "
-                     "shipped pretrained model), seed (the Kaggle notebook exactly), standard (its stages done right), "
-                     "quality (calibrated NL-means + bicubic), perceptual (calibrated NL-means + Real-ESRGAN)."),
-        click.option("--tta", is_flag=True, envvar="TTA", help="learned: average the 8 flips/rotations of each "
-                     "image (x8 self-ensemble; about 8x the upscaling time)."),
-        click.option("--seed-compat", is_flag=True, envvar="SEED_COMPAT", help="Same as --preset seed."),
+        click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None, envvar="PRESET", metavar="NAME",
+                     help="learned (default: the dataset's model from `producer train`, else the shipped one), seed "
+                     "(the Kaggle notebook exactly), standard (its stages done right), quality (calibrated NL-means "
+                     "+ bicubic), perceptual (calibrated NL-means + Real-ESRGAN)."),
+        click.option("--tta", is_flag=True, envvar="TTA", help="learned: x8 self-ensemble (about 8x the upscaling time)."),
+        click.option("--seed-compat", is_flag=True, envvar="SEED_COMPAT", hidden=True, help="Same as --preset seed."),
         click.option("--denoise-on", type=click.Choice(["cpu", "gpu"]), default="cpu", envvar="DENOISE_ON",
-                     show_default=True, help="Where NL-means runs: the CPU workers (OpenCV) or fused into the GPU "
-                     "task (PyTorch port, identical output; use when CPU cores are scarce)."),
-        click.option("--calibration", envvar="CALIBRATION",
-                     help="Calibration artifact (path or s3:// URL) from `producer calibrate`. Default for quality/"
-                     "perceptual: calibration.json at the dataset root."),
+                     show_default=True, help="Where NL-means runs: CPU workers, or fused into the GPU task (same "
+                     "output; when cores are scarce)."),
+        click.option("--calibration", envvar="CALIBRATION", metavar="PATH|URL", help="From `producer calibrate` "
+                     "(quality and perceptual default to DATASET/calibration.json)."),
         click.option("--denoise", "denoise_method", type=click.Choice(sorted(DENOISERS)), default=defaults.method,
-                     envvar="DENOISE", show_default=True, help="Denoiser of the CPU stage."),
+                     envvar="DENOISE", show_default=True, help="Denoiser (learned: none unless named)."),
         click.option("--nlm-h", type=float, default=defaults.h, envvar="NLM_H", show_default=True,
-                     help="NL-means luminance strength."),
+                     help="NL-means strength."),
         click.option("--nlm-h-color", type=float, default=defaults.h_color, envvar="NLM_H_COLOR", show_default=True,
                      help="NL-means colour strength."),
         click.option("--nlm-template", type=int, default=defaults.template, envvar="NLM_TEMPLATE", show_default=True,
@@ -123,7 +99,8 @@ def _pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(code_version(), "-V", "--version", prog_name="producer", message="%(prog)s (lowlight-sr) %(version)s")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def cli(verbose: int) -> None:
     """Denoise and 4x super-resolve low-light images; write a competition submission.csv.
@@ -136,16 +113,15 @@ def cli(verbose: int) -> None:
 
 @cli.command()
 @click.argument("src")
-@click.option("--run", "run_id", envvar="RUN_ID", help="Run id (default: derived from SRC and the pipeline, so re-running resumes).")
+@click.option("--run", "run_id", envvar="RUN_ID", metavar="NAME",
+              help="Run id (default: from SRC and the pipeline, so re-running resumes).")
 @click.option("--sample-submission", type=click.Path(dir_okay=False, exists=True), envvar="SAMPLE_SUBMISSION",
-              help="Check the column count against this file (default: SRC/sample_submission.csv if present).")
-@click.option("--retry-failed", is_flag=True, help="Forget earlier per-image failures (and the worker deaths and "
-              "errors counted against those images) and try those images again.")
-@click.option("--resume-cancelled", is_flag=True, help="Resume a run that `producer cancel` stopped (without it, "
-              "enqueueing a cancelled run is refused).")
-@click.option("--wait/--no-wait", default=True, show_default=True, help="Distributed mode: follow the run until it ends.")
+              help="Check the submission against it (default: SRC/sample_submission.csv).")
+@click.option("--retry-failed", is_flag=True, help="Try earlier failures again (their counted deaths and errors too).")
+@click.option("--resume-cancelled", is_flag=True, help="Resume a run that `producer cancel` stopped.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="With a broker: follow the run to its end.")
 @_pipeline_options
-@_settings_options
+@settings_options
 def enqueue(src: str, run_id: str | None, sample_submission: str | None, retry_failed: bool, resume_cancelled: bool,
             wait: bool, choice: PipelineChoice, settings: Settings) -> None:
     """Process every image in SRC (a folder, a dataset root with test/, or s3://bucket/prefix)."""
@@ -197,7 +173,7 @@ def _report_result(storage: Storage, run_id: str, written: int, failed: int, pen
 
 @cli.command()
 @click.argument("run_id")
-@_settings_options
+@settings_options
 def status(run_id: str, settings: Settings) -> None:
     """Counts per stage, progress and recovery, and the failures of RUN_ID."""
     from workers.run.aggregate import is_current_summary
@@ -245,13 +221,29 @@ def status(run_id: str, settings: Settings) -> None:
 
 
 @cli.command()
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Show this many.")
+@settings_options
+def runs(limit: int, settings: Settings) -> None:
+    """The runs in STORAGE_URL, newest first: id, preset, state, counts, age and source."""
+    from producer.runs import format_runs, list_runs
+
+    storage = _storage(settings)
+    lines = list_runs(storage, limit, settings.io_threads)
+    if not lines:
+        click.echo(f"no runs in {storage.url('runs')}")
+        return
+    click.echo(format_runs(lines))
+
+
+@cli.command()
 @click.argument("run_id")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default="submission.csv",
               show_default=True, help="Where to write the submission.")
-@_settings_options
+@settings_options
 def collect(run_id: str, output: str, settings: Settings) -> None:
     """Download RUN_ID's submission.csv."""
     storage = _storage(settings)
+    load_manifest(storage, run_id)  # a run that does not exist is called so
     key = RunKeys(run_id).submission
     if not storage.exists(key):
         raise ConfigError(f"run {run_id} has no submission yet (see: producer status {run_id})")
@@ -265,7 +257,7 @@ def collect(run_id: str, output: str, settings: Settings) -> None:
 @cli.command()
 @click.argument("folder", type=click.Path(file_okay=False, exists=True))
 @click.argument("destination")
-@_settings_options
+@settings_options
 def upload(folder: str, destination: str, settings: Settings) -> None:
     """Copy FOLDER (every file, sub-folders kept) to DESTINATION, e.g. s3://bucket/photos, with the
     producer's own storage settings; then `producer enqueue DESTINATION`.
@@ -282,7 +274,7 @@ def upload(folder: str, destination: str, settings: Settings) -> None:
 @cli.command()
 @click.argument("run_id")
 @click.option("--partial", is_flag=True, help="Write the submission even though images are still pending.")
-@_settings_options
+@settings_options
 def aggregate(run_id: str, partial: bool, settings: Settings) -> None:
     """(Re)build RUN_ID's submission.csv and failures report. Idempotent."""
     if settings.embedded:
@@ -302,7 +294,7 @@ def aggregate(run_id: str, partial: bool, settings: Settings) -> None:
 
 @cli.command()
 @click.argument("run_id")
-@_settings_options
+@settings_options
 def cancel(run_id: str, settings: Settings) -> None:
     """Cancel RUN_ID: workers drop its queued tasks, and nothing sends its work again (the cancel is
     kept in storage); `producer enqueue --resume-cancelled` resumes it."""
@@ -324,7 +316,7 @@ def cancel(run_id: str, settings: Settings) -> None:
               help="Ground truth (gt_X.* per input val_X.*): adds per-image PSNR/SSIM, worst first.")
 @click.option("--max-images", type=click.IntRange(min=0), default=60, show_default=True,
               help="Most images shown (the rest are counted).")
-@_settings_options
+@settings_options
 def report(run_id: str, output: str, gt: str | None, max_images: int, settings: Settings) -> None:
     """Write a self-contained HTML report of RUN_ID (settings, timings, images side by side, failures)."""
     from workers.report import collect_report_data, render_report, truth_by_name
@@ -346,7 +338,7 @@ def report(run_id: str, output: str, gt: str | None, max_images: int, settings: 
 @cli.command()
 @click.argument("dataset")
 @click.option("-o", "--output", help="Where to store the artifact (default: DATASET/calibration.json).")
-@_settings_options
+@settings_options
 def calibrate(dataset: str, output: str | None, settings: Settings) -> None:
     """Measure DATASET's degradation on its training pairs (train/train -> train/gt; never val/ or test/).
 
@@ -432,7 +424,7 @@ def _train_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-o", "--output", help="Where the checkpoint goes (default: DATASET/trained_x4.safetensors).")
 @click.option("--restart", is_flag=True, help="Ignore a saved training state and start again from --from.")
 @_train_options
-@_settings_options
+@settings_options
 def train(dataset: str | None, photos: str | None, start: str | None, output: str | None, restart: bool, config: Any,
           settings: Settings) -> None:
     """Train a fast 4x model for --preset learned on DATASET's training pairs (never val/ or test/)
@@ -476,7 +468,7 @@ def train(dataset: str | None, photos: str | None, start: str | None, output: st
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also score bicubic and NL-means + bicubic (seed and calibrated strength; tone + bicubic "
               "where the tone stage applies).")
-@_settings_options
+@settings_options
 def evaluate(dataset: str, presets: tuple[str, ...], calibration: str | None, run_ids: tuple[str, ...],
              inputs: str | None, gt: str | None, baselines: bool, settings: Settings) -> None:
     """Competition PSNR and SSIM of the presets (and baselines) on DATASET's validation split.

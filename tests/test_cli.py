@@ -129,11 +129,34 @@ def test_quality_preset_without_a_calibration_says_how_to_make_one(tmp_path, env
     assert result.returncode == 2 and "producer calibrate" in result.stderr
 
 
-def test_help_lists_flags_with_their_environment_variables(tmp_path, env):
-    result = producer("enqueue", "--help", env=env, cwd=tmp_path)
+def test_help_shows_the_commands_own_options_first_and_every_setting_with_help_all(tmp_path, env):
+    result = producer("enqueue", "--help", env={**env, "COLUMNS": "80"}, cwd=tmp_path)
     assert result.returncode == 0
-    assert "--broker-url" in result.stdout and "BROKER_URL" in result.stdout
-    assert "--aws-secret-access-key" not in result.stdout
+    text = result.stdout
+    assert len(text.splitlines()) < 60, text
+    assert text.index("--preset") < text.index("Deployment settings") < text.index("--broker-url")
+    flat = " ".join(text.split())  # help lines wrap anywhere
+    for variable in ("PRESET", "TTA", "DENOISE_ON", "RUN_ID", "BROKER_URL"):
+        assert f"env var: {variable}" in flat, variable
+    assert "--gpu-batch-size" not in text and "--help-all" in text
+    everything = producer("enqueue", "--help-all", env=env, cwd=tmp_path).stdout
+    assert "--gpu-batch-size" in everything and "GPU_BATCH_SIZE" in everything and "--aws-secret-access-key" not in everything
+    train = producer("train", "--help", env=env, cwd=tmp_path).stdout
+    assert "TRAIN_MINUTES" in train and "TRAIN_SEED" in train  # options that read a variable say which
+
+
+def test_version_runs_and_a_run_that_does_not_exist(tmp_path, env):
+    version = producer("--version", env=env, cwd=tmp_path)
+    assert version.returncode == 0 and re.fullmatch(r"producer \(lowlight-sr\) \S+\n", version.stdout)
+    assert "no runs in" in producer("runs", env=env, cwd=tmp_path).stdout
+    write_images(tmp_path / "photos", 1)
+    assert producer("enqueue", str(tmp_path / "photos"), env=env, cwd=tmp_path).returncode == 0
+    listed = producer("runs", env=env, cwd=tmp_path).stdout.splitlines()
+    assert listed[0].split() == ["RUN", "PRESET", "STATE", "DONE", "FAILED", "TOTAL", "AGE", "SOURCE"]
+    run_id, preset, state, done, failed, total = listed[1].split()[:6]
+    assert (run_id, preset, state, done, failed, total) == (run_dir(tmp_path).name, "learned", "complete", "1", "0", "1")
+    missing = producer("collect", "nosuch", env=env, cwd=tmp_path)
+    assert missing.returncode == 2 and "no run 'nosuch'" in missing.stderr and "producer runs" in missing.stderr
 
 
 def test_bicubic_preset_never_loads_or_downloads_a_model(tmp_path, env):

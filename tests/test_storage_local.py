@@ -134,6 +134,15 @@ class StorageContract:
     def test_list_empty_store(self, backend: Backend) -> None:
         assert list(backend.store.list("")) == []
 
+    def test_folders_are_the_next_segment_only(self, backend: Backend) -> None:
+        store = backend.store
+        for key in ["runs/r2/manifest.json", "runs/r1/sr/a.png", "runs/r1/manifest.json", "runs/top.json", "other/x"]:
+            store.put(key, b"1")
+        assert list(store.folders("runs")) == ["r1", "r2"]  # not the objects, not what is inside
+        assert list(store.folders("")) == ["other", "runs"]
+        assert list(store.folders("runs/r1")) == ["sr"]
+        assert list(store.folders("missing")) == []
+
     def test_list_keys_are_usable_keys(self, backend: Backend) -> None:
         store = backend.store
         store.put("x/1", b"one")

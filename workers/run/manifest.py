@@ -167,7 +167,7 @@ def load_manifest(storage: Storage, run_id: str) -> RunManifest:
     try:
         return RunManifest.from_json(storage.get(RunKeys(run_id).manifest))
     except ObjectNotFoundError:
-        raise RunNotFoundError(f"no run {run_id!r} in {storage.url('runs')}") from None
+        raise RunNotFoundError(f"no run {run_id!r} in {storage.url('runs')} (`producer runs` lists them)") from None
 
 
 def save_manifest(storage: Storage, manifest: RunManifest) -> None:

@@ -54,6 +54,10 @@ class Storage(Protocol):
     def list(self, prefix: str) -> Iterator[str]:
         """Yield the keys under ``prefix`` (recursively), sorted."""
 
+    def folders(self, prefix: str) -> Iterator[str]:
+        """Yield the names of the "folders" directly under ``prefix`` (the next key segment of keys below
+        it), sorted, without listing what is inside them."""
+
     def delete(self, key: str) -> None:
         """Remove the object; a missing object is not an error."""
 

@@ -83,6 +83,12 @@ class LocalStorage:
             return iter(())
         return iter(sorted(self._walk(base)))
 
+    def folders(self, prefix: str) -> Iterator[str]:
+        base = self._path(prefix) if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return iter(())
+        return iter(sorted(entry.name for entry in os.scandir(base) if entry.is_dir(follow_symlinks=False)))
+
     def _walk(self, base: Path) -> Iterator[str]:
         """Keys of the regular files under ``base``, symlinked folders not entered (as ``rglob`` does),
         as plain strings: ``rglob`` keeps a Path of every file it yields, 0.8 KiB each, and a run's

@@ -109,6 +109,17 @@ class S3Storage:
 
         return iter(self._call(prefix, names))
 
+    def folders(self, prefix: str) -> Iterator[str]:
+        full = self._key(prefix) if prefix.strip("/") else self.prefix
+        full = full + "/" if full else ""
+
+        def names() -> list[str]:
+            # Not recursive: S3 answers with the common prefixes, one entry per folder.
+            objects = self.client.list_objects(self.bucket, prefix=full, recursive=False)
+            return sorted(o.object_name[len(full):].rstrip("/") for o in objects if o.is_dir)
+
+        return iter(self._call(prefix, names))
+
     def delete(self, key: str) -> None:
         self._call(key, self.client.remove_object, self.bucket, self._key(key))
 
