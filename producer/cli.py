@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from producer.options import Group, settings_options
 from workers.errors import ConfigError, EnhanceError
@@ -108,7 +109,9 @@ def cli(verbose: int) -> None:
     Quick start (no servers needed): producer enqueue dataset/
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Plain lines for a person at the default level; times and module names when asked for more.
+    layout = "%(levelname)s: %(message)s" if not verbose else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=layout)
 
 
 @cli.command()
@@ -136,7 +139,8 @@ def enqueue(src: str, run_id: str | None, sample_submission: str | None, retry_f
     plan = prepare_run(settings, ctx.storage, src, resolved.pipeline, run_id, sample_submission, retry_failed,
                        show_progress=True, resume_cancelled=resume_cancelled)
     click.echo(f"run {plan.run_id}: {plan.manifest.total} inputs, {len(plan.finished)} already finished")
-    result = _execute(ctx, plan, wait)
+    with logging_redirect_tqdm():  # log lines above the progress bar, not glued to it
+        result = _execute(ctx, plan, wait)
     if result is not None:
         _report_result(ctx.storage, plan.run_id, result.written, result.failed, result.pending)
 
@@ -160,6 +164,9 @@ def _storage(settings: Settings) -> Storage:
     return StorageFactory(settings).open(settings.storage_url)
 
 
+SHOWN_FAILURES = 10
+
+
 def _report_result(storage: Storage, run_id: str, written: int, failed: int, pending: int) -> None:
     keys = RunKeys(run_id)
     click.echo(f"run {run_id}: {written} rows written, {failed} failed, {pending} pending")
@@ -167,6 +174,13 @@ def _report_result(storage: Storage, run_id: str, written: int, failed: int, pen
     click.echo(f"  failures:   {storage.url(keys.failures)}")
     if storage.exists(keys.report):
         click.echo(f"  report:     {storage.url(keys.report)}")
+    if failed:
+        failures = [f for f in json.loads(storage.get(keys.failures)) if f["stage"] != "pending"]
+        click.echo(f"failed ({len(failures)}):")
+        for failure in failures[:SHOWN_FAILURES]:
+            click.echo(f"  {failure['name']}: {failure['reason']} ({failure['stage']})")
+        if len(failures) > SHOWN_FAILURES:
+            click.echo(f"  and {len(failures) - SHOWN_FAILURES} more, see {storage.url(keys.failures)}")
     if failed or pending:
         sys.exit(EXIT_FAILURES)
 

@@ -22,6 +22,7 @@ from workers.errors import TransientError
 from workers.report import report_stage
 from workers.run.aggregate import AggregateResult, aggregate_stage
 from workers.run.context import StageContext
+from workers.run.keys import RunProgress, stem
 from workers.run.retries import RetryLater
 from workers.run.stages import Outcome, denoise_stage, error_outcome, upscale_stage
 
@@ -55,7 +56,9 @@ def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -
         unit="img",
         disable=not show_progress,
     )
-    failed = 0
+    # The count the summary will print: earlier failures and refusals at listing included.
+    failed = len(plan.manifest.rejected) + len(RunProgress.read(ctx.storage, run_id).failed & {stem(n) for n in plan.finished})
+    bar.set_postfix(failed=failed)
 
     def finish(outcome: Outcome) -> None:
         nonlocal failed

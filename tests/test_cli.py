@@ -247,3 +247,21 @@ def test_weights_the_default_preset_does_not_run_leave_its_run_and_manifest_alon
     manifest = json.loads((run_dir(tmp_path) / "manifest.json").read_text())
     assert manifest["model"] == f"run:{manifest['pipeline']['checkpoint']}"
     assert manifest["model"].startswith("run:checkpoints/") and "RealESRGAN" not in json.dumps(manifest)
+
+
+def test_the_summary_names_each_failed_image_with_its_reason_refusals_at_listing_included(tmp_path, env):
+    folder = tmp_path / "photos"
+    write_images(folder, 3)
+    (folder / "test_00001.png").rename(folder / "a.png")
+    (folder / "test_00002.png").rename(folder / "a.jpg")  # same stem: one of the two is refused at listing
+    (folder / "x.png").write_text("a text file, whatever its name says")
+    good = (folder / "test_00003.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    result = producer("enqueue", str(folder), env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    summary = result.stdout[result.stdout.index("failed (3):"):]
+    for name, reason in (("x.png", "not a recognised image"), ("truncated.png", "truncated"),
+                         ("a.png", "same output name as 'a.jpg'")):
+        assert re.search(rf"^  {re.escape(name)}: .*{re.escape(reason)}", summary, re.MULTILINE), summary
+    assert re.findall(r"failed=(\d+)", result.stderr)[-1] == "3"  # the bar's count is the summary's
+    assert "WARNING: " in result.stderr and " workers.run.stages:" not in result.stderr  # plain log lines
