@@ -265,3 +265,13 @@ def test_the_summary_names_each_failed_image_with_its_reason_refusals_at_listing
         assert re.search(rf"^  {re.escape(name)}: .*{re.escape(reason)}", summary, re.MULTILINE), summary
     assert re.findall(r"failed=(\d+)", result.stderr)[-1] == "3"  # the bar's count is the summary's
     assert "WARNING: " in result.stderr and " workers.run.stages:" not in result.stderr  # plain log lines
+
+
+def test_a_weights_file_that_is_no_model_is_named_as_given_and_leaves_nothing_behind(tmp_path, env):
+    (tmp_path / "notamodel.pth").write_bytes(b"not a checkpoint at all")
+    home = tmp_path / "home"
+    here = {**{k: v for k, v in env.items() if k != "STORAGE_URL"}, "HOME": str(home)}  # the store is ./
+    result = producer("enqueue", str(DATASET), "--weights", "notamodel.pth", env=here, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: notamodel.pth: not a checkpoint spandrel can load"), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notamodel.pth"]  # no runs/, no checkpoints/, no home cache

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from dataclasses import dataclass
 
-from workers.errors import ConfigError, ObjectNotFoundError
+from workers.errors import ConfigError, ObjectNotFoundError, UnsupportedModelError
 from workers.io.models import load_registry, models_folder
 from workers.io.storage import LocalStorage, Storage, StorageFactory, join_key, split_location
 from workers.ops.denoise import DenoiseSpec
@@ -91,6 +92,7 @@ def _learned_model(choice: PipelineChoice, dataset: str | None, storages: Storag
         output = TrainingOutput(storages.open(folder), name)
         if not output.storage.exists(output.name):
             raise ConfigError(f"no trained model at {choice.checkpoint} (--weights)")
+        check_loads(output, choice.checkpoint)
         return output, f"model {output.url()} (--weights)"
     if dataset is not None and choice.dataset_model:
         output = TrainingOutput.at(default_output(dataset), storages)
@@ -103,6 +105,25 @@ def _learned_model(choice: PipelineChoice, dataset: str | None, storages: Storag
     entry = registry.entry(name)
     return TrainingOutput(LocalStorage(path.parent), path.name), (
         f"shipped model {name} ({entry.architecture}, {path}); `producer train DATASET` fine-tunes it")
+
+
+def check_loads(model: TrainingOutput, given: str) -> None:
+    """Load the user's model file once, before anything is copied, cached or registered for a run, so
+    that a file that is no model is reported by the name the user gave, and leaves nothing behind.
+
+    Raises:
+        UnsupportedModelError: it is not a 3-channel 4x model spandrel loads.
+    """
+    from workers.ops.upscale import load_descriptor
+
+    suffix = "." + model.name.rsplit(".", 1)[-1] if "." in model.name else ""
+    with tempfile.NamedTemporaryFile(suffix=suffix) as copy:
+        copy.write(model.storage.get(model.name))
+        copy.flush()
+        try:
+            load_descriptor(copy.name)
+        except UnsupportedModelError as exc:
+            raise UnsupportedModelError(f"{given}: {str(exc).removeprefix(copy.name + ': ')} (--weights)") from None
 
 
 def publish_checkpoint(trained: TrainingOutput, run_store: Storage) -> Checkpoint:
