@@ -67,7 +67,7 @@ def enqueue_plan(settings: Settings, storage: Storage, plan: RunPlan, tracker: R
     # Registered first, in storage: from here on the recovery sweep sees the run even if Redis
     # forgets everything, and nobody needs to be watching.
     register(storage, run_id, plan.manifest.total)
-    tracker.start(run_id, len(plan.manifest.names))
+    tracker.start(run_id, len(plan.manifest.names), plan.manifest.names)
     reload_attempts(storage, tracker, run_id)  # deaths and errors counted before still count
     # Images finished earlier count towards completion (Redis may have lost them, storage has not).
     completed = tracker.finish_many(run_id, plan.finished)

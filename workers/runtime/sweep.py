@@ -160,7 +160,7 @@ def check_run(claims: Claims, app: Celery, run_id: str, stall_after_s: float, no
     finished, total = tracker.counts(run_id)
     if total is None:  # Redis forgot the run: restarted without persistence, keys expired or dropped
         plan = plan_remaining(storage, manifest)
-        tracker.start(run_id, len(manifest.names))
+        tracker.start(run_id, len(manifest.names), manifest.names)
         reload_attempts(storage, tracker, run_id)
         completed = tracker.finish_many(run_id, plan.finished)
         tracker.note_recovery(run_id, rebuilt=1)

@@ -64,6 +64,8 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.Timeo
 # A run Redis does not know (never started here, lost in a restart, or forgotten after aggregation)
 # is left alone: a late duplicate must not recreate its keys. `producer enqueue` starts it again.
 # The finishing process's hold on the image (KEYS[4], token ARGV[4]) is released in the same call.
+# A name that is not one of the current start's inputs (KEYS[5]; a late message for an input
+# removed before the run was enqueued again) is not counted: it would complete the count early.
 _FINISH = """
 if ARGV[4] ~= '' then
     local current = redis.call('HGET', KEYS[4], ARGV[1])
@@ -72,6 +74,9 @@ if ARGV[4] ~= '' then
     end
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then
+    return 0
+end
+if redis.call('EXISTS', KEYS[5]) == 1 and redis.call('SISMEMBER', KEYS[5], ARGV[1]) == 0 then
     return 0
 end
 local added = redis.call('SADD', KEYS[1], ARGV[1])
@@ -85,9 +90,10 @@ return 0
 """
 
 
-# Drop a run's keys only if they still belong to the epoch the caller aggregated.
+# Drop a run's keys only if they still belong to the epoch the caller aggregated; an empty epoch
+# matches only a run Redis holds no start of (a start that came meanwhile keeps its keys).
 _FORGET = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then
     return 0
 end
 redis.call('DEL', unpack(KEYS))
@@ -96,7 +102,8 @@ return 1
 
 
 # Every per-run key, for start() and forget().
-_PARTS = ("epoch", "finished", "total", "progress", "recovery", "held", "attempts", "config-error")
+_PARTS = ("epoch", "finished", "total", "progress", "recovery", "held", "attempts", "config-error", "names")
+NAMES_CHUNK = 5000  # names per SADD when a start records its inputs
 
 
 @dataclass(frozen=True)
@@ -130,18 +137,24 @@ class RunTracker:
     def _key(run_id: str, part: str) -> str:
         return f"{KEY_PREFIX}:{run_id}:{part}"
 
-    def start(self, run_id: str, total: int) -> str:
+    def start(self, run_id: str, total: int, names: Sequence[str] | None = None) -> str:
         """Set how many images the run has, forget which had finished, draw a new epoch and stamp the
         progress (call before enqueueing its tasks, then :meth:`finish_many` what storage says is
         finished). Returns the epoch.
 
         The set is rebuilt rather than kept: names that storage no longer counts as finished (a
         failure retried with ``--retry-failed``, an input removed from the source) must not count.
+        With ``names`` (the run's inputs, ``total`` of them) only those ever count as finished.
         """
         epoch = secrets.token_hex(8)
+        names_key, listed = self._key(run_id, "names"), list(names or ())
         with self.client.pipeline() as pipe:
             pipe.delete(self._key(run_id, "finished"), self._key(run_id, "cancelled"), self._key(run_id, "recovery"),
-                        self._key(run_id, "attempts"), self._key(run_id, "config-error"))
+                        self._key(run_id, "attempts"), self._key(run_id, "config-error"), names_key)
+            for start in range(0, len(listed), NAMES_CHUNK):
+                pipe.sadd(names_key, *listed[start : start + NAMES_CHUNK])
+            if listed:
+                pipe.expire(names_key, TTL_S)
             pipe.set(self._key(run_id, "total"), total, ex=TTL_S)
             pipe.set(self._key(run_id, "epoch"), epoch, ex=TTL_S)
             pipe.set(self._key(run_id, "progress"), time.time(), ex=TTL_S)
@@ -150,7 +163,7 @@ class RunTracker:
 
     def _finish_keys(self, run_id: str) -> list[str]:
         return [self._key(run_id, "finished"), self._key(run_id, "total"), self._key(run_id, "progress"),
-                self._key(run_id, "held")]
+                self._key(run_id, "held"), self._key(run_id, "names")]
 
     def finish(self, run_id: str, name: str, token: str = "") -> bool:
         """Mark ``name`` finished (done or failed), stamp the run's progress and release the hold of
@@ -179,9 +192,10 @@ class RunTracker:
         value = self.client.get(self._key(run_id, "epoch"))
         return value.decode() if value else ""
 
-    def forget(self, run_id: str, epoch: str = "") -> bool:
-        """Drop a finished run's keys, if they still belong to ``epoch`` (any epoch when empty): a run
-        started again since keeps its own. True when the keys were dropped."""
+    def forget(self, run_id: str, epoch: str) -> bool:
+        """Drop a finished run's keys, if they still belong to ``epoch`` ("": Redis held no start of
+        the run when the caller looked): a run started again since keeps its own. True when the keys
+        were dropped."""
         return bool(self._forget(keys=[self._key(run_id, part) for part in _PARTS], args=[epoch]))
 
     def touch(self, run_id: str, at: float | None = None, release: tuple[str, str] | None = None) -> None:
