@@ -19,10 +19,9 @@ from typing import Any
 
 import redis
 from billiard.exceptions import WorkerLostError
-from celery import signals
 from celery.exceptions import Reject, Retry
 from celery.worker.request import Request
-from celery_batches import Batches, SimpleRequest
+from celery_batches import SimpleRequest
 
 from workers.errors import ConfigError, DeviceLostError, RunNotFoundError, TransientError
 from workers.report import report_stage
@@ -32,7 +31,9 @@ from workers.run.registry import unregister
 from workers.run.retries import BACKOFF_MAX_S, backoff_s
 from workers.run.stages import denoise_stage, give_up, record_failure, upscale_stage
 from workers.runtime.app import AGGREGATE, CALIBRATE, DENOISE, SWEEP, TRAIN, UPSCALE, app
+from workers.runtime.batching import ReconnectSafeBatches
 from workers.runtime.claims import Claimed, report_config_error
+from workers.runtime.events import TaskEvents
 from workers.runtime.liveness import Holder, alive
 from workers.runtime.sweep import sweep as run_sweep
 from workers.runtime.tracking import OUTAGE_ERRORS
@@ -211,57 +212,6 @@ def denoise(self: Any, run_id: str, name: str) -> dict[str, Any]:
     return outcome.as_dict()
 
 
-class ReconnectSafeBatches(Batches):
-    """celery-batches, safe across broker reconnections.
-
-    celery-batches arms its flush timer on the first buffered message and keeps the handle until a
-    flush finds the buffer empty. Celery clears the event loop's timers whenever the broker
-    connection is lost, so after a reconnect the handle pointed at a timer that no longer existed:
-    a GPU worker holding fewer than GPU_BATCH_SIZE messages never ran them, and the run waited for
-    the recovery sweep. Celery rebuilds every task's strategy on each (re)connection; here that also
-    arms a fresh timer for what is still buffered. Those messages are run, not dropped: their
-    redelivery could take a whole visibility timeout. Their acknowledgement goes to the dead
-    channel and is lost, as for any acks_late task that runs across a reconnect, so the broker
-    delivers them once more after the visibility timeout, and the stages skip the finished work.
-
-    Messages with an ETA (retries sent with a countdown) wait in celery-batches' buffer, where they
-    held prefetch slots until their ETA: a few rescheduled images stalled the worker's intake for
-    up to BACKOFF_MAX_S. Celery's own strategy raises the prefetch count for each message it holds
-    for an ETA and lowers it when the message runs; this does the same.
-    """
-
-    abstract = True
-    # The consumer whose prefetch count ETA messages raise. Its QoS is read when a message comes or a
-    # batch runs: Celery builds the strategies before it creates the QoS.
-    _consumer: Any = None
-
-    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 - celery's name
-        handler = super().Strategy(task, app, consumer)
-        self._consumer = consumer
-        if self._tref is not None:
-            self._tref.cancel()
-            self._tref = None
-        buffered = self._buffer.qsize() + self._pending.qsize()
-        if buffered:
-            self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
-            logger.warning("broker connection restarted: flushing %d buffered %s messages on a new timer",
-                           buffered, self.name)
-
-        def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
-            if (message.headers or {}).get("eta"):
-                consumer.qos.increment_eventually()
-            handler(message, body, ack, reject, callbacks, **kw)
-
-        return handle
-
-    def flush(self, requests: list[Any]) -> Any:
-        held_for_eta = sum(1 for request in requests if request.eta)
-        qos = getattr(self._consumer, "qos", None)
-        if held_for_eta and qos is not None:
-            qos.decrement_eventually(held_for_eta)
-        return super().flush(requests)
-
-
 @app.task(name=UPSCALE, base=ReconnectSafeBatches, flush_every=SETTINGS.gpu_batch_size, flush_interval=SETTINGS.gpu_batch_wait_s)
 def upscale(requests: list[SimpleRequest]) -> None:
     """GPU stage. celery-batches hands over the messages waiting on this worker (up to one batch);
@@ -275,7 +225,7 @@ def upscale(requests: list[SimpleRequest]) -> None:
     that image again when its run stalls.
     """
     by_run: dict[str, list[tuple[SimpleRequest, str]]] = defaultdict(list)
-    with _TaskEvents(requests) as events:
+    with TaskEvents(requests) as events:
         for request in requests:
             try:
                 run_id, name = image_arguments(request.args, request.kwargs)
@@ -298,7 +248,7 @@ def upscale(requests: list[SimpleRequest]) -> None:
                 events.failed([request for request, _ in items], exc)
 
 
-def hand_back_and_leave(items: list[tuple[SimpleRequest, str, str]], error: DeviceLostError, events: _TaskEvents
+def hand_back_and_leave(items: list[tuple[SimpleRequest, str, str]], error: DeviceLostError, events: TaskEvents
                         ) -> None:
     """The device's CUDA context is broken: every image of the batch goes back to the queue as it
     came (neither an error of the image nor a retry of it), and this worker shuts down warm so that
@@ -331,7 +281,7 @@ def image_arguments(args: Any, kwargs: Any) -> tuple[str, str]:
     return args[0], args[1]
 
 
-def _upscale_run(run_id: str, items: list[tuple[SimpleRequest, str]], events: _TaskEvents) -> None:
+def _upscale_run(run_id: str, items: list[tuple[SimpleRequest, str]], events: TaskEvents) -> None:
     mine = claims()
     token = mine.me.token
     requests: dict[str, list[SimpleRequest]] = defaultdict(list)  # a name sent twice shares one outcome
@@ -365,7 +315,7 @@ def isolate_suspects(images: list[Claimed]) -> list[list[Claimed]]:
 
 
 def _upscale_group(run_id: str, group: list[Claimed], requests: dict[str, list[SimpleRequest]],
-                   events: _TaskEvents) -> None:
+                   events: TaskEvents) -> None:
     """One call of the GPU stage on ``group``, its outcomes recorded before the next group starts."""
     mine, token = claims(), claims().me.token
     holds = {image.name: image.hold for image in group}
@@ -406,17 +356,6 @@ def _upscale_group(run_id: str, group: list[Claimed], requests: dict[str, list[S
             logger.error("run %s: %s could not be recorded (%s); the sweep will pick it up", run_id, outcome.name, exc)
 
 
-@signals.task_received.connect
-def _announce_batched_request(sender: Any, request: Any, **_: Any) -> None:
-    """celery-batches buffers upscale messages without the task-received event Celery's default
-    strategy sends; send it, so Flower shows when each image reached the GPU worker."""
-    if request.name != upscale.name or not getattr(sender, "event_dispatcher", None):
-        return
-    sender.event_dispatcher.send("task-received", uuid=request.id, name=request.name, args=request.argsrepr,
-                                 kwargs=request.kwargsrepr, root_id=request.root_id, parent_id=request.parent_id,
-                                 retries=(request.request_dict or {}).get("retries", 0))
-
-
 def _reschedule(request: SimpleRequest, run_id: str, name: str, error: BaseException, batch: int = 1) -> None:
     """Retry one image later with exponential backoff; record it as failed after TASK_MAX_RETRIES
     (transient errors) or TASK_MAX_ERRORS (any other, counted with the ``batch`` it hit).
@@ -441,48 +380,6 @@ def _reschedule(request: SimpleRequest, run_id: str, name: str, error: BaseExcep
     except Exception:  # noqa: BLE001 - see the docstring
         logger.exception("run %s: could not reschedule %s; the sweep re-enqueues it when the run stalls", run_id, name)
         _release(run_id, name)
-
-
-class _TaskEvents:
-    """Per-image task events for Flower: celery-batches runs one batch but sends none of its own.
-
-    Best effort: monitoring trouble is logged, never allowed to fail the batch.
-    """
-
-    def __init__(self, requests: list[SimpleRequest]) -> None:
-        self.requests = requests
-        self._stack = contextlib.ExitStack()
-        self._dispatcher: Any = None
-
-    def __enter__(self) -> _TaskEvents:
-        hostname = self.requests[0].hostname if self.requests else None
-        try:
-            self._dispatcher = self._stack.enter_context(app.events.default_dispatcher(hostname=hostname))
-        except Exception:  # noqa: BLE001
-            logger.warning("task events unavailable for this batch", exc_info=True)
-        self._send("task-started", self.requests)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self._stack.close()
-        except Exception:  # noqa: BLE001
-            logger.warning("closing the event dispatcher failed", exc_info=True)
-
-    def succeeded(self, requests: list[SimpleRequest], result: Any, runtime: float = 0.0) -> None:
-        self._send("task-succeeded", requests, lambda r: {"result": repr(result(r)), "runtime": runtime})
-
-    def failed(self, requests: list[SimpleRequest], error: BaseException) -> None:
-        self._send("task-failed", requests, lambda r: {"exception": repr(error), "traceback": ""})
-
-    def _send(self, event: str, requests: list[SimpleRequest], fields: Any = None) -> None:
-        if self._dispatcher is None:
-            return
-        try:
-            for request in requests:
-                self._dispatcher.send(event, uuid=request.id, **(fields(request) if fields else {}))
-        except Exception:  # noqa: BLE001
-            logger.warning("could not send %s events", event, exc_info=True)
 
 
 @app.task(name=CALIBRATE, **RETRY)
