@@ -36,7 +36,7 @@ class StageContext:
         self._upscalers: dict[str, ImageUpscaler] = {}
         self._run_models: OrderedDict[str, ImageUpscaler] = OrderedDict()  # by checkpoint sha256, LRU
         self._manifest = lru_cache(maxsize=64)(self._load_manifest)
-        self._source = lru_cache(maxsize=64)(self.storages.open)
+        self._source = lru_cache(maxsize=64)(self.storages.open_source)
         self._tone = lru_cache(maxsize=16)(lambda text: ToneCurve.from_json(text.encode()))
 
     def upscaler(self, name: str = "model") -> ImageUpscaler:

@@ -104,6 +104,16 @@ class StorageFactory:
         """
         return backend_class(scheme_of(url)).from_url(url, self)
 
+    def open_source(self, url: str) -> Storage:
+        """:meth:`open` for a folder of inputs: a local one follows its symlinks wherever they point
+        (they are the user's own files); run stores never do.
+
+        Raises:
+            ConfigError: as :meth:`open`.
+        """
+        storage = self.open(url)
+        return storage.following_links() if isinstance(storage, LocalStorage) else storage
+
 
 def split_location(location: str) -> tuple[str, str]:
     """``dir/calibration.json`` or ``s3://bucket/prefix/calibration.json`` -> (folder URL, file name).
