@@ -12,7 +12,7 @@ from tqdm import tqdm
 from producer.sources import SAMPLE_SUBMISSION, Source, resolve_source
 from workers.errors import ConfigError, ObjectNotFoundError, RunCancelledError, RunNotFoundError
 from workers.io.storage import LocalStorage, Storage, StorageFactory, fetch_in_order
-from workers.io.submission import read_expected_columns
+from workers.io.submission import SampleSubmission, read_sample_submission
 from workers.io.weights import describe_weights
 from workers.ops.upscalers import upscaler_kind
 from workers.run.attempts import forget_attempts
@@ -76,16 +76,18 @@ def prepare_run(
     if source.is_local and not isinstance(storage, LocalStorage):
         source_url = _upload_missing(source, storage, keys, show_progress)
 
+    sample = _sample_submission(source, sample_submission)
     manifest = RunManifest(
         run_id=run_id,
         source=source_url,
         names=source.names,
         pipeline=pipeline,
         model=model,
-        expected_columns=_expected_columns(source, sample_submission),
+        expected_columns=sample.columns if sample else None,
         rejected=source.rejected,
         created_at=existing.created_at if existing else now_iso(),
         fingerprints=_carried(existing, source.names) | fingerprints,
+        expected_ids=sample.ids if sample else None,
     )
     save_manifest(storage, manifest)
     if retry_failed:
@@ -120,14 +122,14 @@ def _carried(previous: RunManifest | None, names: Sequence[str]) -> dict[str, st
     return {n: f for n, f in (previous.fingerprints if previous else {}).items() if stem(n) not in listed}
 
 
-def _expected_columns(source: Source, explicit: str | None) -> int | None:
+def _sample_submission(source: Source, explicit: str | None) -> SampleSubmission | None:
     try:
         if explicit:
             with open(explicit, "rb") as f:
-                return read_expected_columns(f)
+                return read_sample_submission(f)
         if source.sample_submission is not None:
-            return read_expected_columns(io.BytesIO(source.sample_submission.get(SAMPLE_SUBMISSION)))
-    except (OSError, ObjectNotFoundError) as exc:
+            return read_sample_submission(io.BytesIO(source.sample_submission.get(SAMPLE_SUBMISSION)))
+    except (OSError, ObjectNotFoundError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the sample submission: {exc}") from None
     return None
 

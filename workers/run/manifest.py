@@ -118,6 +118,10 @@ class RunManifest:
     # the names listed now and for earlier ones whose outputs remain: an input whose bytes changed is
     # redone, not mistaken for finished. Empty in manifests written before it existed.
     fingerprints: Mapping[str, str] = field(default_factory=dict)
+    # The submission IDs sample_submission.csv lists, in its order, when one was given (None in
+    # manifests written before they were checked): the aggregator reports an ID no input has and an
+    # input whose ID it does not list.
+    expected_ids: tuple[str, ...] | None = None
 
     @property
     def total(self) -> int:
@@ -129,8 +133,10 @@ class RunManifest:
         """Identifies what a run's outcome must cover: the listed inputs (names, bytes, rejections) and
         the expected width. The aggregator records it in ``summary.json``; a summary with another
         digest belongs to an earlier listing and says nothing about this one."""
-        listing = [list(self.names), [self.fingerprints.get(n, "") for n in self.names],
-                   [list(r) for r in self.rejected], self.expected_columns]
+        listing: list[object] = [list(self.names), [self.fingerprints.get(n, "") for n in self.names],
+                                 [list(r) for r in self.rejected], self.expected_columns]
+        if self.expected_ids is not None:  # only when set: digests of older manifests stay as they were
+            listing.append(list(self.expected_ids))
         return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
     def to_json(self) -> bytes:
@@ -139,6 +145,8 @@ class RunManifest:
         data["names"] = list(self.names)
         data["rejected"] = [list(r) for r in self.rejected]
         data["fingerprints"] = dict(self.fingerprints)
+        if self.expected_ids is not None:
+            data["expected_ids"] = list(self.expected_ids)
         return json.dumps(data, indent=1).encode()
 
     @classmethod
@@ -149,6 +157,8 @@ class RunManifest:
         data["pipeline"] = PipelineSpec.from_dict(data["pipeline"])
         data["names"] = tuple(data["names"])
         data["rejected"] = tuple(tuple(r) for r in data.get("rejected", ()))
+        if data.get("expected_ids") is not None:
+            data["expected_ids"] = tuple(data["expected_ids"])
         return cls(**data)
 
 
