@@ -67,10 +67,10 @@ def prepare_run(
 
     fingerprints = dict(zip(source.names, fetch_in_order(source.storage.fingerprint, source.names,
                                                          settings.io_threads), strict=True))
-    for name in stale_names(existing, fingerprints):  # before the manifest records the new fingerprints
+    stale = stale_names(existing, fingerprints)
+    for name in stale:  # before the manifest records the new fingerprints
         logger.info("run %s: %s changed since it was processed; redoing it", run_id, name)
-        for key in (*keys.outputs(name), keys.input(name)):
-            storage.delete(key)
+        _forget_outputs(storage, keys, name, uploaded_input=True)
 
     source_url = source.url
     if source.is_local and not isinstance(storage, LocalStorage):
@@ -90,6 +90,10 @@ def prepare_run(
         expected_ids=sample.ids if sample else None,
     )
     save_manifest(storage, manifest)
+    # Once more: a worker holding the old manifest may have stored an output between the first
+    # deletion and the save (after the save, it sees the manifest replaced and keeps nothing).
+    for name in stale:
+        _forget_outputs(storage, keys, name)  # not the input: the new bytes were uploaded meanwhile
     if retry_failed:
         failed = RunProgress.read(storage, run_id).failed
         for name in manifest.names:
@@ -97,6 +101,11 @@ def prepare_run(
                 storage.delete(keys.failed(name))
                 forget_attempts(storage, run_id, name)
     return plan_remaining(storage, manifest)
+
+
+def _forget_outputs(storage: Storage, keys: RunKeys, name: str, uploaded_input: bool = False) -> None:
+    for key in (*keys.outputs(name), *([keys.input(name)] if uploaded_input else [])):
+        storage.delete(key)
 
 
 def stale_names(previous: RunManifest | None, fingerprints: Mapping[str, str]) -> list[str]:

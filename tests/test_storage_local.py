@@ -177,6 +177,16 @@ class StorageContract:
         with pytest.raises(ObjectNotFoundError):
             store.fingerprint("f/missing")
 
+    def test_version_changes_when_the_object_is_replaced_and_only_then(self, backend: Backend) -> None:
+        store = backend.store
+        store.put("v/a", b"first")
+        first = store.version("v/a")
+        assert store.version("v/a") == first
+        store.put("v/a", b"other")
+        assert store.version("v/a") != first
+        with pytest.raises(ObjectNotFoundError):
+            store.version("v/missing")
+
     # ---- delete ----------------------------------------------------------------------------
 
     def test_delete(self, backend: Backend) -> None:

@@ -126,10 +126,22 @@ def denoise_stage(ctx: StageContext, run_id: str, name: str) -> Outcome:
     except PermanentImageError as exc:
         return record_failure(ctx, run_id, name, "denoise", exc.reason)
     ctx.storage.put(keys.denoised(name), encode_png(clean))
+    if not ctx.is_current(manifest):
+        ctx.storage.delete(keys.denoised(name))
+        raise ManifestReplacedError(run_id, name)
     seconds = time.perf_counter() - started
     height, width = rgb.shape[:2]
     _record_meta(ctx, run_id, name, "denoise", seconds=seconds, width=width, height=height, input_bytes=size_bytes)
     return Outcome(name, "denoised", seconds=seconds, size=(width, height))
+
+
+class ManifestReplacedError(TransientError):
+    """The run was enqueued again while a stage worked on one of its images: what the stage made came
+    from what the old manifest named (perhaps another source's bytes) and is not kept; the retry
+    reads the new one."""
+
+    def __init__(self, run_id: str, name: str) -> None:
+        super().__init__(f"run {run_id} was enqueued again while {name} was processed; redoing it from its new manifest")
 
 
 def read_input(ctx: StageContext, manifest: RunManifest, name: str) -> tuple[np.ndarray, int]:
@@ -438,6 +450,8 @@ def _store_upscaled(
         model = ctx.upscaler_for(manifest.pipeline).describe()
         _record_meta(ctx, manifest.run_id, name, "upscale", seconds=seconds, batch=batch, **model,
                      out_width=hr.shape[1], out_height=hr.shape[0])
+        if not ctx.is_current(manifest):
+            raise ManifestReplacedError(manifest.run_id, name)
         # The row goes last: its presence is what marks the image done.
         with ctx.storage.writer(keys.row(name)) as out:
             write_row(out, submission_id(name), values)

@@ -102,6 +102,14 @@ class LocalStorage:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFoundError(key) from None
 
+    def version(self, key: str) -> str:
+        """Inode, modification time and size: every write replaces the file by a rename (a new inode)."""
+        try:
+            info = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFoundError(key) from None
+        return f"{info.st_ino}:{info.st_mtime_ns}:{info.st_size}"
+
     def put(self, key: str, data: bytes) -> None:
         with self.writer(key) as f:
             f.write(data)
