@@ -7,10 +7,12 @@ the task code.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import secrets
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -18,6 +20,7 @@ from tqdm import tqdm
 
 from workers.errors import ConfigError, RunCancelledError, TrainingFailedError, TransientError
 from workers.io.storage import Storage, StorageFactory
+from workers.io.weights import CHECKPOINT_PREFIX, CHECKPOINTS_FOLDER
 from workers.run.aggregate import AggregateResult, is_current_summary
 from workers.run.keys import RunKeys
 from workers.run.plan import RunPlan
@@ -198,6 +201,7 @@ def train(settings: Settings, dataset: str, output: str | None, start: str | Non
     connect_tracker(settings)
     storages = StorageFactory(settings)
     app = create_app(settings)
+    start = publish_start(start, storages.open(settings.storage_url))
     job = TrainJob(dataset, output, start, dataclasses.asdict(config), restart, started_at=time.time(), photos=photos)
     first = secrets.token_hex(16)
     app.send_task(TRAIN, (job.to_dict(),), task_id=first, ignore_result=True)
@@ -232,6 +236,21 @@ def train(settings: Settings, dataset: str, output: str | None, start: str | Non
     return TrainResult(int(provenance.get("steps", 0)), int(provenance.get("best_step", 0)), provenance.get("holdout_psnr"),
                        bool(provenance.get("finished")), time.monotonic() - started,
                        [(s["file"], s["reason"]) for s in provenance.get("pairs", {}).get("skipped", [])], trained.url())
+
+
+def publish_start(start: str | None, run_store: Storage) -> str | None:
+    """The start a train task may use for ``--from``: a local file is copied into the run store under
+    its sha256 (once) and named by it, ``checkpoint:<sha256>.<ext>``, which workers fetch and check by
+    hash; any other reference goes as given (the workers' TRAIN_SOURCES decides)."""
+    if start is None or ":" in start.split("/", 1)[0] or not Path(start).expanduser().is_file():
+        return start
+    path = Path(start).expanduser()
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    key = f"{CHECKPOINTS_FOLDER}/{digest}{path.suffix.lower()}"
+    if not run_store.exists(key):
+        run_store.put(key, data)
+    return f"{CHECKPOINT_PREFIX}{digest}{path.suffix.lower()}"
 
 
 TRAIN_TIMEOUT_STALLS = 3  # stall periods with no news, each ending in the job's message sent again, before giving up

@@ -59,6 +59,15 @@ class Settings:
                                "repository's models/).")
     shipped_model: str = _setting("", "Shipped model that --preset learned runs, and that `producer train` starts "
                                   "from, when the dataset has no model of its own (empty: the registry's default).")
+    allow_torchscript: bool = _setting(
+        False, "Load TorchScript (.pt) checkpoints: torch.jit.load runs code the file carries, so they are refused "
+        "unless this is set.")
+    train_sources: str = _setting(
+        "", "Comma-separated start checkpoints (hf:owner/repo/file@rev, paths) a `train` task may start from, "
+        "besides the shipped models and the run store's checkpoints by hash.")
+    task_outputs: str = _setting(
+        "", "Comma-separated folders (in the run store) where `train` and `calibrate` tasks may also write, besides "
+        "their dataset's trained_x4.safetensors and calibration.json.")
     device: str = _setting("auto", "Torch device for the upscaler: auto, cpu, cuda, cuda:N.")
     precision: str = _setting("auto", "auto (CUDA: bf16 where the card has it, else fp16; CPU: fp32), fp16, bf16 or fp32.")
     gpu_batch_size: int = _setting(8, "Most same-size images per forward pass.")

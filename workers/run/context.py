@@ -12,7 +12,7 @@ from pathlib import Path
 from workers.errors import ObjectNotFoundError
 from workers.io.imageio import DecodeLimits
 from workers.io.storage import Storage, StorageFactory
-from workers.io.weights import fetch_checkpoint, resolve_weights
+from workers.io.weights import fetch_checkpoint, model_cache_dir, resolve_weights
 from workers.ops.tone import ToneCurve
 from workers.ops.upscalers import ImageUpscaler, TilePolicy, upscaler_kind
 from workers.run.keys import RunKeys
@@ -91,7 +91,7 @@ class StageContext:
 
     @property
     def model_cache_dir(self) -> Path:
-        return Path(self.settings.model_cache_dir or Path.home() / ".cache" / "lowlight-sr" / "models").expanduser()
+        return model_cache_dir(self.settings)
 
     def warm_up(self) -> None:
         """Load the worker's model now (GPU workers do at start-up), not on the first image."""

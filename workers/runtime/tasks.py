@@ -386,7 +386,7 @@ def _reschedule(request: SimpleRequest, run_id: str, name: str, error: BaseExcep
 def calibrate(dataset_url: str, output_url: str | None = None) -> dict[str, Any]:
     """Calibrate on a dataset in object storage (streaming) and store the artifact, only where a task
     may write (never run state: a message can be crafted)."""
-    destination = task_destination(dataset_url, output_url)
+    destination = task_destination(dataset_url, output_url, SETTINGS)
     calibration, where = calibrate_here(dataset_url, destination, stage_context().storages)
     return {"location": where, "pairs": calibration.n_pairs, "summary": calibration.summary()}
 
@@ -458,7 +458,7 @@ def train(self: Any, job: dict[str, Any]) -> dict[str, Any]:
     trains twice nor ends the chain. Every error ends: a chunk that raises is retried (transient:
     TASK_MAX_RETRIES; a configuration error: never; anything else: TASK_MAX_ERRORS attempts) and
     then marks the job failed with the error, which ``producer train`` reports."""
-    training = TrainJob.from_dict(job).checked()
+    training = TrainJob.from_dict(job).checked(SETTINGS)
     storages = stage_context().storages
     me = claims().me
     try:

@@ -16,22 +16,35 @@ from typing import TYPE_CHECKING, Any, Literal
 from workers.errors import ConfigError, ObjectNotFoundError
 from workers.io.models import load_registry, models_folder
 from workers.io.storage import Storage, StorageFactory, split_location
-from workers.io.weights import WeightsRef, resolve_checkpoint
+from workers.io.weights import (
+    CHECKPOINT_PREFIX,
+    WeightsRef,
+    check_not_torchscript,
+    fetch_checkpoint,
+    model_cache_dir,
+    resolve_checkpoint,
+    stored_checkpoint,
+)
 from workers.ops.degrade import COMPETITION_BRIGHTNESS, ForwardModel
 from workers.settings import Settings
-from workers.training.artifacts import TrainingOutput, default_output
-from workers.training.calibrate import Calibration, calibrate, default_location, load_calibration, open_dataset
+from workers.training.artifacts import TRAINED_FILE, TrainingOutput, default_output
+from workers.training.calibrate import (
+    CALIBRATION_FILE,
+    Calibration,
+    calibrate,
+    default_location,
+    load_calibration,
+    open_dataset,
+)
 from workers.training.config import TrainConfig, TrainProgress, TrainResult
 from workers.training.data import TrainingData
-from workers.training.destinations import check_task_output
+from workers.training.destinations import SHIPPED_PREFIX, check_task_dataset, check_task_output, check_task_start
 from workers.training.photos import CORPUS_MANIFEST, PHOTOS_FOLDER, PhotoListing, has_prefix, list_photos
 
 if TYPE_CHECKING:
     from workers.training.finetune import Trainer
 
 logger = logging.getLogger(__name__)
-
-SHIPPED_PREFIX = "shipped:"  # --from shipped:NAME starts from a registered model
 
 
 def dataset_calibration(dataset_url: str, storages: StorageFactory, note: Callable[[str], None]) -> Calibration:
@@ -77,18 +90,25 @@ def make_trainer(dataset_url: str | None, output_url: str | None, start_ref: str
         data = dataclasses.replace(data, photos=None)
     from workers.training.finetune import Trainer  # torch: only where training runs
 
-    start = resolve_start(start_ref, settings)
+    start = resolve_start(start_ref, settings, storages)
     return Trainer(data, output, start.path, start.source, config, settings.device, settings.precision, restart)
 
 
-def resolve_start(start_ref: str | None, settings: Settings) -> WeightsRef:
-    """The checkpoint training starts from: the one named (a path, ``hf:...``, or ``shipped:NAME``),
-    else the shipped model (``SHIPPED_MODEL``, or the registry's default), checked against its hash.
+def resolve_start(start_ref: str | None, settings: Settings, storages: StorageFactory) -> WeightsRef:
+    """The checkpoint training starts from: the one named (a path, ``hf:...``, ``shipped:NAME``, or
+    ``checkpoint:<sha256>.<ext>`` in the run store), else the shipped model (``SHIPPED_MODEL``, or the
+    registry's default), checked against its hash.
 
     Raises:
-        ConfigError: the named file is missing or cannot be downloaded; the shipped model is missing
-            or fails its hash check.
+        ConfigError: the named file is missing, TorchScript (unless ALLOW_TORCHSCRIPT), or cannot be
+            downloaded; the shipped model is missing or fails its hash check.
+        TransientError: a run store checkpoint could not be fetched, or does not have its hash.
     """
+    if start_ref and start_ref.startswith(CHECKPOINT_PREFIX):
+        check_not_torchscript(start_ref, settings)
+        key, sha256 = stored_checkpoint(start_ref)
+        path = fetch_checkpoint(storages.open(settings.storage_url), key, sha256, model_cache_dir(settings))
+        return WeightsRef(path, start_ref)
     if start_ref and not start_ref.startswith(SHIPPED_PREFIX):
         return resolve_checkpoint(start_ref, settings)
     registry = load_registry(models_folder(settings.models_dir))
@@ -175,16 +195,20 @@ class TrainJob:
     def output_location(self) -> str:
         return self.output or default_output(self.dataset)
 
-    def checked(self) -> TrainJob:
-        """This job, if what it writes is allowed to a task: the checkpoint (and its companions beside
-        it) a ``.safetensors`` outside run state, and the dataset's ``calibration.json`` (made when
-        missing) outside run state too (:func:`check_task_output`).
+    def checked(self, settings: Settings | None = None) -> TrainJob:
+        """This job, if a task may run it (:mod:`workers.training.destinations`): its dataset inside
+        the run store, its checkpoint (and the companions beside it) the dataset's
+        ``trained_x4.safetensors`` or allow-listed, the dataset's ``calibration.json`` (made when
+        missing), and a start a task may use. ``settings``: this process's, by default.
 
         Raises:
-            ConfigError: a destination is not allowed.
+            ConfigError: something it would read or write is not allowed.
         """
-        check_task_output(self.output_location(), self.dataset, ".safetensors")
-        check_task_output(default_location(self.dataset), self.dataset, ".json")
+        settings = settings or Settings.from_env()
+        check_task_dataset(self.dataset, settings)
+        check_task_output(self.output_location(), self.dataset, TRAINED_FILE, settings)
+        check_task_output(default_location(self.dataset), self.dataset, CALIBRATION_FILE, settings)
+        check_task_start(self.start, settings)
         return self
 
 
