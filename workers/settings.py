@@ -102,6 +102,9 @@ class Settings:
         4, "Threads that encode and upload upscaled images while the next batch runs, and that read a run's "
         "per-image objects in parallel when aggregating and reporting."
     )
+    redis_outage_s: float = _setting(
+        110.0, "How long a worker rides out a Redis outage in one call (a claim, a finish, a publish) before it gives "
+        "up on that call; what it could not record is mended by the recovery sweep once Redis is back.")
     visibility_timeout_s: int = _setting(3600, "Redis visibility timeout: longer than the slowest task.")
     train_chunk_s: int = _setting(
         600, "A distributed training job runs in chunks of this many seconds, each one task that saves its state and "
@@ -138,7 +141,7 @@ class Settings:
         if self.precision not in {"auto", "fp16", "bf16", "fp32"}:
             raise ConfigError(f"PRECISION must be auto, fp16, bf16 or fp32, got {self.precision!r}")
         for name in ("max_image_bytes", "max_image_pixels", "tile_max_pixels", "model_cache_size", "gpu_batch_pixels",
-                     "stall_after_s", "sweep_interval_s", "max_worker_deaths", "task_max_errors"):
+                     "stall_after_s", "sweep_interval_s", "max_worker_deaths", "task_max_errors", "redis_outage_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.upper()} must be positive")
 

@@ -24,6 +24,9 @@ needs hardware or a failure mode no local server has:
 * ``stall-forward[:<n>]``: not a fault: after ``n`` (default 0) forward passes of the upscaler,
   every pass hangs (logging STALL_MARK), so a test kills the worker inside one for certain, whatever
   the machine's speed.
+* ``pause-stage-until:<path>``: not a fault: the GPU task, its images claimed and marked, waits
+  before the stage runs until ``<path>`` exists (logging PAUSE_MARK), so a test stops a server at
+  that very point.
 * ``hold-until:<path>``: not a fault: the worker waits, started and loaded, before it consumes its
   first message, until ``<path>`` exists (a test moves it into a memory group meanwhile).
 """
@@ -214,12 +217,31 @@ def _stall_forward(after: str) -> None:
     Upscaler._model_forward = forward
 
 
+def _pause_stage_until(path: str) -> None:
+    import logging
+    import time
+
+    from workers.runtime import tasks
+
+    real = tasks.upscale_stage
+
+    def upscale_stage(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the real one's signature
+        logging.getLogger("simulated").warning("%s: waiting for %s", PAUSE_MARK, path)
+        while not os.path.exists(path):
+            time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    tasks.upscale_stage = upscale_stage
+
+
 HOLD_MARK = "simulated hold-until"
+PAUSE_MARK = "simulated pause before the GPU stage"
 STALL_MARK = "simulated stall in a forward pass"
 
 PATCHES = {"oom-flat": _oom_flat, "device-lost": _device_lost, "stall-forward": _stall_forward,
            "storage-down": _storage_down, "lose-aggregate-once": _lose_aggregate_once, "die-on": _die_on, "raise-on": _raise_on, "raise-once": _raise_once, "raise-in": _raise_in_train,
-           "lose-train-next-once": _lose_train_next_once, "hold-until": _hold_until}
+           "lose-train-next-once": _lose_train_next_once, "hold-until": _hold_until,
+           "pause-stage-until": _pause_stage_until}
 
 if SIMULATE:
     _install()

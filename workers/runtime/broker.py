@@ -20,6 +20,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 import redis
 from celery import Celery
@@ -63,6 +64,12 @@ class Delivery:
     tag: bytes
     message: Message
     at: float  # when it was delivered (the consumer's clock)
+    eta: float = 0.0  # when a retry sent with a countdown is due (0: at once)
+
+    @property
+    def due(self) -> float:
+        """When its consumer should have started on it: delivered, or its ETA if later."""
+        return max(self.at, self.eta)
 
 
 def image_args(body_b64: str) -> tuple[str, str] | None:
@@ -74,6 +81,15 @@ def image_args(body_b64: str) -> tuple[str, str] | None:
     if isinstance(args, list) and len(args) == 2 and all(isinstance(a, str) for a in args):
         return args[0], args[1]
     return None
+
+
+def message_eta(message: object) -> float:
+    """A kombu message's ETA header as epoch seconds (0.0 when it has none, or an unreadable one)."""
+    try:
+        text = message["headers"].get("eta")  # type: ignore[index]
+        return datetime.fromisoformat(text).timestamp() if text else 0.0
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return 0.0
 
 
 def image_message(message: object) -> Message | None:
@@ -96,16 +112,28 @@ def unacked_messages(client: redis.Redis) -> list[Delivery]:
     found = []
     for tag, raw in raw_by_tag.items():
         try:
-            message = image_message(json.loads(raw)[0])
+            body = json.loads(raw)[0]
         except (ValueError, IndexError, TypeError):
             continue
+        message = image_message(body)
         if message is not None:
-            found.append(Delivery(tag, message, float(delivered_at.get(tag, 0.0))))
+            found.append(Delivery(tag, message, float(delivered_at.get(tag, 0.0)), message_eta(body)))
     return found
 
 
 def waiting_images(client: redis.Redis, queues: Iterable[str], run_ids: Iterable[str]) -> dict[str, set[str]]:
     """Run id -> names with a message in ``queues`` or delivered and unacknowledged (any stage)."""
+    run_ids = list(run_ids)
+    found = queued_images(client, queues, run_ids)
+    wanted = set(run_ids)
+    for delivery in unacked_messages(client):
+        if delivery.message.run_id in wanted:
+            found[delivery.message.run_id].add(delivery.message.name)
+    return found
+
+
+def queued_images(client: redis.Redis, queues: Iterable[str], run_ids: Iterable[str]) -> dict[str, set[str]]:
+    """Run id -> names with a message waiting in ``queues`` (any stage)."""
     run_ids = list(run_ids)
     found: dict[str, set[str]] = defaultdict(set)
     if not run_ids:
@@ -123,9 +151,6 @@ def waiting_images(client: redis.Redis, queues: Iterable[str], run_ids: Iterable
                 if args and args[0] in wanted:
                     found[args[0]].add(args[1])
             start += CHUNK
-    for delivery in unacked_messages(client):
-        if delivery.message.run_id in wanted:
-            found[delivery.message.run_id].add(delivery.message.name)
     return found
 
 

@@ -85,11 +85,11 @@ def hand_over(task: Any, run_id: str, name: str, token: str) -> None:
 
 
 def _release(run_id: str, name: str) -> None:
-    """Best effort: a hold left behind only makes a duplicate of this message wait for the sweep."""
+    """Best effort: a release an outage stops is tried again with each heartbeat."""
     try:
         claims().release(run_id, [name])
     except OUTAGE_ERRORS:
-        logger.warning("run %s: could not release %s; the sweep will", run_id, name)
+        logger.warning("run %s: could not release %s; retried with the heartbeat", run_id, name)
 
 
 def fail_and_finish(stage: str, run_id: str, name: str, reason: str, token: str, kind: str = "") -> dict[str, Any]:
@@ -354,6 +354,7 @@ def _upscale_group(run_id: str, group: list[Claimed], requests: dict[str, list[S
                 events.succeeded(reqs, lambda r, o=outcome: o.as_dict(), runtime=elapsed)
         except OUTAGE_ERRORS as exc:  # Redis outlasted the tracker's retries: this image waits for the sweep
             logger.error("run %s: %s could not be recorded (%s); the sweep will pick it up", run_id, outcome.name, exc)
+            mine.release_later(run_id, [outcome.name])
 
 
 def _reschedule(request: SimpleRequest, run_id: str, name: str, error: BaseException, batch: int = 1) -> None:

@@ -51,13 +51,22 @@ class OutageRetry(Retry):
         return super().call_with_retry(do, fail_unless_refused, *args, **kwargs)
 
 
-# Ride out a Redis restart (an append-only file to reload, a pod rescheduled): a refused or dropped
-# connection is retried with backoff 0.1, 0.2, ... capped at 2 s before the error surfaces; redis-py's
-# own default gives up within milliseconds. Workers wait about two minutes (their work must not be
-# lost to an outage); a producer checking its configuration about 20 s (a wrong BROKER_URL should
-# not take minutes to say so).
-OUTAGE_RETRY = OutageRetry(ExponentialBackoff(cap=2.0, base=0.1), retries=60)
-QUICK_RETRY = OutageRetry(ExponentialBackoff(cap=2.0, base=0.1), retries=14)
+def outage_retry(budget_s: float) -> OutageRetry:
+    """Ride out a Redis restart (an append-only file to reload, a pod rescheduled): a refused or
+    dropped connection is retried with backoff 0.2, 0.4, ... capped at 2 s, as many times as fit in
+    ``budget_s``, before the error surfaces; redis-py's own default gives up within milliseconds."""
+    retries, waited = 0, 0.0
+    while waited < budget_s:
+        retries += 1
+        waited += min(2.0, 0.1 * 2**retries)
+    return OutageRetry(ExponentialBackoff(cap=2.0, base=0.1), retries=retries)
+
+
+# Workers wait REDIS_OUTAGE_S (about two minutes by default: their work must not be lost to an
+# outage); a producer checking its configuration about 20 s (a wrong BROKER_URL should not take
+# minutes to say so).
+OUTAGE_RETRY = outage_retry(110.0)
+QUICK_RETRY = outage_retry(20.0)
 # What a Redis outage that outlasted those retries raises, from redis-py and from kombu (sending tasks).
 OUTAGE_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, OperationalError)
 
