@@ -396,6 +396,22 @@ class TestLocalStorageOnly:
         assert "cannot be followed" in store.unreadable_reason("loop")
         assert store.unreadable_reason("real") is None
 
+    def test_a_full_disk_is_one_clear_error_and_leaves_nothing_behind(self, root: Path, monkeypatch) -> None:
+        import errno
+        import os
+
+        from workers.errors import StorageFullError
+
+        def full(fd: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        store = LocalStorage(root)
+        store.put("a/kept", b"old")
+        monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(StorageFullError, match="no space left .* free space"):
+            store.put("a/kept", b"new")
+        assert store.get("a/kept") == b"old" and sorted(p.name for p in (root / "a").iterdir()) == ["kept"]
+
     def test_symlink_inside_root_is_allowed(self, root: Path) -> None:
         (root / "real").mkdir()
         (root / "alias").symlink_to(root / "real", target_is_directory=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -13,10 +14,11 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
-from workers.errors import InvalidKeyError, ObjectNotFoundError
+from workers.errors import InvalidKeyError, ObjectNotFoundError, StorageFullError
 from workers.io.storage.base import check_key
 
 _FILE_MODE = 0o644
+_FULL = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only filesystem"}
 
 
 def local_path(url: str) -> Path:
@@ -143,11 +145,13 @@ class LocalStorage:
 
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[IO[bytes]]:
+        """Raises StorageFullError: the filesystem is full, over quota or read-only."""
         path = self._path(key, writing=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        with self._full_is_reported():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with self._full_is_reported(), os.fdopen(fd, "wb") as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
@@ -156,6 +160,17 @@ class LocalStorage:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    @contextlib.contextmanager
+    def _full_is_reported(self) -> Iterator[None]:
+        """A full disk is the deployment's to fix, not an image's (a retry cannot help): one clear error."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            raise StorageFullError(f"cannot write to {self.root}: {_FULL[exc.errno]} ({exc.strerror}); free space "
+                                   "(or make it writable), then enqueue the run again") from None
 
     def copy_to(self, key: str, out: IO[bytes]) -> None:
         try:
