@@ -12,7 +12,7 @@ from producer.planning import prepare_run
 from tests.conftest import png_bytes
 from tests.fixtures import write_images
 from workers.errors import DeviceOutOfMemoryError, StorageUnavailableError
-from workers.run import retries, stages
+from workers.run import policy, stages
 from workers.run.context import StageContext
 from workers.run.keys import RunKeys
 from workers.run.manifest import PipelineSpec
@@ -22,7 +22,7 @@ BICUBIC = PipelineSpec(upscaler="bicubic")  # no model: the stages run in a mome
 
 @pytest.fixture
 def ctx(settings, monkeypatch):
-    monkeypatch.setattr(retries, "backoff_s", lambda n: 0)  # the schedule is the workers'; here, no waiting
+    monkeypatch.setattr(policy, "backoff_s", lambda n: 0)  # the schedule is the workers'; here, no waiting
     return StageContext(settings.replace(task_max_retries=2))
 
 

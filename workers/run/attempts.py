@@ -59,10 +59,6 @@ class Attempts:
         """The failure reason once deaths reached the limit: what happened, and where last."""
         return f"worker died {self.deaths} times while processing it; last {self.last_worker}, {self.stage}"
 
-    def error_reason(self) -> str:
-        times = "once" if self.errors == 1 else f"{self.errors} times"
-        return f"unexpected error ({times}; last on {self.last_worker}, {self.stage}): {self.last_error}"
-
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -89,6 +85,19 @@ def read_attempts(storage: Storage, run_id: str, name: str, stage: str) -> Attem
 
 def write_attempts(storage: Storage, run_id: str, attempts: Attempts) -> None:
     storage.put(RunKeys(run_id).attempts(attempts.name, attempts.stage), attempts.to_json().encode())
+
+
+def count_error(storage: Storage, run_id: str, name: str, stage: str, error: BaseException, worker: str,
+                batch: int = 1) -> Attempts:
+    """One more unexpected error of the image at ``stage``, in its stored record; the record after it.
+
+    Raises:
+        TransientError: storage could not be reached (the error is not counted).
+        ConfigError: storage refuses the write (full, access denied).
+    """
+    attempts = read_attempts(storage, run_id, name, stage).with_error(error, worker, batch)
+    write_attempts(storage, run_id, attempts)
+    return attempts
 
 
 def stored_attempts(storage: Storage, run_id: str) -> Iterator[Attempts]:

@@ -88,12 +88,6 @@ def error_outcome(name: str, error: BaseException, batch: int = 1) -> Outcome:
     return Outcome(name, "retry", f"{type(error).__name__}: {error}", error=error, batch=batch)
 
 
-def give_up(ctx: StageContext, run_id: str, name: str, stage: str, attempts: int, error: BaseException | str) -> Outcome:
-    """Record an image whose transient errors outlasted every retry as failed, so its run still
-    completes; ``producer enqueue --retry-failed`` tries it again."""
-    return record_failure(ctx, run_id, name, stage, f"gave up after {attempts} transient errors: {error}")
-
-
 def _record_meta(ctx: StageContext, run_id: str, name: str, stage: str, **values: object) -> None:
     meta = {"stage": stage, "worker": ctx.hostname, "at": now_iso(), "code_version": CODE_VERSION, **values}
     ctx.storage.put(RunKeys(run_id).meta(name, stage), json.dumps(meta).encode())

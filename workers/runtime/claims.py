@@ -28,7 +28,7 @@ from typing import Literal
 
 from workers.errors import ConfigError
 from workers.io.storage import Storage
-from workers.run.attempts import Attempts, describe_error, read_attempts, stored_attempts, write_attempts
+from workers.run.attempts import Attempts, count_error, describe_error, read_attempts, stored_attempts, write_attempts
 from workers.runtime.holds import Hold, new_hold
 from workers.runtime.liveness import Holder, alive
 from workers.runtime.tracking import RunTracker
@@ -187,16 +187,15 @@ class Claims:
         return attempts
 
     def record_error(self, run_id: str, name: str, stage: str, error: BaseException, batch: int = 1) -> Attempts:
-        """Count an unexpected error of the image (storage, then the cache); the caller retries it or,
-        at TASK_MAX_ERRORS, records it as failed with :meth:`Attempts.error_reason`.
+        """Count an unexpected error of the image (storage, then the cache); the caller asks the
+        failure policy (:mod:`workers.run.policy`) whether it is retried or recorded as failed.
 
         A configuration error is the deployment's, not the image's: it is flagged on the run once (the
         waiting producer and ``producer status`` show it) and logged loudly once per process.
         """
         if isinstance(error, ConfigError):
             report_config_error(self.tracker, run_id, error, self.me.node)
-        attempts = read_attempts(self.storage, run_id, name, stage).with_error(error, self.me.node, batch)
-        write_attempts(self.storage, run_id, attempts)
+        attempts = count_error(self.storage, run_id, name, stage, error, self.me.node, batch)
         self.tracker.cache_attempts(run_id, {attempts_field(attempts): attempts.to_json()})
         return attempts
 
