@@ -34,7 +34,7 @@ from workers.runtime.tracking import OUTAGE_ERRORS, QUICK_RETRY, RunTracker
 from workers.settings import Settings, redact_url
 from workers.training.artifacts import TrainingOutput
 from workers.training.config import TrainConfig, TrainResult
-from workers.training.job import TrainJob, read_marker
+from workers.training.job import JobMarker, TrainJob, read_marker
 
 POLL_S = 1.0
 
@@ -211,25 +211,26 @@ def train(settings: Settings, dataset: str, output: str | None, start: str | Non
     with tqdm(total=config.step_budget, desc="train (workers)", unit="step") as bar:
         while True:
             try:
-                marker = read_marker(job, storages) or {}
-                mine = marker.get("job") == job.started_at
+                marker = read_marker(job, storages)
+                mine = marker is not None and marker.job == job.started_at
                 provenance = trained.read_provenance() if mine else None
             except TransientError as exc:
                 bar.set_postfix_str(f"waiting for storage: {exc}")
                 time.sleep(poll_s)
                 continue
-            if provenance:
+            ours = marker if mine else None
+            if provenance and ours is not None:
                 bar.update(max(int(provenance["steps"]) - bar.n, 0))
                 best = provenance.get("holdout_psnr")
-                bar.set_postfix_str(f"chunk {marker['chunk']}, held-back {best:.2f} dB" if best is not None else f"chunk {marker['chunk']}")
-            if mine and marker.get("failed"):
-                raise TrainingFailedError(f"training job failed in chunk {marker.get('chunk')}: {marker.get('error')}")
-            if mine and marker.get("done"):
+                bar.set_postfix_str(f"chunk {ours.chunk}, held-back {best:.2f} dB" if best is not None else f"chunk {ours.chunk}")
+            if ours is not None and ours.failed:
+                raise TrainingFailedError(f"training job failed in chunk {ours.chunk}: {ours.error}")
+            if ours is not None and ours.done:
                 break
-            resend = watch.check(marker if mine else None)
+            resend = watch.check(ours)
             if resend is not None:
                 bar.set_postfix_str(f"no news for {settings.stall_after_s:g} s: sending the job's message again")
-                app.send_task(TRAIN, (dataclasses.replace(job, chunk=int(marker.get("chunk", 0)) if mine else 0).to_dict(),),
+                app.send_task(TRAIN, (dataclasses.replace(job, chunk=ours.chunk if ours else 0).to_dict(),),
                               task_id=resend, ignore_result=True)
             time.sleep(poll_s)
     provenance = trained.read_provenance() or {}
@@ -264,11 +265,11 @@ class JobWatch:
 
     def __init__(self, first_task: str, stall_after_s: float) -> None:
         self.first_task, self.stall_after_s = first_task, stall_after_s
-        self.last: dict[str, Any] | None = None
+        self.last: JobMarker | None = None
         self.since = time.monotonic()
         self.stalls = 0
 
-    def check(self, marker: dict[str, Any] | None) -> str | None:
+    def check(self, marker: JobMarker | None) -> str | None:
         """The task id to send again now, or None.
 
         Raises:
@@ -282,10 +283,10 @@ class JobWatch:
         self.since, self.stalls = time.monotonic(), self.stalls + 1
         waited = self.stalls * self.stall_after_s
         if self.stalls > TRAIN_TIMEOUT_STALLS:
-            where = "no worker has started it" if marker is None else f"chunk {marker.get('chunk')} gives no news"
+            where = "no worker has started it" if marker is None else f"chunk {marker.chunk} gives no news"
             raise ConfigError(f"training job stalled: {where} after {waited:.0f} s, its message sent again "
                               f"{TRAIN_TIMEOUT_STALLS} times; is a worker serving the `train` queue running? "
                               "Re-run the command to resume from the saved state")
         if marker is None:
             return self.first_task
-        return marker.get("next") if marker.get("complete") else marker.get("task")
+        return marker.next if marker.complete else marker.task

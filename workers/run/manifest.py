@@ -139,7 +139,7 @@ class RunManifest:
             listing.append(list(self.expected_ids))
         return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
-    def to_json(self) -> bytes:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["pipeline"] = self.pipeline.to_dict()
         data["names"] = list(self.names)
@@ -147,19 +147,34 @@ class RunManifest:
         data["fingerprints"] = dict(self.fingerprints)
         if self.expected_ids is not None:
             data["expected_ids"] = list(self.expected_ids)
-        return json.dumps(data, indent=1).encode()
+        return data
 
     @classmethod
-    def from_json(cls, raw: bytes) -> RunManifest:
-        data = json.loads(raw)
+    def from_dict(cls, data: Mapping[str, Any]) -> RunManifest:
+        """A stored manifest (fields added since version 1 are optional: older manifests read as before).
+
+        Raises:
+            ConfigError: another version, or fields this version does not know (a newer writer's).
+        """
+        data = dict(data)
         if data.get("version") != MANIFEST_VERSION:
             raise ConfigError(f"run manifest version {data.get('version')} is not {MANIFEST_VERSION}")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"run manifest has unknown fields {sorted(unknown)}: written by a newer version?")
         data["pipeline"] = PipelineSpec.from_dict(data["pipeline"])
         data["names"] = tuple(data["names"])
-        data["rejected"] = tuple(tuple(r) for r in data.get("rejected", ()))
+        data["rejected"] = tuple((str(n), str(r)) for n, r in data.get("rejected", ()))
         if data.get("expected_ids") is not None:
             data["expected_ids"] = tuple(data["expected_ids"])
         return cls(**data)
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), indent=1).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> RunManifest:
+        return cls.from_dict(json.loads(raw))
 
 
 def make_run_id(label: str, source: str, pipeline: PipelineSpec, model: str) -> str:

@@ -139,8 +139,8 @@ def training_data(dataset_url: str | None, photos_url: str | None, storages: Sto
     photos = None
     if photos_url is not None:
         photos = open_photos(photos_url, storages)
-    elif dataset is not None and has_prefix(dataset, PHOTOS_FOLDER):
-        photos = open_photos(f"{dataset_url.rstrip('/')}/{PHOTOS_FOLDER}", storages)  # type: ignore[union-attr]
+    elif dataset is not None and dataset_url is not None and has_prefix(dataset, PHOTOS_FOLDER):
+        photos = open_photos(f"{dataset_url.rstrip('/')}/{PHOTOS_FOLDER}", storages)
     if photos is not None:
         note(f"photos: {len(photos.keys)} files in {photos.label}")
     return TrainingData(forward, brightness, dataset, label, photos, summary)
@@ -228,31 +228,73 @@ class ChunkOutcome:
         return dataclasses.asdict(self)
 
 
+MARKER_VERSION = 1
+
+
+@dataclass(frozen=True)
+class JobMarker:
+    """A training job's stored state (``<output>.job.json``), which drives its chain of chunks: the
+    chunk that runs or last ran, the message that runs it and the one that runs the next, who holds
+    it and when it last beat, deaths, errors, and whether the job is over (``done``, or ``failed``
+    with the ``error``)."""
+
+    job: float  # the job's started_at: which job of this output the state is of
+    chunk: int = 0
+    task: str = ""  # the message running (or that ran) the chunk
+    complete: bool = False  # the chunk finished; ``next`` runs the following one
+    done: bool = False
+    failed: bool = False
+    holder: dict[str, Any] | None = None  # the worker process running it (liveness.Holder's fields)
+    heartbeat: float = 0.0
+    deaths: int = 0
+    errors: int = 0
+    next: str | None = None
+    steps: int = 0
+    best_psnr: float | None = None
+    error: str = ""
+    version: int = MARKER_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobMarker:
+        """A stored marker; a field this version does not know is ignored (a newer writer's).
+
+        Raises:
+            ConfigError: not a marker (no ``job``), or of a newer version.
+        """
+        if not isinstance(data, dict) or "job" not in data:
+            raise ConfigError(f"not a training job marker: {str(data)[:80]!r}")
+        if int(data.get("version", MARKER_VERSION)) > MARKER_VERSION:
+            raise ConfigError(f"training job marker version {data['version']} is newer than {MARKER_VERSION}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 def job_marker(job: TrainJob, storages: StorageFactory) -> tuple[Storage, str]:
-    """Where a job records its state (``<output>.job.json``): the chunk that runs or last ran, the
-    message that runs it and the one that runs the next, who holds it and when it last beat, deaths,
-    errors, and whether the job is over (``done``, or ``failed`` with the ``error``)."""
+    """Where a job records its :class:`JobMarker`: ``<output>.job.json``."""
     output = TrainingOutput.at(job.output_location(), storages)
     return output.storage, output.name + ".job.json"
 
 
-def read_marker(job: TrainJob, storages: StorageFactory) -> dict[str, Any] | None:
+def read_marker(job: TrainJob, storages: StorageFactory) -> JobMarker | None:
     storage, key = job_marker(job, storages)
     try:
-        return json.loads(storage.get(key))
+        return JobMarker.from_dict(json.loads(storage.get(key)))
     except ObjectNotFoundError:
         return None
 
 
-def write_marker(job: TrainJob, storages: StorageFactory, marker: dict[str, Any]) -> None:
+def write_marker(job: TrainJob, storages: StorageFactory, marker: JobMarker) -> None:
     storage, key = job_marker(job, storages)
-    storage.put(key, json.dumps(marker).encode())
+    storage.put(key, json.dumps(marker.to_dict()).encode())
 
 
 Step = Literal["run", "resume", "resend", "duplicate", "held", "died"]
 
 
-def next_step(marker: dict[str, Any] | None, job: TrainJob, task_id: str, holder_alive: bool | None,
+def next_step(marker: JobMarker | None, job: TrainJob, task_id: str, holder_alive: bool | None,
               redelivered: bool = False) -> Step:
     """What a ``train`` message must do, from the job's stored state alone (the chain is driven by it):
 
@@ -266,18 +308,18 @@ def next_step(marker: dict[str, Any] | None, job: TrainJob, task_id: str, holder
     * while a chunk runs, its own message delivered again is dropped while its holder is alive
       (``holder_alive``), and resumes it as a death of the holder otherwise.
     """
-    if marker is None or marker.get("job") != job.started_at:
-        newer = marker is None or job.started_at > float(marker.get("job") or 0)
+    if marker is None or marker.job != job.started_at:
+        newer = marker is None or job.started_at > marker.job
         return "run" if job.chunk == 0 and newer else "duplicate"
-    if marker.get("done") or marker.get("failed"):
+    if marker.done or marker.failed:
         return "duplicate"
-    if marker.get("complete"):
-        if task_id == marker.get("next"):
+    if marker.complete:
+        if task_id == marker.next:
             return "run"
-        return "resend" if task_id == marker.get("task") and redelivered else "duplicate"
-    if task_id != marker.get("task"):
+        return "resend" if task_id == marker.task and redelivered else "duplicate"
+    if task_id != marker.task:
         return "duplicate"
-    if marker.get("holder") is None:
+    if marker.holder is None:
         return "resume"  # it stopped on an error and is retried
     return "held" if holder_alive else "died"
 
@@ -292,30 +334,29 @@ def train_chunk(job: TrainJob, task_id: str, settings: Settings, storages: Stora
     The caller sends ``next_task`` (with that task id) for ``continue`` and ``resend``.
     """
     marker = read_marker(job, storages)
-    current = marker if marker is not None and marker.get("job") == job.started_at else None
-    running = current is not None and not current.get("complete") and current.get("holder") is not None
-    step = next_step(marker, job, task_id, holder_alive(current["holder"]) if running else None,  # type: ignore[index]
-                     redelivered)
+    current = marker if marker is not None and marker.job == job.started_at else None
+    running = current is not None and not current.complete and current.holder is not None
+    alive = holder_alive(current.holder) if running and current is not None and current.holder else None
+    step = next_step(marker, job, task_id, alive, redelivered)
     if step in ("duplicate", "held"):
         logger.warning("training message %s for %s: %s (marker %s): dropped", task_id, job.output_location(), step, marker)
         return ChunkOutcome(step)
-    assert step == "run" or current is not None
-    if step == "resend":
-        return ChunkOutcome("resend", next_task=current["next"])  # type: ignore[index]
-    deaths = int((current or {}).get("deaths", 0))
-    chunk = 0 if current is None else int(current["chunk"]) + (step == "run")
-    if step == "died":
+    if step == "resend" and current is not None:
+        return ChunkOutcome("resend", next_task=current.next)
+    deaths = current.deaths if current is not None else 0
+    chunk = 0 if current is None else current.chunk + (step == "run")
+    if step == "died" and current is not None:
         deaths += 1
-        node = current["holder"].get("node", "?")  # type: ignore[index]
+        node = (current.holder or {}).get("node", "?")
         logger.warning("training chunk %d of %s: worker %s died running it (%d of %d deaths)", chunk,
                        job.output_location(), node, deaths, settings.max_worker_deaths)
         if deaths >= settings.max_worker_deaths:
             error = f"worker died {deaths} times while training; last {node}, chunk {chunk}"
-            write_marker(job, storages, {**current, "holder": None, "deaths": deaths, "failed": True, "error": error})  # type: ignore[dict-item]
+            write_marker(job, storages, dataclasses.replace(current, holder=None, deaths=deaths, failed=True,
+                                                            error=error))
             return ChunkOutcome("failed")
-    state = {"job": job.started_at, "chunk": chunk, "task": task_id, "complete": False, "done": False, "failed": False,
-             "holder": holder, "heartbeat": time.time(), "deaths": deaths,
-             "errors": int((current or {}).get("errors", 0)) if step != "run" else 0}
+    state = JobMarker(job.started_at, chunk, task_id, holder=holder, heartbeat=time.time(), deaths=deaths,
+                      errors=current.errors if current is not None and step != "run" else 0)
     write_marker(job, storages, state)
     config = TrainConfig(**job.config)
     trainer = make_trainer(job.dataset, job.output, job.start, config, settings, storages,
@@ -328,12 +369,13 @@ def train_chunk(job: TrainJob, task_id: str, settings: Settings, storages: Stora
     over_budget = bool(config.minutes) and time.time() - job.started_at >= 60 * config.minutes
     done = result.finished or over_budget
     next_task = None if done else secrets.token_hex(16)
-    write_marker(job, storages, {**state, "complete": True, "done": done, "holder": None, "next": next_task,
-                                 "heartbeat": time.time(), "steps": result.steps, "best_psnr": result.best_psnr})
+    write_marker(job, storages, dataclasses.replace(state, complete=True, done=done, holder=None, next=next_task,
+                                                    heartbeat=time.time(), steps=result.steps,
+                                                    best_psnr=result.best_psnr))
     return ChunkOutcome("done" if done else "continue", result.steps, result.best_psnr, next_task)
 
 
-def _heartbeat(job: TrainJob, storages: StorageFactory, state: dict[str, Any], every_s: float) -> Callable[[], None]:
+def _heartbeat(job: TrainJob, storages: StorageFactory, state: JobMarker, every_s: float) -> Callable[[], None]:
     """A progress callback that restamps the marker's heartbeat at most every ``every_s``: the
     producer following the job tells a slow chunk from a dead one by it."""
     last = [time.monotonic()]
@@ -342,8 +384,8 @@ def _heartbeat(job: TrainJob, storages: StorageFactory, state: dict[str, Any], e
         if time.monotonic() - last[0] >= every_s:
             last[0] = time.monotonic()
             try:
-                write_marker(job, storages, {**state, "heartbeat": time.time()})
-            except Exception:  # noqa: BLE001 - a missed beat is not worth a chunk
+                write_marker(job, storages, dataclasses.replace(state, heartbeat=time.time()))
+            except Exception:  # a missed beat is not worth a chunk
                 logger.warning("could not restamp the training heartbeat", exc_info=True)
 
     return beat
@@ -353,9 +395,9 @@ def chunk_failed(job: TrainJob, task_id: str, storages: StorageFactory, error: s
     """Record that the chunk of message ``task_id`` stopped on ``error``: retried later (its holder is
     cleared, so the retry resumes it wherever it lands), or the job is over when ``final``."""
     marker = read_marker(job, storages)
-    if marker is None or marker.get("job") != job.started_at:
-        marker = {"job": job.started_at, "chunk": job.chunk, "task": task_id, "complete": False, "done": False}
-    if marker.get("task") != task_id or marker.get("complete"):
+    if marker is None or marker.job != job.started_at:
+        marker = JobMarker(job.started_at, job.chunk, task_id)
+    if marker.task != task_id or marker.complete:
         return  # not this message's chunk: nothing of the job's state to change
-    write_marker(job, storages, {**marker, "holder": None, "errors": int(marker.get("errors", 0)) + 1,
-                                 "error": error, "failed": final})
+    write_marker(job, storages, dataclasses.replace(marker, holder=None, errors=marker.errors + 1, error=error,
+                                                    failed=final))
