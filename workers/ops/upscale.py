@@ -87,7 +87,7 @@ def load_descriptor(path: Path | str) -> Any:
     path = Path(path)
     try:
         descriptor = spandrel.ModelLoader().load_from_file(path)
-    except Exception as exc:  # noqa: BLE001 - unpickling/zip/safetensors each raise their own types
+    except Exception as exc:  # unpickling/zip/safetensors each raise their own types
         raise UnsupportedModelError(f"{path}: not a checkpoint spandrel can load ({type(exc).__name__}: {exc})") from None
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise UnsupportedModelError(f"{path}: {descriptor.architecture.name} is not an image-to-image model")

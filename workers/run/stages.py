@@ -288,7 +288,7 @@ def _prepare(ctx: StageContext, manifest: RunManifest, name: str) -> _Loaded | O
         return _load_for_upscale(ctx, manifest, name)
     except PermanentImageError as exc:
         return record_failure(ctx, manifest.run_id, name, "upscale", exc.reason)
-    except Exception as exc:  # noqa: BLE001 - transient or not, this image's alone: the caller decides
+    except Exception as exc:  # transient or not, this image's alone: the caller decides
         return error_outcome(name, exc)
 
 
@@ -329,7 +329,7 @@ class _GpuWork:
         for name, future in self.stores.items():
             try:
                 self.outcomes[name] = future.result()
-            except Exception as exc:  # noqa: BLE001 - a storage bug or surprise fails this image's attempt alone
+            except Exception as exc:  # a storage bug or surprise fails this image's attempt alone
                 logger.exception("run %s: storing %s failed unexpectedly; it will be retried", run_id, name)
                 self.outcomes[name] = error_outcome(name, exc)
         for future in self.side_writes:  # intermediate images: for reports, never a reason to fail an image
@@ -362,7 +362,7 @@ def _upscale_isolated(ctx: StageContext, manifest: RunManifest, batch: list[_Loa
         return
     except DeviceLostError:
         raise  # not these images' fault: the process must go, the images back to the queue
-    except Exception as exc:  # noqa: BLE001 - transient or a bug: the caller counts and retries it
+    except Exception as exc:  # transient or a bug: the caller counts and retries it
         if not isinstance(exc, TransientError):
             logger.exception("run %s: unexpected error upscaling %d images", manifest.run_id, len(batch))
         yield batch, None, 0.0, exc

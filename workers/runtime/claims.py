@@ -210,7 +210,7 @@ def report_config_error(tracker: RunTracker, run_id: str, error: BaseException, 
     message = f"{describe_error(error)} (seen by {node})"
     try:
         loud = tracker.flag_config_error(run_id, message)
-    except Exception:  # noqa: BLE001 - flagging is a courtesy; then each process says it once
+    except Exception:  # flagging is a courtesy; then each process says it once
         loud = (run_id, type(error).__name__) not in _REPORTED
     _REPORTED.add((run_id, type(error).__name__))
     if loud:

@@ -44,7 +44,7 @@ class TaskEvents:
         hostname = self.requests[0].hostname if self.requests else None
         try:
             self._dispatcher = self._stack.enter_context(app.events.default_dispatcher(hostname=hostname))
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.warning("task events unavailable for this batch", exc_info=True)
         self._send("task-started", self.requests)
         return self
@@ -52,7 +52,7 @@ class TaskEvents:
     def __exit__(self, *exc: object) -> None:
         try:
             self._stack.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.warning("closing the event dispatcher failed", exc_info=True)
 
     def succeeded(self, requests: list[SimpleRequest], result: Any, runtime: float = 0.0) -> None:
@@ -67,5 +67,5 @@ class TaskEvents:
         try:
             for request in requests:
                 self._dispatcher.send(event, uuid=request.id, **(fields(request) if fields else {}))
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.warning("could not send %s events", event, exc_info=True)

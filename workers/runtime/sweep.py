@@ -137,12 +137,12 @@ def sweep(claims: Claims, app: Celery, stall_after_s: float, run_ids: Iterable[s
             manifest = check_run(claims, app, run_id, stall_after_s, now, report)
             if manifest is not None:
                 stalled.append(manifest)
-        except Exception:  # noqa: BLE001 - one run's trouble (an outage, a corrupt manifest) must not stop the rest
+        except Exception:  # one run's trouble (an outage, a corrupt manifest) must not stop the rest
             logger.exception("sweep: run %s could not be checked; next sweep tries again", run_id)
     if stalled:
         try:
             resend_lost(claims, app, stalled, now, report, stall_after_s)
-        except Exception:  # noqa: BLE001 - the next stall period tries again
+        except Exception:  # the next stall period tries again
             logger.exception("sweep: could not look for lost messages of %s", [m.run_id for m in stalled])
     return report
 

@@ -156,7 +156,7 @@ class LostChildAware(Request):
             try:
                 run_id, name = image_arguments(self.args, self.kwargs)
                 claims().bury_pool_child(run_id, name, self.worker_pid)
-            except Exception:  # noqa: BLE001 - the next delivery or the sweep counts it instead
+            except Exception:  # the next delivery or the sweep counts it instead
                 logger.warning("could not record the death of pool child %s", self.worker_pid, exc_info=True)
         return super().on_failure(exc_info, send_failed_event, return_ok)
 
@@ -219,7 +219,7 @@ def upscale(requests: list[SimpleRequest]) -> None:
             except DeviceLostError as exc:
                 hand_back_and_leave([(r, n, rid) for rid, later in runs[index:] for r, n in later], exc, events)
                 return
-            except Exception as exc:  # noqa: BLE001 - see the docstring: reschedule, never drop
+            except Exception as exc:  # see the docstring: reschedule, never drop
                 logger.exception("run %s: upscale batch failed; rescheduling %d images", run_id, len(items))
                 for request, name in items:
                     _reschedule(request, run_id, name, exc, len(items))
@@ -237,7 +237,7 @@ def hand_back_and_leave(items: list[tuple[SimpleRequest, str, str]], error: Devi
         _release(run_id, name)
         try:
             upscale.apply_async((run_id, name), task_id=request.id, retries=retries_of(request), ignore_result=True)
-        except Exception:  # noqa: BLE001 - the sweep sends it again when the run stalls
+        except Exception:  # the sweep sends it again when the run stalls
             logger.exception("run %s: could not hand %s back; the sweep will", run_id, name)
     events.failed([request for request, _, _ in items], error)
     os.kill(os.getpid(), signal.SIGTERM)  # warm shutdown: this batch returns first, then the process exits

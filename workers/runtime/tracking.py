@@ -42,7 +42,7 @@ class OutageRetry(Retry):
     ``AuthenticationError`` a ``ConnectionError``, so a wrong REDIS_PASSWORD was retried like an
     outage (23 s before the producer could say so)."""
 
-    def call_with_retry(self, do, fail, *args, **kwargs):  # noqa: ANN001, ANN201, ANN002, ANN003 - redis-py's signature
+    def call_with_retry(self, do, fail, *args, **kwargs):  # redis-py's signature
         def fail_unless_refused(error: Exception, *rest: object) -> None:
             fail(error, *rest)
             if isinstance(error, redis.AuthenticationError):

@@ -133,7 +133,7 @@ def start_sweeper(holder: str) -> threading.Thread:
                 if tracker().lease("sweep", holder, every * 0.9):
                     # A sweep not started within its period is dropped: the next one does its work.
                     app.send_task(SWEEP, ignore_result=True, expires=every)
-            except Exception:  # noqa: BLE001 - a timer must outlive any outage
+            except Exception:  # a timer must outlive any outage
                 logger.warning("could not send the recovery sweep this time", exc_info=True)
 
     thread = threading.Thread(target=loop, name="recovery-sweep", daemon=True)

@@ -48,7 +48,7 @@ class S3Storage:
     def _key(self, key: str) -> str:
         return join_key(self.prefix, check_key(key)) if self.prefix else check_key(key)
 
-    def _call(self, key: str, fn, *args, **kwargs):  # noqa: ANN001, ANN202 - thin error mapper
+    def _call(self, key: str, fn, *args, **kwargs):  # thin error mapper
         from minio.error import MinioException, S3Error
 
         where = self._where(key)
