@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 WEIGHTS ?= $(firstword $(wildcard ../shared/weights/RealESRGAN_x4plus.pth))
 export WEIGHTS
 
-.PHONY: demo test test-fast faults soak bench pretrain corpus system-deps device-bundle device-check clean
+.PHONY: demo test test-fast lint faults soak bench pretrain corpus system-deps device-bundle device-check clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,16 @@ demo: $(BIN)/.installed
 system-deps:
 	bash scripts/install-system-deps.sh
 
-test: $(BIN)/.installed system-deps
-	$(BIN)/lint-imports
+test: lint system-deps
 	$(BIN)/pytest -q
+
+# Lint and types (CI runs them through `make test`): ruff with the configured rules, the formatter on
+# the files it holds (pyproject.toml [tool.ruff.format]), mypy on workers and producer, the layers.
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy workers producer
+	$(BIN)/lint-imports
 
 # Unit tests only: no servers, no worker processes.
 test-fast: $(BIN)/.installed

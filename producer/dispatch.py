@@ -37,6 +37,7 @@ from workers.training.config import TrainConfig, TrainResult
 from workers.training.job import JobMarker, TrainJob, read_marker
 
 POLL_S = 1.0
+PASSING: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, TransientError)  # what the waiting producer rides out
 
 
 def connect_tracker(settings: Settings) -> RunTracker:
@@ -124,7 +125,7 @@ def wait_for_run(settings: Settings, storage: Storage, plan: RunPlan, tracker: R
                     mended = report.rebuilt or report.restored or report.reenqueued.get(run_id) or report.aggregated
                     if mended:
                         bar.set_postfix_str(f"recovery: {_mended(report.as_dict())}")
-            except (*OUTAGE_ERRORS, TransientError) as exc:
+            except PASSING as exc:
                 bar.set_postfix_str(f"waiting for servers: {type(exc).__name__}")
             time.sleep(POLL_S)
     return AggregateResult(**{k: summary[k] for k in ("run_id", "total", "written", "failed", "pending", "complete")})

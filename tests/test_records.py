@@ -14,11 +14,18 @@ from workers.run.manifest import PipelineSpec, RunManifest
 
 
 def a_manifest(**changes) -> RunManifest:
-    fields = dict(run_id="r1", source="file:///data/test", names=("test_1.png", "test_2.png"),
-                  pipeline=PipelineSpec(preset="quality", upscaler="bicubic", denoise=DenoiseSpec("nlm", h=9)),
-                  model="bicubic", expected_columns=40, rejected=(("notes.txt", "not a recognised image"),),
-                  created_at="2026-12-07T10:00:00.000+00:00", fingerprints={"test_1.png": "10:sha256:ab"},
-                  expected_ids=("gt_1", "gt_2"))
+    fields = dict(
+        run_id="r1",
+        source="file:///data/test",
+        names=("test_1.png", "test_2.png"),
+        pipeline=PipelineSpec(preset="quality", upscaler="bicubic", denoise=DenoiseSpec("nlm", h=9)),
+        model="bicubic",
+        expected_columns=40,
+        rejected=(("notes.txt", "not a recognised image"),),
+        created_at="2026-12-07T10:00:00.000+00:00",
+        fingerprints={"test_1.png": "10:sha256:ab"},
+        expected_ids=("gt_1", "gt_2"),
+    )
     return RunManifest(**{**fields, **changes})
 
 
@@ -37,8 +44,16 @@ def test_a_manifest_of_another_version_or_with_unknown_fields_is_refused():
 
 
 def test_an_attempts_record_reads_back_and_one_written_before_versions_reads_as_version_1():
-    record = Attempts("a.png", "upscale", deaths=2, errors=1, alone=True, last_worker="gpu@host-2",
-                      last_error="ValueError: x", at="2026-12-07T10:00:00.000+00:00")
+    record = Attempts(
+        "a.png",
+        "upscale",
+        deaths=2,
+        errors=1,
+        alone=True,
+        last_worker="gpu@host-2",
+        last_error="ValueError: x",
+        at="2026-12-07T10:00:00.000+00:00",
+    )
     assert Attempts.from_json(record.to_json()) == record
     older = {k: v for k, v in record.to_dict().items() if k != "version"}
     assert Attempts.from_dict(older) == record

@@ -212,7 +212,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
     if not isinstance(raw, str):
         return raw
-    kind = type(f.default)
+    kind: Any = type(f.default)
     try:
         if kind is bool:
             lowered = raw.strip().lower()

@@ -60,8 +60,9 @@ def collect_report_data(
     progress = RunProgress.read(storage, run_id)
     output_limits = limits.scaled(upscaler_kind(manifest.pipeline.upscaler).scale)
     markers = _read_failure_markers(storage, keys, manifest, progress, threads)
-    scored = [n for n in manifest.names if truth and n in truth and stem(n) in progress.done]
-    scoring = fetch_in_order(lambda name: score_image(storage, keys, name, truth[name], output_limits), scored,
+    truths = truth or {}
+    scored = [n for n in manifest.names if n in truths and stem(n) in progress.done]
+    scoring = fetch_in_order(lambda name: score_image(storage, keys, name, truths[name], output_limits), scored,
                              threads)
     scores = dict(zip(scored, scoring, strict=True))
     order = _display_order(manifest.names, scores)

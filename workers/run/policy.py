@@ -49,8 +49,16 @@ def is_transient(error: BaseException, transient: tuple[type[BaseException], ...
     return isinstance(error, transient)
 
 
-def decide(error: BaseException, *, retries: int, errors: int, settings: Settings, stage: str,
-           transient: tuple[type[BaseException], ...] = TRANSIENT, stops: bool = False) -> Decision:
+def decide(
+    error: BaseException,
+    *,
+    retries: int,
+    errors: int,
+    settings: Settings,
+    stage: str,
+    transient: tuple[type[BaseException], ...] = TRANSIENT,
+    stops: bool = False,
+) -> Decision:
     """What to do about ``error`` (see the table above). ``transient``: what counts as passing (the
     runtime adds Redis and broker outages); ``stops``: a configuration error is raised at once."""
     if is_transient(error, transient):

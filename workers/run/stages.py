@@ -319,6 +319,7 @@ class _GpuWork:
             if error is not None:
                 self.outcomes.update((item.name, error_outcome(item.name, error, len(part))) for item in part)
                 continue
+            assert outputs is not None  # no error: the batch's outputs
             wait(self.stores.values())
             self.stores |= _submit_stores(self.ctx, self.manifest, part, outputs, per_image, (width, height))
             del outputs  # the stores hold what they need: the next batch must not meet this one
@@ -332,9 +333,9 @@ class _GpuWork:
             except Exception as exc:  # a storage bug or surprise fails this image's attempt alone
                 logger.exception("run %s: storing %s failed unexpectedly; it will be retried", run_id, name)
                 self.outcomes[name] = error_outcome(name, exc)
-        for future in self.side_writes:  # intermediate images: for reports, never a reason to fail an image
-            if future.exception() is not None:
-                logger.warning("run %s: could not store a denoised image: %s", run_id, future.exception())
+        for write in self.side_writes:  # intermediate images: for reports, never a reason to fail an image
+            if write.exception() is not None:
+                logger.warning("run %s: could not store a denoised image: %s", run_id, write.exception())
         return self.outcomes
 
 
@@ -402,7 +403,9 @@ def _denoise_on_device(ctx: StageContext, manifest: RunManifest, batch: list[_Lo
     device = resolve_device(ctx.settings.device)
     by_spec: dict[DenoiseSpec, list[int]] = defaultdict(list)
     for i in pending:
-        by_spec[batch[i].denoise].append(i)
+        spec = batch[i].denoise
+        if spec is not None:
+            by_spec[spec].append(i)
     for spec, indices in by_spec.items():
         images[indices] = denoise_on_device(images[indices], spec, device, ctx.settings.tile_max_pixels)
     seconds = (time.perf_counter() - started) / len(batch)

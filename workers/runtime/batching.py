@@ -40,6 +40,7 @@ class ReconnectSafeBatches(Batches):
     # The QoS the buffered ETA messages raised, and by how many: what a batch may give back to it.
     _eta_qos: Any = None
     _eta_taken = 0
+    _tref: Any  # celery-batches' flush timer handle (set in its __init__)
 
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:
         handler = super().Strategy(task, app, consumer)
@@ -50,8 +51,9 @@ class ReconnectSafeBatches(Batches):
         buffered = self._buffer.qsize() + self._pending.qsize()
         if buffered:
             self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
-            logger.warning("broker connection restarted: flushing %d buffered %s messages on a new timer",
-                           buffered, self.name)
+            logger.warning(
+                "broker connection restarted: flushing %d buffered %s messages on a new timer", buffered, self.name
+            )
 
         def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
             if (message.headers or {}).get("eta"):
@@ -69,8 +71,8 @@ class ReconnectSafeBatches(Batches):
     def flush(self, requests: list[Any]) -> Any:
         held_for_eta = sum(1 for request in requests if request.eta)
         qos = getattr(self._consumer, "qos", None)
-        give_back = min(held_for_eta, self._eta_taken) if qos is not None and qos is self._eta_qos else 0
-        if give_back:
+        if qos is not None and qos is self._eta_qos and min(held_for_eta, self._eta_taken):
+            give_back = min(held_for_eta, self._eta_taken)
             qos.decrement_eventually(give_back)
             self._eta_taken -= give_back
         return super().flush(requests)

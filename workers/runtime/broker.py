@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import redis
 from celery import Celery
@@ -83,20 +84,20 @@ def image_args(body_b64: str) -> tuple[str, str] | None:
     return None
 
 
-def message_eta(message: object) -> float:
+def message_eta(message: Any) -> float:
     """A kombu message's ETA header as epoch seconds (0.0 when it has none, or an unreadable one)."""
     try:
-        text = message["headers"].get("eta")  # type: ignore[index]
+        text = message["headers"].get("eta")
         return datetime.fromisoformat(text).timestamp() if text else 0.0
     except (KeyError, TypeError, AttributeError, ValueError):
         return 0.0
 
 
-def image_message(message: object) -> Message | None:
+def image_message(message: Any) -> Message | None:
     """A kombu message (decoded JSON) as an image message, or None (another task, malformed)."""
     try:
-        task_id = message["headers"]["id"]  # type: ignore[index]
-        args = image_args(message["body"])  # type: ignore[index]
+        task_id = message["headers"]["id"]
+        args = image_args(message["body"])
     except (KeyError, TypeError):
         return None
     return Message(task_id, *args) if args else None

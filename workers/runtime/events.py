@@ -22,11 +22,16 @@ def _announce_batched_request(sender: Any, request: Any, **_: Any) -> None:
     strategy sends; send it, so Flower shows when each image reached the GPU worker."""
     if request.name != UPSCALE or not getattr(sender, "event_dispatcher", None):
         return
-    sender.event_dispatcher.send("task-received", uuid=request.id, name=request.name, args=request.argsrepr,
-                                 kwargs=request.kwargsrepr, root_id=request.root_id, parent_id=request.parent_id,
-                                 retries=(request.request_dict or {}).get("retries", 0))
-
-
+    sender.event_dispatcher.send(
+        "task-received",
+        uuid=request.id,
+        name=request.name,
+        args=request.argsrepr,
+        kwargs=request.kwargsrepr,
+        root_id=request.root_id,
+        parent_id=request.parent_id,
+        retries=(request.request_dict or {}).get("retries", 0),
+    )
 
 
 class TaskEvents:

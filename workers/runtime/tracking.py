@@ -24,6 +24,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from kombu.exceptions import OperationalError
@@ -35,6 +36,11 @@ from workers.runtime.holds import Hold
 
 KEY_PREFIX = "lowlight:run"
 TTL_S = 14 * 24 * 3600
+
+
+def _text(value: bytes | str) -> str:
+    """A reply as text (the clients here return bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class OutageRetry(Retry):
@@ -199,7 +205,7 @@ class RunTracker:
     def epoch(self, run_id: str) -> str:
         """The epoch of the run's current start ("" when Redis does not know the run)."""
         value = self.client.get(self._key(run_id, "epoch"))
-        return value.decode() if value else ""
+        return _text(value) if value else ""
 
     def forget(self, run_id: str, epoch: str) -> bool:
         """Drop a finished run's keys, if they still belong to ``epoch`` ("": Redis held no start of
@@ -257,7 +263,7 @@ class RunTracker:
     def holds(self, run_id: str) -> dict[str, tuple[str, Hold]]:
         """Every hold on the run's images: name -> (the stored value, the hold)."""
         raw = self.client.hgetall(self._key(run_id, "held"))
-        return {k.decode(): (v.decode(), Hold.decode(k.decode(), v)) for k, v in raw.items()}
+        return {_text(k): (_text(v), Hold.decode(_text(k), v)) for k, v in raw.items()}
 
     # -- what went wrong, cached from storage (workers.run.attempts) -----------------------------------
 
@@ -266,7 +272,8 @@ class RunTracker:
         if records:
             key = self._key(run_id, "attempts")
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.hset(key, mapping=dict(records))
+                fields: dict[Any, Any] = dict(records)
+                pipe.hset(key, mapping=fields)
                 pipe.expire(key, TTL_S)
                 pipe.execute()
 
@@ -277,7 +284,7 @@ class RunTracker:
 
     def config_error(self, run_id: str) -> str | None:
         value = self.client.get(self._key(run_id, "config-error"))
-        return value.decode() if value is not None else None
+        return _text(value) if value is not None else None
 
     def last_progress(self, run_id: str) -> float | None:
         """Epoch seconds of the run's last progress, or None when Redis has no stamp."""
@@ -295,7 +302,7 @@ class RunTracker:
             pipe.execute()
 
     def recovery(self, run_id: str) -> dict[str, float]:
-        return {k.decode(): float(v) for k, v in self.client.hgetall(self._key(run_id, "recovery")).items()}
+        return {_text(k): float(v) for k, v in self.client.hgetall(self._key(run_id, "recovery")).items()}
 
     def cancel(self, run_id: str) -> None:
         self.client.set(self._key(run_id, "cancelled"), 1, ex=TTL_S)

@@ -366,7 +366,7 @@ def train_chunk(job: TrainJob, task_id: str, settings: Settings, storages: Stora
     beat = _heartbeat(job, storages, state, settings.heartbeat_every_s)
     result = trainer.run(on_progress=lambda _: beat(), should_stop=lambda: time.monotonic() >= chunk_end,
                          budget_spent_s=spent)
-    over_budget = bool(config.minutes) and time.time() - job.started_at >= 60 * config.minutes
+    over_budget = bool(config.minutes) and time.time() - job.started_at >= 60 * (config.minutes or 0)
     done = result.finished or over_budget
     next_task = None if done else secrets.token_hex(16)
     write_marker(job, storages, dataclasses.replace(state, complete=True, done=done, holder=None, next=next_task,

@@ -46,8 +46,9 @@ def is_local(url: str) -> bool:
     return scheme_of(url) == "file"
 
 
-def backend_class(scheme: str) -> type:
-    """The storage class registered for ``scheme``, imported on first use.
+def backend_class(scheme: str) -> Any:
+    """The storage class registered for ``scheme`` (a :class:`Storage` with ``from_url(url, factory)``),
+    imported on first use.
 
     Raises:
         ConfigError: no backend has that scheme (with the closest one as a suggestion).

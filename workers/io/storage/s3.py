@@ -26,7 +26,7 @@ class S3Storage:
     Holds one ``minio.Minio`` client, shared by every S3Storage a :class:`StorageFactory` opens.
     """
 
-    def __init__(self, client: object, bucket: str, prefix: str = "") -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
