@@ -3,12 +3,13 @@ a worker and not yet acknowledged (kombu's Redis transport keeps them in the ``u
 the visibility timeout). The recovery sweep asks before it sends anything, so it never adds a
 second message for an image whose first is only waiting its turn.
 
-* :func:`waiting_images` reads the queues in chunks with a server-side filter (only messages that
-  name one of the runs come back), and the unacknowledged messages (as many as the workers prefetch
-  and hold for retries: small); it is asked only about runs that stalled, at most once per
-  STALL_AFTER_S each.
-* :func:`restore` hands a dead worker's unacknowledged message back to the front of its queue
-  through kombu's own restore (the one it runs after the visibility timeout), at once.
+* :func:`queued_images` reads the queues in chunks with a server-side filter (only messages that
+  name one of the runs come back); it is asked only about runs that stalled, at most once per
+  STALL_AFTER_S each. :func:`unacked_messages` reads the unacknowledged ones (as many as the
+  workers prefetch and hold for retries: small), with when each was delivered and is due.
+* :func:`restore` hands an unacknowledged message back to the front of its queue through kombu's
+  own restore (the one it runs after the visibility timeout), at once: a dead worker's, or one that
+  nobody started within STALL_AFTER_S.
 """
 
 from __future__ import annotations
@@ -119,17 +120,6 @@ def unacked_messages(client: redis.Redis) -> list[Delivery]:
         message = image_message(body)
         if message is not None:
             found.append(Delivery(tag, message, float(delivered_at.get(tag, 0.0)), message_eta(body)))
-    return found
-
-
-def waiting_images(client: redis.Redis, queues: Iterable[str], run_ids: Iterable[str]) -> dict[str, set[str]]:
-    """Run id -> names with a message in ``queues`` or delivered and unacknowledged (any stage)."""
-    run_ids = list(run_ids)
-    found = queued_images(client, queues, run_ids)
-    wanted = set(run_ids)
-    for delivery in unacked_messages(client):
-        if delivery.message.run_id in wanted:
-            found[delivery.message.run_id].add(delivery.message.name)
     return found
 
 
