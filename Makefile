@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH_INDEX_URL ?=
 TORCH_PINS = $(shell $(PYTHON) -c "import tomllib; print(' '.join(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith(('torch==', 'torchvision=='))))")
 
-.PHONY: demo test test-fast faults soak bench pretrain corpus cluster system-deps device-bundle device-check compose-test clean
+.PHONY: demo test test-fast lint faults soak bench pretrain corpus cluster system-deps device-bundle device-check compose-test clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,16 @@ demo: $(BIN)/.installed
 system-deps:
 	bash scripts/install-system-deps.sh
 
-test: $(BIN)/.installed-dev system-deps
-	$(BIN)/lint-imports
+test: lint system-deps
 	$(BIN)/pytest -q
+
+# Lint and types (CI runs them through `make test`): ruff with the configured rules, the formatter on
+# the files it holds (pyproject.toml [tool.ruff.format]), mypy on workers and producer, the layers.
+lint: $(BIN)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy workers producer
+	$(BIN)/lint-imports
 
 # Unit tests only: no servers, no worker processes.
 test-fast: $(BIN)/.installed-dev

@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def make_run(settings, folder: Path, count: int, size: tuple[int, int], fail_every: int) -> str:  # noqa: ANN001
+def make_run(settings, folder: Path, count: int, size: tuple[int, int], fail_every: int) -> str:
     """Store a finished run of ``count`` inputs (uploaded from ``folder``) and return its id."""
     from producer.embedded import run_embedded
     from producer.planning import prepare_run
@@ -123,7 +123,7 @@ def make_run(settings, folder: Path, count: int, size: tuple[int, int], fail_eve
     return plan.run_id
 
 
-def time_stages(settings, run_id: str, threads: int, repeat: int) -> tuple[float, float, bytes]:  # noqa: ANN001
+def time_stages(settings, run_id: str, threads: int, repeat: int) -> tuple[float, float, bytes]:
     """Best aggregate and report seconds over ``repeat`` tries, and the submission written."""
     from workers.report import report_stage
     from workers.run.aggregate import aggregate_stage

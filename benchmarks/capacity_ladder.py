@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import DEFAULT_WEIGHTS_DIR, REPO, conv_macs_per_pixel, log, machine_table  # noqa: E402
+from benchmarks.common import DEFAULT_WEIGHTS_DIR, REPO, conv_macs_per_pixel, log, machine_table
 
 
 @dataclass(frozen=True)

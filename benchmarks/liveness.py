@@ -104,11 +104,11 @@ def enqueue(env: dict[str, str], folder: Path, cwd: Path) -> str:
     return line.split()[1].rstrip(":")
 
 
-def summary_exists(s3_client, bucket: str, run_id: str) -> bool:  # noqa: ANN001 - minio.Minio
+def summary_exists(s3_client, bucket: str, run_id: str) -> bool:  # minio.Minio
     return any(True for _ in s3_client.list_objects(bucket, prefix=f"runs/{run_id}/summary.json"))
 
 
-def healthy(env: dict[str, str], redis, s3, bucket: str, tmp: Path, count: int, size: tuple[int, int]) -> None:  # noqa: ANN001
+def healthy(env: dict[str, str], redis, s3, bucket: str, tmp: Path, count: int, size: tuple[int, int]) -> None:
     from testbed.workers import CeleryWorker
 
     host, port = s3.endpoint.split(":")
@@ -154,13 +154,13 @@ def healthy(env: dict[str, str], redis, s3, bucket: str, tmp: Path, count: int, 
                                 [[name, fmt(v["calls"] / count), fmt(v["usec_per_call"])] for name, v in top]))
 
 
-def gpu_queue(client) -> Counter:  # noqa: ANN001 - redis.Redis
+def gpu_queue(client) -> Counter:  # redis.Redis
     """(run, name) -> messages waiting at the GPU queue."""
     bodies = (json.loads(raw)["body"] for raw in client.lrange("gpu", 0, -1))
     return Counter(tuple(json.loads(base64.b64decode(body))[0]) for body in bodies)
 
 
-def backlog(env: dict[str, str], redis, tmp: Path, runs: int, images: int, stall: float, periods: int,  # noqa: ANN001
+def backlog(env: dict[str, str], redis, tmp: Path, runs: int, images: int, stall: float, periods: int,
             size: tuple[int, int]) -> None:
     from testbed.workers import CeleryWorker
 

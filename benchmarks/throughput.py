@@ -369,7 +369,7 @@ def start_cluster(args: argparse.Namespace, tmp: Path) -> Cluster:
         for item in reversed(stack):
             try:
                 item()
-            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+            except Exception as exc:  # keep stopping the rest
                 log(f"while stopping: {exc!r}")
 
     try:

@@ -554,7 +554,7 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted; re-run the same command to resume", err=True)
         sys.exit(EXIT_ERROR)
-    except Exception as exc:  # noqa: BLE001 - connection errors from redis/kombu/urllib3 and friends
+    except Exception as exc:  # connection errors from redis/kombu/urllib3 and friends
         if _is_connection_error(exc):
             click.echo(f"error: cannot reach a server: {exc}", err=True)
             sys.exit(EXIT_ERROR)

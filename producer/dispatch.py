@@ -7,9 +7,11 @@ the task code.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -17,6 +19,7 @@ from tqdm import tqdm
 
 from workers.errors import ConfigError, RunCancelledError, TrainingFailedError, TransientError
 from workers.io.storage import Storage, StorageFactory
+from workers.io.weights import CHECKPOINT_PREFIX, CHECKPOINTS_FOLDER
 from workers.run.aggregate import AggregateResult, is_current_summary
 from workers.run.keys import RunKeys
 from workers.run.plan import RunPlan
@@ -30,9 +33,10 @@ from workers.runtime.tracking import OUTAGE_ERRORS, QUICK_RETRY, RunTracker
 from workers.settings import Settings, redact_url
 from workers.training.artifacts import TrainingOutput
 from workers.training.config import TrainConfig, TrainResult
-from workers.training.job import TrainJob, read_marker
+from workers.training.job import JobMarker, TrainJob, read_marker
 
 POLL_S = 1.0
+PASSING: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, TransientError)  # what the waiting producer rides out
 
 
 def connect_tracker(settings: Settings) -> RunTracker:
@@ -66,7 +70,7 @@ def enqueue_plan(settings: Settings, storage: Storage, plan: RunPlan, tracker: R
     # Registered first, in storage: from here on the recovery sweep sees the run even if Redis
     # forgets everything, and nobody needs to be watching.
     register(storage, run_id, plan.manifest.total)
-    tracker.start(run_id, len(plan.manifest.names))
+    tracker.start(run_id, len(plan.manifest.names), plan.manifest.names)
     reload_attempts(storage, tracker, run_id)  # deaths and errors counted before still count
     # Images finished earlier count towards completion (Redis may have lost them, storage has not).
     completed = tracker.finish_many(run_id, plan.finished)
@@ -118,7 +122,7 @@ def wait_for_run(settings: Settings, storage: Storage, plan: RunPlan, tracker: R
                     mended = report.rebuilt or report.restored or report.reenqueued.get(run_id) or report.aggregated
                     if mended:
                         bar.set_postfix_str(f"recovery: {_mended(report.as_dict())}")
-            except (*OUTAGE_ERRORS, TransientError) as exc:
+            except PASSING as exc:
                 bar.set_postfix_str(f"waiting for servers: {type(exc).__name__}")
             time.sleep(POLL_S)
     return AggregateResult(**{k: summary[k] for k in ("run_id", "total", "written", "failed", "pending", "complete")})
@@ -195,6 +199,7 @@ def train(settings: Settings, dataset: str, output: str | None, start: str | Non
     connect_tracker(settings)
     storages = StorageFactory(settings)
     app = create_app(settings)
+    start = publish_start(start, storages.open(settings.storage_url))
     job = TrainJob(dataset, output, start, dataclasses.asdict(config), restart, started_at=time.time(), photos=photos)
     first = secrets.token_hex(16)
     app.send_task(TRAIN, (job.to_dict(),), task_id=first, ignore_result=True)
@@ -204,31 +209,47 @@ def train(settings: Settings, dataset: str, output: str | None, start: str | Non
     with tqdm(total=config.step_budget, desc="train (workers)", unit="step") as bar:
         while True:
             try:
-                marker = read_marker(job, storages) or {}
-                mine = marker.get("job") == job.started_at
+                marker = read_marker(job, storages)
+                mine = marker is not None and marker.job == job.started_at
                 provenance = trained.read_provenance() if mine else None
             except TransientError as exc:
                 bar.set_postfix_str(f"waiting for storage: {exc}")
                 time.sleep(poll_s)
                 continue
-            if provenance:
+            ours = marker if mine else None
+            if provenance and ours is not None:
                 bar.update(max(int(provenance["steps"]) - bar.n, 0))
                 best = provenance.get("holdout_psnr")
-                bar.set_postfix_str(f"chunk {marker['chunk']}, held-back {best:.2f} dB" if best is not None else f"chunk {marker['chunk']}")
-            if mine and marker.get("failed"):
-                raise TrainingFailedError(f"training job failed in chunk {marker.get('chunk')}: {marker.get('error')}")
-            if mine and marker.get("done"):
+                bar.set_postfix_str(f"chunk {ours.chunk}, held-back {best:.2f} dB" if best is not None else f"chunk {ours.chunk}")
+            if ours is not None and ours.failed:
+                raise TrainingFailedError(f"training job failed in chunk {ours.chunk}: {ours.error}")
+            if ours is not None and ours.done:
                 break
-            resend = watch.check(marker if mine else None)
+            resend = watch.check(ours)
             if resend is not None:
                 bar.set_postfix_str(f"no news for {settings.stall_after_s:g} s: sending the job's message again")
-                app.send_task(TRAIN, (dataclasses.replace(job, chunk=int(marker.get("chunk", 0)) if mine else 0).to_dict(),),
+                app.send_task(TRAIN, (dataclasses.replace(job, chunk=ours.chunk if ours else 0).to_dict(),),
                               task_id=resend, ignore_result=True)
             time.sleep(poll_s)
     provenance = trained.read_provenance() or {}
     return TrainResult(int(provenance.get("steps", 0)), int(provenance.get("best_step", 0)), provenance.get("holdout_psnr"),
                        bool(provenance.get("finished")), time.monotonic() - started,
                        [(s["file"], s["reason"]) for s in provenance.get("pairs", {}).get("skipped", [])], trained.url())
+
+
+def publish_start(start: str | None, run_store: Storage) -> str | None:
+    """The start a train task may use for ``--from``: a local file is copied into the run store under
+    its sha256 (once) and named by it, ``checkpoint:<sha256>.<ext>``, which workers fetch and check by
+    hash; any other reference goes as given (the workers' TRAIN_SOURCES decides)."""
+    if start is None or ":" in start.split("/", 1)[0] or not Path(start).expanduser().is_file():
+        return start
+    path = Path(start).expanduser()
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    key = f"{CHECKPOINTS_FOLDER}/{digest}{path.suffix.lower()}"
+    if not run_store.exists(key):
+        run_store.put(key, data)
+    return f"{CHECKPOINT_PREFIX}{digest}{path.suffix.lower()}"
 
 
 TRAIN_TIMEOUT_STALLS = 3  # stall periods with no news, each ending in the job's message sent again, before giving up
@@ -242,11 +263,11 @@ class JobWatch:
 
     def __init__(self, first_task: str, stall_after_s: float) -> None:
         self.first_task, self.stall_after_s = first_task, stall_after_s
-        self.last: dict[str, Any] | None = None
+        self.last: JobMarker | None = None
         self.since = time.monotonic()
         self.stalls = 0
 
-    def check(self, marker: dict[str, Any] | None) -> str | None:
+    def check(self, marker: JobMarker | None) -> str | None:
         """The task id to send again now, or None.
 
         Raises:
@@ -260,10 +281,10 @@ class JobWatch:
         self.since, self.stalls = time.monotonic(), self.stalls + 1
         waited = self.stalls * self.stall_after_s
         if self.stalls > TRAIN_TIMEOUT_STALLS:
-            where = "no worker has started it" if marker is None else f"chunk {marker.get('chunk')} gives no news"
+            where = "no worker has started it" if marker is None else f"chunk {marker.chunk} gives no news"
             raise ConfigError(f"training job stalled: {where} after {waited:.0f} s, its message sent again "
                               f"{TRAIN_TIMEOUT_STALLS} times; is a worker serving the `train` queue running? "
                               "Re-run the command to resume from the saved state")
         if marker is None:
             return self.first_task
-        return marker.get("next") if marker.get("complete") else marker.get("task")
+        return marker.next if marker.complete else marker.task

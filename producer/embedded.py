@@ -32,13 +32,16 @@ logger = logging.getLogger(__name__)
 def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -> AggregateResult:
     """Process everything ``plan`` has left, then aggregate. Re-running after an interruption resumes.
 
-    An image whose transient errors (storage, device memory) outlast TASK_MAX_RETRIES, with the
-    workers' backoff, is recorded as failed, as the workers do; the run goes on.
+    An image's errors go through the workers' failure policy (:mod:`workers.run.policy`): retried
+    with their backoff, then recorded as failed with the same reason a worker gives (transient
+    errors after TASK_MAX_RETRIES, any other after TASK_MAX_ERRORS); the run goes on. A
+    configuration error stops the command.
 
     Raises:
         TransientError: storage trouble outside the images' stages (the manifest, the aggregation);
             nothing finished is lost, re-run to resume.
-        ConfigError: e.g. the weights cannot be found.
+        ConfigError: e.g. the weights cannot be found, the run store is full.
+        DeviceLostError: the device's CUDA context is broken.
     """
     run_id = plan.run_id
     settings = ctx.settings
@@ -70,10 +73,10 @@ def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -
     fused = plan.manifest.pipeline.first_stage == "upscale"
     ready = list(plan.to_denoise + plan.to_upscale) if fused else list(plan.to_upscale)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="denoise")
-    retries = RetryLater(ctx, run_id)  # one image's transient error ends failed after its retries; the run goes on
+    retries = RetryLater(ctx, run_id)  # one image's errors end it failed after its retries; the run goes on
 
     def retry_later(outcome: Outcome, stage: str) -> None:
-        given_up = retries.add(outcome, stage)
+        given_up = retries.add(outcome.name, stage, outcome.error or TransientError(outcome.reason), outcome.batch)
         if given_up is not None:
             finish(given_up)
 
@@ -98,7 +101,7 @@ def run_embedded(ctx: StageContext, plan: RunPlan, show_progress: bool = True) -
                     name = pending.pop(future)
                     try:
                         outcome = future.result()
-                    except TransientError as exc:
+                    except Exception as exc:  # the policy decides: retried, failed, or the run stops
                         retry_later(error_outcome(name, exc), "denoise")
                         continue
                     if outcome.status == "failed":

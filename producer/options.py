@@ -46,8 +46,16 @@ class Command(click.Command):
             if isinstance(param, click.Option) and param.envvar:
                 param.show_envvar = True
         if any(isinstance(p, SettingOption) for p in self.params):
-            self.params.append(click.Option(["--help-all"], is_flag=True, expose_value=False, is_eager=True,
-                                            callback=_show_everything, help="Show every deployment setting too."))
+            self.params.append(
+                click.Option(
+                    ["--help-all"],
+                    is_flag=True,
+                    expose_value=False,
+                    is_eager=True,
+                    callback=_show_everything,
+                    help="Show every deployment setting too.",
+                )
+            )
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         show_all = ctx.meta.get("help_all", False)
@@ -71,8 +79,9 @@ class Command(click.Command):
                 formatter.write_dl(common + rest if show_all else common)
                 if rest and not show_all:
                     formatter.write_paragraph()
-                    formatter.write_text(f"... and {len(rest)} more (S3, Hub, precision, batching, limits, recovery): "
-                                         "--help-all")
+                    formatter.write_text(
+                        f"... and {len(rest)} more (S3, Hub, precision, batching, limits, recovery): --help-all"
+                    )
 
 
 def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:

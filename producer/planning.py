@@ -12,7 +12,7 @@ from tqdm import tqdm
 from producer.sources import SAMPLE_SUBMISSION, Source, resolve_source
 from workers.errors import ConfigError, ObjectNotFoundError, RunCancelledError, RunNotFoundError
 from workers.io.storage import LocalStorage, Storage, StorageFactory, fetch_in_order
-from workers.io.submission import read_expected_columns
+from workers.io.submission import SampleSubmission, read_sample_submission
 from workers.io.weights import describe_weights
 from workers.ops.upscalers import upscaler_kind
 from workers.run.attempts import forget_attempts
@@ -66,27 +66,33 @@ def prepare_run(
 
     fingerprints = dict(zip(source.names, fetch_in_order(source.storage.fingerprint, source.names,
                                                          settings.io_threads), strict=True))
-    for name in stale_names(existing, fingerprints):  # before the manifest records the new fingerprints
+    stale = stale_names(existing, fingerprints)
+    for name in stale:  # before the manifest records the new fingerprints
         logger.info("run %s: %s changed since it was processed; redoing it", run_id, name)
-        for key in (*keys.outputs(name), keys.input(name)):
-            storage.delete(key)
+        _forget_outputs(storage, keys, name, uploaded_input=True)
 
     source_url = source.url
     if source.is_local and not isinstance(storage, LocalStorage):
         source_url = _upload_missing(source, storage, keys, show_progress)
 
+    sample = _sample_submission(source, sample_submission)
     manifest = RunManifest(
         run_id=run_id,
         source=source_url,
         names=source.names,
         pipeline=pipeline,
         model=model,
-        expected_columns=_expected_columns(source, sample_submission),
+        expected_columns=sample.columns if sample else None,
         rejected=source.rejected,
         created_at=existing.created_at if existing else now_iso(),
         fingerprints=_carried(existing, source.names) | fingerprints,
+        expected_ids=sample.ids if sample else None,
     )
     save_manifest(storage, manifest)
+    # Once more: a worker holding the old manifest may have stored an output between the first
+    # deletion and the save (after the save, it sees the manifest replaced and keeps nothing).
+    for name in stale:
+        _forget_outputs(storage, keys, name)  # not the input: the new bytes were uploaded meanwhile
     if retry_failed:
         failed = RunProgress.read(storage, run_id).failed
         for name in manifest.names:
@@ -106,6 +112,11 @@ def run_model(settings: Settings, pipeline: PipelineSpec) -> str:
     if kind.checkpoint == "run":
         return f"run:{pipeline.checkpoint}"
     return pipeline.upscaler
+
+
+def _forget_outputs(storage: Storage, keys: RunKeys, name: str, uploaded_input: bool = False) -> None:
+    for key in (*keys.outputs(name), *([keys.input(name)] if uploaded_input else [])):
+        storage.delete(key)
 
 
 def stale_names(previous: RunManifest | None, fingerprints: Mapping[str, str]) -> list[str]:
@@ -131,14 +142,14 @@ def _carried(previous: RunManifest | None, names: Sequence[str]) -> dict[str, st
     return {n: f for n, f in (previous.fingerprints if previous else {}).items() if stem(n) not in listed}
 
 
-def _expected_columns(source: Source, explicit: str | None) -> int | None:
+def _sample_submission(source: Source, explicit: str | None) -> SampleSubmission | None:
     try:
         if explicit:
             with open(explicit, "rb") as f:
-                return read_expected_columns(f)
+                return read_sample_submission(f)
         if source.sample_submission is not None:
-            return read_expected_columns(io.BytesIO(source.sample_submission.get(SAMPLE_SUBMISSION)))
-    except (OSError, ObjectNotFoundError) as exc:
+            return read_sample_submission(io.BytesIO(source.sample_submission.get(SAMPLE_SUBMISSION)))
+    except (OSError, ObjectNotFoundError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the sample submission: {exc}") from None
     return None
 

@@ -53,8 +53,16 @@ def run_line(storage: Storage, manifest: RunManifest) -> RunLine:
         elif registration(storage, run_id) is not None:
             state = "in progress"
     failed = counts[ImageState.FAILED] + len(manifest.rejected)
-    return RunLine(run_id, manifest.source, manifest.pipeline.preset, state, counts[ImageState.DONE], failed,
-                   manifest.total, manifest.created_at)
+    return RunLine(
+        run_id,
+        manifest.source,
+        manifest.pipeline.preset,
+        state,
+        counts[ImageState.DONE],
+        failed,
+        manifest.total,
+        manifest.created_at,
+    )
 
 
 def list_runs(storage: Storage, limit: int, threads: int = 4) -> list[RunLine]:
@@ -74,8 +82,10 @@ def list_runs(storage: Storage, limit: int, threads: int = 4) -> list[RunLine]:
 def format_runs(lines: list[RunLine], now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     rows = [("RUN", "PRESET", "STATE", "DONE", "FAILED", "TOTAL", "AGE", "SOURCE")]
-    rows += [(r.run_id, r.preset, r.state, str(r.done), str(r.failed), str(r.total), r.age(now), r.source)
-             for r in lines]
+    rows += [
+        (r.run_id, r.preset, r.state, str(r.done), str(r.failed), str(r.total), r.age(now), r.source) for r in lines
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
-                     for row in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows
+    )

@@ -3,14 +3,15 @@
 SRC is a local directory or ``s3://bucket/prefix`` (any backend :mod:`workers.io.storage` knows). A competition dataset root (one holding
 ``test/`` and ``sample_submission.csv``) is recognised and its ``test/`` split is processed.
 Every regular, non-hidden file is an input: a non-image gets its own clear failure rather than
-vanishing silently, and so does a name no backend can hold (not UTF-8, or too long once the run's
+vanishing silently, and so does a symlink that dangles or loops (one to a file outside the folder is
+followed: it is the user's own input), and a name no backend can hold (not UTF-8, or too long once the run's
 suffixes are added: :func:`workers.run.keys.check_fits`). Two names with one submission ID are a
 dataset error: the enqueue is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
@@ -48,13 +49,14 @@ def resolve_source(src: str, storages: StorageFactory, store_prefix: str = "") -
         ConfigError: ``src`` does not exist, names an unknown backend, or holds no files; two inputs
             have the same submission ID.
     """
-    root = storages.open(src)
+    root = storages.open_source(src)
     if isinstance(root, LocalStorage) and not root.root.is_dir():
         raise ConfigError(f"source {src!r} is not a directory or s3://bucket/prefix URL")
     has_split = next(iter(root.list(TEST_SPLIT)), None) is not None
-    folder = storages.open(f"{root.root_url}/{TEST_SPLIT}") if has_split else root
+    folder = storages.open_source(f"{root.root_url}/{TEST_SPLIT}") if has_split else root
     sample = root if root.exists(SAMPLE_SUBMISSION) else None
-    names, rejected = _accept((k for k in folder.list("") if "/" not in k), store_prefix)
+    unreadable = folder.unreadable_reason if isinstance(folder, LocalStorage) else lambda _: None
+    names, rejected = _accept((k for k in folder.list("") if "/" not in k), store_prefix, unreadable)
     if not names and not rejected:
         raise ConfigError(f"source {src!r} holds no files")
     return Source(folder, folder.root_url, _label(root.root_url), names, rejected, sample)
@@ -66,8 +68,10 @@ def _label(url: str) -> str:
     return PurePosixPath(unquote(parsed.path)).name or parsed.netloc
 
 
-def _accept(keys: Iterable[str], store_prefix: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+def _accept(keys: Iterable[str], store_prefix: str, unreadable: Callable[[str], str | None]
+            ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     """(accepted names, (name, reason) of the refused ones); refused names are recorded as shown.
+    ``unreadable(name)`` says why an entry holds no file to read (a broken symlink), or None.
 
     Raises:
         ConfigError: two accepted names have one submission ID (``test_1.png`` and ``gt_1.png``).
@@ -83,6 +87,10 @@ def _accept(keys: Iterable[str], store_prefix: str) -> tuple[tuple[str, ...], tu
             check_fits(check_name(key), store_prefix)
         except InvalidKeyError as exc:
             rejected.append((display_name(key), str(exc)))
+            continue
+        problem = unreadable(key)
+        if problem is not None:
+            rejected.append((key, problem))
             continue
         stem = PurePosixPath(key).stem
         if stem in seen_stems:

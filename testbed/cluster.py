@@ -27,15 +27,24 @@ from testbed.workers import CeleryWorker, FlowerProcess, stop_workers
 
 BUCKET = "lowlight-sr"
 # What the producer needs (the rest of the workers' environment is theirs: logs, device).
-PRODUCER_VARIABLES = ("BROKER_URL", "REDIS_PASSWORD", "STORAGE_URL", "S3_ENDPOINT", "AWS_ACCESS_KEY_ID",
-                      "AWS_SECRET_ACCESS_KEY")
+PRODUCER_VARIABLES = (
+    "BROKER_URL",
+    "REDIS_PASSWORD",
+    "STORAGE_URL",
+    "S3_ENDPOINT",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+)
 
 
 def cluster_environment(redis: RedisServer, s3: S3Server) -> dict[str, str]:
     """The settings every process of the cluster shares (workers.settings names)."""
     return {
-        "BROKER_URL": f"redis://{redis.host}:{redis.port}/0", "REDIS_PASSWORD": redis.password,
-        "STORAGE_URL": f"s3://{BUCKET}", "S3_ENDPOINT": s3.endpoint, "AWS_ACCESS_KEY_ID": s3.access_key,
+        "BROKER_URL": f"redis://{redis.host}:{redis.port}/0",
+        "REDIS_PASSWORD": redis.password,
+        "STORAGE_URL": f"s3://{BUCKET}",
+        "S3_ENDPOINT": s3.endpoint,
+        "AWS_ACCESS_KEY_ID": s3.access_key,
         "AWS_SECRET_ACCESS_KEY": s3.secret_key,
     }
 
@@ -49,8 +58,12 @@ def write_env_file(path: Path, values: dict[str, str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu-concurrency", type=int, default=1, help="CPU worker processes (default: 1)")
-    parser.add_argument("--env-file", type=Path, default=Path("cluster.env"),
-                        help="where to write the producer's environment (default: ./cluster.env)")
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=Path("cluster.env"),
+        help="where to write the producer's environment (default: ./cluster.env)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data and logs folder when stopping")
     args = parser.parse_args(argv)
 
@@ -76,15 +89,18 @@ def main(argv: list[str] | None = None) -> int:
             worker.wait_ready()
         flower.wait_ready()
         write_env_file(args.env_file, shared)
-        print(f"""cluster ready (data and logs in {work}):
+        print(
+            f"""cluster ready (data and logs in {work}):
   Redis      {redis.host}:{redis.port}
   S3         http://{s3.endpoint}  bucket {BUCKET}
   Flower     {flower.url}  (user:password {flower_auth})
-  workers    {', '.join(w.name for w in workers)}
+  workers    {", ".join(w.name for w in workers)}
 In another shell:
   set -a; . {args.env_file}; set +a
   producer enqueue dataset/
-Ctrl-C here stops everything.""", flush=True)
+Ctrl-C here stops everything.""",
+            flush=True,
+        )
         while not stop.wait(1):
             dead = [w.name for w in workers if not w.alive()] + ([] if flower.alive() else ["flower"])
             if dead:

@@ -182,7 +182,7 @@ class _Process:
         _LIVE.discard(self)
 
 
-def _die_with_parent():  # noqa: ANN202 - a preexec_fn or None
+def _die_with_parent():  # a preexec_fn or None
     """On Linux, have the kernel SIGKILL the server if the test process dies (even by SIGKILL).
 
     Finalizers and the atexit hook cover failing tests and Ctrl-C; this covers a killed pytest.
@@ -247,7 +247,7 @@ class _Server:
         self.stop()
         self.start()
 
-    def __enter__(self):  # noqa: ANN204 - the subclass
+    def __enter__(self):  # the subclass
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -291,7 +291,7 @@ class RedisServer(_Server):
     def url_for_db(self, db: int) -> str:
         return f"redis://:{self.password}@{self.host}:{self.port}/{db}"
 
-    def client(self, db: int = 0, **kwargs: object):  # noqa: ANN201 - redis.Redis
+    def client(self, db: int = 0, **kwargs: object):  # redis.Redis
         import redis
 
         return redis.Redis(host=self.host, port=self.port, password=self.password, db=db, **kwargs)
@@ -458,7 +458,7 @@ class S3Server(_Server):
             env.pop(key, None)
         return env
 
-    def client(self, *, access_key: str | None = None, secret_key: str | None = None, timeout: float = 10.0):  # noqa: ANN201
+    def client(self, *, access_key: str | None = None, secret_key: str | None = None, timeout: float = 10.0):
         """A ``minio.Minio`` client for this server (no retries, short timeouts)."""
         import urllib3
         from minio import Minio
@@ -516,7 +516,7 @@ class S3Server(_Server):
                 finally:
                     response.close()
                     response.release_conn()
-            except Exception as exc:  # noqa: BLE001 - anything means "not yet"
+            except Exception as exc:  # anything means "not yet"
                 last = exc
             time.sleep(0.2)
         self.kill()

@@ -40,7 +40,7 @@ def run_id_from(stdout: str) -> str:
     return match.group(1)
 
 
-def wait_until(condition, timeout: float, what: str, poll: float = 0.2) -> None:  # noqa: ANN001
+def wait_until(condition, timeout: float, what: str, poll: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -74,10 +74,10 @@ class Cluster:
         self.start("gpu")
         return self
 
-    def producer(self, *args: str, cwd: Path, **extra_env: str):  # noqa: ANN201 - CompletedProcess
+    def producer(self, *args: str, cwd: Path, **extra_env: str):  # CompletedProcess
         return run_producer(*args, env={**self.env, **extra_env}, cwd=cwd)
 
-    def redis_client(self):  # noqa: ANN201 - redis.Redis
+    def redis_client(self):  # redis.Redis
         return self.redis.client(db=self.db)
 
     def store(self) -> Storage:

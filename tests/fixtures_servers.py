@@ -58,7 +58,7 @@ def s3_bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def s3_settings(s3_server: S3Server, s3_bucket: str):  # noqa: ANN201 - workers.settings.Settings
+def s3_settings(s3_server: S3Server, s3_bucket: str):  # workers.settings.Settings
     from workers.settings import Settings
 
     return Settings(

@@ -13,7 +13,7 @@ from workers.run.manifest import load_manifest
 from workers.run.plan import plan_remaining
 from workers.runtime import broker
 from workers.runtime.app import create_app
-from workers.runtime.broker import restore, unacked_messages, waiting_images
+from workers.runtime.broker import queued_images, restore, unacked_messages
 from workers.runtime.plans import send_plan
 from workers.settings import Settings
 
@@ -33,14 +33,14 @@ def world(redis_server, tmp_path):
     return client, app, storage, names
 
 
-def test_a_runs_waiting_images_are_found_across_chunks_and_other_runs_are_filtered_out(world, monkeypatch):
+def test_a_runs_queued_images_are_found_across_chunks_and_other_runs_are_filtered_out(world, monkeypatch):
     client, app, storage, names = world
     monkeypatch.setattr(broker, "CHUNK", 2)  # several filtered reads
     for run_id in ("r10", "r1", "r2"):
         send_plan(app, plan_remaining(storage, load_manifest(storage, run_id)))
-    found = waiting_images(client, ["cpu", "gpu"], ["r1"])
+    found = queued_images(client, ["cpu", "gpu"], ["r1"])
     assert found == {"r1": set(names)}  # "r10" shares a prefix with "r1": the quoted id tells them apart
-    assert waiting_images(client, ["cpu"], []) == {}
+    assert queued_images(client, ["cpu"], []) == {}
 
 
 def test_a_delivered_message_is_found_with_when_and_is_handed_back_to_the_front(world):
@@ -53,6 +53,7 @@ def test_a_delivered_message_is_found_with_when_and_is_handed_back_to_the_front(
     client.hset("unacked", tag, json.dumps([message, info["exchange"], info["routing_key"]]))
     (delivery,) = unacked_messages(client)
     assert (delivery.message.run_id, delivery.message.name, delivery.tag) == ("r1", names[0], tag.encode())
-    assert waiting_images(client, ["cpu"], ["r1"]) == {"r1": set(names)}  # delivered counts as waiting
+    assert queued_images(client, ["cpu"], ["r1"]) == {"r1": set(names[1:])}  # delivered: no longer queued
+    assert delivery.due == delivery.at and delivery.eta == 0.0  # no countdown: due when delivered
     restore(app, delivery.tag)
     assert not client.hlen("unacked") and json.loads(client.lindex("cpu", -1))["headers"]["id"] == message["headers"]["id"]

@@ -141,7 +141,7 @@ def dark_crops(count: int, seed: int = 0) -> list[np.ndarray]:
     return crops
 
 
-def write_pairs(root: Path, targets: list[np.ndarray], make_input) -> Path:  # noqa: ANN001
+def write_pairs(root: Path, targets: list[np.ndarray], make_input) -> Path:
     for k, target in enumerate(targets, 1):
         for folder, image in (("train/train", make_input(target, k)), ("train/gt", target)):
             path = root / folder / f"gt_{k:05d}.png"

@@ -53,6 +53,35 @@ def test_a_free_image_is_claimed_in_one_call_and_released_only_by_its_holder(wor
     assert tracker.holds("r1") == {}
 
 
+def test_a_live_workers_own_message_come_back_is_taken_over_not_dropped(world):
+    """The holder published its retry (same task id) but its release was lost in an outage: the retry
+    reaching another worker is the image's only message, and nobody else works on it."""
+    storage, tracker, settings = world
+    other = Holder("feedfeedfeedfeed", "gpu@host-2", "another-machine", 1, "1")
+    tracker.client.set(heartbeat_key(other.token), "{}", ex=60)
+    holding(tracker, other, "a.png", 4)
+    image = Claims(storage, tracker, this_process(), settings).claim("r1", "upscale", [("a.png", "task-1")]).images[0]
+    assert image.verdict == "go" and image.attempts.deaths == 0
+    assert tracker.holds("r1")["a.png"][1].holder == this_process()
+
+
+def test_a_release_lost_in_an_outage_is_tried_again_until_it_is_taken(world, monkeypatch):
+    storage, tracker, settings = world
+    mine = Claims(storage, tracker, this_process(), settings)
+    mine.claim("r1", "denoise", [("a.png", "t1")], computing=True)
+    real = tracker.release
+
+    def down(*args):
+        raise ConnectionError("Redis down")
+
+    monkeypatch.setattr(tracker, "release", down)
+    with pytest.raises(ConnectionError):
+        mine.release("r1", ["a.png"])
+    assert mine.release_pending() == 1 and "a.png" in tracker.holds("r1")
+    monkeypatch.setattr(tracker, "release", real)
+    assert mine.release_pending() == 0 and tracker.holds("r1") == {}
+
+
 def test_work_in_progress_on_a_live_worker_is_not_taken_twice(world):
     storage, tracker, settings = world
     other = Holder("feedfeedfeedfeed", "gpu@host-2", "another-machine", 1, "1")

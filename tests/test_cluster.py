@@ -21,14 +21,23 @@ pytestmark = pytest.mark.integration
 def test_the_dev_cluster_runs_the_sample_distributed_and_stops_cleanly_on_ctrl_c(tmp_path):
     env_file = tmp_path / "cluster.env"
     clean = {k: v for k, v in os.environ.items() if k not in {"BROKER_URL", "STORAGE_URL"}}
-    cluster = subprocess.Popen([sys.executable, "-m", "testbed.cluster", "--env-file", str(env_file)], cwd=REPO,
-                               env=clean, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    cluster = subprocess.Popen(
+        [sys.executable, "-m", "testbed.cluster", "--env-file", str(env_file)],
+        cwd=REPO,
+        env=clean,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(cluster.stdout), daemon=True).start()
     try:
-        wait_until(lambda: any("Ctrl-C here stops everything" in line for line in lines) or cluster.poll() is not None,
-                   180, "the cluster to be ready")
+        wait_until(
+            lambda: any("Ctrl-C here stops everything" in line for line in lines) or cluster.poll() is not None,
+            180,
+            "the cluster to be ready",
+        )
         assert cluster.poll() is None, "".join(lines)
         assert oct(env_file.stat().st_mode & 0o777) == "0o600"
         exported = dict(line.split("=", 1) for line in env_file.read_text().splitlines())

@@ -113,7 +113,7 @@ def _strings(node: Any) -> Iterator[str]:
             yield from _strings(value)
 
 
-def _map_strings(node: Any, function) -> Any:  # noqa: ANN001
+def _map_strings(node: Any, function) -> Any:
     if isinstance(node, str):
         return function(node)
     if isinstance(node, dict):
@@ -292,7 +292,7 @@ def celery_command_lines() -> list[tuple[str, list[str]]]:
 # (a) docker-compose.yml
 
 
-def compose_spec_validator():  # noqa: ANN201 - jsonschema validator
+def compose_spec_validator():  # jsonschema validator
     pytest.importorskip("check_jsonschema", reason="pip install check-jsonschema (dev extra): ships the compose-spec schema")
     import jsonschema
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 class Recording(LocalStorage):
     """A local store that remembers the order of its writes and deletes."""
 
-    def __init__(self, root) -> None:  # noqa: ANN001
+    def __init__(self, root) -> None:
         super().__init__(root)
         self.calls: list[tuple[str, str]] = []
 

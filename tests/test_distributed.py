@@ -260,3 +260,60 @@ def test_retries_waiting_for_their_eta_do_not_hold_the_gpu_workers_prefetch_slot
     s3, keys = cluster.store(), RunKeys(run_id)
     wait_until(lambda: s3.exists(keys.row(names[2])), 45, "the image without an ETA to be upscaled")
     assert not s3.exists(keys.row(names[0])) and not s3.exists(keys.row(names[1]))
+
+
+def test_embedded_and_distributed_runs_fail_the_same_images_with_the_same_reasons(recovering, tmp_path, monkeypatch):
+    """One failure policy: an undecodable input, a bug on one input (simulated) and an input whose
+    object is never served (simulated storage outage) end failed with the same reasons whether the
+    run is embedded or on workers; the healthy inputs are done in both."""
+    from producer import embedded
+    from producer.planning import prepare_run
+    from tests.test_faults import start_run
+    from tests.test_recovery import failures_of, wait_for_summary
+    from workers.errors import StorageUnavailableError
+    from workers.io.storage import LocalStorage
+    from workers.run import policy, stages
+    from workers.run.context import StageContext
+    from workers.run.presets import build_pipeline
+
+    folder = tmp_path / "in"
+    healthy = write_images(folder, 2)
+    (folder / "test_00007_text.png").write_bytes(b"this is not an image\n")
+    bug, down = "test_00008.png", "test_00009.png"
+    for i, name in enumerate((bug, down)):
+        (folder / name).write_bytes(png_bytes(noisy_image(32, 24, seed=8 + i)))
+    limits = {"TASK_MAX_RETRIES": "1", "TASK_MAX_ERRORS": "2"}
+    faults = with_faults(f"raise-on:{bug}", f"storage-down:{down}")
+    recovering.start("cpu", concurrency=2, **limits, **faults)
+    recovering.start("gpu", **limits, **faults)
+    run_id = start_run(recovering, folder, tmp_path)
+    distributed = failures_of(recovering, run_id) if wait_for_summary(recovering, run_id, 240) else {}
+
+    settings = Settings.from_env({k: v for k, v in recovering.env.items() if k not in {"BROKER_URL", "STORAGE_URL"}},
+                                 storage_url=str(tmp_path / "embedded"), **{k.lower(): v for k, v in limits.items()})
+    real_read, real_denoise = stages.read_input, embedded.denoise_stage
+
+    def read_input(ctx, manifest, name):  # as storage-down: the object of one input is never served
+        if name == down:
+            raise StorageUnavailableError(f"simulated: S3 unreachable for {name}")
+        return real_read(ctx, manifest, name)
+
+    def denoise_stage(ctx, run_id, name):  # as raise-on: a bug when the CPU stage starts on one input
+        if name == bug:
+            raise ValueError(f"simulated: a bug on {name}")
+        return real_denoise(ctx, run_id, name)
+
+    monkeypatch.setattr(stages, "read_input", read_input)
+    monkeypatch.setattr(embedded, "denoise_stage", denoise_stage)
+    monkeypatch.setattr(policy, "backoff_s", lambda retries: 0)  # the same decisions, without the waiting
+    store = LocalStorage(tmp_path / "embedded")
+    pipeline = build_pipeline(recovering.env["PRESET"])
+    plan = prepare_run(settings, store, str(folder), pipeline)
+    result = embedded.run_embedded(StageContext(settings, store), plan, show_progress=False)
+    in_process = {f["name"]: f["reason"] for f in json.loads(store.get(RunKeys(plan.run_id).failures))}
+
+    assert set(distributed) == {"test_00007_text.png", bug, down}
+    assert in_process == distributed
+    assert distributed[bug] == f"unexpected error (2 times, at denoise): ValueError: simulated: a bug on {bug}"
+    assert distributed[down] == f"gave up after 2 transient errors: simulated: S3 unreachable for {down}"
+    assert (result.written, result.failed) == (len(healthy), 3)

@@ -12,7 +12,7 @@ from producer.planning import prepare_run
 from tests.conftest import png_bytes
 from tests.fixtures import write_images
 from workers.errors import DeviceOutOfMemoryError, StorageUnavailableError
-from workers.run import retries, stages
+from workers.run import policy, stages
 from workers.run.context import StageContext
 from workers.run.keys import RunKeys
 from workers.run.manifest import PipelineSpec
@@ -22,7 +22,7 @@ BICUBIC = PipelineSpec(upscaler="bicubic")  # no model: the stages run in a mome
 
 @pytest.fixture
 def ctx(settings, monkeypatch):
-    monkeypatch.setattr(retries, "backoff_s", lambda n: 0)  # the schedule is the workers'; here, no waiting
+    monkeypatch.setattr(policy, "backoff_s", lambda n: 0)  # the schedule is the workers'; here, no waiting
     return StageContext(settings.replace(task_max_retries=2))
 
 
@@ -33,7 +33,7 @@ def test_an_image_that_never_fits_ends_failed_after_its_retries_and_the_run_goes
     (folder / "test_00009_huge.png").write_bytes(png_bytes(np.full((24, 32, 3), 40, np.uint8)))
     real, tries = stages.upscale_images, []
 
-    def upscale_images(ctx, images, pipeline):  # noqa: ANN001, ANN202 - a flat image never fits
+    def upscale_images(ctx, images, pipeline):  # a flat image never fits
         if any((image == image.flat[0]).all() for image in images):
             tries.append(len(images))
             raise DeviceOutOfMemoryError("out of memory even with 64-pixel tiles")
@@ -54,7 +54,7 @@ def test_a_passing_storage_error_in_the_cpu_stage_is_retried_not_fatal(ctx, tmp_
     names = write_images(folder, 2)
     real, failed = stages.read_input, []
 
-    def read_input(ctx, manifest, name):  # noqa: ANN001, ANN202 - the first read of one input fails
+    def read_input(ctx, manifest, name):  # the first read of one input fails
         if name == names[0] and not failed:
             failed.append(name)
             raise StorageUnavailableError("S3 unreachable for a moment")

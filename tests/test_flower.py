@@ -55,7 +55,7 @@ class Response:
     status: int
     body: bytes
 
-    def json(self):  # noqa: ANN201 - parsed JSON
+    def json(self):  # parsed JSON
         return json.loads(self.body)
 
     @property
@@ -77,7 +77,7 @@ def get(url: str, headers: dict[str, str] | None = None, timeout: float = 15) ->
         return Response(exc.code, exc.read())
 
 
-def wait_for(condition, timeout: float, what: str, poll: float = 0.3):  # noqa: ANN001, ANN201
+def wait_for(condition, timeout: float, what: str, poll: float = 0.3):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -102,7 +102,7 @@ class Flower(FlowerProcess):
     def __init__(self, env: dict[str, str], work_dir: Path) -> None:
         super().__init__(env, work_dir, f"{USER}:{PASSWORD}")
 
-    def api(self, path: str):  # noqa: ANN201 - parsed JSON
+    def api(self, path: str):  # parsed JSON
         response = get(f"{self.url}{path}", headers=auth_header())
         assert response.status == 200, f"GET {path}: {response.status} {response.text[:300]}\n{self.tail()}"
         return response.json()

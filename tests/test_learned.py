@@ -4,6 +4,7 @@ that run it, and gives the same submission embedded and distributed."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import subprocess
@@ -168,7 +169,8 @@ def test_training_runs_on_a_train_worker_in_chunks_and_a_chain_survives_a_copy_a
         wait_until(lambda: second_chunk_running() is not None, 180, "the second chunk to run")
         marker = second_chunk_running()
         if marker is not None:  # a copy of the running chunk's message
-            copy = TrainJob(dataset, None, str(start), dataclasses.asdict(TrainConfig(steps=300, batch=4, crop=16,
+            published = f"checkpoint:{hashlib.sha256(start.read_bytes()).hexdigest()}.pth"  # as the producer sent it
+            copy = TrainJob(dataset, None, published, dataclasses.asdict(TrainConfig(steps=300, batch=4, crop=16,
                             eval_every=50)), started_at=marker["job"], chunk=marker["chunk"])
             create_app(Settings.from_env(cluster.env)).send_task(TRAIN, (copy.to_dict(),), task_id=marker["task"])
         out, err = producer.communicate(timeout=300)

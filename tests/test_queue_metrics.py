@@ -35,8 +35,11 @@ def test_messages_a_busy_worker_holds_count_with_those_still_waiting(cluster, tm
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         with urllib.request.urlopen(f"{base}/backlog", timeout=10) as answer:
-            assert json.loads(answer.read())["gpu"] == {"waiting": depth.waiting, "reserved": depth.reserved,
-                                                        "backlog": 10}
+            assert json.loads(answer.read())["gpu"] == {
+                "waiting": depth.waiting,
+                "reserved": depth.reserved,
+                "backlog": 10,
+            }
         with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:
             text = answer.read().decode()
         assert 'lowlight_queue_backlog{queue="gpu"} 10' in text

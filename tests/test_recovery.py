@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import png_bytes
 from tests.fixtures import write_images
 from tests.fixtures_cluster import RECOVERY_STALL_S, RECOVERY_SWEEP_S, SIMULATED, Cluster, wait_until
-from tests.simulated.sitecustomize import STALL_MARK
+from tests.simulated.sitecustomize import PAUSE_MARK, STALL_MARK
 from tests.test_faults import assert_complete_and_identical, count, start_run
 from workers.run.attempts import read_attempts
 from workers.run.keys import RunKeys
@@ -206,6 +206,46 @@ def test_redis_outage_of_60s_loses_nothing_while_cpu_workers_hand_over_and_gpu_b
     summary = wait_for_summary(recovering, run_id, 300)
     assert (summary["written"], summary["failed"]) == (12, 0)
     assert_complete_and_identical(recovering, run_id, folder, tmp_path)
+
+
+def test_redis_down_longer_than_the_retry_budget_while_a_gpu_batch_is_claimed_strands_nothing(recovering, tmp_path):
+    """Redis stops while a GPU batch is claimed, and stays down longer than the workers' retries
+    (REDIS_OUTAGE_S): the batch's finish, its releases and the reschedule of an image that met a
+    transient error are lost (its acknowledgements may be too). Once Redis is back, with the default
+    VISIBILITY_TIMEOUT_S (an hour) and nobody watching, every hold ends and the run completes: the
+    live worker's heartbeat releases what it could not, the sweep hands back a delivery nobody works
+    on or sends again an image with no message, and aggregates.
+
+    The transient error is simulated (one input's object is never served, so it ends failed after
+    its retries); the outage is real."""
+    recovering.env.update(VISIBILITY_TIMEOUT_S="3600", REDIS_OUTAGE_S="2", PRESET="learned")
+    folder = tmp_path / "in"
+    done, unreachable = write_images(folder, 2)
+    go = tmp_path / "go"
+    recovering.start("cpu")
+    gpu = recovering.start("gpu", TASK_MAX_RETRIES="1", GPU_BATCH_WAIT_S="2",
+                           **with_faults(f"pause-stage-until:{go}", f"storage-down:{unreachable}"))
+    run_id = start_run(recovering, folder, tmp_path)
+    wait_until(lambda: PAUSE_MARK in gpu.log.read_text(errors="replace"), 120, "the GPU batch to be claimed")
+    assert set(recovering.redis_client().hgetall(f"lowlight:run:{run_id}:held")) == {done.encode(), unreachable.encode()}
+    recovering.redis.stop()
+    go.touch()
+    wait_until(lambda: "could not send task-failed events" in gpu.log.read_text(errors="replace"), 120,
+               "the batch to end with Redis still down")
+    recovering.redis.start()
+    back = time.monotonic()
+    # A second GPU worker, as the queue's autoscaler or a replaced pod brings one: whether the first
+    # one's consumer notices the restart is Celery's (it does not always: see the README), and what
+    # it held must end either way.
+    recovering.start("gpu", TASK_MAX_RETRIES="1", **with_faults(f"storage-down:{unreachable}"))
+    summary = wait_for_summary(recovering, run_id, 180)
+    took = time.monotonic() - back
+    print(f"\nRedis down past REDIS_OUTAGE_S=2 with a GPU batch claimed: run complete {took:.1f} s after Redis came "
+          f"back (STALL_AFTER_S={STALL_S}, sweep every {SWEEP_S} s, VISIBILITY_TIMEOUT_S=3600)")
+    assert (summary["written"], summary["failed"], summary["pending"]) == (1, 1, 0)
+    assert failures_of(recovering, run_id) == {
+        unreachable: f"gave up after 2 transient errors: simulated: S3 unreachable for {unreachable}"}
+    assert recovering.redis_client().hlen(f"lowlight:run:{run_id}:held") == 0
 
 
 def test_a_malformed_upscale_message_is_dropped_alone_not_with_its_batch(recovering, tmp_path):

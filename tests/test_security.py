@@ -24,7 +24,7 @@ class _Exploit:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (Path.touch, (self.marker,))
 
 
@@ -84,7 +84,8 @@ def test_unexpected_arguments_and_escaping_names_fail_alone(cluster, tmp_path):
 
 @pytest.mark.integration
 def test_a_calibrate_message_cannot_overwrite_run_state(cluster, tmp_path):
-    """The calibrate task wrote wherever its message said: a crafted one replaced a run's manifest."""
+    """The calibrate task wrote wherever its message said: a crafted one replaced a run's manifest, or
+    another dataset's calibration (which that dataset's runs then use)."""
     worker = cluster.start("cpu", concurrency=1)
     store = cluster.store()
     for pair in ("train/train", "train/gt"):
@@ -97,10 +98,13 @@ def test_a_calibrate_message_cannot_overwrite_run_state(cluster, tmp_path):
     app = create_app(Settings.from_env(cluster.env))
     dataset = f"s3://{cluster.bucket}/data"
     # Outcomes are read from storage and the worker's log: no result to outlive the servers.
-    for target in (f"s3://{cluster.bucket}/runs/r1/manifest.json", str(local_state), None):
+    store.put("other/calibration.json", b"theirs")
+    for target in (f"s3://{cluster.bucket}/runs/r1/manifest.json", str(local_state),
+                   f"s3://{cluster.bucket}/other/calibration.json", None):
         app.send_task("workers.tasks.calibrate", (dataset, target), ignore_result=True)
     wait_until(lambda: store.exists("data/calibration.json"), 300, "the allowed calibration")
     assert store.get("runs/r1/manifest.json") == b'{"the": "manifest"}'
     assert local_state.read_bytes() == b"local manifest"
+    assert store.get("other/calibration.json") == b"theirs"
     log = worker.log.read_text()
-    assert "is under runs/, where runs keep their state" in log and "not on a worker's disk" in log
+    assert "is under runs/, where runs keep their state" in log and f"writes only '{dataset}/calibration.json'" in log

@@ -221,7 +221,7 @@ def test_begin_upscale_returns_while_the_last_outputs_are_still_stored(ctx, tmp_
     release = threading.Event()
     real = stages._store_upscaled
 
-    def held_store(*args):  # noqa: ANN002, ANN202
+    def held_store(*args):
         release.wait(timeout=60)
         return real(*args)
 

@@ -186,6 +186,16 @@ class StorageContract:
         with pytest.raises(ObjectNotFoundError):
             store.fingerprint("f/missing")
 
+    def test_version_changes_when_the_object_is_replaced_and_only_then(self, backend: Backend) -> None:
+        store = backend.store
+        store.put("v/a", b"first")
+        first = store.version("v/a")
+        assert store.version("v/a") == first
+        store.put("v/a", b"other")
+        assert store.version("v/a") != first
+        with pytest.raises(ObjectNotFoundError):
+            store.version("v/missing")
+
     # ---- delete ----------------------------------------------------------------------------
 
     def test_delete(self, backend: Backend) -> None:
@@ -371,6 +381,45 @@ class TestLocalStorageOnly:
         with pytest.raises(InvalidKeyError):
             store.delete("file")
         assert (outside / "secret").read_bytes() == b"secret"
+
+    def test_a_source_reads_a_symlinked_file_outside_its_folder_and_never_writes_through_it(
+            self, root: Path, outside: Path) -> None:
+        """A user's input folder may link to files elsewhere (a dataset assembled from a read-only
+        mount): opened as a source it reads them; writes still never leave the folder."""
+        (root / "file").symlink_to(outside / "secret")
+        source = LocalStorage(root).following_links()
+        assert source.get("file") == b"secret"
+        assert source.exists("file") and list(source.list("")) == ["file"]
+        for op in (lambda: source.put("file", b"overwrite"), lambda: source.delete("file")):
+            with pytest.raises(InvalidKeyError):
+                op()
+        assert (outside / "secret").read_bytes() == b"secret"
+
+    def test_a_dangling_or_looping_symlink_is_listed_with_why_it_cannot_be_read(self, root: Path) -> None:
+        (root / "moved").symlink_to(root / "moved-away")
+        (root / "loop").symlink_to(root / "loop")
+        (root / "real").write_bytes(b"1")
+        store = LocalStorage(root).following_links()
+        assert list(store.list("")) == ["loop", "moved", "real"]
+        assert "does not exist" in store.unreadable_reason("moved")
+        assert "cannot be followed" in store.unreadable_reason("loop")
+        assert store.unreadable_reason("real") is None
+
+    def test_a_full_disk_is_one_clear_error_and_leaves_nothing_behind(self, root: Path, monkeypatch) -> None:
+        import errno
+        import os
+
+        from workers.errors import StorageFullError
+
+        def full(fd: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        store = LocalStorage(root)
+        store.put("a/kept", b"old")
+        monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(StorageFullError, match="no space left .* free space"):
+            store.put("a/kept", b"new")
+        assert store.get("a/kept") == b"old" and sorted(p.name for p in (root / "a").iterdir()) == ["kept"]
 
     def test_symlink_inside_root_is_allowed(self, root: Path) -> None:
         (root / "real").mkdir()

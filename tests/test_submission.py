@@ -13,6 +13,7 @@ from workers.io.submission import (
     grey_subsample,
     header,
     read_expected_columns,
+    read_sample_submission,
     row_width,
     submission_id,
 )
@@ -55,6 +56,15 @@ def test_expected_columns_from_the_sample_dataset():
 def test_expected_columns_rejects_a_bad_header():
     with pytest.raises(ConfigError, match="ID,pixel_0"):
         read_expected_columns(io.BytesIO(b"name,value\nx,1\n"))
+
+
+def test_the_sample_submission_gives_its_columns_and_every_id_in_order():
+    with open(DATASET / "sample_submission.csv", "rb") as f:
+        sample = read_sample_submission(f)
+    assert sample.columns == 256 * 160 // 8
+    assert sample.ids == tuple(submission_id(p.name) for p in sorted((DATASET / "test").iterdir()))
+    quoted = read_sample_submission(io.BytesIO(b'ID,pixel_0\r\n"a,b",1\r\ngt_2,3\r\n\r\n'))
+    assert quoted.ids == ("a,b", "gt_2")
 
 
 def test_writer_checks_widths_and_keeps_going():

@@ -115,9 +115,52 @@ def test_lost_messages_are_sent_again_once_the_run_stalls_and_only_once(world):
 def test_a_delivered_message_of_a_live_worker_is_not_sent_again(world):
     tracker, storage, app, client, names, claims = world
     start(tracker, storage, app)
-    deliver(client, "cpu")  # a worker took it and has not started it yet
-    assert sweep(claims, app, STALL, now=later(), lease_s=0).reenqueued == {"r1": 0}
+    tracker.touch("r1", time.time() - STALL - 1)  # the run stalled
+    deliver(client, "cpu")  # a worker took it just now and has not started it yet
+    assert sweep(claims, app, STALL, lease_s=0).reenqueued == {"r1": 0}
     assert len(queued(client, "cpu")) == 2 and client.hlen("unacked") == 1
+
+
+def test_a_delivery_nobody_started_within_the_stall_period_is_handed_back_not_sent_twice(world):
+    """A worker's connection dropped while Redis was down: kombu could not put its prefetched message
+    back, and it would wait in the unacknowledged hash for the whole visibility timeout."""
+    tracker, storage, app, client, names, claims = world
+    start(tracker, storage, app)
+    tag, _ = deliver(client, "cpu")
+    report = sweep(claims, app, STALL, now=later(), lease_s=0)
+    assert report.restored == {"r1": 1} and report.reenqueued == {"r1": 0}
+    assert client.hlen("unacked") == 0 and sorted(queued(client, "cpu")) == [("r1", n) for n in names]
+
+
+def test_a_retry_waiting_for_its_eta_is_not_handed_back_before_it_is_due(world):
+    tracker, storage, app, client, names, claims = world
+    plan = plan_remaining(storage, load_manifest(storage, "r1"))
+    tracker.start("r1", 3)
+    app.send_task("workers.tasks.denoise", ("r1", names[0]), countdown=2 * STALL, ignore_result=True)
+    deliver(client, "cpu")  # held by the worker's timer until its ETA
+    assert sweep(claims, app, STALL, now=later(), lease_s=0).restored == {}
+    assert client.hlen("unacked") == 1 and plan.has_work
+
+
+def test_a_live_workers_hold_that_outlived_its_message_is_abandoned_and_its_image_sent_again(world):
+    """An outage longer than the tracker's retries: the worker's release was lost and its message
+    acknowledged (or its retry dropped). The hold is old and its image has no message anywhere: it
+    is sent again under the hold's task id, and that delivery's claim takes the image over."""
+    tracker, storage, app, client, names, claims = world
+    tracker.start("r1", 3)
+    live = Holder("cafe000000000000", "gpu@host-3", "another-machine", 7, "1")
+    client.set(heartbeat_key(live.token), "{}", ex=24 * 3600)
+    hold = new_hold(names[0], "denoise", "task-x", live)
+    tracker.claim("r1", "denoise", live.token, {names[0]: hold})
+    send_plan(app, plan_remaining(storage, load_manifest(storage, "r1")).only(names[1:]))  # the others are queued
+    assert sweep(claims, app, STALL, now=later(STALL / 2), lease_s=0).reenqueued == {}  # not stalled yet
+    report = sweep(claims, app, STALL, now=later(), lease_s=0)
+    assert report.reenqueued == {"r1": 1}
+    messages = [json.loads(raw) for raw in client.lrange("cpu", 0, -1)]
+    assert [m["headers"]["id"] for m in messages if m["headers"]["argsrepr"] == repr(("r1", names[0]))] == ["task-x"]
+    assert sweep(claims, app, STALL, now=later(2 * (STALL + 1)), lease_s=0).reenqueued == {"r1": 0}  # queued now
+    other = Claims(storage, tracker, this_process(), claims.settings)
+    assert other.claim("r1", "denoise", [(names[0], "task-x")]).images[0].verdict == "go"
 
 
 def test_a_dead_holder_is_buried_its_deaths_counted_and_its_message_handed_back_at_once(world):

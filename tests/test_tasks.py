@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import pytest
 
-from celery_batches import Batches
+from workers.run.attempts import Attempts
+from workers.runtime.claims import Claimed
+from workers.runtime.holds import new_hold
+from workers.runtime.liveness import Holder
+from workers.runtime.tasks import image_arguments, isolate_suspects
 
-
-class CountingQoS:
-    def __init__(self) -> None:
-        self.value = 8
-
-    def increment_eventually(self, n: int = 1) -> None:
-        self.value += n
-
-    def decrement_eventually(self, n: int = 1) -> None:
-        self.value -= n
+ME = Holder("t" * 16, "gpu@here", "", 1, "1")
 
 
-def test_a_batch_gives_back_the_prefetch_slots_its_eta_messages_took(monkeypatch):
-    """Celery builds the task strategies before it creates the consumer's QoS: the count must be
-    read when the batch runs, not captured when the strategy is built (it is None then)."""
-    from workers.runtime.tasks import upscale as proxy
+def claimed(name: str, deaths: int = 0, alone: bool = False) -> Claimed:
+    return Claimed(name, "go", Attempts(name, "upscale", deaths=deaths, alone=alone), new_hold(name, "upscale", "t", ME))
 
-    upscale = proxy._get_current_object()
-    monkeypatch.setattr(Batches, "flush", lambda self, requests: None)  # the stage itself is not under test
-    consumer = SimpleNamespace(qos=None)
-    monkeypatch.setattr(upscale, "_consumer", consumer)
-    consumer.qos = qos = CountingQoS()  # created after the strategy, as Celery does
-    upscale.flush([SimpleNamespace(eta="2026-12-05T10:00:00"), SimpleNamespace(eta=None),
-                   SimpleNamespace(eta="2026-12-05T10:00:01")])
-    assert qos.value == 6
+
+@pytest.mark.parametrize("args, kwargs", [((), {}), (("r1",), {}), (("r1", 2), {}), (("r1", "a.png"), {"x": 1}),
+                                          ("r1a.png", {})])
+def test_a_malformed_image_message_is_refused_with_what_it_held(args, kwargs):
+    with pytest.raises(ValueError, match="expected \\(run_id, name\\) strings"):
+        image_arguments(args, kwargs)
+
+
+def test_an_image_message_names_a_run_and_an_input():
+    assert image_arguments(["r1", "a.png"], {}) == ("r1", "a.png")
+
+
+def test_suspects_run_alone_after_the_healthy_images_fewest_deaths_first():
+    images = [claimed("a"), claimed("b", deaths=2), claimed("c"), claimed("d", alone=True), claimed("e", deaths=1)]
+    groups = isolate_suspects(images)
+    assert [[image.name for image in group] for group in groups] == [["a", "c"], ["d"], ["e"], ["b"]]

@@ -31,7 +31,7 @@ def test_exactly_one_finish_completes_the_run_even_with_duplicates_and_races(tra
 def test_forgotten_or_unknown_runs_are_not_recreated_by_late_duplicates(tracker):
     tracker.start("run", 1)
     assert tracker.finish("run", "a.png")
-    tracker.forget("run")
+    assert tracker.forget("run", tracker.epoch("run"))
     assert not tracker.finish("run", "a.png")
     assert tracker.counts("run") == (0, None)
     assert not tracker.finish("never-started", "x.png")
@@ -59,6 +59,32 @@ def test_start_rebuilds_the_finished_set(tracker):
     assert not tracker.finish_many("run", ["a"])  # what storage still counts as finished
     assert tracker.counts("run") == (1, 2)
     assert tracker.finish("run", "retried")  # the retried image, once it finishes again, completes the run
+
+
+def test_a_name_that_is_not_an_input_of_the_current_start_never_counts(tracker):
+    """A late message for an input removed before the run was enqueued again: finishing it must not
+    complete the count while a real input is still running, nor stop the last real one from
+    completing it."""
+    tracker.start("run", 3, ["a.png", "b.png", "c.png"])
+    tracker.start("run", 2, ["a.png", "b.png"])  # c.png removed, enqueued again
+    assert not tracker.finish("run", "a.png")
+    assert not tracker.finish("run", "c.png")  # c's old message, processed late
+    assert tracker.counts("run") == (1, 2)
+    assert tracker.finish("run", "b.png")  # the real last image completes the run
+    assert tracker.counts("run") == (2, 2)
+
+
+def test_forgetting_with_an_empty_epoch_leaves_a_start_that_came_meanwhile(tracker):
+    """An aggregation that read no epoch (Redis did not know the run) must not drop the keys of a
+    start of the same run that happened while it aggregated; nor may an older epoch."""
+    looked = tracker.epoch("run")
+    assert looked == ""
+    tracker.start("run", 2, ["a.png", "b.png"])
+    assert not tracker.forget("run", looked)
+    assert not tracker.forget("run", "an-older-epoch")
+    assert tracker.counts("run") == (0, 2)
+    assert tracker.forget("run", tracker.epoch("run"))
+    assert tracker.counts("run") == (0, None)
 
 
 def test_a_tracker_from_a_url_rides_out_a_redis_restart(tmp_path):

@@ -55,7 +55,7 @@ def settings() -> Settings:
     return Settings(device="cpu", weights_dir="/nonexistent")
 
 
-def train(root: Path, start: Path, config: TrainConfig = TINY, **kwargs):  # noqa: ANN201 - TrainResult
+def train(root: Path, start: Path, config: TrainConfig = TINY, **kwargs):  # TrainResult
     return run_training(str(root), kwargs.pop("output", None), str(start), config, settings(),
                         StorageFactory(settings()), **kwargs)
 
@@ -192,13 +192,13 @@ def test_the_checkpoint_round_trips_through_spandrel_into_the_upscaler(tiny, com
     assert ensembled.shape == (1, 64, 96, 3) and not np.array_equal(ensembled, upscaler.upscale(image))
 
 
-def _poisoned_at(step: int):  # noqa: ANN202 - a _loss stand-in
+def _poisoned_at(step: int):  # a _loss stand-in
     """The real loss, except NaN on ``step``'s batch (counted by calls: one call per step)."""
     from workers.training import finetune
 
     real, calls = finetune._loss, []
 
-    def loss(pred, target, config):  # noqa: ANN001, ANN202
+    def loss(pred, target, config):
         calls.append(1)
         value = real(pred, target, config)
         return value * float("nan") if len(calls) == step + 1 else value
@@ -218,7 +218,7 @@ def test_a_non_finite_step_changes_no_weight_and_training_goes_on(tiny, small, m
     weights: list[list[torch.Tensor]] = []
     real_step = trainer._train_step
 
-    def step_and_snapshot(*args):  # noqa: ANN002, ANN202
+    def step_and_snapshot(*args):
         loss = real_step(*args)
         weights.append([p.detach().clone() for p in trainer.model.parameters()])
         return loss

@@ -163,7 +163,7 @@ def _stub_upscaler(dtype: torch.dtype) -> Upscaler:
 
     model = _Overflows().to(dtype)
     class Overflowing(Architecture):
-        def load(self, state_dict):  # noqa: ANN001, ANN202 - never loads a file
+        def load(self, state_dict):  # never loads a file
             raise NotImplementedError
 
     architecture = Overflowing(id=ArchId("overflows"), detect=lambda state: False, name="Overflows")

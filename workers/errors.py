@@ -70,6 +70,11 @@ class WeightsUnavailableError(ConfigError):
     """The weights could be neither found locally nor downloaded."""
 
 
+class StorageFullError(ConfigError):
+    """The store refuses writes for good: its disk or quota is full, or it is read-only. Not one image's
+    fault and not a passing condition: an operator must free space."""
+
+
 class RunNotFoundError(ConfigError):
     """No run manifest exists under the given run id."""
 

@@ -59,6 +59,15 @@ class Settings:
                                "repository's models/).")
     shipped_model: str = _setting("", "Shipped model that --preset learned runs, and that `producer train` starts "
                                   "from, when the dataset has no model of its own (empty: the registry's default).")
+    allow_torchscript: bool = _setting(
+        False, "Load TorchScript (.pt) checkpoints: torch.jit.load runs code the file carries, so they are refused "
+        "unless this is set.")
+    train_sources: str = _setting(
+        "", "Comma-separated start checkpoints (hf:owner/repo/file@rev, paths) a `train` task may start from, "
+        "besides the shipped models and the run store's checkpoints by hash.")
+    task_outputs: str = _setting(
+        "", "Comma-separated folders (in the run store) where `train` and `calibrate` tasks may also write, besides "
+        "their dataset's trained_x4.safetensors and calibration.json.")
     device: str = _setting("auto", "Torch device for the upscaler: auto, cpu, cuda, cuda:N.")
     precision: str = _setting("auto", "auto (CUDA: bf16 where the card has it, else fp16; CPU: fp32), fp16, bf16 or fp32.")
     gpu_batch_size: int = _setting(8, "Most same-size images per forward pass.")
@@ -93,6 +102,9 @@ class Settings:
         4, "Threads that encode and upload upscaled images while the next batch runs, and that read a run's "
         "per-image objects in parallel when aggregating and reporting."
     )
+    redis_outage_s: float = _setting(
+        110.0, "How long a worker rides out a Redis outage in one call (a claim, a finish, a publish) before it gives "
+        "up on that call; what it could not record is mended by the recovery sweep once Redis is back.")
     visibility_timeout_s: int = _setting(3600, "Redis visibility timeout: longer than the slowest task.")
     train_chunk_s: int = _setting(
         600, "A distributed training job runs in chunks of this many seconds, each one task that saves its state and "
@@ -129,7 +141,7 @@ class Settings:
         if self.precision not in {"auto", "fp16", "bf16", "fp32"}:
             raise ConfigError(f"PRECISION must be auto, fp16, bf16 or fp32, got {self.precision!r}")
         for name in ("max_image_bytes", "max_image_pixels", "tile_max_pixels", "model_cache_size", "gpu_batch_pixels",
-                     "stall_after_s", "sweep_interval_s", "max_worker_deaths", "task_max_errors"):
+                     "stall_after_s", "sweep_interval_s", "max_worker_deaths", "task_max_errors", "redis_outage_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.upper()} must be positive")
 
@@ -200,7 +212,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
     if not isinstance(raw, str):
         return raw
-    kind = type(f.default)
+    kind: Any = type(f.default)
     try:
         if kind is bool:
             lowered = raw.strip().lower()

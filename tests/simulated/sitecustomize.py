@@ -24,6 +24,9 @@ needs hardware or a failure mode no local server has:
 * ``stall-forward[:<n>]``: not a fault: after ``n`` (default 0) forward passes of the upscaler,
   every pass hangs (logging STALL_MARK), so a test kills the worker inside one for certain, whatever
   the machine's speed.
+* ``pause-stage-until:<path>``: not a fault: the GPU task, its images claimed and marked, waits
+  before the stage runs until ``<path>`` exists (logging PAUSE_MARK), so a test stops a server at
+  that very point.
 * ``hold-until:<path>``: not a fault: the worker waits, started and loaded, before it consumes its
   first message, until ``<path>`` exists (a test moves it into a memory group meanwhile).
 """
@@ -84,7 +87,7 @@ def _storage_down(name: str) -> None:
 
     real = stages.read_input
 
-    def read_input(ctx, manifest, image):  # noqa: ANN001, ANN202 - same signature as the real one
+    def read_input(ctx, manifest, image):  # same signature as the real one
         if image == name:
             raise StorageUnavailableError(f"simulated: S3 unreachable for {image}")
         return real(ctx, manifest, image)
@@ -98,7 +101,7 @@ def _lose_aggregate_once(_: str) -> None:
     real = tasks.aggregate.apply_async
     lost: list[bool] = []
 
-    def apply_async(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def apply_async(*args, **kwargs):
         if not lost:
             lost.append(True)
             return None
@@ -107,7 +110,7 @@ def _lose_aggregate_once(_: str) -> None:
     tasks.aggregate.apply_async = apply_async
 
 
-def _on_input(name: str, act) -> None:  # noqa: ANN001 - act(name) is called where the input is worked on
+def _on_input(name: str, act) -> None:  # act(name) is called where the input is worked on
     """Call ``act`` when the CPU task starts on ``name`` (after its claim), or when a GPU forward pass
     that holds it starts."""
     from workers.run import stages
@@ -115,12 +118,12 @@ def _on_input(name: str, act) -> None:  # noqa: ANN001 - act(name) is called whe
 
     denoise_stage, on_device = tasks.denoise_stage, stages._denoise_on_device
 
-    def denoise(ctx, run_id, image):  # noqa: ANN001, ANN202
+    def denoise(ctx, run_id, image):
         if image == name:
             act(image)
         return denoise_stage(ctx, run_id, image)
 
-    def denoise_on_device(ctx, manifest, batch, *args):  # noqa: ANN001, ANN002, ANN202
+    def denoise_on_device(ctx, manifest, batch, *args):
         if any(item.name == name for item in batch):
             act(name)
         return on_device(ctx, manifest, batch, *args)
@@ -147,7 +150,7 @@ def _raise_once(_: str) -> None:
     real = tasks.aggregate_stage
     raised: list[bool] = []
 
-    def aggregate_stage(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def aggregate_stage(*args, **kwargs):
         if not raised:
             raised.append(True)
             raise RuntimeError("simulated: aggregation bug")
@@ -159,7 +162,7 @@ def _raise_once(_: str) -> None:
 def _raise_in_train(_: str) -> None:
     from workers.training import job
 
-    def make_trainer(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def make_trainer(*args, **kwargs):
         raise ValueError("simulated: a bug in training")
 
     job.make_trainer = make_trainer
@@ -173,7 +176,7 @@ def _lose_train_next_once(_: str) -> None:
     real = tasks.train.apply_async
     lost: list[bool] = []
 
-    def apply_async(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def apply_async(*args, **kwargs):
         if not lost:
             lost.append(True)
             raise OperationalError("simulated: Redis unreachable for the whole publish budget")
@@ -214,12 +217,31 @@ def _stall_forward(after: str) -> None:
     Upscaler._model_forward = forward
 
 
+def _pause_stage_until(path: str) -> None:
+    import logging
+    import time
+
+    from workers.runtime import tasks
+
+    real = tasks.upscale_stage
+
+    def upscale_stage(*args, **kwargs):  # the real one's signature
+        logging.getLogger("simulated").warning("%s: waiting for %s", PAUSE_MARK, path)
+        while not os.path.exists(path):
+            time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    tasks.upscale_stage = upscale_stage
+
+
 HOLD_MARK = "simulated hold-until"
+PAUSE_MARK = "simulated pause before the GPU stage"
 STALL_MARK = "simulated stall in a forward pass"
 
 PATCHES = {"oom-flat": _oom_flat, "device-lost": _device_lost, "stall-forward": _stall_forward,
            "storage-down": _storage_down, "lose-aggregate-once": _lose_aggregate_once, "die-on": _die_on, "raise-on": _raise_on, "raise-once": _raise_once, "raise-in": _raise_in_train,
-           "lose-train-next-once": _lose_train_next_once, "hold-until": _hold_until}
+           "lose-train-next-once": _lose_train_next_once, "hold-until": _hold_until,
+           "pause-stage-until": _pause_stage_until}
 
 if SIMULATE:
     _install()

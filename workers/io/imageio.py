@@ -15,7 +15,7 @@ import struct
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Literal
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -210,7 +210,7 @@ def _png_bloat(data: bytes) -> str | None:
 def _tiff_bloat(data: bytes) -> str | None:
     """TIFF and BigTIFF: the tags of the first directory, which Pillow reads eagerly."""
     n = len(data)
-    order = "little" if data[0] == 0x49 else "big"
+    order: Literal["little", "big"] = "little" if data[0] == 0x49 else "big"
     big = data[2:4] in (b"+\0", b"\0+")
     offset = int.from_bytes(data[8:16] if big else data[4:8], order)
     entries = int.from_bytes(data[offset : offset + (8 if big else 2)], order)
@@ -293,7 +293,7 @@ def write_png(rgb: np.ndarray, out: IO[bytes], compress_level: int = 1) -> None:
         lines[:, 0] = _PAETH
         lines[:, 1:] = _paeth_filtered(band, np.concatenate([above, band[:-1]]))
         above = band[-1:]
-        if data := deflate.compress(lines):
+        if data := deflate.compress(lines.data):
             out.write(_png_chunk(b"IDAT", data))
     out.write(_png_chunk(b"IDAT", deflate.flush()))
     out.write(_png_chunk(b"IEND", b""))

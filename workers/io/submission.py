@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO
 
@@ -98,6 +99,34 @@ def read_expected_columns(stream: IO[bytes]) -> int:
     if len(columns) < 2 or columns[0] != "ID" or columns[1] != "pixel_0":
         raise ConfigError(f"sample submission header must start with 'ID,pixel_0', got {first[:40]!r}")
     return len(columns) - 1
+
+
+@dataclass(frozen=True)
+class SampleSubmission:
+    """What a competition's ``sample_submission.csv`` fixes: the column count and the IDs, in order."""
+
+    columns: int
+    ids: tuple[str, ...]
+
+
+def read_sample_submission(stream: IO[bytes]) -> SampleSubmission:
+    """The column count (:func:`read_expected_columns`) and every row's ID, streamed a line at a
+    time (a row of the competition's is about 300 KB of values, never kept).
+
+    Raises:
+        ConfigError: the header is not ``ID,pixel_0,...``.
+    """
+    columns = read_expected_columns(stream)
+    stream.seek(0)
+    next(stream, b"")  # the header
+    ids = []
+    for raw in stream:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            continue
+        first = next(csv.reader([line])) if line.startswith('"') else line.split(",", 1)
+        ids.append(first[0])
+    return SampleSubmission(columns, tuple(ids))
 
 
 def parse_row(line: str) -> tuple[str, list[str]]:

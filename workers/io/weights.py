@@ -14,11 +14,40 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from workers.errors import ObjectNotFoundError, TransientError, WeightsUnavailableError
+from workers.errors import ObjectNotFoundError, TransientError, UnsupportedModelError, WeightsUnavailableError
 from workers.io.storage import Storage
 from workers.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint:"  # checkpoint:<sha256>.<ext>: a checkpoint in the run store, by hash
+CHECKPOINTS_FOLDER = "checkpoints"  # where the run store keeps them: checkpoints/<sha256>.<ext>
+TORCHSCRIPT_SUFFIX = ".pt"  # what spandrel loads with torch.jit.load
+
+
+def check_not_torchscript(ref: str, settings: Settings) -> str:
+    """``ref`` unless it names a TorchScript file (``.pt``: loading one runs code it carries) and
+    ALLOW_TORCHSCRIPT is off.
+
+    Raises:
+        UnsupportedModelError: it does.
+    """
+    name = PurePosixPath(ref.partition("@")[0] if ref.startswith("hf:") else ref).name
+    if name.lower().endswith(TORCHSCRIPT_SUFFIX) and not settings.allow_torchscript:
+        raise UnsupportedModelError(f"{ref!r} is TorchScript (.pt), whose loading runs code from the file: refused "
+                                    "unless ALLOW_TORCHSCRIPT is set; convert it to .safetensors or .pth")
+    return ref
+
+
+def model_cache_dir(settings: Settings) -> Path:
+    """Where this process keeps checkpoints fetched by hash (MODEL_CACHE_DIR)."""
+    return Path(settings.model_cache_dir or Path.home() / ".cache" / "lowlight-sr" / "models").expanduser()
+
+
+def stored_checkpoint(ref: str) -> tuple[str, str]:
+    """(run store key, sha256) of a ``checkpoint:<sha256>.<ext>`` reference."""
+    name = ref.removeprefix(CHECKPOINT_PREFIX)
+    return f"{CHECKPOINTS_FOLDER}/{name}", name.partition(".")[0]
 
 
 @dataclass(frozen=True)
@@ -37,6 +66,7 @@ def resolve_weights(settings: Settings) -> WeightsRef:
             downloadable; the message says which variable / flag to set.
     """
     source = describe_weights(settings)
+    check_not_torchscript(settings.weights or settings.model_file, settings)
     if settings.weights:
         path = Path(settings.weights).expanduser()
         if not path.is_file():
@@ -53,6 +83,7 @@ def resolve_checkpoint(ref: str, settings: Settings, flag: str = "--from (TRAIN_
         WeightsUnavailableError: the path is not a file, or the Hub file is neither local nor
             downloadable; the message names ``flag``.
     """
+    check_not_torchscript(ref, settings)
     if not ref.startswith("hf:"):
         path = Path(ref).expanduser()
         if not path.is_file():

@@ -227,7 +227,7 @@ class ForwardAccumulator:
     """
 
     def __init__(self) -> None:
-        self._stats: dict[str, _LevelStats] = {k: _LevelStats() for k in get_args(Kernel)}
+        self._stats: dict[Kernel, _LevelStats] = {k: _LevelStats() for k in get_args(Kernel)}
         self._target_means: list[float] = []
         self.pairs = 0
 
@@ -241,7 +241,7 @@ class ForwardAccumulator:
             raise ValueError(f"target {target.shape[1]}x{target.shape[0]} is not 4x the input {inp.shape[1]}x{inp.shape[0]}")
         observed = inp.astype(np.float64)
         for kernel, stats in self._stats.items():
-            stats.add(downscale(target, kernel), observed)  # type: ignore[arg-type]
+            stats.add(downscale(target, kernel), observed)
         self._target_means.append(float(target.mean()))
         self.pairs += 1
 
@@ -271,7 +271,7 @@ class ForwardAccumulator:
             quantisation = "floor"
         return ForwardFit(
             model=ForwardModel(gain=round(max(gain, 0.0), 4), read_variance=round(max(read_variance, 0.0), 4),
-                               kernel=kernel, quantisation=quantisation),  # type: ignore[arg-type]
+                               kernel=kernel, quantisation=quantisation),
             brightness_ratio=round(ratio, 4),
             kernel_residuals={k: round(v, 4) for k, v in residuals.items()},
             mean_residual=round(mean_residual, 4),

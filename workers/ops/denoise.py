@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -62,7 +63,7 @@ def denoise(rgb: np.ndarray, spec: DenoiseSpec) -> np.ndarray:
 MIN_NLM_TILE = 16  # below this a tile is mostly the border (13 px a side) it reads around it: give up instead
 
 
-def denoise_on_device(images: np.ndarray, spec: DenoiseSpec, device: object, max_pixels: int = 1_048_576) -> np.ndarray:
+def denoise_on_device(images: np.ndarray, spec: DenoiseSpec, device: Any, max_pixels: int = 1_048_576) -> np.ndarray:
     """NL-means for a batch (``N x H x W x 3`` uint8 RGB) on a torch device: the PyTorch port of
     OpenCV's colored NL-means, bit-identical to :func:`nlm_opencv` (see :mod:`workers.ops.nlm_torch`).
 
@@ -87,9 +88,11 @@ def denoise_on_device(images: np.ndarray, spec: DenoiseSpec, device: object, max
     with device_failures_raised(device):
         x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
         while True:
-            fitted, out = attempt(lambda c=chunk, t=tile: nlm_colored_torch(
-                x, spec.h, spec.h_color, spec.template, spec.search, c, t))
-            if fitted:
+            def run(c: int = chunk, t: int | None = tile) -> Any:
+                return nlm_colored_torch(x, spec.h, spec.h_color, spec.template, spec.search, c, t)
+
+            fitted, out = attempt(run)
+            if fitted and out is not None:
                 return out.cpu().numpy()
             if x.device.type == "cuda":
                 torch.cuda.empty_cache()

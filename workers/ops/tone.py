@@ -248,10 +248,11 @@ class ToneAccumulator:
             seen = self.counts[c] > 0
             fitted = isotonic(self.sums[c, seen] / self.counts[c, seen], self.counts[c, seen])
             lut[c] = np.interp(levels, levels[seen], fitted)  # np.interp is flat outside the data
+        totals = self.counts.sum(axis=1)  # pixels seen per channel
         return ToneCurve(
             lut=np.round(np.clip(lut, 0, 255), _LUT_DECIMALS),
             n_pairs=self.n_pairs,
-            pixels=tuple(int(n) for n in self.counts.sum(axis=1)),
+            pixels=(int(totals[0]), int(totals[1]), int(totals[2])),
             names_sha256=self._names.hexdigest(),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )

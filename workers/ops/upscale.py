@@ -87,7 +87,7 @@ def load_descriptor(path: Path | str) -> Any:
     path = Path(path)
     try:
         descriptor = spandrel.ModelLoader().load_from_file(path)
-    except Exception as exc:  # noqa: BLE001 - unpickling/zip/safetensors each raise their own types
+    except Exception as exc:  # unpickling/zip/safetensors each raise their own types
         raise UnsupportedModelError(f"{path}: not a checkpoint spandrel can load ({type(exc).__name__}: {exc})") from None
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise UnsupportedModelError(f"{path}: {descriptor.architecture.name} is not an image-to-image model")
@@ -143,7 +143,7 @@ def load_upscaler(path: Path | str, device: str = "auto", precision: str = "auto
 class Upscaler:
     """A loaded model plus how to run it. Holds no per-call state."""
 
-    descriptor: object  # spandrel.ImageModelDescriptor
+    descriptor: Any  # spandrel.ImageModelDescriptor (spandrel is imported on first use)
     device: torch.device
     dtype: torch.dtype
     tiles: TilePolicy
@@ -361,7 +361,11 @@ def _model_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _copy_into(out: torch.Tensor, crop: tuple[slice, ...] = ()) -> Store:
     """Store a finished result (or its ``crop``) into ``out``, without waiting for the device where
     ``out`` is pinned host memory."""
-    return lambda result: out.copy_(result[crop] if crop else result, non_blocking=True)
+
+    def store(result: torch.Tensor) -> None:
+        out.copy_(result[crop] if crop else result, non_blocking=True)
+
+    return store
 
 
 def _to_rgb_uint8(y: torch.Tensor) -> torch.Tensor:

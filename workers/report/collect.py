@@ -21,6 +21,7 @@ from workers.ops.upscalers import upscaler_kind
 from workers.report.data import Failure, ImageReport, ReportData, Score, StageTiming, TrainingSummary
 from workers.report.scoring import get_png, score_image
 from workers.report.thumbnails import crops, embed
+from workers.run.aggregate import MISSING_ID, missing_ids
 from workers.run.attempts import WORKER_DEATHS
 from workers.run.keys import RunKeys, RunProgress, stem
 from workers.run.manifest import RunManifest, load_manifest
@@ -59,8 +60,9 @@ def collect_report_data(
     progress = RunProgress.read(storage, run_id)
     output_limits = limits.scaled(upscaler_kind(manifest.pipeline.upscaler).scale)
     markers = _read_failure_markers(storage, keys, manifest, progress, threads)
-    scored = [n for n in manifest.names if truth and n in truth and stem(n) in progress.done]
-    scoring = fetch_in_order(lambda name: score_image(storage, keys, name, truth[name], output_limits), scored,
+    truths = truth or {}
+    scored = [n for n in manifest.names if n in truths and stem(n) in progress.done]
+    scoring = fetch_in_order(lambda name: score_image(storage, keys, name, truths[name], output_limits), scored,
                              threads)
     scores = dict(zip(scored, scoring, strict=True))
     order = _display_order(manifest.names, scores)
@@ -189,12 +191,14 @@ def _read_failure_markers(
 
 
 def _failures(storage: Storage, keys: RunKeys, manifest: RunManifest, markers: Mapping[str, Failure]) -> tuple[Failure, ...]:
-    """Per-image failures (live), listing rejections, and the aggregator's width mismatches."""
+    """Per-image failures (live), listing rejections, sample IDs no input has, and what the aggregator
+    left out of the submission (width mismatches, IDs the sample does not list)."""
     aggregated = _read_json(storage, keys.failures) or []
     mismatches = [Failure(str(f.get("name", "")), "aggregate", str(f.get("reason", "")))
                   for f in aggregated if f.get("stage") == "aggregate"]
     rejected = [Failure(name, "listing", reason) for name, reason in manifest.rejected]
-    return (*markers.values(), *mismatches, *rejected)
+    missing = [Failure(image_id, "listing", MISSING_ID) for image_id in missing_ids(manifest)]
+    return (*markers.values(), *mismatches, *rejected, *missing)
 
 
 def _counts(manifest: RunManifest, progress: RunProgress) -> dict[str, int]:

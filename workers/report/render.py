@@ -83,7 +83,7 @@ def render_report(data: ReportData) -> str:
         timing_rows=[(t.stage, t.count, fmt_s(t.p50), fmt_s(t.p95), fmt_s(t.total)) for t in data.timings],
         throughput_chart=line_chart(data.throughput, data.throughput_bin_s) if data.throughput else "",
         # fmean is inf if one image is identical to its ground truth
-        mean_psnr=statistics.fmean(s.psnr for s in scored) if scored else 0.0,
+        mean_psnr=statistics.fmean(s.psnr for s in scored if s.psnr is not None) if scored else 0.0,
         mean_ssim=statistics.fmean(s.ssim for s in data.scores if s.ssim is not None) if scored else 0.0,
         psnr_chart=bar_chart([(s.name, s.psnr or 0.0) for s in data.scores]) if data.scores else "",
         failure_rows=[(f.name, f.stage, f.reason, f.at) for f in data.failures],

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 from workers.errors import SubmissionMismatchError
 from workers.io.storage import Storage, fetch_in_order
-from workers.io.submission import SubmissionWriter, row_width
+from workers.io.submission import SubmissionWriter, row_width, submission_id
 from workers.run.context import StageContext
 from workers.run.keys import RunKeys, RunProgress, stem
 from workers.run.manifest import RunManifest, load_manifest, now_iso
 
 logger = logging.getLogger(__name__)
+
+MISSING_ID = "sample_submission.csv lists this ID, but no input has it: submission.csv has no row for it"
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,15 @@ def aggregate_stage(ctx: StageContext, run_id: str, allow_partial: bool = False)
     with ctx.storage.writer(keys.submission) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         writer = SubmissionWriter(text, n_columns)
+        expected = set(manifest.expected_ids) if manifest.expected_ids is not None else None
         for name, is_done, data in fetch_in_order(outcome, finished, threads):
             if not is_done:
                 failures.append(json.loads(data))
+                continue
+            if expected is not None and submission_id(name) not in expected:
+                failures.append({"name": name, "stage": "aggregate", "reason": (
+                    f"its ID {submission_id(name)!r} is not in sample_submission.csv: left out of submission.csv "
+                    "(its output is kept)")})
                 continue
             try:
                 writer.add(name, data.decode())
@@ -74,6 +82,7 @@ def aggregate_stage(ctx: StageContext, run_id: str, allow_partial: bool = False)
         text.flush()
         text.detach()
     failures.extend({"name": n, "stage": "listing", "reason": reason} for n, reason in manifest.rejected)
+    failures.extend({"name": image_id, "stage": "listing", "reason": MISSING_ID} for image_id in missing_ids(manifest))
     failures.extend({"name": n, "stage": "pending", "reason": "not finished"} for n in pending)
     ctx.storage.put(keys.failures, json.dumps(failures, indent=1).encode())
     result = AggregateResult(run_id, manifest.total, writer.rows, len(failures) - len(pending), len(pending), True)
@@ -81,6 +90,14 @@ def aggregate_stage(ctx: StageContext, run_id: str, allow_partial: bool = False)
     ctx.storage.put(keys.summary, json.dumps(summary).encode())
     logger.info("run %s: submission with %d rows, %d failures", run_id, writer.rows, len(failures))
     return result
+
+
+def missing_ids(manifest: RunManifest) -> list[str]:
+    """The IDs sample_submission.csv lists that no entry of the source has (processed or refused)."""
+    if manifest.expected_ids is None:
+        return []
+    present = {submission_id(name) for name in (*manifest.names, *(name for name, _ in manifest.rejected))}
+    return [image_id for image_id in manifest.expected_ids if image_id not in present]
 
 
 def is_current_summary(summary: Mapping[str, object], manifest: RunManifest) -> bool:

@@ -14,16 +14,18 @@ caches these records so a delivery reads its image's record in the round trip th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import PurePosixPath
+from typing import Any
 
-from workers.errors import ObjectNotFoundError
+from workers.errors import ConfigError, ObjectNotFoundError
 from workers.io.storage import Storage
 from workers.run.keys import META_STAGES, RunKeys
 from workers.run.manifest import now_iso
 
 WORKER_DEATHS = "worker-deaths"  # the kind of failure record of an image its workers kept dying on
+ATTEMPTS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Attempts:
     last_worker: str = ""  # the worker of the last death or error, e.g. "gpu@host-2"
     last_error: str = ""  # "ValueError: ..." of the last unexpected error
     at: str = ""
+    version: int = ATTEMPTS_VERSION
 
     @property
     def suspect(self) -> bool:
@@ -59,17 +62,27 @@ class Attempts:
         """The failure reason once deaths reached the limit: what happened, and where last."""
         return f"worker died {self.deaths} times while processing it; last {self.last_worker}, {self.stage}"
 
-    def error_reason(self) -> str:
-        times = "once" if self.errors == 1 else f"{self.errors} times"
-        return f"unexpected error ({times}; last on {self.last_worker}, {self.stage}): {self.last_error}"
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Attempts:
+        """A stored record; records written before the version field read as version 1, and a field
+        this version does not know is ignored.
+
+        Raises:
+            ConfigError: a newer version.
+        """
+        if int(data.get("version", ATTEMPTS_VERSION)) > ATTEMPTS_VERSION:
+            raise ConfigError(f"attempts record version {data['version']} is newer than {ATTEMPTS_VERSION}")
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Attempts:
-        data = json.loads(text)
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        return cls.from_dict(json.loads(text))
 
 
 def describe_error(error: BaseException) -> str:
@@ -89,6 +102,19 @@ def read_attempts(storage: Storage, run_id: str, name: str, stage: str) -> Attem
 
 def write_attempts(storage: Storage, run_id: str, attempts: Attempts) -> None:
     storage.put(RunKeys(run_id).attempts(attempts.name, attempts.stage), attempts.to_json().encode())
+
+
+def count_error(storage: Storage, run_id: str, name: str, stage: str, error: BaseException, worker: str,
+                batch: int = 1) -> Attempts:
+    """One more unexpected error of the image at ``stage``, in its stored record; the record after it.
+
+    Raises:
+        TransientError: storage could not be reached (the error is not counted).
+        ConfigError: storage refuses the write (full, access denied).
+    """
+    attempts = read_attempts(storage, run_id, name, stage).with_error(error, worker, batch)
+    write_attempts(storage, run_id, attempts)
+    return attempts
 
 
 def stored_attempts(storage: Storage, run_id: str) -> Iterator[Attempts]:

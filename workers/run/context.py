@@ -9,13 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
+from workers.errors import ObjectNotFoundError
 from workers.io.imageio import DecodeLimits
 from workers.io.storage import Storage, StorageFactory
-from workers.io.weights import fetch_checkpoint, resolve_weights
+from workers.io.weights import fetch_checkpoint, model_cache_dir, resolve_weights
 from workers.ops.tone import ToneCurve
 from workers.ops.upscalers import ImageUpscaler, TilePolicy, upscaler_kind
+from workers.run.keys import RunKeys
 from workers.run.manifest import PipelineSpec, RunManifest, load_manifest
 from workers.settings import Settings
+
+MANIFEST_CACHE_SIZE = 64  # runs whose manifest a process keeps
 
 
 class StageContext:
@@ -32,11 +36,12 @@ class StageContext:
         self.limits = DecodeLimits.from_settings(settings)
         self.hostname = socket.gethostname()
         self._model_lock = threading.Lock()
+        self._manifest_lock = threading.Lock()
         self.io_pool = ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="store")
         self._upscalers: dict[str, ImageUpscaler] = {}
         self._run_models: OrderedDict[str, ImageUpscaler] = OrderedDict()  # by checkpoint sha256, LRU
-        self._manifest = lru_cache(maxsize=64)(self._load_manifest)
-        self._source = lru_cache(maxsize=64)(self.storages.open)
+        self._manifests: OrderedDict[str, tuple[str, RunManifest]] = OrderedDict()  # run -> (version, manifest)
+        self._source = lru_cache(maxsize=64)(self.storages.open_source)
         self._tone = lru_cache(maxsize=16)(lambda text: ToneCurve.from_json(text.encode()))
 
     def upscaler(self, name: str = "model") -> ImageUpscaler:
@@ -86,19 +91,53 @@ class StageContext:
 
     @property
     def model_cache_dir(self) -> Path:
-        return Path(self.settings.model_cache_dir or Path.home() / ".cache" / "lowlight-sr" / "models").expanduser()
+        return model_cache_dir(self.settings)
 
     def warm_up(self) -> None:
         """Load the settings' own model (WEIGHTS or the Hub's) now, not on the first image."""
         self.upscaler("model")
 
     def manifest(self, run_id: str) -> RunManifest:
-        # The pipeline and source of a run never change; only the name list can grow on re-enqueue,
-        # and stages do not read it.
-        return self._manifest(run_id)
+        """The run's manifest, read again whenever it was replaced: a run enqueued again may name
+        another source (``--run NAME`` reused for the next batch), other inputs or other bytes for
+        them. One version check per call (a ``stat`` locally, a HEAD on S3), the manifest itself
+        only when it changed.
 
-    def _load_manifest(self, run_id: str) -> RunManifest:
-        return load_manifest(self.storage, run_id)
+        Raises:
+            RunNotFoundError: no such run.
+            TransientError: the store could not be reached.
+        """
+        try:
+            version = self.storage.version(RunKeys(run_id).manifest)
+        except ObjectNotFoundError:
+            return load_manifest(self.storage, run_id)  # raises RunNotFoundError, naming the store
+        with self._manifest_lock:
+            cached = self._manifests.get(run_id)
+            if cached is not None and cached[0] == version:
+                self._manifests.move_to_end(run_id)
+                return cached[1]
+        manifest = load_manifest(self.storage, run_id)
+        with self._manifest_lock:
+            self._manifests[run_id] = (version, manifest)
+            while len(self._manifests) > MANIFEST_CACHE_SIZE:
+                self._manifests.popitem(last=False)
+        return manifest
+
+    def is_current(self, manifest: RunManifest) -> bool:
+        """Whether ``manifest`` is still its run's: not replaced since this context read it. A stage
+        asks before it marks its work done, so that nothing made from what a replaced manifest named
+        (another source's bytes) is kept as the new one's.
+
+        Raises:
+            TransientError: the store could not be reached.
+        """
+        try:
+            version = self.storage.version(RunKeys(manifest.run_id).manifest)
+        except ObjectNotFoundError:
+            return False
+        with self._manifest_lock:
+            cached = self._manifests.get(manifest.run_id)
+        return cached is not None and cached[1] is manifest and cached[0] == version
 
     def source(self, manifest: RunManifest) -> Storage:
         return self._source(manifest.source)

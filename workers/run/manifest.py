@@ -118,6 +118,10 @@ class RunManifest:
     # the names listed now and for earlier ones whose outputs remain: an input whose bytes changed is
     # redone, not mistaken for finished. Empty in manifests written before it existed.
     fingerprints: Mapping[str, str] = field(default_factory=dict)
+    # The submission IDs sample_submission.csv lists, in its order, when one was given (None in
+    # manifests written before they were checked): the aggregator reports an ID no input has and an
+    # input whose ID it does not list.
+    expected_ids: tuple[str, ...] | None = None
 
     @property
     def total(self) -> int:
@@ -129,27 +133,48 @@ class RunManifest:
         """Identifies what a run's outcome must cover: the listed inputs (names, bytes, rejections) and
         the expected width. The aggregator records it in ``summary.json``; a summary with another
         digest belongs to an earlier listing and says nothing about this one."""
-        listing = [list(self.names), [self.fingerprints.get(n, "") for n in self.names],
-                   [list(r) for r in self.rejected], self.expected_columns]
+        listing: list[object] = [list(self.names), [self.fingerprints.get(n, "") for n in self.names],
+                                 [list(r) for r in self.rejected], self.expected_columns]
+        if self.expected_ids is not None:  # only when set: digests of older manifests stay as they were
+            listing.append(list(self.expected_ids))
         return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
-    def to_json(self) -> bytes:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["pipeline"] = self.pipeline.to_dict()
         data["names"] = list(self.names)
         data["rejected"] = [list(r) for r in self.rejected]
         data["fingerprints"] = dict(self.fingerprints)
-        return json.dumps(data, indent=1).encode()
+        if self.expected_ids is not None:
+            data["expected_ids"] = list(self.expected_ids)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunManifest:
+        """A stored manifest (fields added since version 1 are optional: older manifests read as before).
+
+        Raises:
+            ConfigError: another version, or fields this version does not know (a newer writer's).
+        """
+        data = dict(data)
+        if data.get("version") != MANIFEST_VERSION:
+            raise ConfigError(f"run manifest version {data.get('version')} is not {MANIFEST_VERSION}")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"run manifest has unknown fields {sorted(unknown)}: written by a newer version?")
+        data["pipeline"] = PipelineSpec.from_dict(data["pipeline"])
+        data["names"] = tuple(data["names"])
+        data["rejected"] = tuple((str(n), str(r)) for n, r in data.get("rejected", ()))
+        if data.get("expected_ids") is not None:
+            data["expected_ids"] = tuple(data["expected_ids"])
+        return cls(**data)
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), indent=1).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> RunManifest:
-        data = json.loads(raw)
-        if data.get("version") != MANIFEST_VERSION:
-            raise ConfigError(f"run manifest version {data.get('version')} is not {MANIFEST_VERSION}")
-        data["pipeline"] = PipelineSpec.from_dict(data["pipeline"])
-        data["names"] = tuple(data["names"])
-        data["rejected"] = tuple(tuple(r) for r in data.get("rejected", ()))
-        return cls(**data)
+        return cls.from_dict(json.loads(raw))
 
 
 def make_run_id(label: str, source: str, pipeline: PipelineSpec, model: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from workers.errors import ConfigError
 from workers.ops.denoise import DenoiseSpec
-from workers.run.manifest import PipelineSpec
+from workers.run.manifest import DenoisePlacement, PipelineSpec
 from workers.training.calibrate import Calibration
 
 
@@ -133,5 +133,5 @@ def build_pipeline(preset: str, inputs: PresetInputs = PresetInputs()) -> Pipeli
     return make(inputs)
 
 
-def with_placement(pipeline: PipelineSpec, denoise_on: str) -> PipelineSpec:
+def with_placement(pipeline: PipelineSpec, denoise_on: DenoisePlacement) -> PipelineSpec:
     return dataclasses.replace(pipeline, denoise_on=denoise_on)

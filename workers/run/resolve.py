@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from workers.errors import ConfigError, ObjectNotFoundError, UnsupportedModelError
 from workers.io.models import load_registry, models_folder
 from workers.io.storage import LocalStorage, Storage, StorageFactory, join_key, split_location
+from workers.io.weights import CHECKPOINTS_FOLDER
 from workers.ops.denoise import DenoiseSpec
 from workers.run.manifest import DenoisePlacement, PipelineSpec
 from workers.run.presets import NEEDS_CALIBRATION, Checkpoint, PresetInputs, build_pipeline
@@ -26,7 +27,7 @@ from workers.training.calibrate import Calibration, default_location, load_calib
 DEFAULT_PRESET = "learned"
 # run store: checkpoints/<sha256>.safetensors, shared by every run that uses it (not "models/": with the
 # default STORAGE_URL "." the store is the repository, whose models/ holds the shipped models)
-MODELS_PREFIX = "checkpoints"
+MODELS_PREFIX = CHECKPOINTS_FOLDER
 
 
 @dataclass(frozen=True)

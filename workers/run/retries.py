@@ -1,6 +1,6 @@
-"""Retries that end: how long to wait before each, and the in-process runner's queue of images to
-try again. An image whose transient errors outlast TASK_MAX_RETRIES is recorded as failed (and
-``--retry-failed`` tries it again): a run goes on past it, in process as with workers."""
+"""The embedded runner's retries that end: the images of one run to try again, each when the failure
+policy (:mod:`workers.run.policy`) says, or recorded as failed with the reason it gives, exactly as
+the workers do. A run goes on past an image that fails, in process as with workers."""
 
 from __future__ import annotations
 
@@ -8,15 +8,10 @@ import heapq
 import time
 from collections import Counter
 
+from workers.run.attempts import count_error
 from workers.run.context import StageContext
-from workers.run.stages import Outcome, give_up
-
-BACKOFF_MAX_S = 60  # keep well under the visibility timeout: a waiting retry is unacknowledged
-
-
-def backoff_s(retries: int) -> int:
-    """Seconds before retry number ``retries + 1``: 2, 4, 8, ... capped at BACKOFF_MAX_S."""
-    return min(2 ** (retries + 1), BACKOFF_MAX_S)
+from workers.run.policy import decide, is_transient
+from workers.run.stages import Outcome, record_failure
 
 
 class RetryLater:
@@ -30,14 +25,26 @@ class RetryLater:
     def __bool__(self) -> bool:
         return bool(self._due)
 
-    def add(self, outcome: Outcome, stage: str) -> Outcome | None:
-        """Schedule the retry of a ``retry`` outcome; once TASK_MAX_RETRIES are used up, record the
-        image as failed instead and return that outcome."""
-        retries = self._tries[outcome.name]
-        if retries >= self.ctx.settings.task_max_retries:
-            return give_up(self.ctx, self.run_id, outcome.name, stage, retries + 1, outcome.error or outcome.reason)
-        self._tries[outcome.name] += 1
-        heapq.heappush(self._due, (time.monotonic() + backoff_s(retries), outcome.name, stage))
+    def add(self, name: str, stage: str, error: BaseException, batch: int = 1) -> Outcome | None:
+        """What the policy says for ``error``: the retry scheduled (None), or the image recorded as
+        failed (that outcome). An unexpected error is counted in the image's attempts record first, as
+        a worker counts it.
+
+        Raises:
+            the error itself: a configuration error (the command stops with it, one line).
+            TransientError, ConfigError: the attempts record could not be stored.
+        """
+        retries = self._tries[name]
+        errors = 0
+        if not is_transient(error):
+            errors = count_error(self.ctx.storage, self.run_id, name, stage, error, self.ctx.hostname, batch).errors
+        decision = decide(error, retries=retries, errors=errors, settings=self.ctx.settings, stage=stage, stops=True)
+        if decision.action == "stop":
+            raise error
+        if decision.action == "fail":
+            return record_failure(self.ctx, self.run_id, name, stage, decision.reason)
+        self._tries[name] += 1
+        heapq.heappush(self._due, (time.monotonic() + decision.countdown_s, name, stage))
         return None
 
     def due(self) -> list[tuple[str, str]]:

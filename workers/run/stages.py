@@ -88,12 +88,6 @@ def error_outcome(name: str, error: BaseException, batch: int = 1) -> Outcome:
     return Outcome(name, "retry", f"{type(error).__name__}: {error}", error=error, batch=batch)
 
 
-def give_up(ctx: StageContext, run_id: str, name: str, stage: str, attempts: int, error: BaseException | str) -> Outcome:
-    """Record an image whose transient errors outlasted every retry as failed, so its run still
-    completes; ``producer enqueue --retry-failed`` tries it again."""
-    return record_failure(ctx, run_id, name, stage, f"gave up after {attempts} transient errors: {error}")
-
-
 def _record_meta(ctx: StageContext, run_id: str, name: str, stage: str, **values: object) -> None:
     meta = {"stage": stage, "worker": ctx.hostname, "at": now_iso(), "code_version": CODE_VERSION, **values}
     ctx.storage.put(RunKeys(run_id).meta(name, stage), json.dumps(meta).encode())
@@ -126,10 +120,22 @@ def denoise_stage(ctx: StageContext, run_id: str, name: str) -> Outcome:
     except PermanentImageError as exc:
         return record_failure(ctx, run_id, name, "denoise", exc.reason)
     ctx.storage.put(keys.denoised(name), encode_png(clean))
+    if not ctx.is_current(manifest):
+        ctx.storage.delete(keys.denoised(name))
+        raise ManifestReplacedError(run_id, name)
     seconds = time.perf_counter() - started
     height, width = rgb.shape[:2]
     _record_meta(ctx, run_id, name, "denoise", seconds=seconds, width=width, height=height, input_bytes=size_bytes)
     return Outcome(name, "denoised", seconds=seconds, size=(width, height))
+
+
+class ManifestReplacedError(TransientError):
+    """The run was enqueued again while a stage worked on one of its images: what the stage made came
+    from what the old manifest named (perhaps another source's bytes) and is not kept; the retry
+    reads the new one."""
+
+    def __init__(self, run_id: str, name: str) -> None:
+        super().__init__(f"run {run_id} was enqueued again while {name} was processed; redoing it from its new manifest")
 
 
 def read_input(ctx: StageContext, manifest: RunManifest, name: str) -> tuple[np.ndarray, int]:
@@ -282,7 +288,7 @@ def _prepare(ctx: StageContext, manifest: RunManifest, name: str) -> _Loaded | O
         return _load_for_upscale(ctx, manifest, name)
     except PermanentImageError as exc:
         return record_failure(ctx, manifest.run_id, name, "upscale", exc.reason)
-    except Exception as exc:  # noqa: BLE001 - transient or not, this image's alone: the caller decides
+    except Exception as exc:  # transient or not, this image's alone: the caller decides
         return error_outcome(name, exc)
 
 
@@ -313,6 +319,7 @@ class _GpuWork:
             if error is not None:
                 self.outcomes.update((item.name, error_outcome(item.name, error, len(part))) for item in part)
                 continue
+            assert outputs is not None  # no error: the batch's outputs
             wait(self.stores.values())
             self.stores |= _submit_stores(self.ctx, self.manifest, part, outputs, per_image, (width, height))
             del outputs  # the stores hold what they need: the next batch must not meet this one
@@ -323,12 +330,12 @@ class _GpuWork:
         for name, future in self.stores.items():
             try:
                 self.outcomes[name] = future.result()
-            except Exception as exc:  # noqa: BLE001 - a storage bug or surprise fails this image's attempt alone
+            except Exception as exc:  # a storage bug or surprise fails this image's attempt alone
                 logger.exception("run %s: storing %s failed unexpectedly; it will be retried", run_id, name)
                 self.outcomes[name] = error_outcome(name, exc)
-        for future in self.side_writes:  # intermediate images: for reports, never a reason to fail an image
-            if future.exception() is not None:
-                logger.warning("run %s: could not store a denoised image: %s", run_id, future.exception())
+        for write in self.side_writes:  # intermediate images: for reports, never a reason to fail an image
+            if write.exception() is not None:
+                logger.warning("run %s: could not store a denoised image: %s", run_id, write.exception())
         return self.outcomes
 
 
@@ -356,7 +363,7 @@ def _upscale_isolated(ctx: StageContext, manifest: RunManifest, batch: list[_Loa
         return
     except DeviceLostError:
         raise  # not these images' fault: the process must go, the images back to the queue
-    except Exception as exc:  # noqa: BLE001 - transient or a bug: the caller counts and retries it
+    except Exception as exc:  # transient or a bug: the caller counts and retries it
         if not isinstance(exc, TransientError):
             logger.exception("run %s: unexpected error upscaling %d images", manifest.run_id, len(batch))
         yield batch, None, 0.0, exc
@@ -396,7 +403,9 @@ def _denoise_on_device(ctx: StageContext, manifest: RunManifest, batch: list[_Lo
     device = resolve_device(ctx.settings.device)
     by_spec: dict[DenoiseSpec, list[int]] = defaultdict(list)
     for i in pending:
-        by_spec[batch[i].denoise].append(i)
+        spec = batch[i].denoise
+        if spec is not None:
+            by_spec[spec].append(i)
     for spec, indices in by_spec.items():
         images[indices] = denoise_on_device(images[indices], spec, device, ctx.settings.tile_max_pixels)
     seconds = (time.perf_counter() - started) / len(batch)
@@ -438,6 +447,8 @@ def _store_upscaled(
         model = ctx.upscaler_for(manifest.pipeline).describe()
         _record_meta(ctx, manifest.run_id, name, "upscale", seconds=seconds, batch=batch, **model,
                      out_width=hr.shape[1], out_height=hr.shape[0])
+        if not ctx.is_current(manifest):
+            raise ManifestReplacedError(manifest.run_id, name)
         # The row goes last: its presence is what marks the image done.
         with ctx.storage.writer(keys.row(name)) as out:
             write_row(out, submission_id(name), values)

@@ -31,11 +31,18 @@ QUEUES = (CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE, SWEEP_QUEUE)
 DENOISE, UPSCALE, AGGREGATE = "workers.tasks.denoise", "workers.tasks.upscale", "workers.tasks.aggregate"
 CALIBRATE, TRAIN, SWEEP = "workers.tasks.calibrate", "workers.tasks.train", "workers.tasks.sweep"
 
-# Sending a task rides out a Redis outage of a minute and more (kombu reconnects with backoff
-# 0.5, 1, 1.5, ... capped at 3 s: about 110 s in all) instead of Celery's default of under 2 s:
-# a denoise task handing its image to the GPU queue, a GPU task rescheduling one, or a producer
-# enqueueing must not lose the message to an outage.
-PUBLISH_RETRY_POLICY = {"max_retries": 40, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 3}
+
+
+def publish_retry_policy(budget_s: float) -> dict[str, float]:
+    """Sending a task rides out a Redis outage of REDIS_OUTAGE_S (kombu reconnects with backoff 0.5,
+    1, 1.5, ... capped at 3 s) instead of Celery's default of under 2 s: a denoise task handing its
+    image to the GPU queue, a GPU task rescheduling one, or a producer enqueueing must not lose the
+    message to an outage."""
+    retries, waited = 0, 0.0
+    while waited < budget_s:
+        retries += 1
+        waited += min(3.0, 0.5 * retries)
+    return {"max_retries": retries, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 3}
 
 # Separate queues so one class of work can never starve the other: a flood of cheap denoise tasks
 # must not sit in front of the GPU's work, GPU workers must never pick up CPU work, and a training
@@ -87,7 +94,7 @@ def create_app(settings: Settings) -> Celery:
         task_track_started=True,
         worker_send_task_events=True,
         task_send_sent_event=True,
-        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        task_publish_retry_policy=publish_retry_policy(settings.redis_outage_s),
         broker_connection_timeout=10,  # one connection attempt; the policy above bounds the whole ride-out
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # survive a Redis restart: keep reconnecting

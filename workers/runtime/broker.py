@@ -3,12 +3,13 @@ a worker and not yet acknowledged (kombu's Redis transport keeps them in the ``u
 the visibility timeout). The recovery sweep asks before it sends anything, so it never adds a
 second message for an image whose first is only waiting its turn.
 
-* :func:`waiting_images` reads the queues in chunks with a server-side filter (only messages that
-  name one of the runs come back), and the unacknowledged messages (as many as the workers prefetch
-  and hold for retries: small); it is asked only about runs that stalled, at most once per
-  STALL_AFTER_S each.
-* :func:`restore` hands a dead worker's unacknowledged message back to the front of its queue
-  through kombu's own restore (the one it runs after the visibility timeout), at once.
+* :func:`queued_images` reads the queues in chunks with a server-side filter (only messages that
+  name one of the runs come back); it is asked only about runs that stalled, at most once per
+  STALL_AFTER_S each. :func:`unacked_messages` reads the unacknowledged ones (as many as the
+  workers prefetch and hold for retries: small), with when each was delivered and is due.
+* :func:`restore` hands an unacknowledged message back to the front of its queue through kombu's
+  own restore (the one it runs after the visibility timeout), at once: a dead worker's, or one that
+  nobody started within STALL_AFTER_S.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import redis
 from celery import Celery
@@ -63,6 +66,12 @@ class Delivery:
     tag: bytes
     message: Message
     at: float  # when it was delivered (the consumer's clock)
+    eta: float = 0.0  # when a retry sent with a countdown is due (0: at once)
+
+    @property
+    def due(self) -> float:
+        """When its consumer should have started on it: delivered, or its ETA if later."""
+        return max(self.at, self.eta)
 
 
 def image_args(body_b64: str) -> tuple[str, str] | None:
@@ -76,11 +85,20 @@ def image_args(body_b64: str) -> tuple[str, str] | None:
     return None
 
 
-def image_message(message: object) -> Message | None:
+def message_eta(message: Any) -> float:
+    """A kombu message's ETA header as epoch seconds (0.0 when it has none, or an unreadable one)."""
+    try:
+        text = message["headers"].get("eta")
+        return datetime.fromisoformat(text).timestamp() if text else 0.0
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return 0.0
+
+
+def image_message(message: Any) -> Message | None:
     """A kombu message (decoded JSON) as an image message, or None (another task, malformed)."""
     try:
-        task_id = message["headers"]["id"]  # type: ignore[index]
-        args = image_args(message["body"])  # type: ignore[index]
+        task_id = message["headers"]["id"]
+        args = image_args(message["body"])
     except (KeyError, TypeError):
         return None
     return Message(task_id, *args) if args else None
@@ -96,16 +114,17 @@ def unacked_messages(client: redis.Redis) -> list[Delivery]:
     found = []
     for tag, raw in raw_by_tag.items():
         try:
-            message = image_message(json.loads(raw)[0])
+            body = json.loads(raw)[0]
         except (ValueError, IndexError, TypeError):
             continue
+        message = image_message(body)
         if message is not None:
-            found.append(Delivery(tag, message, float(delivered_at.get(tag, 0.0))))
+            found.append(Delivery(tag, message, float(delivered_at.get(tag, 0.0)), message_eta(body)))
     return found
 
 
-def waiting_images(client: redis.Redis, queues: Iterable[str], run_ids: Iterable[str]) -> dict[str, set[str]]:
-    """Run id -> names with a message in ``queues`` or delivered and unacknowledged (any stage)."""
+def queued_images(client: redis.Redis, queues: Iterable[str], run_ids: Iterable[str]) -> dict[str, set[str]]:
+    """Run id -> names with a message waiting in ``queues`` (any stage)."""
     run_ids = list(run_ids)
     found: dict[str, set[str]] = defaultdict(set)
     if not run_ids:
@@ -123,9 +142,6 @@ def waiting_images(client: redis.Redis, queues: Iterable[str], run_ids: Iterable
                 if args and args[0] in wanted:
                     found[args[0]].add(args[1])
             start += CHUNK
-    for delivery in unacked_messages(client):
-        if delivery.message.run_id in wanted:
-            found[delivery.message.run_id].add(delivery.message.name)
     return found
 
 

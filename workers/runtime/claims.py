@@ -1,8 +1,11 @@
 """Every delivery of an image claims it first: who held it before, and what that says.
 
 * Nobody holds it: claimed, go on.
-* A live process holds it at the same stage: this delivery is a duplicate of work in progress (a
-  message sent twice); it is dropped, and the holder finishes the image.
+* A live process holds it at the same stage, for another message: this delivery is a duplicate of
+  work in progress (a message sent twice); it is dropped, and the holder finishes the image.
+* A live process holds it for this very message (same task id): the holder let go of it (its retry
+  or hand-back was published but the release was lost in an outage) and nobody else works on it:
+  taken over, no death counted.
 * A process that is gone holds it: it died with the image. If it was computing the image, that is
   a death, counted in the image's attempts record in storage; at MAX_WORKER_DEATHS this delivery
   records the image as failed instead of handing it to the next victim.
@@ -17,6 +20,7 @@ Plain functions of a storage, a tracker and this process's identity: no Celery.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +28,7 @@ from typing import Literal
 
 from workers.errors import ConfigError
 from workers.io.storage import Storage
-from workers.run.attempts import Attempts, describe_error, read_attempts, stored_attempts, write_attempts
+from workers.run.attempts import Attempts, count_error, describe_error, read_attempts, stored_attempts, write_attempts
 from workers.runtime.holds import Hold, new_hold
 from workers.runtime.liveness import Holder, alive
 from workers.runtime.tracking import RunTracker
@@ -63,6 +67,8 @@ class Claims:
 
     def __init__(self, storage: Storage, tracker: RunTracker, me: Holder, settings: Settings) -> None:
         self.storage, self.tracker, self.me, self.settings = storage, tracker, me, settings
+        self._pending: dict[str, set[str]] = {}  # run -> names whose release an outage stopped
+        self._pending_lock = threading.Lock()
 
     def claim(self, run_id: str, stage: str, tasks: Sequence[tuple[str, str]], computing: bool = False) -> Claim:
         """Claim (name, task id) pairs for ``stage``: one Redis round trip in the usual case (nobody
@@ -83,10 +89,12 @@ class Claims:
             attempts = Attempts.from_json(cached) if cached else Attempts(name, stage)
             other = state.others.get(name)
             if other is not None:
-                # Work in progress is duplicated only by a message for the same stage: a hold at
+                # Work in progress is duplicated only by another message for the same stage: a hold at
                 # another stage was left by a process that has moved on (a hand-over it could not
-                # release), and is taken over.
-                if living[other.holder.token] and other.stage == stage and not self._abandoned(other):
+                # release), and a hold for this very message by one that sent it on (a retry whose
+                # release was lost); both are taken over.
+                busy = other.stage == stage and other.task_id != mine[name].task_id and not self._abandoned(other)
+                if living[other.holder.token] and busy:
                     images.append(Claimed(name, "elsewhere", attempts, mine[name]))
                     continue
                 if not self.tracker.swap_hold(run_id, name, state.raw_others[name], mine[name]):
@@ -113,7 +121,37 @@ class Claims:
         self.tracker.update_holds(run_id, self.me.token, updated)
 
     def release(self, run_id: str, names: Sequence[str]) -> None:
-        self.tracker.release(run_id, names, self.me.token)
+        """Drop this process's holds on ``names``. A release Redis does not take (an outage longer
+        than the tracker's retries) is kept and tried again by :meth:`release_pending` (the heartbeat
+        calls it), so a hold never outlives its message for longer than the outage.
+
+        Raises:
+            the outage error: the release is pending.
+        """
+        try:
+            self.tracker.release(run_id, names, self.me.token)
+        except Exception:
+            self.release_later(run_id, names)
+            raise
+
+    def release_later(self, run_id: str, names: Sequence[str]) -> None:
+        """Leave these holds to :meth:`release_pending` (a call that would have released them failed)."""
+        with self._pending_lock:
+            self._pending.setdefault(run_id, set()).update(names)
+
+    def release_pending(self, tracker: RunTracker | None = None) -> int:
+        """Try again the releases an outage stopped (on ``tracker``: the heartbeat's, quick to give
+        up); returns how many holds are still pending."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        for run_id, names in pending.items():
+            try:
+                (tracker or self.tracker).release(run_id, sorted(names), self.me.token)
+            except Exception:  # still down: the next beat tries again
+                with self._pending_lock:
+                    self._pending.setdefault(run_id, set()).update(names)
+        with self._pending_lock:
+            return sum(len(names) for names in self._pending.values())
 
     def bury(self, run_id: str, raw: str, hold: Hold) -> Attempts | None:
         """Drop the hold of a process that is gone (if nobody did meanwhile) and count the death if it
@@ -149,16 +187,15 @@ class Claims:
         return attempts
 
     def record_error(self, run_id: str, name: str, stage: str, error: BaseException, batch: int = 1) -> Attempts:
-        """Count an unexpected error of the image (storage, then the cache); the caller retries it or,
-        at TASK_MAX_ERRORS, records it as failed with :meth:`Attempts.error_reason`.
+        """Count an unexpected error of the image (storage, then the cache); the caller asks the
+        failure policy (:mod:`workers.run.policy`) whether it is retried or recorded as failed.
 
         A configuration error is the deployment's, not the image's: it is flagged on the run once (the
         waiting producer and ``producer status`` show it) and logged loudly once per process.
         """
         if isinstance(error, ConfigError):
             report_config_error(self.tracker, run_id, error, self.me.node)
-        attempts = read_attempts(self.storage, run_id, name, stage).with_error(error, self.me.node, batch)
-        write_attempts(self.storage, run_id, attempts)
+        attempts = count_error(self.storage, run_id, name, stage, error, self.me.node, batch)
         self.tracker.cache_attempts(run_id, {attempts_field(attempts): attempts.to_json()})
         return attempts
 
@@ -173,7 +210,7 @@ def report_config_error(tracker: RunTracker, run_id: str, error: BaseException, 
     message = f"{describe_error(error)} (seen by {node})"
     try:
         loud = tracker.flag_config_error(run_id, message)
-    except Exception:  # noqa: BLE001 - flagging is a courtesy; then each process says it once
+    except Exception:  # flagging is a courtesy; then each process says it once
         loud = (run_id, type(error).__name__) not in _REPORTED
     _REPORTED.add((run_id, type(error).__name__))
     if loud:

@@ -26,6 +26,7 @@ import os
 import secrets
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -106,14 +107,16 @@ def this_process() -> Holder:
 
 
 class Heartbeat:
-    """A daemon thread that keeps ``holder``'s heartbeat key alive while the process runs.
+    """A daemon thread that keeps ``holder``'s heartbeat key alive while the process runs, and calls
+    ``on_beat`` after each beat (the process's pending releases are tried again there).
 
     Trouble (Redis down) is logged and the beat goes on: a process that cannot beat for STALL_AFTER_S
     is presumed dead by the others, which costs at most a duplicated image, never a lost one.
     """
 
-    def __init__(self, client: redis.Redis, holder: Holder, every_s: float, ttl_s: float) -> None:
-        self.client, self.holder = client, holder
+    def __init__(self, client: redis.Redis, holder: Holder, every_s: float, ttl_s: float,
+                 on_beat: Callable[[], object] | None = None) -> None:
+        self.client, self.holder, self.on_beat = client, holder, on_beat
         self.every_s, self.ttl_ms = every_s, max(int(ttl_s * 1000), 1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
@@ -138,6 +141,11 @@ class Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
             self.beat()
+            if self.on_beat is not None:
+                try:
+                    self.on_beat()
+                except Exception:
+                    logger.warning("heartbeat of %s: its follow-up failed", self.holder.node, exc_info=True)
 
 
 def alive(holders: list[Holder], client: redis.Redis) -> dict[str, bool]:

@@ -62,13 +62,20 @@ def backlog(client: redis.Redis) -> dict[str, dict[str, int]]:
 
 
 def prometheus_text(depths: dict[str, dict[str, int]]) -> str:
-    lines = ["# HELP lowlight_queue_messages Messages of a Celery queue: waiting in its list, or reserved by a "
-             "worker (delivered, not acknowledged).", "# TYPE lowlight_queue_messages gauge"]
+    lines = [
+        "# HELP lowlight_queue_messages Messages of a Celery queue: waiting in its list, or reserved by a "
+        "worker (delivered, not acknowledged).",
+        "# TYPE lowlight_queue_messages gauge",
+    ]
     for queue, depth in depths.items():
-        lines += [f'lowlight_queue_messages{{queue="{queue}",state="{state}"}} {depth[state]}'
-                  for state in ("waiting", "reserved")]
-    lines += ["# HELP lowlight_queue_backlog Waiting plus reserved messages of a Celery queue.",
-              "# TYPE lowlight_queue_backlog gauge"]
+        lines += [
+            f'lowlight_queue_messages{{queue="{queue}",state="{state}"}} {depth[state]}'
+            for state in ("waiting", "reserved")
+        ]
+    lines += [
+        "# HELP lowlight_queue_backlog Waiting plus reserved messages of a Celery queue.",
+        "# TYPE lowlight_queue_backlog gauge",
+    ]
     lines += [f'lowlight_queue_backlog{{queue="{queue}"}} {depth["backlog"]}' for queue, depth in depths.items()]
     return "\n".join(lines) + "\n"
 
@@ -105,13 +112,17 @@ def make_server(client: redis.Redis, host: str, port: int) -> ThreadingHTTPServe
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Serve each Celery queue's waiting + reserved messages for autoscalers.")
+    parser = argparse.ArgumentParser(
+        description="Serve each Celery queue's waiting + reserved messages for autoscalers."
+    )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: every interface)")
     parser.add_argument("--port", type=int, default=9808, help="port to listen on (default: 9808)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Short timeouts, no retries: a scaler polling every few seconds wants an answer or an error now.
-    client = redis.Redis.from_url(Settings.from_env().broker_url_with_password, socket_timeout=5, socket_connect_timeout=5)
+    client = redis.Redis.from_url(
+        Settings.from_env().broker_url_with_password, socket_timeout=5, socket_connect_timeout=5
+    )
     server = make_server(client, args.host, args.port)
     logger.info("serving queue backlogs on %s:%d (/backlog, /metrics)", args.host, args.port)
     server.serve_forever()

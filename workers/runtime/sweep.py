@@ -12,8 +12,17 @@ mends, from storage (the source of truth) and what the broker and the holds say:
   again;
 * **lost messages**: when a run has had no image finished for STALL_AFTER_S, the images that are
   neither finished, nor held by a live process, nor waiting in a queue or unacknowledged
-  (:func:`~workers.runtime.broker.waiting_images`) are sent again. An image whose message only
-  waits its turn behind a backlog is never sent twice;
+  (:mod:`workers.runtime.broker`) are sent again. An image whose message only waits its turn behind
+  a backlog is never sent twice;
+* **holds that outlived their message** (an outage longer than the tracker's retries lost a
+  release, and the message was acknowledged or its retry dropped): in a stalled run, a hold older
+  than STALL_AFTER_S whose image has no message in any queue and none unacknowledged is abandoned,
+  whoever holds it, live or dead: the image is sent again under the hold's task id, which the next
+  claim takes over (:mod:`workers.runtime.claims`);
+* **deliveries nobody will work on** (a worker's connection dropped while Redis was down: kombu
+  could not put its prefetched messages back, and they wait in the unacknowledged hash for the
+  whole visibility timeout): in a stalled run, a message for an image nobody holds, delivered (or
+  due, for a retry with a countdown) more than STALL_AFTER_S ago, is handed back to its queue;
 * **a run whose images are all finished but has no summary** after a grace that grows with its
   size: aggregated again (aggregation is idempotent);
 * a registered run whose summary is complete for its current manifest is unregistered; a run
@@ -50,7 +59,7 @@ from workers.run.manifest import RunManifest, load_manifest
 from workers.run.plan import plan_from, plan_remaining
 from workers.run.registry import active_runs, cancelled_at, registered_at, unregister
 from workers.runtime.app import CPU_QUEUE, GPU_QUEUE
-from workers.runtime.broker import Delivery, restore, unacked_messages, waiting_images
+from workers.runtime.broker import Delivery, queued_images, restore, unacked_messages
 from workers.runtime.claims import Claims, reload_attempts
 from workers.runtime.holds import Hold
 from workers.runtime.liveness import alive
@@ -128,12 +137,12 @@ def sweep(claims: Claims, app: Celery, stall_after_s: float, run_ids: Iterable[s
             manifest = check_run(claims, app, run_id, stall_after_s, now, report)
             if manifest is not None:
                 stalled.append(manifest)
-        except Exception:  # noqa: BLE001 - one run's trouble (an outage, a corrupt manifest) must not stop the rest
+        except Exception:  # one run's trouble (an outage, a corrupt manifest) must not stop the rest
             logger.exception("sweep: run %s could not be checked; next sweep tries again", run_id)
     if stalled:
         try:
-            resend_lost(claims, app, stalled, now, report)
-        except Exception:  # noqa: BLE001 - the next stall period tries again
+            resend_lost(claims, app, stalled, now, report, stall_after_s)
+        except Exception:  # the next stall period tries again
             logger.exception("sweep: could not look for lost messages of %s", [m.run_id for m in stalled])
     return report
 
@@ -160,7 +169,7 @@ def check_run(claims: Claims, app: Celery, run_id: str, stall_after_s: float, no
     finished, total = tracker.counts(run_id)
     if total is None:  # Redis forgot the run: restarted without persistence, keys expired or dropped
         plan = plan_remaining(storage, manifest)
-        tracker.start(run_id, len(manifest.names))
+        tracker.start(run_id, len(manifest.names), manifest.names)
         reload_attempts(storage, tracker, run_id)
         completed = tracker.finish_many(run_id, plan.finished)
         tracker.note_recovery(run_id, rebuilt=1)
@@ -224,24 +233,51 @@ def held_delivery(deliveries: list[Delivery], hold: Hold) -> bytes | None:
     return None
 
 
-def resend_lost(claims: Claims, app: Celery, manifests: list[RunManifest], now: float, report: SweepReport) -> None:
-    """Send again the images of stalled runs that have no message anywhere and no live holder.
+def resend_lost(claims: Claims, app: Celery, manifests: list[RunManifest], now: float, report: SweepReport,
+                stall_after_s: float) -> None:
+    """Send again the images of stalled runs that have no message anywhere and no holder working on
+    one; hand back the unacknowledged messages nobody works on.
 
     Read in this order: storage, the queues, the unacknowledged messages, the holds, storage again.
     An image that moved between the two storage reads is in motion, not lost; an image that is
-    queued, delivered or held at any point of the reads is not lost either.
+    queued at any point of the reads, or delivered or held within the last STALL_AFTER_S, is not
+    lost either.
     """
     storage, tracker = claims.storage, claims.tracker
     before = {m.run_id: RunProgress.read(storage, m.run_id) for m in manifests}
-    waiting = waiting_images(tracker.client, IMAGE_QUEUES, [m.run_id for m in manifests])
+    in_queues = queued_images(tracker.client, IMAGE_QUEUES, [m.run_id for m in manifests])
+    delivered: dict[str, dict[str, list[Delivery]]] = {m.run_id: {} for m in manifests}
+    for delivery in unacked_messages(tracker.client):
+        if delivery.message.run_id in delivered:
+            delivered[delivery.message.run_id].setdefault(delivery.message.name, []).append(delivery)
+    since = now - stall_after_s
     for manifest in manifests:
         run_id = manifest.run_id
-        held = set(tracker.holds(run_id))
+        holds = tracker.holds(run_id)
         after = RunProgress.read(storage, run_id)
         plan = plan_from(manifest, after)
-        lost = [name for name in (*plan.to_denoise, *plan.to_upscale)
-                if name not in waiting[run_id] and name not in held and before[run_id].state(name) == after.state(name)]
-        sent = send_plan(app, plan.only(lost), aggregate=not plan.has_work)
+        lost, task_ids = [], {}
+        for name in (*plan.to_denoise, *plan.to_upscale):
+            if name in in_queues[run_id] or before[run_id].state(name) != after.state(name):
+                continue  # waiting its turn, or in motion
+            deliveries, entry = delivered[run_id].get(name, []), holds.get(name)
+            if deliveries:
+                if entry is None and all(d.due < since for d in deliveries):
+                    restore(app, deliveries[0].tag)  # nobody will work on it: back to its queue
+                    report.restored[run_id] += 1
+                    tracker.note_recovery(run_id, restored=1)
+                    logger.warning("sweep: run %s: %s was delivered %.0f s ago and nobody works on it; its message "
+                                   "is back in the queue", run_id, name, now - deliveries[0].due)
+                continue
+            if entry is not None:
+                hold = entry[1]
+                if hold.since >= since:
+                    continue  # claimed within the period: in motion
+                task_ids[name] = hold.task_id
+                logger.warning("sweep: run %s: %s has been held by %s for %.0f s with no message anywhere; the hold "
+                               "is abandoned and the image sent again", run_id, name, hold.holder.node, now - hold.since)
+            lost.append(name)
+        sent = send_plan(app, plan.only(lost), aggregate=not plan.has_work, task_ids=task_ids)
         tracker.touch(run_id, now)  # look again a whole STALL_AFTER_S later at the earliest
         tracker.note_recovery(run_id, reenqueued=sent, stalls=1)
         report.reenqueued[run_id] = sent

@@ -19,20 +19,21 @@ from typing import Any
 
 import redis
 from billiard.exceptions import WorkerLostError
-from celery import signals
 from celery.exceptions import Reject, Retry
 from celery.worker.request import Request
-from celery_batches import Batches, SimpleRequest
+from celery_batches import SimpleRequest
 
 from workers.errors import ConfigError, DeviceLostError, RunNotFoundError, TransientError
 from workers.report import report_stage
 from workers.run.aggregate import aggregate_stage
-from workers.run.attempts import WORKER_DEATHS, Attempts, describe_error
+from workers.run.attempts import WORKER_DEATHS, describe_error
+from workers.run.policy import Decision, decide, is_transient
 from workers.run.registry import unregister
-from workers.run.retries import BACKOFF_MAX_S, backoff_s
-from workers.run.stages import denoise_stage, give_up, record_failure, upscale_stage
+from workers.run.stages import denoise_stage, record_failure, upscale_stage
 from workers.runtime.app import AGGREGATE, CALIBRATE, DENOISE, SWEEP, TRAIN, UPSCALE, app
+from workers.runtime.batching import ReconnectSafeBatches
 from workers.runtime.claims import Claimed, report_config_error
+from workers.runtime.events import TaskEvents
 from workers.runtime.liveness import Holder, alive
 from workers.runtime.sweep import sweep as run_sweep
 from workers.runtime.tracking import OUTAGE_ERRORS
@@ -42,19 +43,11 @@ from workers.training.job import TrainJob, chunk_failed, train_chunk
 
 logger = logging.getLogger(__name__)
 
-# Redis trouble outlasting the tracker's own retries is as transient as a storage outage.
-TRANSIENT = (TransientError, *OUTAGE_ERRORS)
-# Calibration retries transient errors on the decorator (anything else reaches the producer waiting
-# on its result); aggregation and training bound every error (retry_run_task, train), and the
-# per-image tasks retry by hand (retry_or_give_up, _reschedule), because an image must end recorded
-# as failed.
-RETRY = {
-    "autoretry_for": TRANSIENT,
-    "retry_backoff": 2,
-    "retry_backoff_max": BACKOFF_MAX_S,
-    "retry_jitter": True,
-    "max_retries": SETTINGS.task_max_retries,
-}
+# Redis trouble outlasting the tracker's own retries is as transient as a storage outage. Every task
+# asks the one failure policy (workers.run.policy) what an error means: the per-image tasks publish
+# their retries by hand (retry_or_fail, _reschedule), because an image must end recorded as failed
+# and a retry must survive an outage; the run-level tasks retry through Celery (retry_run_task).
+TRANSIENT: tuple[type[BaseException], ...] = (TransientError, *OUTAGE_ERRORS)
 
 
 def finish_image(run_id: str, name: str, token: str = "") -> None:
@@ -84,11 +77,11 @@ def hand_over(task: Any, run_id: str, name: str, token: str) -> None:
 
 
 def _release(run_id: str, name: str) -> None:
-    """Best effort: a hold left behind only makes a duplicate of this message wait for the sweep."""
+    """Best effort: a release an outage stops is tried again with each heartbeat."""
     try:
         claims().release(run_id, [name])
     except OUTAGE_ERRORS:
-        logger.warning("run %s: could not release %s; the sweep will", run_id, name)
+        logger.warning("run %s: could not release %s; retried with the heartbeat", run_id, name)
 
 
 def fail_and_finish(stage: str, run_id: str, name: str, reason: str, token: str, kind: str = "") -> dict[str, Any]:
@@ -99,72 +92,58 @@ def fail_and_finish(stage: str, run_id: str, name: str, reason: str, token: str,
     return outcome.as_dict()
 
 
-def give_up_and_finish(stage: str, run_id: str, name: str, attempts: int, error: BaseException,
-                       token: str) -> dict[str, Any]:
-    """Record the image as failed after its last transient error, and count it finished."""
-    outcome = give_up(stage_context(), run_id, name, stage, attempts, error)
-    finish_image(run_id, name, token)
-    return outcome.as_dict()
-
-
-def publish_retry(task: Any, run_id: str, name: str, task_id: str, retries: int) -> int:
-    """Send the image's next attempt (same task id, ``retries + 1``) with the long publish budget;
-    return its countdown.
+def publish_retry(task: Any, run_id: str, name: str, task_id: str, retries: int, countdown: int) -> None:
+    """Send the image's next attempt (same task id, ``retries + 1``) with the long publish budget.
 
     Raises:
         kombu.exceptions.OperationalError: the broker stayed unreachable for the whole budget.
     """
-    countdown = backoff_s(retries)
     task.apply_async((run_id, name), task_id=task_id, countdown=countdown, retries=retries + 1, ignore_result=True)
-    return countdown
 
 
-def count_error(stage: str, run_id: str, name: str, error: BaseException, batch: int, retries: int) -> Attempts | None:
-    """Count an unexpected error of the image; None while it may still be retried, its record once
-    TASK_MAX_ERRORS (or TASK_MAX_RETRIES) is reached.
+def image_decision(stage: str, run_id: str, name: str, error: BaseException, retries: int, batch: int = 1) -> Decision:
+    """The failure policy's word on an image's error, an unexpected one counted first in the image's
+    attempts record (with the ``batch`` of images it hit).
 
     Raises:
         TransientError, redis errors: the count could not be stored (storage or Redis down).
         ConfigError: storage refuses it (reported once, loudly, by the claims).
     """
-    attempts = claims().record_error(run_id, name, stage, error, batch)
-    logger.error("run %s: %s at %s: %s (%d of %d)", run_id, name, stage, attempts.last_error, attempts.errors,
-                 SETTINGS.task_max_errors, exc_info=error if attempts.errors == 1 else None)
-    if attempts.errors >= SETTINGS.task_max_errors or retries >= SETTINGS.task_max_retries:
-        return attempts
-    return None
+    errors = 0
+    if not is_transient(error, TRANSIENT):
+        attempts = claims().record_error(run_id, name, stage, error, batch)
+        errors = attempts.errors
+        logger.error("run %s: %s at %s: %s (%d of %d)", run_id, name, stage, attempts.last_error, attempts.errors,
+                     SETTINGS.task_max_errors, exc_info=error if attempts.errors == 1 else None)
+    return decide(error, retries=retries, errors=errors, settings=SETTINGS, stage=stage, transient=TRANSIENT)
 
 
-def retry_or_give_up(task: Any, stage: str, run_id: str, name: str, error: BaseException, token: str) -> dict[str, Any]:
-    """Retry the task later or record the image as failed: after TASK_MAX_RETRIES for a transient
-    error, after TASK_MAX_ERRORS for any other (the run completes; ``--retry-failed`` resumes it).
-    The retry is published here, with the long publish budget; if even that fails, the message is
-    requeued rather than acknowledged (Celery's own ``retry()`` rejects it for good)."""
+def retry_or_fail(task: Any, stage: str, run_id: str, name: str, error: BaseException, token: str) -> dict[str, Any]:
+    """What the failure policy says: the image retried later, or recorded as failed (the run
+    completes; ``--retry-failed`` resumes it). The retry is published here, with the long publish
+    budget; if even that fails, the message is requeued rather than acknowledged (Celery's own
+    ``retry()`` rejects it for good)."""
     retries = task.request.retries or 0
-    if isinstance(error, TRANSIENT):
-        if retries >= task.max_retries:
-            return give_up_and_finish(stage, run_id, name, retries + 1, error, token)
-    else:
-        try:
-            given_up = count_error(stage, run_id, name, error, 1, retries)
-        except TRANSIENT as exc:  # the count could not be stored: retry as for any outage
-            return retry_or_give_up(task, stage, run_id, name, exc, token)
-        except Exception as exc:  # noqa: BLE001 - storage refuses even the count (AccessDenied): the run waits
-            logger.exception("run %s: could not record the error of %s; dropped until the run is enqueued again",
-                             run_id, name)
-            if isinstance(exc, ConfigError):  # flagged: the sweep leaves the run alone, the producer says why
-                report_config_error(tracker(), run_id, exc, claims().me.node)
-            _release(run_id, name)
-            return {"name": name, "status": "unrecorded", "reason": str(error)}
-        if given_up is not None:
-            return fail_and_finish(stage, run_id, name, given_up.error_reason(), token)
+    try:
+        decision = image_decision(stage, run_id, name, error, retries)
+    except TRANSIENT as exc:  # the count could not be stored: retry as for any outage
+        return retry_or_fail(task, stage, run_id, name, exc, token)
+    except Exception as exc:  # storage refuses even the count (AccessDenied, full): the run waits
+        logger.exception("run %s: could not record the error of %s; dropped until the run is enqueued again",
+                         run_id, name)
+        if isinstance(exc, ConfigError):  # flagged: the sweep leaves the run alone, the producer says why
+            report_config_error(tracker(), run_id, exc, claims().me.node)
+        _release(run_id, name)
+        return {"name": name, "status": "unrecorded", "reason": str(error)}
+    if decision.action == "fail":
+        return fail_and_finish(stage, run_id, name, decision.reason, token)
     _release(run_id, name)
     try:
-        countdown = publish_retry(task, run_id, name, task.request.id, retries)
+        publish_retry(task, run_id, name, task.request.id, retries, decision.countdown_s)
     except OUTAGE_ERRORS as exc:
         logger.error("run %s: the retry of %s could not be published (%s); the message is requeued", run_id, name, exc)
         raise Reject(exc, requeue=True) from exc
-    raise Retry(exc=error, when=countdown)
+    raise Retry(exc=error, when=decision.countdown_s)
 
 
 class LostChildAware(Request):
@@ -177,7 +156,7 @@ class LostChildAware(Request):
             try:
                 run_id, name = image_arguments(self.args, self.kwargs)
                 claims().bury_pool_child(run_id, name, self.worker_pid)
-            except Exception:  # noqa: BLE001 - the next delivery or the sweep counts it instead
+            except Exception:  # the next delivery or the sweep counts it instead
                 logger.warning("could not record the death of pool child %s", self.worker_pid, exc_info=True)
         return super().on_failure(exc_info, send_failed_event, return_ok)
 
@@ -206,60 +185,9 @@ def denoise(self: Any, run_id: str, name: str) -> dict[str, Any]:
             finish_image(run_id, name, token)
     except (Retry, Reject):
         raise
-    except Exception as exc:  # noqa: BLE001 - every error ends: retried a bounded number of times, then recorded
-        return retry_or_give_up(self, "denoise", run_id, name, exc, token)
+    except Exception as exc:  # every error ends: retried a bounded number of times, then recorded
+        return retry_or_fail(self, "denoise", run_id, name, exc, token)
     return outcome.as_dict()
-
-
-class ReconnectSafeBatches(Batches):
-    """celery-batches, safe across broker reconnections.
-
-    celery-batches arms its flush timer on the first buffered message and keeps the handle until a
-    flush finds the buffer empty. Celery clears the event loop's timers whenever the broker
-    connection is lost, so after a reconnect the handle pointed at a timer that no longer existed:
-    a GPU worker holding fewer than GPU_BATCH_SIZE messages never ran them, and the run waited for
-    the recovery sweep. Celery rebuilds every task's strategy on each (re)connection; here that also
-    arms a fresh timer for what is still buffered. Those messages are run, not dropped: their
-    redelivery could take a whole visibility timeout. Their acknowledgement goes to the dead
-    channel and is lost, as for any acks_late task that runs across a reconnect, so the broker
-    delivers them once more after the visibility timeout, and the stages skip the finished work.
-
-    Messages with an ETA (retries sent with a countdown) wait in celery-batches' buffer, where they
-    held prefetch slots until their ETA: a few rescheduled images stalled the worker's intake for
-    up to BACKOFF_MAX_S. Celery's own strategy raises the prefetch count for each message it holds
-    for an ETA and lowers it when the message runs; this does the same.
-    """
-
-    abstract = True
-    # The consumer whose prefetch count ETA messages raise. Its QoS is read when a message comes or a
-    # batch runs: Celery builds the strategies before it creates the QoS.
-    _consumer: Any = None
-
-    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 - celery's name
-        handler = super().Strategy(task, app, consumer)
-        self._consumer = consumer
-        if self._tref is not None:
-            self._tref.cancel()
-            self._tref = None
-        buffered = self._buffer.qsize() + self._pending.qsize()
-        if buffered:
-            self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
-            logger.warning("broker connection restarted: flushing %d buffered %s messages on a new timer",
-                           buffered, self.name)
-
-        def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
-            if (message.headers or {}).get("eta"):
-                consumer.qos.increment_eventually()
-            handler(message, body, ack, reject, callbacks, **kw)
-
-        return handle
-
-    def flush(self, requests: list[Any]) -> Any:
-        held_for_eta = sum(1 for request in requests if request.eta)
-        qos = getattr(self._consumer, "qos", None)
-        if held_for_eta and qos is not None:
-            qos.decrement_eventually(held_for_eta)
-        return super().flush(requests)
 
 
 @app.task(name=UPSCALE, base=ReconnectSafeBatches, flush_every=SETTINGS.gpu_batch_size, flush_interval=SETTINGS.gpu_batch_wait_s)
@@ -275,7 +203,7 @@ def upscale(requests: list[SimpleRequest]) -> None:
     that image again when its run stalls.
     """
     by_run: dict[str, list[tuple[SimpleRequest, str]]] = defaultdict(list)
-    with _TaskEvents(requests) as events:
+    with TaskEvents(requests) as events:
         for request in requests:
             try:
                 run_id, name = image_arguments(request.args, request.kwargs)
@@ -291,14 +219,14 @@ def upscale(requests: list[SimpleRequest]) -> None:
             except DeviceLostError as exc:
                 hand_back_and_leave([(r, n, rid) for rid, later in runs[index:] for r, n in later], exc, events)
                 return
-            except Exception as exc:  # noqa: BLE001 - see the docstring: reschedule, never drop
+            except Exception as exc:  # see the docstring: reschedule, never drop
                 logger.exception("run %s: upscale batch failed; rescheduling %d images", run_id, len(items))
                 for request, name in items:
                     _reschedule(request, run_id, name, exc, len(items))
                 events.failed([request for request, _ in items], exc)
 
 
-def hand_back_and_leave(items: list[tuple[SimpleRequest, str, str]], error: DeviceLostError, events: _TaskEvents
+def hand_back_and_leave(items: list[tuple[SimpleRequest, str, str]], error: DeviceLostError, events: TaskEvents
                         ) -> None:
     """The device's CUDA context is broken: every image of the batch goes back to the queue as it
     came (neither an error of the image nor a retry of it), and this worker shuts down warm so that
@@ -309,7 +237,7 @@ def hand_back_and_leave(items: list[tuple[SimpleRequest, str, str]], error: Devi
         _release(run_id, name)
         try:
             upscale.apply_async((run_id, name), task_id=request.id, retries=retries_of(request), ignore_result=True)
-        except Exception:  # noqa: BLE001 - the sweep sends it again when the run stalls
+        except Exception:  # the sweep sends it again when the run stalls
             logger.exception("run %s: could not hand %s back; the sweep will", run_id, name)
     events.failed([request for request, _, _ in items], error)
     os.kill(os.getpid(), signal.SIGTERM)  # warm shutdown: this batch returns first, then the process exits
@@ -331,7 +259,7 @@ def image_arguments(args: Any, kwargs: Any) -> tuple[str, str]:
     return args[0], args[1]
 
 
-def _upscale_run(run_id: str, items: list[tuple[SimpleRequest, str]], events: _TaskEvents) -> None:
+def _upscale_run(run_id: str, items: list[tuple[SimpleRequest, str]], events: TaskEvents) -> None:
     mine = claims()
     token = mine.me.token
     requests: dict[str, list[SimpleRequest]] = defaultdict(list)  # a name sent twice shares one outcome
@@ -365,7 +293,7 @@ def isolate_suspects(images: list[Claimed]) -> list[list[Claimed]]:
 
 
 def _upscale_group(run_id: str, group: list[Claimed], requests: dict[str, list[SimpleRequest]],
-                   events: _TaskEvents) -> None:
+                   events: TaskEvents) -> None:
     """One call of the GPU stage on ``group``, its outcomes recorded before the next group starts."""
     mine, token = claims(), claims().me.token
     holds = {image.name: image.hold for image in group}
@@ -404,22 +332,12 @@ def _upscale_group(run_id: str, group: list[Claimed], requests: dict[str, list[S
                 events.succeeded(reqs, lambda r, o=outcome: o.as_dict(), runtime=elapsed)
         except OUTAGE_ERRORS as exc:  # Redis outlasted the tracker's retries: this image waits for the sweep
             logger.error("run %s: %s could not be recorded (%s); the sweep will pick it up", run_id, outcome.name, exc)
-
-
-@signals.task_received.connect
-def _announce_batched_request(sender: Any, request: Any, **_: Any) -> None:
-    """celery-batches buffers upscale messages without the task-received event Celery's default
-    strategy sends; send it, so Flower shows when each image reached the GPU worker."""
-    if request.name != upscale.name or not getattr(sender, "event_dispatcher", None):
-        return
-    sender.event_dispatcher.send("task-received", uuid=request.id, name=request.name, args=request.argsrepr,
-                                 kwargs=request.kwargsrepr, root_id=request.root_id, parent_id=request.parent_id,
-                                 retries=(request.request_dict or {}).get("retries", 0))
+            mine.release_later(run_id, [outcome.name])
 
 
 def _reschedule(request: SimpleRequest, run_id: str, name: str, error: BaseException, batch: int = 1) -> None:
-    """Retry one image later with exponential backoff; record it as failed after TASK_MAX_RETRIES
-    (transient errors) or TASK_MAX_ERRORS (any other, counted with the ``batch`` it hit).
+    """Retry one image later or record it as failed, as the failure policy says (an unexpected error
+    counted with the ``batch`` it hit).
 
     Never raises: a publish that fails even after its budget, or a Redis outage while giving up,
     is logged and leaves the image to the recovery sweep, so the other images of the batch go on.
@@ -427,88 +345,54 @@ def _reschedule(request: SimpleRequest, run_id: str, name: str, error: BaseExcep
     retries = retries_of(request)
     token = claims().me.token
     try:
-        if isinstance(error, TRANSIENT):
-            if retries >= SETTINGS.task_max_retries:
-                give_up_and_finish("upscale", run_id, name, retries + 1, error, token)
-                return
-        else:
-            given_up = count_error("upscale", run_id, name, error, batch, retries)
-            if given_up is not None:
-                fail_and_finish("upscale", run_id, name, given_up.error_reason(), token)
-                return
+        decision = image_decision("upscale", run_id, name, error, retries, batch)
+        if decision.action == "fail":
+            fail_and_finish("upscale", run_id, name, decision.reason, token)
+            return
         _release(run_id, name)
-        publish_retry(upscale, run_id, name, request.id, retries)
-    except Exception:  # noqa: BLE001 - see the docstring
+        publish_retry(upscale, run_id, name, request.id, retries, decision.countdown_s)
+    except Exception:  # see the docstring
         logger.exception("run %s: could not reschedule %s; the sweep re-enqueues it when the run stalls", run_id, name)
         _release(run_id, name)
 
 
-class _TaskEvents:
-    """Per-image task events for Flower: celery-batches runs one batch but sends none of its own.
-
-    Best effort: monitoring trouble is logged, never allowed to fail the batch.
-    """
-
-    def __init__(self, requests: list[SimpleRequest]) -> None:
-        self.requests = requests
-        self._stack = contextlib.ExitStack()
-        self._dispatcher: Any = None
-
-    def __enter__(self) -> _TaskEvents:
-        hostname = self.requests[0].hostname if self.requests else None
-        try:
-            self._dispatcher = self._stack.enter_context(app.events.default_dispatcher(hostname=hostname))
-        except Exception:  # noqa: BLE001
-            logger.warning("task events unavailable for this batch", exc_info=True)
-        self._send("task-started", self.requests)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self._stack.close()
-        except Exception:  # noqa: BLE001
-            logger.warning("closing the event dispatcher failed", exc_info=True)
-
-    def succeeded(self, requests: list[SimpleRequest], result: Any, runtime: float = 0.0) -> None:
-        self._send("task-succeeded", requests, lambda r: {"result": repr(result(r)), "runtime": runtime})
-
-    def failed(self, requests: list[SimpleRequest], error: BaseException) -> None:
-        self._send("task-failed", requests, lambda r: {"exception": repr(error), "traceback": ""})
-
-    def _send(self, event: str, requests: list[SimpleRequest], fields: Any = None) -> None:
-        if self._dispatcher is None:
-            return
-        try:
-            for request in requests:
-                self._dispatcher.send(event, uuid=request.id, **(fields(request) if fields else {}))
-        except Exception:  # noqa: BLE001
-            logger.warning("could not send %s events", event, exc_info=True)
-
-
-@app.task(name=CALIBRATE, **RETRY)
-def calibrate(dataset_url: str, output_url: str | None = None) -> dict[str, Any]:
+@app.task(name=CALIBRATE, bind=True, max_retries=SETTINGS.task_max_retries)
+def calibrate(self: Any, dataset_url: str, output_url: str | None = None) -> dict[str, Any]:
     """Calibrate on a dataset in object storage (streaming) and store the artifact, only where a task
-    may write (never run state: a message can be crafted)."""
-    destination = task_destination(dataset_url, output_url)
-    calibration, where = calibrate_here(dataset_url, destination, stage_context().storages)
+    may write (never run state: a message can be crafted). A configuration error reaches the
+    producer waiting on the result at once; other errors are retried as the failure policy says."""
+    try:
+        destination = task_destination(dataset_url, output_url, SETTINGS)
+        calibration, where = calibrate_here(dataset_url, destination, stage_context().storages)
+    except Exception as exc:
+        raise retry_run_task(self, exc, f"calibrating {dataset_url}", "calibrate", stops=True) from exc
     return {"location": where, "pairs": calibration.n_pairs, "summary": calibration.summary()}
 
 
-def retry_run_task(task: Any, error: BaseException, what: str) -> Retry:
-    """The retry of a run-level task: a transient error up to TASK_MAX_RETRIES times, any other up to
-    TASK_MAX_ERRORS attempts in all; after that the error itself is raised, logged loudly once.
+def run_task_decision(task: Any, error: BaseException, stage: str, stops: bool = False) -> Decision:
+    """The failure policy's word on a run-level task's error; each attempt is one unexpected error
+    (these tasks keep no attempts record)."""
+    retries = task.request.retries or 0
+    errors = 0 if is_transient(error, TRANSIENT) else retries + 1
+    return decide(error, retries=retries, errors=errors, settings=SETTINGS, stage=stage, transient=TRANSIENT,
+                  stops=stops)
+
+
+def retry_run_task(task: Any, error: BaseException, what: str, stage: str, stops: bool = False) -> Retry:
+    """The retry of a run-level task, as the failure policy says; once it says fail (or stop), the
+    error itself is raised, logged loudly once.
 
     Raises:
-        the error: its retries are used up.
+        the error: its retries are used up, or it is a configuration error someone waits to hear of.
     """
-    retries = task.request.retries or 0
-    limit = task.max_retries if isinstance(error, TRANSIENT) else SETTINGS.task_max_errors - 1
-    if retries >= limit:
-        logger.critical("%s failed for good after %d attempts: %s", what, retries + 1, describe_error(error))
+    decision = run_task_decision(task, error, stage, stops)
+    if decision.action != "retry":
+        logger.critical("%s failed for good after %d attempts: %s", what, (task.request.retries or 0) + 1,
+                        describe_error(error))
         raise error
-    if not isinstance(error, TRANSIENT):
+    if not is_transient(error, TRANSIENT):
         logger.error("%s failed (%s); retrying", what, describe_error(error), exc_info=error)
-    return task.retry(exc=error, countdown=backoff_s(retries))
+    return task.retry(exc=error, countdown=decision.countdown_s)
 
 
 @app.task(name=AGGREGATE, bind=True, max_retries=SETTINGS.task_max_retries)
@@ -519,8 +403,8 @@ def aggregate(self: Any, run_id: str, allow_partial: bool = False) -> dict[str, 
         return _aggregate(run_id, allow_partial)
     except Retry:
         raise
-    except Exception as exc:  # noqa: BLE001 - bounded: retry_run_task
-        raise retry_run_task(self, exc, f"aggregating run {run_id}") from exc
+    except Exception as exc:  # bounded: retry_run_task
+        raise retry_run_task(self, exc, f"aggregating run {run_id}", "aggregate") from exc
 
 
 def _aggregate(run_id: str, allow_partial: bool) -> dict[str, Any]:
@@ -561,7 +445,7 @@ def train(self: Any, job: dict[str, Any]) -> dict[str, Any]:
     trains twice nor ends the chain. Every error ends: a chunk that raises is retried (transient:
     TASK_MAX_RETRIES; a configuration error: never; anything else: TASK_MAX_ERRORS attempts) and
     then marks the job failed with the error, which ``producer train`` reports."""
-    training = TrainJob.from_dict(job).checked()
+    training = TrainJob.from_dict(job).checked(SETTINGS)
     storages = stage_context().storages
     me = claims().me
     try:
@@ -573,14 +457,12 @@ def train(self: Any, job: dict[str, Any]) -> dict[str, Any]:
             train.apply_async((following,), task_id=outcome.next_task)
     except Retry:
         raise
-    except Exception as exc:  # noqa: BLE001 - bounded below, and recorded where the producer looks
-        retries = self.request.retries or 0
-        limit = 0 if isinstance(exc, ConfigError) else (
-            self.max_retries if isinstance(exc, TRANSIENT) else SETTINGS.task_max_errors - 1)
-        final = retries >= limit
+    except Exception as exc:  # bounded by the failure policy, and recorded where the producer looks
+        decision = run_task_decision(self, exc, "train", stops=True)
+        final = decision.action != "retry"
         chunk_failed(training, self.request.id, storages, describe_error(exc), final)
         if final:
             logger.critical("training job %s failed: %s", training.output_location(), describe_error(exc))
             raise
-        raise self.retry(exc=exc, countdown=backoff_s(retries)) from exc
+        raise self.retry(exc=exc, countdown=decision.countdown_s) from exc
     return outcome.as_dict()

@@ -24,6 +24,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from kombu.exceptions import OperationalError
@@ -37,12 +38,17 @@ KEY_PREFIX = "lowlight:run"
 TTL_S = 14 * 24 * 3600
 
 
+def _text(value: bytes | str) -> str:
+    """A reply as text (the clients here return bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class OutageRetry(Retry):
     """redis-py's :class:`~redis.retry.Retry` that never retries refused credentials: redis-py makes
     ``AuthenticationError`` a ``ConnectionError``, so a wrong REDIS_PASSWORD was retried like an
     outage (23 s before the producer could say so)."""
 
-    def call_with_retry(self, do, fail, *args, **kwargs):  # noqa: ANN001, ANN201, ANN002, ANN003 - redis-py's signature
+    def call_with_retry(self, do, fail, *args, **kwargs):  # redis-py's signature
         def fail_unless_refused(error: Exception, *rest: object) -> None:
             fail(error, *rest)
             if isinstance(error, redis.AuthenticationError):
@@ -51,19 +57,30 @@ class OutageRetry(Retry):
         return super().call_with_retry(do, fail_unless_refused, *args, **kwargs)
 
 
-# Ride out a Redis restart (an append-only file to reload, a pod rescheduled): a refused or dropped
-# connection is retried with backoff 0.1, 0.2, ... capped at 2 s before the error surfaces; redis-py's
-# own default gives up within milliseconds. Workers wait about two minutes (their work must not be
-# lost to an outage); a producer checking its configuration about 20 s (a wrong BROKER_URL should
-# not take minutes to say so).
-OUTAGE_RETRY = OutageRetry(ExponentialBackoff(cap=2.0, base=0.1), retries=60)
-QUICK_RETRY = OutageRetry(ExponentialBackoff(cap=2.0, base=0.1), retries=14)
+def outage_retry(budget_s: float) -> OutageRetry:
+    """Ride out a Redis restart (an append-only file to reload, a pod rescheduled): a refused or
+    dropped connection is retried with backoff 0.2, 0.4, ... capped at 2 s, as many times as fit in
+    ``budget_s``, before the error surfaces; redis-py's own default gives up within milliseconds."""
+    retries, waited = 0, 0.0
+    while waited < budget_s:
+        retries += 1
+        waited += min(2.0, 0.1 * 2**retries)
+    return OutageRetry(ExponentialBackoff(cap=2.0, base=0.1), retries=retries)
+
+
+# Workers wait REDIS_OUTAGE_S (about two minutes by default: their work must not be lost to an
+# outage); a producer checking its configuration about 20 s (a wrong BROKER_URL should not take
+# minutes to say so).
+OUTAGE_RETRY = outage_retry(110.0)
+QUICK_RETRY = outage_retry(20.0)
 # What a Redis outage that outlasted those retries raises, from redis-py and from kombu (sending tasks).
 OUTAGE_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, OperationalError)
 
 # A run Redis does not know (never started here, lost in a restart, or forgotten after aggregation)
 # is left alone: a late duplicate must not recreate its keys. `producer enqueue` starts it again.
 # The finishing process's hold on the image (KEYS[4], token ARGV[4]) is released in the same call.
+# A name that is not one of the current start's inputs (KEYS[5]; a late message for an input
+# removed before the run was enqueued again) is not counted: it would complete the count early.
 _FINISH = """
 if ARGV[4] ~= '' then
     local current = redis.call('HGET', KEYS[4], ARGV[1])
@@ -72,6 +89,9 @@ if ARGV[4] ~= '' then
     end
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then
+    return 0
+end
+if redis.call('EXISTS', KEYS[5]) == 1 and redis.call('SISMEMBER', KEYS[5], ARGV[1]) == 0 then
     return 0
 end
 local added = redis.call('SADD', KEYS[1], ARGV[1])
@@ -85,9 +105,10 @@ return 0
 """
 
 
-# Drop a run's keys only if they still belong to the epoch the caller aggregated.
+# Drop a run's keys only if they still belong to the epoch the caller aggregated; an empty epoch
+# matches only a run Redis holds no start of (a start that came meanwhile keeps its keys).
 _FORGET = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then
     return 0
 end
 redis.call('DEL', unpack(KEYS))
@@ -96,7 +117,8 @@ return 1
 
 
 # Every per-run key, for start() and forget().
-_PARTS = ("epoch", "finished", "total", "progress", "recovery", "held", "attempts", "config-error")
+_PARTS = ("epoch", "finished", "total", "progress", "recovery", "held", "attempts", "config-error", "names")
+NAMES_CHUNK = 5000  # names per SADD when a start records its inputs
 
 
 @dataclass(frozen=True)
@@ -130,18 +152,24 @@ class RunTracker:
     def _key(run_id: str, part: str) -> str:
         return f"{KEY_PREFIX}:{run_id}:{part}"
 
-    def start(self, run_id: str, total: int) -> str:
+    def start(self, run_id: str, total: int, names: Sequence[str] | None = None) -> str:
         """Set how many images the run has, forget which had finished, draw a new epoch and stamp the
         progress (call before enqueueing its tasks, then :meth:`finish_many` what storage says is
         finished). Returns the epoch.
 
         The set is rebuilt rather than kept: names that storage no longer counts as finished (a
         failure retried with ``--retry-failed``, an input removed from the source) must not count.
+        With ``names`` (the run's inputs, ``total`` of them) only those ever count as finished.
         """
         epoch = secrets.token_hex(8)
+        names_key, listed = self._key(run_id, "names"), list(names or ())
         with self.client.pipeline() as pipe:
             pipe.delete(self._key(run_id, "finished"), self._key(run_id, "cancelled"), self._key(run_id, "recovery"),
-                        self._key(run_id, "attempts"), self._key(run_id, "config-error"))
+                        self._key(run_id, "attempts"), self._key(run_id, "config-error"), names_key)
+            for start in range(0, len(listed), NAMES_CHUNK):
+                pipe.sadd(names_key, *listed[start : start + NAMES_CHUNK])
+            if listed:
+                pipe.expire(names_key, TTL_S)
             pipe.set(self._key(run_id, "total"), total, ex=TTL_S)
             pipe.set(self._key(run_id, "epoch"), epoch, ex=TTL_S)
             pipe.set(self._key(run_id, "progress"), time.time(), ex=TTL_S)
@@ -150,7 +178,7 @@ class RunTracker:
 
     def _finish_keys(self, run_id: str) -> list[str]:
         return [self._key(run_id, "finished"), self._key(run_id, "total"), self._key(run_id, "progress"),
-                self._key(run_id, "held")]
+                self._key(run_id, "held"), self._key(run_id, "names")]
 
     def finish(self, run_id: str, name: str, token: str = "") -> bool:
         """Mark ``name`` finished (done or failed), stamp the run's progress and release the hold of
@@ -177,11 +205,12 @@ class RunTracker:
     def epoch(self, run_id: str) -> str:
         """The epoch of the run's current start ("" when Redis does not know the run)."""
         value = self.client.get(self._key(run_id, "epoch"))
-        return value.decode() if value else ""
+        return _text(value) if value else ""
 
-    def forget(self, run_id: str, epoch: str = "") -> bool:
-        """Drop a finished run's keys, if they still belong to ``epoch`` (any epoch when empty): a run
-        started again since keeps its own. True when the keys were dropped."""
+    def forget(self, run_id: str, epoch: str) -> bool:
+        """Drop a finished run's keys, if they still belong to ``epoch`` ("": Redis held no start of
+        the run when the caller looked): a run started again since keeps its own. True when the keys
+        were dropped."""
         return bool(self._forget(keys=[self._key(run_id, part) for part in _PARTS], args=[epoch]))
 
     def touch(self, run_id: str, at: float | None = None, release: tuple[str, str] | None = None) -> None:
@@ -234,7 +263,7 @@ class RunTracker:
     def holds(self, run_id: str) -> dict[str, tuple[str, Hold]]:
         """Every hold on the run's images: name -> (the stored value, the hold)."""
         raw = self.client.hgetall(self._key(run_id, "held"))
-        return {k.decode(): (v.decode(), Hold.decode(k.decode(), v)) for k, v in raw.items()}
+        return {_text(k): (_text(v), Hold.decode(_text(k), v)) for k, v in raw.items()}
 
     # -- what went wrong, cached from storage (workers.run.attempts) -----------------------------------
 
@@ -243,7 +272,8 @@ class RunTracker:
         if records:
             key = self._key(run_id, "attempts")
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.hset(key, mapping=dict(records))
+                fields: dict[Any, Any] = dict(records)
+                pipe.hset(key, mapping=fields)
                 pipe.expire(key, TTL_S)
                 pipe.execute()
 
@@ -254,7 +284,7 @@ class RunTracker:
 
     def config_error(self, run_id: str) -> str | None:
         value = self.client.get(self._key(run_id, "config-error"))
-        return value.decode() if value is not None else None
+        return _text(value) if value is not None else None
 
     def last_progress(self, run_id: str) -> float | None:
         """Epoch seconds of the run's last progress, or None when Redis has no stamp."""
@@ -272,7 +302,7 @@ class RunTracker:
             pipe.execute()
 
     def recovery(self, run_id: str) -> dict[str, float]:
-        return {k.decode(): float(v) for k, v in self.client.hgetall(self._key(run_id, "recovery")).items()}
+        return {_text(k): float(v) for k, v in self.client.hgetall(self._key(run_id, "recovery")).items()}
 
     def cancel(self, run_id: str) -> None:
         self.client.set(self._key(run_id, "cancelled"), 1, ex=TTL_S)

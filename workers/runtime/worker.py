@@ -23,7 +23,7 @@ from workers.run.context import StageContext
 from workers.runtime.app import CPU_QUEUE, GPU_QUEUE, SWEEP, SWEEP_QUEUE, app
 from workers.runtime.claims import Claims
 from workers.runtime.liveness import NODE_NAME, Heartbeat, this_process
-from workers.runtime.tracking import QUICK_RETRY, RunTracker
+from workers.runtime.tracking import QUICK_RETRY, RunTracker, outage_retry
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def stage_context() -> StageContext:
 
 @functools.cache
 def tracker() -> RunTracker:
-    return RunTracker.from_url(SETTINGS.broker_url_with_password)
+    return RunTracker.from_url(SETTINGS.broker_url_with_password, retry=outage_retry(SETTINGS.redis_outage_s))
 
 
 _CLAIMS: dict[int, tuple[Claims, Heartbeat]] = {}
@@ -56,8 +56,11 @@ def claims() -> Claims:
             me = this_process()
             # Its own client, quick to give up: a beat during an outage must not hold a shutdown for minutes.
             client = RunTracker.from_url(SETTINGS.broker_url_with_password, retry=QUICK_RETRY).client
-            beat = Heartbeat(client, me, SETTINGS.heartbeat_every_s, SETTINGS.stall_after_s).start()
-            _CLAIMS[pid] = (Claims(stage_context().storage, tracker(), me, SETTINGS), beat)
+            mine = Claims(stage_context().storage, tracker(), me, SETTINGS)
+            quick = RunTracker(client)
+            beat = Heartbeat(client, me, SETTINGS.heartbeat_every_s, SETTINGS.stall_after_s,
+                             lambda: mine.release_pending(quick))
+            _CLAIMS[pid] = (mine, beat.start())
         return _CLAIMS[pid][0]
 
 
@@ -136,7 +139,7 @@ def start_sweeper(holder: str) -> threading.Thread:
                 if tracker().lease("sweep", holder, every * 0.9):
                     # A sweep not started within its period is dropped: the next one does its work.
                     app.send_task(SWEEP, ignore_result=True, expires=every)
-            except Exception:  # noqa: BLE001 - a timer must outlive any outage
+            except Exception:  # a timer must outlive any outage
                 logger.warning("could not send the recovery sweep this time", exc_info=True)
 
     thread = threading.Thread(target=loop, name="recovery-sweep", daemon=True)

@@ -32,7 +32,8 @@ from workers.ops.metrics import psnr
 from workers.ops.resample import bicubic_x4
 from workers.ops.tone import ARTIFACT_KIND as TONE_KIND
 from workers.ops.tone import ToneAccumulator, ToneCurve, tone_for_denoising
-from workers.training.destinations import check_task_output
+from workers.settings import Settings
+from workers.training.destinations import check_task_dataset, check_task_output
 from workers.training.pairs import (
     TRAINING_LIMITS,
     PairKeys,
@@ -244,14 +245,17 @@ def open_dataset(dataset: str, storages: StorageFactory) -> tuple[Storage, str]:
     return storages.open(dataset), dataset
 
 
-def task_destination(dataset: str, output: str | None) -> str:
+def task_destination(dataset: str, output: str | None, settings: Settings | None = None) -> str:
     """Where the calibrate task may store ``dataset``'s artifact (``output``, default
-    ``DATASET/calibration.json``): a ``.json`` outside run state (:func:`check_task_output`).
+    ``DATASET/calibration.json``): that, or a location TASK_OUTPUTS allows, for a dataset inside the
+    run store (:mod:`workers.training.destinations`). ``settings``: this process's, by default.
 
     Raises:
         ConfigError: anywhere else.
     """
-    return check_task_output(output or default_location(dataset), dataset, ".json")
+    settings = settings or Settings.from_env()
+    check_task_dataset(dataset, settings)
+    return check_task_output(output or default_location(dataset), dataset, CALIBRATION_FILE, settings)
 
 
 def calibrate_here(dataset: str, output: str | None, storages: StorageFactory) -> tuple[Calibration, str]:

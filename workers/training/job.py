@@ -16,22 +16,35 @@ from typing import TYPE_CHECKING, Any, Literal
 from workers.errors import ConfigError, ObjectNotFoundError
 from workers.io.models import load_registry, models_folder
 from workers.io.storage import Storage, StorageFactory, split_location
-from workers.io.weights import WeightsRef, resolve_checkpoint
+from workers.io.weights import (
+    CHECKPOINT_PREFIX,
+    WeightsRef,
+    check_not_torchscript,
+    fetch_checkpoint,
+    model_cache_dir,
+    resolve_checkpoint,
+    stored_checkpoint,
+)
 from workers.ops.degrade import COMPETITION_BRIGHTNESS, ForwardModel
 from workers.settings import Settings
-from workers.training.artifacts import TrainingOutput, default_output
-from workers.training.calibrate import Calibration, calibrate, default_location, load_calibration, open_dataset
+from workers.training.artifacts import TRAINED_FILE, TrainingOutput, default_output
+from workers.training.calibrate import (
+    CALIBRATION_FILE,
+    Calibration,
+    calibrate,
+    default_location,
+    load_calibration,
+    open_dataset,
+)
 from workers.training.config import TrainConfig, TrainProgress, TrainResult
 from workers.training.data import TrainingData
-from workers.training.destinations import check_task_output
+from workers.training.destinations import SHIPPED_PREFIX, check_task_dataset, check_task_output, check_task_start
 from workers.training.photos import CORPUS_MANIFEST, PHOTOS_FOLDER, PhotoListing, has_prefix, list_photos
 
 if TYPE_CHECKING:
     from workers.training.finetune import Trainer
 
 logger = logging.getLogger(__name__)
-
-SHIPPED_PREFIX = "shipped:"  # --from shipped:NAME starts from a registered model
 
 
 def dataset_calibration(dataset_url: str, storages: StorageFactory, note: Callable[[str], None]) -> Calibration:
@@ -77,18 +90,25 @@ def make_trainer(dataset_url: str | None, output_url: str | None, start_ref: str
         data = dataclasses.replace(data, photos=None)
     from workers.training.finetune import Trainer  # torch: only where training runs
 
-    start = resolve_start(start_ref, settings)
+    start = resolve_start(start_ref, settings, storages)
     return Trainer(data, output, start.path, start.source, config, settings.device, settings.precision, restart)
 
 
-def resolve_start(start_ref: str | None, settings: Settings) -> WeightsRef:
-    """The checkpoint training starts from: the one named (a path, ``hf:...``, or ``shipped:NAME``),
-    else the shipped model (``SHIPPED_MODEL``, or the registry's default), checked against its hash.
+def resolve_start(start_ref: str | None, settings: Settings, storages: StorageFactory) -> WeightsRef:
+    """The checkpoint training starts from: the one named (a path, ``hf:...``, ``shipped:NAME``, or
+    ``checkpoint:<sha256>.<ext>`` in the run store), else the shipped model (``SHIPPED_MODEL``, or the
+    registry's default), checked against its hash.
 
     Raises:
-        ConfigError: the named file is missing or cannot be downloaded; the shipped model is missing
-            or fails its hash check.
+        ConfigError: the named file is missing, TorchScript (unless ALLOW_TORCHSCRIPT), or cannot be
+            downloaded; the shipped model is missing or fails its hash check.
+        TransientError: a run store checkpoint could not be fetched, or does not have its hash.
     """
+    if start_ref and start_ref.startswith(CHECKPOINT_PREFIX):
+        check_not_torchscript(start_ref, settings)
+        key, sha256 = stored_checkpoint(start_ref)
+        path = fetch_checkpoint(storages.open(settings.storage_url), key, sha256, model_cache_dir(settings))
+        return WeightsRef(path, start_ref)
     if start_ref and not start_ref.startswith(SHIPPED_PREFIX):
         return resolve_checkpoint(start_ref, settings)
     registry = load_registry(models_folder(settings.models_dir))
@@ -119,8 +139,8 @@ def training_data(dataset_url: str | None, photos_url: str | None, storages: Sto
     photos = None
     if photos_url is not None:
         photos = open_photos(photos_url, storages)
-    elif dataset is not None and has_prefix(dataset, PHOTOS_FOLDER):
-        photos = open_photos(f"{dataset_url.rstrip('/')}/{PHOTOS_FOLDER}", storages)  # type: ignore[union-attr]
+    elif dataset is not None and dataset_url is not None and has_prefix(dataset, PHOTOS_FOLDER):
+        photos = open_photos(f"{dataset_url.rstrip('/')}/{PHOTOS_FOLDER}", storages)
     if photos is not None:
         note(f"photos: {len(photos.keys)} files in {photos.label}")
     return TrainingData(forward, brightness, dataset, label, photos, summary)
@@ -175,16 +195,20 @@ class TrainJob:
     def output_location(self) -> str:
         return self.output or default_output(self.dataset)
 
-    def checked(self) -> TrainJob:
-        """This job, if what it writes is allowed to a task: the checkpoint (and its companions beside
-        it) a ``.safetensors`` outside run state, and the dataset's ``calibration.json`` (made when
-        missing) outside run state too (:func:`check_task_output`).
+    def checked(self, settings: Settings | None = None) -> TrainJob:
+        """This job, if a task may run it (:mod:`workers.training.destinations`): its dataset inside
+        the run store, its checkpoint (and the companions beside it) the dataset's
+        ``trained_x4.safetensors`` or allow-listed, the dataset's ``calibration.json`` (made when
+        missing), and a start a task may use. ``settings``: this process's, by default.
 
         Raises:
-            ConfigError: a destination is not allowed.
+            ConfigError: something it would read or write is not allowed.
         """
-        check_task_output(self.output_location(), self.dataset, ".safetensors")
-        check_task_output(default_location(self.dataset), self.dataset, ".json")
+        settings = settings or Settings.from_env()
+        check_task_dataset(self.dataset, settings)
+        check_task_output(self.output_location(), self.dataset, TRAINED_FILE, settings)
+        check_task_output(default_location(self.dataset), self.dataset, CALIBRATION_FILE, settings)
+        check_task_start(self.start, settings)
         return self
 
 
@@ -204,31 +228,73 @@ class ChunkOutcome:
         return dataclasses.asdict(self)
 
 
+MARKER_VERSION = 1
+
+
+@dataclass(frozen=True)
+class JobMarker:
+    """A training job's stored state (``<output>.job.json``), which drives its chain of chunks: the
+    chunk that runs or last ran, the message that runs it and the one that runs the next, who holds
+    it and when it last beat, deaths, errors, and whether the job is over (``done``, or ``failed``
+    with the ``error``)."""
+
+    job: float  # the job's started_at: which job of this output the state is of
+    chunk: int = 0
+    task: str = ""  # the message running (or that ran) the chunk
+    complete: bool = False  # the chunk finished; ``next`` runs the following one
+    done: bool = False
+    failed: bool = False
+    holder: dict[str, Any] | None = None  # the worker process running it (liveness.Holder's fields)
+    heartbeat: float = 0.0
+    deaths: int = 0
+    errors: int = 0
+    next: str | None = None
+    steps: int = 0
+    best_psnr: float | None = None
+    error: str = ""
+    version: int = MARKER_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobMarker:
+        """A stored marker; a field this version does not know is ignored (a newer writer's).
+
+        Raises:
+            ConfigError: not a marker (no ``job``), or of a newer version.
+        """
+        if not isinstance(data, dict) or "job" not in data:
+            raise ConfigError(f"not a training job marker: {str(data)[:80]!r}")
+        if int(data.get("version", MARKER_VERSION)) > MARKER_VERSION:
+            raise ConfigError(f"training job marker version {data['version']} is newer than {MARKER_VERSION}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 def job_marker(job: TrainJob, storages: StorageFactory) -> tuple[Storage, str]:
-    """Where a job records its state (``<output>.job.json``): the chunk that runs or last ran, the
-    message that runs it and the one that runs the next, who holds it and when it last beat, deaths,
-    errors, and whether the job is over (``done``, or ``failed`` with the ``error``)."""
+    """Where a job records its :class:`JobMarker`: ``<output>.job.json``."""
     output = TrainingOutput.at(job.output_location(), storages)
     return output.storage, output.name + ".job.json"
 
 
-def read_marker(job: TrainJob, storages: StorageFactory) -> dict[str, Any] | None:
+def read_marker(job: TrainJob, storages: StorageFactory) -> JobMarker | None:
     storage, key = job_marker(job, storages)
     try:
-        return json.loads(storage.get(key))
+        return JobMarker.from_dict(json.loads(storage.get(key)))
     except ObjectNotFoundError:
         return None
 
 
-def write_marker(job: TrainJob, storages: StorageFactory, marker: dict[str, Any]) -> None:
+def write_marker(job: TrainJob, storages: StorageFactory, marker: JobMarker) -> None:
     storage, key = job_marker(job, storages)
-    storage.put(key, json.dumps(marker).encode())
+    storage.put(key, json.dumps(marker.to_dict()).encode())
 
 
 Step = Literal["run", "resume", "resend", "duplicate", "held", "died"]
 
 
-def next_step(marker: dict[str, Any] | None, job: TrainJob, task_id: str, holder_alive: bool | None,
+def next_step(marker: JobMarker | None, job: TrainJob, task_id: str, holder_alive: bool | None,
               redelivered: bool = False) -> Step:
     """What a ``train`` message must do, from the job's stored state alone (the chain is driven by it):
 
@@ -242,18 +308,18 @@ def next_step(marker: dict[str, Any] | None, job: TrainJob, task_id: str, holder
     * while a chunk runs, its own message delivered again is dropped while its holder is alive
       (``holder_alive``), and resumes it as a death of the holder otherwise.
     """
-    if marker is None or marker.get("job") != job.started_at:
-        newer = marker is None or job.started_at > float(marker.get("job") or 0)
+    if marker is None or marker.job != job.started_at:
+        newer = marker is None or job.started_at > marker.job
         return "run" if job.chunk == 0 and newer else "duplicate"
-    if marker.get("done") or marker.get("failed"):
+    if marker.done or marker.failed:
         return "duplicate"
-    if marker.get("complete"):
-        if task_id == marker.get("next"):
+    if marker.complete:
+        if task_id == marker.next:
             return "run"
-        return "resend" if task_id == marker.get("task") and redelivered else "duplicate"
-    if task_id != marker.get("task"):
+        return "resend" if task_id == marker.task and redelivered else "duplicate"
+    if task_id != marker.task:
         return "duplicate"
-    if marker.get("holder") is None:
+    if marker.holder is None:
         return "resume"  # it stopped on an error and is retried
     return "held" if holder_alive else "died"
 
@@ -268,30 +334,29 @@ def train_chunk(job: TrainJob, task_id: str, settings: Settings, storages: Stora
     The caller sends ``next_task`` (with that task id) for ``continue`` and ``resend``.
     """
     marker = read_marker(job, storages)
-    current = marker if marker is not None and marker.get("job") == job.started_at else None
-    running = current is not None and not current.get("complete") and current.get("holder") is not None
-    step = next_step(marker, job, task_id, holder_alive(current["holder"]) if running else None,  # type: ignore[index]
-                     redelivered)
+    current = marker if marker is not None and marker.job == job.started_at else None
+    running = current is not None and not current.complete and current.holder is not None
+    alive = holder_alive(current.holder) if running and current is not None and current.holder else None
+    step = next_step(marker, job, task_id, alive, redelivered)
     if step in ("duplicate", "held"):
         logger.warning("training message %s for %s: %s (marker %s): dropped", task_id, job.output_location(), step, marker)
         return ChunkOutcome(step)
-    assert step == "run" or current is not None
-    if step == "resend":
-        return ChunkOutcome("resend", next_task=current["next"])  # type: ignore[index]
-    deaths = int((current or {}).get("deaths", 0))
-    chunk = 0 if current is None else int(current["chunk"]) + (step == "run")
-    if step == "died":
+    if step == "resend" and current is not None:
+        return ChunkOutcome("resend", next_task=current.next)
+    deaths = current.deaths if current is not None else 0
+    chunk = 0 if current is None else current.chunk + (step == "run")
+    if step == "died" and current is not None:
         deaths += 1
-        node = current["holder"].get("node", "?")  # type: ignore[index]
+        node = (current.holder or {}).get("node", "?")
         logger.warning("training chunk %d of %s: worker %s died running it (%d of %d deaths)", chunk,
                        job.output_location(), node, deaths, settings.max_worker_deaths)
         if deaths >= settings.max_worker_deaths:
             error = f"worker died {deaths} times while training; last {node}, chunk {chunk}"
-            write_marker(job, storages, {**current, "holder": None, "deaths": deaths, "failed": True, "error": error})  # type: ignore[dict-item]
+            write_marker(job, storages, dataclasses.replace(current, holder=None, deaths=deaths, failed=True,
+                                                            error=error))
             return ChunkOutcome("failed")
-    state = {"job": job.started_at, "chunk": chunk, "task": task_id, "complete": False, "done": False, "failed": False,
-             "holder": holder, "heartbeat": time.time(), "deaths": deaths,
-             "errors": int((current or {}).get("errors", 0)) if step != "run" else 0}
+    state = JobMarker(job.started_at, chunk, task_id, holder=holder, heartbeat=time.time(), deaths=deaths,
+                      errors=current.errors if current is not None and step != "run" else 0)
     write_marker(job, storages, state)
     config = TrainConfig(**job.config)
     trainer = make_trainer(job.dataset, job.output, job.start, config, settings, storages,
@@ -301,15 +366,16 @@ def train_chunk(job: TrainJob, task_id: str, settings: Settings, storages: Stora
     beat = _heartbeat(job, storages, state, settings.heartbeat_every_s)
     result = trainer.run(on_progress=lambda _: beat(), should_stop=lambda: time.monotonic() >= chunk_end,
                          budget_spent_s=spent)
-    over_budget = bool(config.minutes) and time.time() - job.started_at >= 60 * config.minutes
+    over_budget = bool(config.minutes) and time.time() - job.started_at >= 60 * (config.minutes or 0)
     done = result.finished or over_budget
     next_task = None if done else secrets.token_hex(16)
-    write_marker(job, storages, {**state, "complete": True, "done": done, "holder": None, "next": next_task,
-                                 "heartbeat": time.time(), "steps": result.steps, "best_psnr": result.best_psnr})
+    write_marker(job, storages, dataclasses.replace(state, complete=True, done=done, holder=None, next=next_task,
+                                                    heartbeat=time.time(), steps=result.steps,
+                                                    best_psnr=result.best_psnr))
     return ChunkOutcome("done" if done else "continue", result.steps, result.best_psnr, next_task)
 
 
-def _heartbeat(job: TrainJob, storages: StorageFactory, state: dict[str, Any], every_s: float) -> Callable[[], None]:
+def _heartbeat(job: TrainJob, storages: StorageFactory, state: JobMarker, every_s: float) -> Callable[[], None]:
     """A progress callback that restamps the marker's heartbeat at most every ``every_s``: the
     producer following the job tells a slow chunk from a dead one by it."""
     last = [time.monotonic()]
@@ -318,8 +384,8 @@ def _heartbeat(job: TrainJob, storages: StorageFactory, state: dict[str, Any], e
         if time.monotonic() - last[0] >= every_s:
             last[0] = time.monotonic()
             try:
-                write_marker(job, storages, {**state, "heartbeat": time.time()})
-            except Exception:  # noqa: BLE001 - a missed beat is not worth a chunk
+                write_marker(job, storages, dataclasses.replace(state, heartbeat=time.time()))
+            except Exception:  # a missed beat is not worth a chunk
                 logger.warning("could not restamp the training heartbeat", exc_info=True)
 
     return beat
@@ -329,9 +395,9 @@ def chunk_failed(job: TrainJob, task_id: str, storages: StorageFactory, error: s
     """Record that the chunk of message ``task_id`` stopped on ``error``: retried later (its holder is
     cleared, so the retry resumes it wherever it lands), or the job is over when ``final``."""
     marker = read_marker(job, storages)
-    if marker is None or marker.get("job") != job.started_at:
-        marker = {"job": job.started_at, "chunk": job.chunk, "task": task_id, "complete": False, "done": False}
-    if marker.get("task") != task_id or marker.get("complete"):
+    if marker is None or marker.job != job.started_at:
+        marker = JobMarker(job.started_at, job.chunk, task_id)
+    if marker.task != task_id or marker.complete:
         return  # not this message's chunk: nothing of the job's state to change
-    write_marker(job, storages, {**marker, "holder": None, "errors": int(marker.get("errors", 0)) + 1,
-                                 "error": error, "failed": final})
+    write_marker(job, storages, dataclasses.replace(marker, holder=None, errors=marker.errors + 1, error=error,
+                                                    failed=final))

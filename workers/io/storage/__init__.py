@@ -46,8 +46,9 @@ def is_local(url: str) -> bool:
     return scheme_of(url) == "file"
 
 
-def backend_class(scheme: str) -> type:
-    """The storage class registered for ``scheme``, imported on first use.
+def backend_class(scheme: str) -> Any:
+    """The storage class registered for ``scheme`` (a :class:`Storage` with ``from_url(url, factory)``),
+    imported on first use.
 
     Raises:
         ConfigError: no backend has that scheme (with the closest one as a suggestion).
@@ -103,6 +104,16 @@ class StorageFactory:
             ConfigError: an unknown scheme, or a malformed URL for its backend.
         """
         return backend_class(scheme_of(url)).from_url(url, self)
+
+    def open_source(self, url: str) -> Storage:
+        """:meth:`open` for a folder of inputs: a local one follows its symlinks wherever they point
+        (they are the user's own files); run stores never do.
+
+        Raises:
+            ConfigError: as :meth:`open`.
+        """
+        storage = self.open(url)
+        return storage.following_links() if isinstance(storage, LocalStorage) else storage
 
 
 def split_location(location: str) -> tuple[str, str]:

@@ -46,6 +46,11 @@ class Storage(Protocol):
         size and ETag), read without transferring the object where the backend allows.
         Raises ObjectNotFoundError, StorageUnavailableError."""
 
+    def version(self, key: str) -> str:
+        """A short text that changes whenever the object is replaced, read as cheaply as the backend
+        allows (local: one ``stat``; S3: one HEAD), for caches to revalidate.
+        Raises ObjectNotFoundError, StorageUnavailableError."""
+
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` atomically under ``key``, replacing any previous object."""
 

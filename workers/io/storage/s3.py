@@ -26,7 +26,7 @@ class S3Storage:
     Holds one ``minio.Minio`` client, shared by every S3Storage a :class:`StorageFactory` opens.
     """
 
-    def __init__(self, client: object, bucket: str, prefix: str = "") -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -48,7 +48,7 @@ class S3Storage:
     def _key(self, key: str) -> str:
         return join_key(self.prefix, check_key(key)) if self.prefix else check_key(key)
 
-    def _call(self, key: str, fn, *args, **kwargs):  # noqa: ANN001, ANN202 - thin error mapper
+    def _call(self, key: str, fn, *args, **kwargs):  # thin error mapper
         from minio.error import MinioException, S3Error
 
         where = self._where(key)
@@ -88,6 +88,9 @@ class S3Storage:
         stat = self._call(key, self.client.stat_object, self.bucket, self._key(key))
         return f"{stat.size}:etag:{stat.etag}"
 
+    def version(self, key: str) -> str:
+        return self.fingerprint(key)
+
     def put(self, key: str, data: bytes) -> None:
         self._call(key, self.client.put_object, self.bucket, self._key(key), io.BytesIO(data), len(data))
 
@@ -116,7 +119,7 @@ class S3Storage:
         def names() -> list[str]:
             # Not recursive: S3 answers with the common prefixes, one entry per folder.
             objects = self.client.list_objects(self.bucket, prefix=full, recursive=False)
-            return sorted(o.object_name[len(full):].rstrip("/") for o in objects if o.is_dir)
+            return sorted(o.object_name[len(full) :].rstrip("/") for o in objects if o.is_dir)
 
         return iter(self._call(prefix, names))
 
