@@ -82,7 +82,7 @@ def test_standard_shows_nlmeans_and_the_model_by_its_file_name():
 def test_quality_shows_its_tone_curve_and_no_model():
     shown = rows(QUALITY, created_at="2026-12-01T09:00:00+00:00")
     assert shown["stages"] == "tone curve → NL-means → bicubic x4 (OpenCV)"
-    assert shown["tone curve"].startswith("fitted on 12 pairs, made 2026-12-01T00:00:00+00:00, sha256 ")
+    assert shown["tone curve"].startswith("fitted on 12 pairs, made 2026-12-01 00:00:00 UTC, sha256 ")
     assert shown["NL-means strength"] == "4.5 (colour 6)" and "NL-means by brightness" in shown
     assert not {"model", "model sha256", "self-ensemble (x8)", "device"} & set(shown)
     assert shown["first enqueued"] == "2026-12-01 09:00:00 UTC"  # resumed later: both times

@@ -3,6 +3,7 @@ latest enqueue (:class:`~workers.run.started.RunStart`) for every pipeline, what
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Sequence
 
@@ -46,9 +47,9 @@ def _throughput(origin: float, finishes: Sequence[float]) -> tuple[int, tuple[tu
     """Images finished per interval, from ``origin``; the interval is a round number of seconds."""
     if not finishes:
         return 1, ()
-    span = max(max(finishes) - origin, 1.0)
+    span = max(max(finishes) - origin, 0.0)
     bin_s = next((b for b in _NICE_BIN_S if span / b <= THROUGHPUT_BINS), _NICE_BIN_S[-1])
-    counts = [0] * (int(span // bin_s) + 1)
+    counts = [0] * max(math.ceil(span / bin_s), 1)  # the last image closes the last interval
     for t in finishes:
         counts[min(max(int((t - origin) // bin_s), 0), len(counts) - 1)] += 1
     return bin_s, tuple((i * float(bin_s), n) for i, n in enumerate(counts))

@@ -124,8 +124,9 @@ def _tone_rows(p: Mapping[str, Any]) -> list[tuple[str, str]]:
         return []
     curve = _json_object(tone) or {}
     digest = hashlib.sha256(str(tone).encode()).hexdigest()
-    fitted = f"fitted on {curve['n_pairs']} pairs, " if "n_pairs" in curve else ""
-    made = f"made {curve['created_at']}, " if curve.get("created_at") else ""
+    pairs = curve.get("n_pairs")
+    fitted = f"fitted on {pairs} pair{'' if pairs == 1 else 's'}, " if pairs is not None else ""
+    made = f"made {fmt_time(str(curve['created_at']))}, " if curve.get("created_at") else ""
     return [("tone curve", f"{fitted}{made}sha256 {digest[:16]} ({fmt_bytes(len(str(tone).encode()))})")]
 
 

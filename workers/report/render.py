@@ -54,16 +54,21 @@ svg text.axis{font-weight:600;fill:#222} svg text.value{font-size:10px;fill:#222
 """.replace("@w", str(DISPLAY_WIDTH))
 
 
+ONE_ROW = 5  # panels that fit side by side in the page's width
+
+
 def panels(data: ReportData) -> list[list[tuple[str, str]]]:
     """The image panels this run's pipeline makes, as rows of (key, caption): the whole images, then
-    their centre crops. No CPU stage, no panel for it; the ground truth when there is one."""
+    their centre crops, on one row when they fit. No CPU stage, no panel for it; the ground truth
+    when there is one."""
     cpu = cpu_stage_caption(data.pipeline)
     truth = data.with_truth
     whole = [("input", "input", True), ("denoised", cpu, bool(cpu)), ("sr", "output x4", True),
              ("truth", "ground truth", truth)]
     centre = [("crop_input", "input, centre (nearest)", True), ("crop_sr", "output, centre 1:1", True),
               ("crop_truth", "ground truth, centre 1:1", truth)]
-    return [[(key, caption) for key, caption, shown in row if shown] for row in (whole, centre)]
+    rows = [[(key, caption) for key, caption, shown in row if shown] for row in (whole, centre)]
+    return [rows[0] + rows[1]] if len(rows[0]) + len(rows[1]) <= ONE_ROW else rows
 
 
 @cache
