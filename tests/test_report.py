@@ -1,8 +1,6 @@
 import dataclasses
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 import cv2
@@ -12,7 +10,8 @@ from markupsafe import escape  # what the Jinja2 template escapes with
 from PIL import Image
 
 from producer.evaluate import load_rgb, score
-from tests.conftest import REPO, noisy_image, png_bytes
+from tests.browser import ARTIFACTS, assert_loads_cleanly, open_browser, save_full_page_screenshot
+from tests.conftest import noisy_image, png_bytes
 from tests.fixtures import load_script, write_images
 from workers.errors import ConfigError
 from workers.io.imageio import decode_png, encode_png
@@ -218,47 +217,6 @@ def test_write_report_stores_it_under_the_run(run):
 
 # -- in a real browser ------------------------------------------------------------------------------
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-def open_browser():
-    pytest.importorskip("selenium", reason="selenium is not installed")
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER}")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1440,900", "--proxy-server=http://127.0.0.1:9",  # nothing listens there
-                "--host-resolver-rules=MAP * ~NOTFOUND"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_network_conditions(offline=True, latency=0, download_throughput=0, upload_throughput=0)
-    # Record dialogs instead of opening them (a real one would block the page load); DevTools
-    # scripts run before the page's own and are not subject to its CSP.
-    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_DIALOGS})
-    return driver
-
-
-RECORD_DIALOGS = """
-window.__dialogs = [];
-for (const kind of ["alert", "confirm", "prompt", "print"]) {
-  window[kind] = (...args) => { window.__dialogs.push([kind, ...args.map(String)]); };
-}
-"""
-
-
-def assert_loads_cleanly(driver, path: Path) -> None:
-    """Every image decoded, and no script ran a dialog (an unrecorded one would raise here too)."""
-    driver.get(path.as_uri())
-    images = driver.execute_script(
-        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
-    assert images and all(complete and width > 0 for complete, width, _ in images), images
-    assert driver.execute_script("return window.__dialogs") == []
-
-
 @pytest.mark.integration
 def test_report_in_headless_chromium(run, tmp_path):
     page = render_report(collect(run, truth=run.truth))
@@ -274,26 +232,9 @@ def test_report_in_headless_chromium(run, tmp_path):
         charts = driver.execute_script("return ['svg', 'svg > rect', 'svg > circle'].map("
                                        "q => document.querySelectorAll(q).length)")
         assert charts[:2] == [2, 5] and charts[2] > 0  # 4 bars and the legend, direct children: the SVG parsed as meant
-        shot = save_full_page_screenshot(driver, REPO / "test-artifacts" / "report.png")
+        save_full_page_screenshot(driver, ARTIFACTS / "report-hostile-names.png")
     finally:
         driver.quit()
-    if os.environ.get("UPDATE_DOCS_SCREENSHOTS") == "1":
-        (REPO / "docs").mkdir(exist_ok=True)
-        shutil.copyfile(shot, REPO / "docs" / "report.png")
-
-
-def save_full_page_screenshot(driver, path: Path) -> Path:
-    import base64
-
-    width, height = driver.execute_script(
-        "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
-        "format": "png", "captureBeyondViewport": True,
-        "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
-    })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(base64.b64decode(shot["data"]))
-    return path
 
 
 def test_report_and_evaluate_score_outputs_above_pillows_limit_and_truths_above_the_input_limit(
