@@ -8,7 +8,15 @@ import pytest
 
 from workers.ops.denoise import DenoiseSpec
 from workers.report.data import ReportData, RunClock, TrainingSummary
-from workers.report.labels import cpu_stage_caption, fmt_db, plain_source, settings_rows, stage_label, training_rows
+from workers.report.labels import (
+    cpu_stage_caption,
+    fmt_db,
+    plain_source,
+    settings_rows,
+    stage_label,
+    training_rows,
+    without_paths,
+)
 from workers.run.manifest import PipelineSpec
 
 SHA = "5957ed5820effef86535f76979c219db232bb47452645b87c31e105cd8ae4356"
@@ -48,6 +56,17 @@ def report_data(pipeline: PipelineSpec, **changes) -> ReportData:
 ])
 def test_sources_are_shown_without_the_machines_path(given, shown):
     assert plain_source(given) == shown
+
+
+@pytest.mark.parametrize(("given", "shown"), [
+    ("gave up after 3 transient errors: [Errno 28] No space left on device: '/data/store/runs/r1/sr/a.png'",
+     "gave up after 3 transient errors: [Errno 28] No space left on device: 'a.png'"),
+    ("cannot read file:///home/someone/in/a.png, try again", "cannot read a.png, try again"),
+    ("S3 at http://127.0.0.1:9000/bucket/x failed", "S3 at http://127.0.0.1:9000/bucket/x failed"),
+    ("runs/r1/sr/a.png is missing; 1/2 of a / b", "runs/r1/sr/a.png is missing; 1/2 of a / b"),
+])
+def test_error_texts_lose_the_machines_paths_only(given, shown):
+    assert without_paths(given) == shown
 
 
 def rows(pipeline: PipelineSpec, **changes) -> dict[str, str]:

@@ -24,6 +24,7 @@ from workers.report.data import ReportData
 _LONG_TEXT = 160  # settings longer than this are summarised
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
+_PATH_IN_TEXT = re.compile(r"file:(?://)?/[^\s'\"<>,;)]+|(?<![\w.~:/\\-])/(?:[^\s/'\"<>,;)]+/)+[^\s/'\"<>,;)]*")
 
 UPSCALERS = {
     "model": "Real-ESRGAN-type model x4 (the workers' WEIGHTS)",
@@ -50,6 +51,12 @@ def plain_source(text: str) -> str:
     windows = _WINDOWS_PATH.match(path) or "\\" in path
     name = (PureWindowsPath(path) if windows else PurePosixPath(path)).name
     return name or path.strip("/\\") or "/"
+
+
+def without_paths(text: str) -> str:
+    """``text`` (an error someone's machine wrote) with each absolute local path or ``file:`` URL in
+    it cut to its last part, as :func:`plain_source` shows a source; URLs of other schemes stay."""
+    return _PATH_IN_TEXT.sub(lambda m: plain_source(m.group(0)), text)
 
 
 def cpu_stage(pipeline: Mapping[str, Any]) -> str:

@@ -27,6 +27,7 @@ from workers.report.labels import (
     settings_rows,
     stage_label,
     training_rows,
+    without_paths,
 )
 
 DISPLAY_WIDTH = 256  # CSS width of every image panel
@@ -81,6 +82,7 @@ def _template() -> jinja2.Template:
     )
     env.filters["seconds"] = fmt_s
     env.filters["db"] = fmt_db
+    env.filters["plain"] = without_paths
     return env.get_template("report.html.j2")
 
 
@@ -105,7 +107,7 @@ def render_report(data: ReportData) -> str:
         throughput_chart=line_chart(clock.throughput, clock.bin_s) if clock.throughput else "",
         psnr_chart=bar_chart([Bar(numbers.get(s.name, i), s.name, s.psnr, s.baseline_psnr)
                               for i, s in enumerate(data.scores, 1) if s.psnr is not None]) if data.scores else "",
-        failure_rows=[(f.name, f.stage, f.reason, f.at) for f in data.failures],
+        failure_rows=[(f.name, f.stage, without_paths(f.reason), f.at) for f in data.failures],
         training_rows=training_rows(data),
         training_chart=curve_chart(data.training.curve, "held-back PSNR during training", "held-back PSNR (dB)",
                                    "training steps") if data.training and len(data.training.curve) > 1 else "",
