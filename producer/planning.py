@@ -20,6 +20,7 @@ from workers.run.keys import RunKeys, RunProgress, stem
 from workers.run.manifest import PipelineSpec, RunManifest, load_manifest, make_run_id, now_iso, save_manifest
 from workers.run.plan import RunPlan, plan_remaining
 from workers.run.registry import cancelled_at
+from workers.run.started import RunStart, record_start
 from workers.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ def prepare_run(
     Each input's fingerprint is recorded; an input whose bytes (or whose name for the same stem)
     differ from what an earlier enqueue of the run recorded has its outputs forgotten, so it is redone.
     ``retry_failed`` forgets the failures and the counted worker deaths and errors of unchanged inputs.
+    The moment it began is recorded as the run's start (``started.json``, replacing an earlier
+    enqueue's), with how much it left to do: the report's wall time and throughput count from there.
 
     Raises:
         ConfigError: bad source, two inputs with one submission ID, unreadable sample submission, or
@@ -48,6 +51,7 @@ def prepare_run(
         RunCancelledError: the run was cancelled and ``resume_cancelled`` is not set (nothing changed).
         TransientError: a store could not be reached.
     """
+    started_at = now_iso()
     storages = StorageFactory(settings)
     source = resolve_source(src, storages, storage.key_prefix)
     model = run_model(settings, pipeline)
@@ -99,7 +103,10 @@ def prepare_run(
             if stem(name) in failed:
                 storage.delete(keys.failed(name))
                 forget_attempts(storage, run_id, name)
-    return plan_remaining(storage, manifest)
+    plan = plan_remaining(storage, manifest)
+    remaining = len(plan.to_denoise) + len(plan.to_upscale)
+    record_start(storage, run_id, RunStart(started_at, remaining=remaining, finished=len(plan.finished)))
+    return plan
 
 
 def run_model(settings: Settings, pipeline: PipelineSpec) -> str:

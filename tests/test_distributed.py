@@ -6,6 +6,7 @@ The GPU queue's worker runs Real-ESRGAN on the CPU here (no GPU exists on CI).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -44,6 +45,10 @@ def test_distributed_submission_is_identical_to_embedded(cluster, tmp_path):
     again = cluster.producer("aggregate", run_id, cwd=tmp_path)
     assert again.returncode == 0 and "8 rows" in again.stdout
     assert s3.get(keys.submission).decode() == out.read_text()
+    # The report the aggregate task wrote: timed from the producer's enqueue, the metas being the workers'.
+    report = s3.get(keys.report).decode()
+    assert s3.exists(keys.started) and "Timed from the enqueue at" in report
+    assert re.search(r"<td>[\d.]+ (ms|s|min)</td><td>[\d.]+</td></tr></table>", report)  # wall time, images/s
 
 
 def test_a_dataset_uploaded_to_the_bucket_runs_from_there(cluster, tmp_path):

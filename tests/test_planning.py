@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 
 import pytest
 
@@ -13,6 +14,7 @@ from tests.fixtures import write_images
 from workers.run.context import StageContext
 from workers.run.keys import RunKeys
 from workers.run.manifest import PipelineSpec, load_manifest, save_manifest
+from workers.run.started import read_start
 
 BICUBIC = PipelineSpec(upscaler="bicubic")  # no model: the stages run in a moment
 
@@ -78,3 +80,17 @@ def test_a_run_recorded_before_fingerprints_resumes_without_redoing_anything(ctx
     again = prepare_run(settings, ctx.storage, str(folder), BICUBIC)
     assert again.finished == tuple(names) and not again.to_denoise
     assert set(load_manifest(ctx.storage, first.run_id).fingerprints) == set(names)  # recorded from now on
+
+
+def test_every_enqueue_records_its_start_and_what_it_left_to_do(ctx, settings, tmp_path):
+    """The report's clock starts at the latest enqueue, whichever stages the pipeline has."""
+    folder = tmp_path / "in"
+    write_images(folder, 3)
+    before = datetime.now(UTC)
+    first = finished_run(ctx, folder)
+    start = read_start(ctx.storage, first.run_id)
+    assert (start.remaining, start.finished) == (3, 0)
+    assert before.timestamp() - 0.002 <= start.timestamp <= datetime.now(UTC).timestamp()
+    again = prepare_run(settings, ctx.storage, str(folder), BICUBIC)
+    resumed = read_start(ctx.storage, again.run_id)
+    assert (resumed.remaining, resumed.finished) == (0, 3) and resumed.timestamp >= start.timestamp

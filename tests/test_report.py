@@ -1,8 +1,6 @@
 import dataclasses
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 import cv2
@@ -12,18 +10,22 @@ from markupsafe import escape  # what the Jinja2 template escapes with
 from PIL import Image
 
 from producer.evaluate import load_rgb, score
-from tests.conftest import REPO, noisy_image, png_bytes
+from tests.browser import ARTIFACTS, assert_loads_cleanly, open_browser, save_full_page_screenshot
+from tests.conftest import noisy_image, png_bytes
 from tests.fixtures import load_script, write_images
 from workers.errors import ConfigError
 from workers.io.imageio import decode_png, encode_png
 from workers.io.storage import storage_url_for
 from workers.io.submission import format_row, grey_subsample
+from workers.ops.resample import bicubic_x4
 from workers.report import collect_report_data, render_report, report_stage, truth_by_name, write_report
+from workers.report.labels import LABELLED_FIELDS, fmt_db
 from workers.run.aggregate import aggregate_stage
 from workers.run.context import StageContext
 from workers.run.keys import RunKeys
 from workers.run.manifest import PipelineSpec, RunManifest, now_iso, save_manifest
 from workers.run.stages import denoise_stage, upscale_stage
+from workers.run.started import RunStart, record_start
 from workers.settings import Settings
 
 HOSTILE_DONE = ("<img src=x onerror=alert(1)>.png", "a&b\"quote'.png")
@@ -56,6 +58,7 @@ def run(tmp_path_factory, weights_path) -> Run:
     names = [*done, HOSTILE_FAILED]
     save_manifest(ctx.storage, RunManifest("r1", storage_url_for(folder), tuple(names), PipelineSpec(), "file:test",
                                            rejected=(REJECTED,), created_at=now_iso()))
+    record_start(ctx.storage, "r1", RunStart(now_iso(), remaining=len(names), finished=0))
     for name in names:
         denoise_stage(ctx, "r1", name)
     upscale_stage(ctx, "r1", names)
@@ -65,7 +68,7 @@ def run(tmp_path_factory, weights_path) -> Run:
         gt = cv2.resize(noisy_image(24, 16, seed=i), (96, 64), interpolation=cv2.INTER_CUBIC)
         truth[name] = root / "gt" / f"gt_{i}.png"
         truth[name].parent.mkdir(exist_ok=True)
-        truth[name].write_bytes(png_bytes(np.clip(gt.astype(int) + 30 * i, 0, 255).astype(np.uint8)))
+        truth[name].write_bytes(png_bytes(np.clip(gt.astype(int) + 10 + 30 * i, 0, 255).astype(np.uint8)))
     return Run(ctx, folder, names, done, truth)
 
 
@@ -104,44 +107,61 @@ def test_settings_timings_and_throughput(run):
     page = render_report(data)
     assert [(t.stage, t.count) for t in data.timings] == [("denoise", 4), ("upscale", 4)]  # a failed denoise records no meta
     assert all(0 <= t.p50 <= t.p95 for t in data.timings)
-    assert sum(n for _, n in data.throughput) == 5  # 4 upscaled + 1 failed
-    assert data.wall_seconds is not None and data.wall_seconds >= 0
+    assert sum(n for _, n in data.clock.throughput) == 5  # 4 upscaled + 1 failed
+    assert data.clock.finished == 5 and data.clock.finished_before == 0
+    assert 0 <= data.clock.first_seconds <= data.clock.wall_seconds
     assert [m[2] for m in data.models] == ["cpu"] and len(data.models[0][1]) == 64
     assert data.summary and data.summary["written"] == 4
-    for text in ("pipeline.denoise.h_color", "pipeline.channel_order", "seed-compat", data.models[0][1], "p95"):
+    for text in ("NL-means strength", "7 (colour 7)", "template 7 px, search 21 px", "seed-compatible",
+                 data.models[0][1], "p95", "images/s", "Timed from the enqueue"):
         assert text in page
+    assert "pipeline." not in page and "n/a" not in re.sub(r'src="data:[^"]*"', "", page)  # base64 may hold it
     assert page.count("<svg") == 1  # throughput only: no scores without ground truth
 
 
-def test_extra_pipeline_fields_render_generically_and_escaped(run):
-    """New pipeline fields need no report change: nested dicts and JSON artifacts (the tone curve) are
-    flattened, long values summarised."""
+def test_a_pipeline_field_without_a_label_still_shows_in_words_and_escaped(run):
+    """A field added to the pipeline before the report labels it is not hidden: nested dicts and JSON
+    artifacts are flattened, long values summarised; the tone curve gets its own plain row."""
     data = collect(run, max_images=0)
-    curve = {"kind": "lowlight-sr/tone-curve", "lut": [[float(v) for v in range(256)]] * 3, "created_at": "<b>x</b>"}
-    extra = {"tone": json.dumps(curve), "future": {"mode": "<b>fast</b>", "long": "y" * 500}}
+    curve = {"kind": "lowlight-sr/tone-curve", "lut": [[float(v) for v in range(256)]] * 3, "n_pairs": 3,
+             "created_at": "<b>x</b>"}
+    extra = {"tone": json.dumps(curve), "future_knob": {"mode": "<b>fast</b>", "long": "y" * 500},
+             "artifact": json.dumps({"kind": "k", "lut": curve["lut"]})}
     page = render_report(dataclasses.replace(data, pipeline={**data.pipeline, **extra}))
-    for text in ("pipeline.tone.kind", "lowlight-sr/tone-curve", "list, 3 x 256", "pipeline.tone.created_at",
-                 "&lt;b&gt;x&lt;/b&gt;", "pipeline.future.mode", "&lt;b&gt;fast&lt;/b&gt;", "(500 characters)"):
+    for text in ("<td>tone curve</td><td>fitted on 3 pairs, made &lt;b&gt;x&lt;/b&gt;, sha256 ", "future knob: mode",
+                 "&lt;b&gt;fast&lt;/b&gt;", "(500 characters)", "artifact: kind", "artifact: lut", "list, 3 x 256"):
         assert text in page
     assert "0.0, 1.0" not in page and "y" * 200 not in page  # summarised, not dumped
     assert_self_contained_and_escaped(page)
 
 
-def test_with_ground_truth_scores_match_evaluate_worst_first(run):
+def test_every_pipeline_field_has_a_plain_label():
+    assert {f.name for f in dataclasses.fields(PipelineSpec)} == LABELLED_FIELDS
+
+
+def test_with_ground_truth_scores_and_the_bicubic_baseline_match_evaluate_worst_first(run):
     data = collect(run, truth=run.truth)
     keys = RunKeys("r1")
-    expected = {}
+    expected, baseline = {}, {}
     for name in run.done:
         output = decode_png(run.ctx.storage.get(keys.sr(name)))
         expected[name] = score(name, output, load_rgb(run.truth[name]))
+        baseline[name] = score(name, bicubic_x4(load_rgb(run.folder / name)), load_rgb(run.truth[name]))
     shown = [i for i in data.images if i.score]
     assert [i.name for i in shown] == sorted(run.done, key=lambda n: expected[n].psnr)
     for image in shown:
         assert image.score.psnr == pytest.approx(expected[image.name].psnr)
         assert image.score.ssim == pytest.approx(expected[image.name].ssim)
+        assert image.score.baseline_psnr == pytest.approx(baseline[image.name].psnr)
+        assert image.score.baseline_ssim == pytest.approx(baseline[image.name].ssim)
+        assert {"truth", "crop_truth"} <= set(image.panels) and image.panels["truth"].width == 96
     assert data.images[-1].name == HOSTILE_FAILED  # unscored images follow, in input order
+    gains = [expected[n].psnr - baseline[n].psnr for n in run.done]
+    assert data.means.gain == pytest.approx(sum(gains) / len(gains))
+    assert data.means.baseline_psnr == pytest.approx(sum(b.psnr for b in baseline.values()) / len(baseline))
     page = render_report(data)
-    assert page.count("<svg") == 2 and "worst PSNR first" in page and "mean PSNR" in page
+    assert page.count("<svg") == 2 and "worst PSNR first" in page and "over bicubic on average" in page
+    assert fmt_db(data.means.gain, signed=True) in page and "ground truth, centre 1:1" in page
     assert_self_contained_and_escaped(page)
 
 
@@ -181,9 +201,9 @@ def test_large_images_become_small_thumbnails_and_unfinished_ones_count_as_pendi
     panels = data.images[0].panels
     assert (panels["sr"].mime, panels["sr"].width, panels["sr"].height) == ("image/jpeg", 384, 288)
     assert (panels["input"].width, panels["crop_sr"].width, panels["crop_input"].width) == (384, 128, 128)
-    assert data.wall_seconds is None and data.timings == () and data.summary is None
+    assert data.clock.wall_seconds is None and data.timings == () and data.summary is None
     page = render_report(data)
-    assert "not aggregated yet" in page and "no timings yet" in page and "2 (1 denoised)" in page
+    assert "not aggregated yet" in page and "no throughput to draw" in page and "2 (1 denoised)" in page
     assert len(page) < 300_000
 
 
@@ -196,47 +216,6 @@ def test_write_report_stores_it_under_the_run(run):
 
 
 # -- in a real browser ------------------------------------------------------------------------------
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-def open_browser():
-    pytest.importorskip("selenium", reason="selenium is not installed")
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER}")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1440,900", "--proxy-server=http://127.0.0.1:9",  # nothing listens there
-                "--host-resolver-rules=MAP * ~NOTFOUND"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_network_conditions(offline=True, latency=0, download_throughput=0, upload_throughput=0)
-    # Record dialogs instead of opening them (a real one would block the page load); DevTools
-    # scripts run before the page's own and are not subject to its CSP.
-    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_DIALOGS})
-    return driver
-
-
-RECORD_DIALOGS = """
-window.__dialogs = [];
-for (const kind of ["alert", "confirm", "prompt", "print"]) {
-  window[kind] = (...args) => { window.__dialogs.push([kind, ...args.map(String)]); };
-}
-"""
-
-
-def assert_loads_cleanly(driver, path: Path) -> None:
-    """Every image decoded, and no script ran a dialog (an unrecorded one would raise here too)."""
-    driver.get(path.as_uri())
-    images = driver.execute_script(
-        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
-    assert images and all(complete and width > 0 for complete, width, _ in images), images
-    assert driver.execute_script("return window.__dialogs") == []
-
 
 @pytest.mark.integration
 def test_report_in_headless_chromium(run, tmp_path):
@@ -252,27 +231,10 @@ def test_report_in_headless_chromium(run, tmp_path):
         assert_loads_cleanly(driver, report)
         charts = driver.execute_script("return ['svg', 'svg > rect', 'svg > circle'].map("
                                        "q => document.querySelectorAll(q).length)")
-        assert charts[:2] == [2, 4] and charts[2] > 0  # marks are direct children: the SVG parsed as meant
-        shot = save_full_page_screenshot(driver, REPO / "test-artifacts" / "report.png")
+        assert charts[:2] == [2, 5] and charts[2] > 0  # 4 bars and the legend, direct children: the SVG parsed as meant
+        save_full_page_screenshot(driver, ARTIFACTS / "report-hostile-names.png")
     finally:
         driver.quit()
-    if os.environ.get("UPDATE_DOCS_SCREENSHOTS") == "1":
-        (REPO / "docs").mkdir(exist_ok=True)
-        shutil.copyfile(shot, REPO / "docs" / "report.png")
-
-
-def save_full_page_screenshot(driver, path: Path) -> Path:
-    import base64
-
-    width, height = driver.execute_script(
-        "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
-        "format": "png", "captureBeyondViewport": True,
-        "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
-    })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(base64.b64decode(shot["data"]))
-    return path
 
 
 def test_report_and_evaluate_score_outputs_above_pillows_limit_and_truths_above_the_input_limit(

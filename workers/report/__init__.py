@@ -1,5 +1,6 @@
-"""The run report: :mod:`collect` reads a run, :mod:`scoring` scores it against ground truth,
-:mod:`thumbnails` and :mod:`charts` make its pictures, :mod:`render` fills the HTML template, and
+"""The run report: :mod:`collect` reads a run, :mod:`clock` times it from its latest enqueue,
+:mod:`scoring` scores it against ground truth and bicubic x4, :mod:`thumbnails` and :mod:`charts`
+make its pictures, :mod:`labels` words its settings, :mod:`render` fills the HTML template, and
 :mod:`stage` stores the page under the run."""
 
 from workers.report.collect import collect_report_data

@@ -1,5 +1,5 @@
 """Read one run from storage into a :class:`~workers.report.data.ReportData`: counts, settings,
-timings, per-image panels (already encoded) and scores (already computed)."""
+the run's clock, timings, per-image panels (already encoded) and scores (already computed)."""
 
 from __future__ import annotations
 
@@ -14,21 +14,21 @@ from typing import Any
 
 import numpy as np
 
-from workers.errors import ObjectNotFoundError, PermanentImageError
+from workers.errors import ConfigError, ObjectNotFoundError, PermanentImageError
 from workers.io.imageio import DecodeLimits, decode_image
+from workers.io.models import load_registry, models_folder
 from workers.io.storage import Storage, fetch_in_order
 from workers.ops.upscalers import upscaler_kind
+from workers.report.clock import run_clock
 from workers.report.data import Failure, ImageReport, ReportData, Score, StageTiming, TrainingSummary
-from workers.report.scoring import get_png, score_image
+from workers.report.scoring import get_png, load_input, mean_scores, score_image
 from workers.report.thumbnails import crops, embed
 from workers.run.aggregate import MISSING_ID, missing_ids
 from workers.run.attempts import WORKER_DEATHS
 from workers.run.keys import RunKeys, RunProgress, stem
-from workers.run.manifest import RunManifest, load_manifest
+from workers.run.manifest import PipelineSpec, RunManifest, load_manifest
 from workers.run.resolve import provenance_key
-
-THROUGHPUT_BINS = 30  # about this many intervals on the throughput chart
-_NICE_BIN_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
+from workers.run.started import read_start
 
 
 def collect_report_data(
@@ -42,8 +42,9 @@ def collect_report_data(
 ) -> ReportData:
     """Read run ``run_id`` from ``storage`` (inputs from ``source``) into a :class:`ReportData`.
 
-    ``truth`` maps input names to ground-truth image paths; with it, images are scored and shown
-    worst PSNR first, else in input order. At most ``max_images`` images are shown. ``limits``
+    ``truth`` maps input names to ground-truth image paths; with it, images are scored (and bicubic
+    x4 of their inputs, the baseline), shown worst PSNR first beside their ground truth, else in
+    input order. At most ``max_images`` images are shown. ``limits``
     bound the decoding of inputs (default: the settings' defaults); the run's outputs and the ground
     truth get them scaled by the upscaler's factor. Per-image objects are read and scored
     ``threads`` at a time, in order.
@@ -62,19 +63,22 @@ def collect_report_data(
     markers = _read_failure_markers(storage, keys, manifest, progress, threads)
     truths = truth or {}
     scored = [n for n in manifest.names if n in truths and stem(n) in progress.done]
-    scoring = fetch_in_order(lambda name: score_image(storage, keys, name, truths[name], output_limits), scored,
-                             threads)
+    scoring = fetch_in_order(lambda name: score_image(storage, keys, name, truths[name], output_limits, source, limits),
+                             scored, threads)
     scores = dict(zip(scored, scoring, strict=True))
     order = _display_order(manifest.names, scores)
     shown = order[: max(max_images, 0)]
     metas = _read_metas(storage, keys, {stem(name) for name in shown}, threads)
-    starts, finishes = _start_and_finish_times(metas, markers)
-    bin_s, throughput = _throughput(starts, finishes)
+    failed_at = array("d", (t for t in (_timestamp(f.at) for f in markers.values()) if t is not None))
+    first_start = min((t for t in (metas.first_start, min(failed_at, default=None)) if t is not None), default=None)
+    images = _ImageReader(storage, source, keys, manifest.pipeline, progress, limits, output_limits)
+    ranked = sorted((s for s in scores.values() if s.psnr is not None), key=lambda s: s.psnr or 0.0)
     return ReportData(
         run_id=manifest.run_id,
         source=manifest.source,
         created_at=manifest.created_at,
         model=manifest.model,
+        model_name=_shipped_name(manifest.pipeline.checkpoint_sha256),
         expected_columns=manifest.expected_columns,
         seed_compat=manifest.pipeline.channel_order == "bgr" and manifest.pipeline.resize_multiple == 8,
         pipeline=manifest.pipeline.to_dict(),
@@ -82,13 +86,13 @@ def collect_report_data(
         code_versions=tuple(sorted(metas.code_versions)),
         counts=_counts(manifest, progress),
         summary=_read_json(storage, keys.summary),
-        wall_seconds=(max(finishes) - min(starts)) if starts and finishes else None,
+        clock=run_clock(read_start(storage, run_id), metas.finishes + failed_at, first_start),
         timings=_stage_timings(metas),
-        throughput_bin_s=bin_s,
-        throughput=throughput,
-        scores=tuple(sorted((s for s in scores.values() if s.psnr is not None), key=lambda s: s.psnr or 0.0)),
-        images=tuple(_image_report(storage, source, keys, name, progress, metas.shown, scores.get(name), limits,
-                                   output_limits, markers.get(name)) for name in shown),
+        scores=tuple(ranked),
+        means=mean_scores(ranked),
+        with_truth=truth is not None,
+        images=tuple(images.report(name, metas.shown, scores.get(name), truth.get(name) if truth else None,
+                                   markers.get(name)) for name in shown),
         omitted=len(order) - len(shown),
         failures=_failures(storage, keys, manifest, markers),
         training=_training(storage, manifest),
@@ -104,11 +108,24 @@ def _training(storage: Storage, manifest: RunManifest) -> TrainingSummary | None
         return None
     curve = tuple((int(p["step"]), float(p["holdout_psnr"])) for p in provenance.get("curve", [])
                   if p.get("holdout_psnr") is not None)
-    start = provenance.get("start", {})
-    return TrainingSummary(str(start.get("source", "?")), str(start.get("architecture", "?")),
-                           int(provenance.get("steps", 0)), int(provenance.get("best_step", 0)),
-                           provenance.get("holdout_psnr"), float(provenance.get("seconds", 0.0)),
-                           int(provenance.get("pairs", {}).get("train", 0)), curve)
+    start = provenance.get("start") or {}
+    photos = provenance.get("photos") or {}
+    return TrainingSummary(str(start.get("source", "?")), str(start.get("sha256") or ""),
+                           str(start.get("architecture", "?")), int(provenance.get("steps", 0)),
+                           int(provenance.get("best_step", 0)), provenance.get("holdout_psnr"),
+                           float(provenance.get("seconds", 0.0)), int((provenance.get("pairs") or {}).get("train", 0)),
+                           int(photos.get("train", 0)), curve)
+
+
+def _shipped_name(sha256: str) -> str:
+    """The name of the repository's shipped model with this sha256, "" for any other."""
+    if not sha256:
+        return ""
+    try:
+        registry = load_registry(models_folder())
+    except ConfigError:
+        return ""
+    return next((m.name for m in registry.models.values() if m.sha256 == sha256), "")
 
 
 def _read_json(storage: Storage, key: str) -> Any:
@@ -125,14 +142,14 @@ Metas = Mapping[str, Mapping[str, Mapping[str, Any]]]  # stem -> stage -> the me
 @dataclass
 class MetaSummary:
     """What the report takes from the meta files, gathered one file at a time so memory does not grow
-    with them (a run of 100k images has 200k): each stage's durations and the start and finish times
-    as compact arrays of doubles, the models and code versions seen, and the whole metas of the shown
-    images only."""
+    with them (a run of 100k images has 200k): each stage's durations and the finish times as compact
+    arrays of doubles, the earliest start, the models and code versions seen, and the whole metas of
+    the shown images only."""
 
     shown_stems: frozenset[str]
     seconds: dict[str, array[float]] = field(default_factory=dict)  # stage -> durations
-    starts: array[float] = field(default_factory=lambda: array("d"))  # epoch s: denoise end minus its duration
     finishes: array[float] = field(default_factory=lambda: array("d"))  # epoch s: upscaled
+    first_start: float | None = None  # epoch s: the earliest stage start (for runs without started.json)
     models: set[tuple[str, str, str]] = field(default_factory=set)  # (source, sha256, device)
     code_versions: set[str] = field(default_factory=set)
     shown: dict[str, dict[str, Mapping[str, Any]]] = field(default_factory=dict)
@@ -150,13 +167,16 @@ class MetaSummary:
             self.shown.setdefault(image_stem, {})[stage] = meta
 
     def _add_times(self, stage: str, meta: Mapping[str, Any]) -> None:
-        """The stages record ``at`` to the millisecond."""
+        """The stages record ``at`` to the millisecond, when they ended; an upscale's ``seconds`` is
+        the image's share of its batch of ``batch``."""
         at = _timestamp(meta.get("at"))
-        if at is None:
+        seconds = meta.get("seconds")
+        if at is None or not isinstance(seconds, int | float):
             return
-        if stage == "denoise":
-            self.starts.append(at - float(meta.get("seconds", 0.0)))
-        elif stage == "upscale":
+        batch = meta.get("batch") if stage == "upscale" else 1
+        started = at - float(seconds) * (batch if isinstance(batch, int) and batch > 0 else 1)
+        self.first_start = started if self.first_start is None else min(self.first_start, started)
+        if stage == "upscale":
             self.finishes.append(at)
 
 
@@ -240,73 +260,59 @@ def _timestamp(value: object) -> float | None:
         return None
 
 
-def _start_and_finish_times(metas: MetaSummary, markers: Mapping[str, Failure]) -> tuple[array[float], array[float]]:
-    """Epoch seconds: starts (denoise end minus its duration) and finishes (upscaled or failed)."""
-    failed_at = array("d", (t for t in (_timestamp(f.at) for f in markers.values()) if t is not None))
-    return metas.starts + failed_at, metas.finishes + failed_at
+@dataclass(frozen=True)
+class _ImageReader:
+    """Reads what one image shows: its input, the stages' outputs the pipeline makes, its ground truth."""
 
+    storage: Storage
+    source: Storage
+    keys: RunKeys
+    pipeline: PipelineSpec
+    progress: RunProgress
+    limits: DecodeLimits  # inputs
+    output_limits: DecodeLimits  # the 4x outputs and the ground truth
 
-def _throughput(starts: Sequence[float], finishes: Sequence[float]) -> tuple[int, tuple[tuple[float, int], ...]]:
-    """Images finished per interval, from the first start; the interval is a round number of seconds."""
-    if not starts or not finishes:
-        return 1, ()
-    origin = min(starts)
-    span = max(max(finishes) - origin, 1.0)
-    bin_s = next((b for b in _NICE_BIN_S if span / b <= THROUGHPUT_BINS), _NICE_BIN_S[-1])
-    counts = [0] * (int(span // bin_s) + 1)
-    for t in finishes:
-        counts[min(max(int((t - origin) // bin_s), 0), len(counts) - 1)] += 1
-    return bin_s, tuple((i * float(bin_s), n) for i, n in enumerate(counts))
+    def report(self, name: str, metas: Metas, score: Score | None, truth: Path | None,
+               failure: Failure | None = None) -> ImageReport:
+        notes = []
+        if failure is not None and failure.kind == WORKER_DEATHS:
+            # What killed the workers would kill the one writing this report (and its redelivery, and
+            # the next): an input that crash-loops a pool is never decoded for a picture.
+            original, why = None, "not decoded: its workers died processing it"
+        else:
+            original, why = load_input(self.source, name, self.limits)
+        if why:
+            notes.append(f"input: {why}")
+        output = get_png(self.storage, self.keys.sr(name), self.output_limits)
+        panels = {"input": original, "sr": output}
+        if self.pipeline.has_cpu_work:  # else the CPU stage stores nothing: there is no such panel
+            panels["denoised"] = get_png(self.storage, self.keys.denoised(name), self.limits)
+        if truth is not None:
+            panels["truth"], why = self._truth(truth)
+            if why:
+                notes.append(f"ground truth: {why}")
+        if output is not None:
+            panels |= crops(original, output, panels.get("truth"))
+        seconds = {stage: float(m["seconds"]) for stage, m in metas.get(stem(name), {}).items()
+                   if isinstance(m.get("seconds"), int | float)}
+        return ImageReport(
+            name=name,
+            state=self.progress.state(name).value,
+            score=score,
+            seconds=seconds,
+            input_size=_wh(original),
+            output_size=_wh(output),
+            panels={k: embed(v) for k, v in panels.items() if v is not None},
+            notes=tuple(notes),
+        )
 
-
-def _image_report(
-    storage: Storage,
-    source: Storage,
-    keys: RunKeys,
-    name: str,
-    progress: RunProgress,
-    metas: Metas,
-    score: Score | None,
-    limits: DecodeLimits,
-    output_limits: DecodeLimits,
-    failure: Failure | None = None,
-) -> ImageReport:
-    notes = []
-    if failure is not None and failure.kind == WORKER_DEATHS:
-        # What killed the workers would kill the one writing this report (and its redelivery, and
-        # the next): an input that crash-loops a pool is never decoded for a picture.
-        original, why = None, "not decoded: its workers died processing it"
-    else:
-        original, why = _load_input(source, name, limits)
-    if why:
-        notes.append(f"input: {why}")
-    denoised, output = get_png(storage, keys.denoised(name), limits), get_png(storage, keys.sr(name), output_limits)
-    panels = {"input": original, "denoised": denoised, "sr": output}
-    if output is not None:
-        crop_input, crop_sr = crops(original, output)
-        panels |= {"crop_input": crop_input, "crop_sr": crop_sr}
-    seconds = {stage: float(m["seconds"]) for stage, m in metas.get(stem(name), {}).items()
-               if isinstance(m.get("seconds"), int | float)}
-    return ImageReport(
-        name=name,
-        state=progress.state(name).value,
-        score=score,
-        seconds=seconds,
-        input_size=_wh(original),
-        output_size=_wh(output),
-        panels={k: embed(v) for k, v in panels.items() if v is not None},
-        notes=tuple(notes),
-    )
-
-
-def _load_input(source: Storage, name: str, limits: DecodeLimits) -> tuple[np.ndarray | None, str]:
-    """The decoded input, or None and why not (inputs are untrusted: same limits as the pipeline)."""
-    try:
-        return decode_image(source.get(name), name, limits), ""
-    except ObjectNotFoundError:
-        return None, "missing from the source"
-    except PermanentImageError as exc:
-        return None, exc.reason
+    def _truth(self, path: Path) -> tuple[np.ndarray | None, str]:
+        try:
+            return decode_image(path.read_bytes(), path.name, self.output_limits), ""
+        except PermanentImageError as exc:
+            return None, exc.reason
+        except OSError as exc:
+            return None, f"unreadable ({exc.strerror or type(exc).__name__})"
 
 
 def _wh(rgb: np.ndarray | None) -> tuple[int, int] | None:

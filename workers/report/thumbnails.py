@@ -15,19 +15,23 @@ CROP_MAX = 128  # largest zoomed crop of the 4x output, in output pixels
 JPEG_QUALITY = 85
 
 
-def crops(original: np.ndarray | None, output: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-    """The center crop of the 4x output at 1:1, and the same region of the input upscaled nearest."""
+def crops(original: np.ndarray | None, output: np.ndarray, truth: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The center crop of the 4x output at 1:1 (``crop_sr``), the same region of the input upscaled
+    nearest (``crop_input``) and of the ground truth at 1:1 (``crop_truth``) when they are given and
+    the ground truth is the output's size."""
     h, w = output.shape[:2]
     cw, ch = min(CROP_MAX, max(1, w // 2)), min(CROP_MAX, max(1, h // 2))
     x0, y0 = (w - cw) // 2, (h - ch) // 2
-    crop = output[y0 : y0 + ch, x0 : x0 + cw]
-    if original is None:
-        return None, crop
-    sx, sy = original.shape[1] / w, original.shape[0] / h
-    ix0, iy0 = int(x0 * sx), int(y0 * sy)
-    ix1, iy1 = max(ix0 + 1, round((x0 + cw) * sx)), max(iy0 + 1, round((y0 + ch) * sy))
-    region = original[iy0:iy1, ix0:ix1]
-    return cv2.resize(region, (cw, ch), interpolation=cv2.INTER_NEAREST), crop
+    found = {"crop_sr": output[y0 : y0 + ch, x0 : x0 + cw]}
+    if truth is not None and truth.shape == output.shape:
+        found["crop_truth"] = truth[y0 : y0 + ch, x0 : x0 + cw]
+    if original is not None:
+        sx, sy = original.shape[1] / w, original.shape[0] / h
+        ix0, iy0 = int(x0 * sx), int(y0 * sy)
+        ix1, iy1 = max(ix0 + 1, round((x0 + cw) * sx)), max(iy0 + 1, round((y0 + ch) * sy))
+        region = original[iy0:iy1, ix0:ix1]
+        found["crop_input"] = cv2.resize(region, (cw, ch), interpolation=cv2.INTER_NEAREST)
+    return found
 
 
 def embed(rgb: np.ndarray, max_edge: int = THUMB_MAX) -> EmbeddedImage:

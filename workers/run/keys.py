@@ -6,6 +6,7 @@ its work is already done by looking for its output, and re-running a run resumes
 Layout under ``runs/<run>/``::
 
     manifest.json              the run: source, ordered input names, pipeline, expected columns
+    started.json               when the run was last enqueued (the report's clock starts there)
     denoised/<stem>.png        CPU stage output
     sr/<stem>.png              GPU stage output (the 4x image)
     rows/<stem>.csv            the image's submission row; written last, it marks the image done
@@ -148,6 +149,10 @@ class RunKeys:
     @property
     def manifest(self) -> str:
         return join_key(self.root, "manifest.json")
+
+    @property
+    def started(self) -> str:
+        return join_key(self.root, "started.json")
 
     @property
     def submission(self) -> str:
