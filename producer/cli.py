@@ -87,11 +87,11 @@ def _pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
         if kwargs.pop("seed_compat"):
             preset = "seed"
         context = click.get_current_context()
-        # --weights on the command line names the model `learned` runs; WEIGHTS in the environment
-        # stays the workers' Real-ESRGAN checkpoint.
-        source = context.get_parameter_source("weights")
-        checkpoint = kwargs.get("weights") if source is click.core.ParameterSource.COMMANDLINE else None
         given = {click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT}
+        # WEIGHTS / --weights: the checkpoint this run runs, whatever the preset (published into the
+        # run store by hash, so every worker runs that very file).
+        named = context.get_parameter_source("weights") in given and bool(kwargs.get("weights"))
+        checkpoint = kwargs["weights"] if named else None
         denoise_given = any(context.get_parameter_source(name) in given for name in _DENOISE_OPTIONS)
         kwargs["choice"] = PipelineChoice(preset, spec, kwargs.pop("calibration"), kwargs.pop("denoise_on"),
                                           kwargs.pop("tta"), checkpoint, denoise_given=denoise_given)

@@ -110,14 +110,13 @@ def prepare_run(
 
 
 def run_model(settings: Settings, pipeline: PipelineSpec) -> str:
-    """The model a run records (and its id derives from): only what the pipeline runs. The worker's
-    checkpoint (WEIGHTS, or the Hub's) for the Real-ESRGAN presets; the run's own checkpoint, by key
-    and hash, for ``learned``, whatever WEIGHTS says; the upscaler's name for one with no checkpoint."""
-    kind = upscaler_kind(pipeline.upscaler)
-    if kind.checkpoint == "worker":
-        return describe_weights(settings)
-    if kind.checkpoint == "run":
+    """The model a run records (and its id derives from): only what the pipeline runs. The run's own
+    checkpoint, by key and hash, when it has one; else the workers' (the Hub's, or their WEIGHTS) for
+    the Real-ESRGAN presets; the upscaler's name for one with no model."""
+    if pipeline.checkpoint:
         return f"run:{pipeline.checkpoint}"
+    if upscaler_kind(pipeline.upscaler).runs_checkpoint:
+        return describe_weights(settings)
     return pipeline.upscaler
 
 

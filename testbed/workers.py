@@ -80,15 +80,18 @@ def stop_workers(workers: list[CeleryWorker]) -> None:
         worker.stop()
 
 
-def cluster_env(base: dict[str, str], redis: RedisServer, db: int, s3: S3Server, bucket: str, weights: Path,
-                **extra: str) -> dict[str, str]:
-    """Environment for workers and producer: the password in REDIS_PASSWORD (not the URL), S3 storage."""
+def cluster_env(base: dict[str, str], redis: RedisServer, db: int, s3: S3Server, bucket: str,
+                weights: Path | None = None, **extra: str) -> dict[str, str]:
+    """Environment for workers and producer: the password in REDIS_PASSWORD (not the URL), S3 storage;
+    WEIGHTS (the checkpoint runs use instead of their preset's model) only when given."""
     env = {k: v for k, v in base.items() if k not in {"BROKER_URL", "STORAGE_URL", "WEIGHTS", "CELERY_BROKER_URL"}}
     env.update(
         BROKER_URL=f"redis://{redis.host}:{redis.port}/{db}", REDIS_PASSWORD=redis.password,
         STORAGE_URL=f"s3://{bucket}", S3_ENDPOINT=s3.endpoint, AWS_ACCESS_KEY_ID=s3.access_key,
-        AWS_SECRET_ACCESS_KEY=s3.secret_key, WEIGHTS=str(weights), DEVICE="cpu", PYTHONUNBUFFERED="1", **extra,
+        AWS_SECRET_ACCESS_KEY=s3.secret_key, DEVICE="cpu", PYTHONUNBUFFERED="1", **extra,
     )
+    if weights is not None:
+        env["WEIGHTS"] = str(weights)
     return env
 
 

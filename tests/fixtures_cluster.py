@@ -57,6 +57,7 @@ class Cluster:
     s3: S3Server
     bucket: str
     logs: Path
+    weights: Path | None = None  # a Real-ESRGAN checkpoint for the presets that run one (no Hub here)
     workers: list[CeleryWorker] = field(default_factory=list)
 
     def start(self, queue: str, concurrency: int = 1, **extra_env: str) -> CeleryWorker:
@@ -104,11 +105,11 @@ def cluster(redis_server: RedisServer, s3_server: S3Server, s3_bucket: str, weig
     """Servers and environment, no workers yet: call ``start_default()`` or ``start(queue)``."""
     db = next(_DATABASES)
     redis_server.client(db=db).flushdb()
-    env = cluster_env(dict(os.environ), redis_server, db, s3_server, s3_bucket, weights_path,
+    env = cluster_env(dict(os.environ), redis_server, db, s3_server, s3_bucket,
                       VISIBILITY_TIMEOUT_S="10", TRAIN_CHUNK_S="5", GPU_BATCH_SIZE="4", MAX_IMAGE_PIXELS="100000")
     logs = tmp_path / "logs"
     logs.mkdir()
-    cluster = Cluster(env, redis_server, db, s3_server, s3_bucket, logs)
+    cluster = Cluster(env, redis_server, db, s3_server, s3_bucket, logs, weights_path)
     try:
         yield cluster
     finally:
@@ -121,8 +122,7 @@ def recovering(cluster: Cluster) -> Cluster:
     from tests.conftest import weights_file
 
     compact = weights_file("realesr-animevideov3.pth")
-    if compact.is_file():
-        cluster.env["WEIGHTS"] = str(compact)
+    cluster.env["WEIGHTS"] = str(compact if compact.is_file() else cluster.weights)
     cluster.env.update(STALL_AFTER_S=str(RECOVERY_STALL_S), SWEEP_INTERVAL_S=str(RECOVERY_SWEEP_S))
     # NL-means and the compact model: both stages run, so deaths and bugs can hit either (the
     # default, learned, has no CPU stage)

@@ -13,9 +13,15 @@ from tests.fixtures import run_producer as producer
 
 
 @pytest.fixture
-def env(tmp_path, weights_path):
+def env(tmp_path):
     clean = {k: v for k, v in os.environ.items() if k not in {"BROKER_URL", "STORAGE_URL", "WEIGHTS"}}
-    return {**clean, "WEIGHTS": str(weights_path), "STORAGE_URL": str(tmp_path / "store"), "DEVICE": "cpu"}
+    return {**clean, "STORAGE_URL": str(tmp_path / "store"), "DEVICE": "cpu"}
+
+
+@pytest.fixture
+def hub_env(env, weights_path):
+    """For the presets that run the seed's Real-ESRGAN: its offline stand-in (no Hub here)."""
+    return {**env, "WEIGHTS": str(weights_path)}
 
 
 def run_dir(tmp_path: Path) -> Path:
@@ -87,7 +93,7 @@ def test_missing_weights_is_one_line_not_a_traceback(tmp_path, env):
     result = producer("enqueue", str(tmp_path / "photos"), "--preset", "standard",
                       env={**env, "WEIGHTS": "/nowhere/model.pth"}, cwd=tmp_path)
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr and "WEIGHTS='/nowhere/model.pth'" in result.stderr
+    assert "Traceback" not in result.stderr and "no model file at /nowhere/model.pth (--weights / WEIGHTS)" in result.stderr
 
 
 def test_missing_source_is_a_clear_error(tmp_path, env):
@@ -100,7 +106,8 @@ def psnr_of(table: str, label: str) -> float:
     return float(row.split("|")[2])
 
 
-def test_calibrate_then_quality_preset_beats_the_seed(tmp_path, env):
+def test_calibrate_then_quality_preset_beats_the_seed(tmp_path, hub_env):
+    env = hub_env
     curve = tmp_path / "calibration.json"
     fitted = producer("calibrate", str(DATASET), "-o", str(curve), env=env, cwd=tmp_path)
     assert fitted.returncode == 0, fitted.stderr
@@ -172,6 +179,7 @@ def test_bicubic_preset_never_loads_or_downloads_a_model(tmp_path, env):
     assert len(list((run / "sr").glob("*.png"))) == 2
     again = producer(*args, env={**env, "WEIGHTS": "/another/model.pth"}, cwd=tmp_path)
     assert again.returncode == 0 and run_dir(tmp_path) == run  # same run, resumed: nothing to redo
+    assert "--weights / WEIGHTS ignored: preset quality runs no model" in again.stdout  # said, never opened
 
 
 def test_names_too_long_or_not_utf8_are_recorded_failures_and_the_run_completes(tmp_path, env):
@@ -235,18 +243,21 @@ def test_an_output_the_user_cannot_write_is_one_line_naming_it(tmp_path, env):
     assert "Permission denied: /sys/submission.csv" in collected.stderr and "runs as uid" in collected.stderr
 
 
-def test_weights_the_default_preset_does_not_run_leave_its_run_and_manifest_alone(tmp_path, env):
-    """WEIGHTS names the Real-ESRGAN presets' checkpoint: the default run (the shipped model) is the same
-    run with or without it, and its manifest names the model it runs."""
-    write_images(tmp_path / "photos", 2)
-    first = producer("enqueue", str(tmp_path / "photos"), env=env, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    unset = {k: v for k, v in env.items() if k != "WEIGHTS"}
-    again = producer("enqueue", str(tmp_path / "photos"), env=unset, cwd=tmp_path)
-    assert again.returncode == 0 and "2 already finished" in again.stdout, again.stdout + again.stderr
-    manifest = json.loads((run_dir(tmp_path) / "manifest.json").read_text())
-    assert manifest["model"] == f"run:{manifest['pipeline']['checkpoint']}"
-    assert manifest["model"].startswith("run:checkpoints/") and "RealESRGAN" not in json.dumps(manifest)
+def test_weights_name_the_checkpoint_any_preset_runs(tmp_path, env, weights_path):
+    """WEIGHTS and --weights are one setting: the checkpoint this run runs (here the default preset),
+    published into the run store by hash; the run's id and manifest name it."""
+    photos = str(tmp_path / "photos")
+    write_images(tmp_path / "photos", 1)
+    shipped = producer("enqueue", photos, env=env, cwd=tmp_path)
+    assert shipped.returncode == 0, shipped.stderr
+    by_variable = producer("enqueue", photos, env={**env, "WEIGHTS": str(weights_path)}, cwd=tmp_path)
+    assert by_variable.returncode == 0, by_variable.stderr
+    assert "(--weights / WEIGHTS)" in by_variable.stdout and "0 already finished" in by_variable.stdout  # a run of its own
+    by_flag = producer("enqueue", photos, "--weights", str(weights_path), env=env, cwd=tmp_path)
+    assert by_flag.returncode == 0 and "1 already finished" in by_flag.stdout  # the variable's run, resumed
+    manifests = [json.loads((run / "manifest.json").read_text()) for run in (tmp_path / "store" / "runs").iterdir()]
+    assert len(manifests) == 2 and manifests[0]["model"] != manifests[1]["model"]
+    assert all(m["model"] == f"run:{m['pipeline']['checkpoint']}" for m in manifests)
 
 
 def test_the_summary_names_each_failed_image_with_its_reason_refusals_at_listing_included(tmp_path, env):

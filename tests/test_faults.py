@@ -31,8 +31,7 @@ IMAGES = 12
 @pytest.fixture
 def faults(cluster: Cluster) -> Cluster:
     compact = weights_file("realesr-animevideov3.pth")
-    if compact.is_file():
-        cluster.env["WEIGHTS"] = str(compact)
+    cluster.env["WEIGHTS"] = str(compact if compact.is_file() else cluster.weights)
     # Sweeps (the workers' and a waiting producer's) every few seconds: a run Redis forgot is rebuilt
     # soon. STALL_AFTER_S stays long: nothing here waits for a stall.
     cluster.env["SWEEP_INTERVAL_S"] = "3"

@@ -48,7 +48,9 @@ class Settings:
     aws_secret_access_key: str = _setting("", "S3 secret key (environment only).", secret=True)
 
     # Model.
-    weights: str = _setting("", "Local .pth/.safetensors checkpoint. Empty: download MODEL_REPO/MODEL_FILE from the Hub.")
+    weights: str = _setting(
+        "", "Checkpoint a run uses instead of its preset's model (any 4x RGB model spandrel loads), published "
+        "into the run store by hash. A worker's stands in for the Hub model.")
     model_repo: str = _setting(DEFAULT_MODEL_REPO, "Hugging Face Hub repository of the default weights.")
     model_file: str = _setting(DEFAULT_MODEL_FILE, "File inside MODEL_REPO.")
     model_revision: str = _setting("main", "Hub revision (branch, tag or commit) of MODEL_REPO.")

@@ -61,14 +61,15 @@ class StageContext:
             return self._upscalers[name]
 
     def upscaler_for(self, pipeline: PipelineSpec) -> ImageUpscaler:
-        """The upscaler a run's pipeline names; for ``learned``, the run's own checkpoint by hash.
+        """The upscaler a run's pipeline names: the run's own checkpoint by hash when it has one (always
+        for ``learned``; for the Real-ESRGAN presets when the user named one), else this worker's.
 
         Raises:
             TransientError: the run's checkpoint could not be fetched, or the copy in the store does
                 not have the sha256 the manifest names (the image waits rather than meet the wrong model).
             ConfigError: as :meth:`upscaler`.
         """
-        if upscaler_kind(pipeline.upscaler).checkpoint != "run":
+        if not pipeline.checkpoint_sha256:
             return self.upscaler(pipeline.upscaler)
         with self._model_lock:
             cached = self._run_models.pop(pipeline.checkpoint_sha256, None)

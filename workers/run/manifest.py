@@ -41,8 +41,9 @@ class PipelineSpec:
     # Where denoising runs: "cpu" (OpenCV in the CPU task) or "gpu" (the same NL-means in PyTorch,
     # fused into the GPU task; bit-identical output). Placement, not content: not part of the run id.
     denoise_on: DenoisePlacement = "cpu"
-    # The run's own model (upscaler "learned"): its key in the run store and its sha256. Workers fetch
-    # it by hash and refuse a copy that does not match.
+    # The run's own model: its key in the run store and its sha256 ("learned" always has one; "model"
+    # when the user named a checkpoint, else workers run the Hub's). Workers fetch it by hash and
+    # refuse a copy that does not match.
     checkpoint: str = ""
     checkpoint_sha256: str = ""
     tta: bool = False  # x8 flip/rotation self-ensemble in the upscaler, averaged before rounding
@@ -59,10 +60,12 @@ class PipelineSpec:
             raise ConfigError(f"denoiser {self.denoise.method!r} cannot run on the GPU; choose {sorted(GPU_DENOISERS)}")
         if self.scale_nlm_by_gain and not self.tone:
             raise ConfigError("scaling NL-means by the tone curve's gain needs a tone curve")
-        runs_own_model = upscaler_kind(self.upscaler).checkpoint == "run"
-        if runs_own_model != bool(self.checkpoint and self.checkpoint_sha256):
-            raise ConfigError(f"upscaler {self.upscaler!r} and checkpoint {self.checkpoint!r}: only 'learned' runs "
-                              "the run's own checkpoint, and it needs both its key and its sha256")
+        if bool(self.checkpoint) != bool(self.checkpoint_sha256):
+            raise ConfigError(f"checkpoint {self.checkpoint!r}: a run's own checkpoint needs both its key and its sha256")
+        kind = upscaler_kind(self.upscaler).checkpoint
+        if (kind == "run" and not self.checkpoint) or (kind == "none" and self.checkpoint):
+            raise ConfigError(f"upscaler {self.upscaler!r} and checkpoint {self.checkpoint!r}: 'learned' needs the "
+                              "run's own checkpoint, an upscaler without a model takes none")
 
     @property
     def has_cpu_work(self) -> bool:

@@ -19,6 +19,7 @@ from workers.io.models import load_registry, models_folder
 from workers.io.storage import LocalStorage, Storage, StorageFactory, join_key, split_location
 from workers.io.weights import CHECKPOINTS_FOLDER
 from workers.ops.denoise import DenoiseSpec
+from workers.ops.upscalers import upscaler_kind
 from workers.run.manifest import DenoisePlacement, PipelineSpec
 from workers.run.presets import NEEDS_CALIBRATION, Checkpoint, PresetInputs, build_pipeline
 from workers.training.artifacts import TRAINED_FILE, TrainingOutput, default_output, sha256_hex
@@ -64,6 +65,12 @@ def resolve_pipeline(choice: PipelineChoice, dataset: str | None, storages: Stor
     if preset == "learned":
         model, note = _learned_model(choice, dataset, storages)
         checkpoint = publish_checkpoint(model, run_store or storages.open("."))
+    elif choice.checkpoint and upscaler_kind(build_pipeline(preset, _probe(choice, calibration)).upscaler).runs_checkpoint:
+        model = _named_checkpoint(choice.checkpoint, storages)
+        checkpoint = publish_checkpoint(model, run_store or storages.open("."))
+        note = f"model {model.url()} (--weights / WEIGHTS)"
+    elif choice.checkpoint:
+        note = f"--weights / WEIGHTS ignored: preset {preset} runs no model"
     inputs = PresetInputs(denoise=choice.denoise, calibration=calibration, checkpoint=checkpoint, tta=choice.tta,
                           denoise_given=choice.denoise_given)
     pipeline = dataclasses.replace(build_pipeline(preset, inputs), denoise_on=choice.denoise_on)
@@ -88,13 +95,8 @@ def _learned_model(choice: PipelineChoice, dataset: str | None, storages: Storag
         ConfigError: the --weights file is missing; the shipped model is missing or fails its hash check.
     """
     if choice.checkpoint:
-        # Any checkpoint spandrel loads (.pth too) can be a run's own model; it just has no provenance.
-        folder, name = split_location(choice.checkpoint)
-        output = TrainingOutput(storages.open(folder), name)
-        if not output.storage.exists(output.name):
-            raise ConfigError(f"no trained model at {choice.checkpoint} (--weights)")
-        check_loads(output, choice.checkpoint)
-        return output, f"model {output.url()} (--weights)"
+        output = _named_checkpoint(choice.checkpoint, storages)
+        return output, f"model {output.url()} (--weights / WEIGHTS)"
     if dataset is not None and choice.dataset_model:
         output = TrainingOutput.at(default_output(dataset), storages)
         if output.storage.exists(TRAINED_FILE):
@@ -106,6 +108,26 @@ def _learned_model(choice: PipelineChoice, dataset: str | None, storages: Storag
     entry = registry.entry(name)
     return TrainingOutput(LocalStorage(path.parent), path.name), (
         f"shipped model {name} ({entry.architecture}, {path}); `producer train DATASET` fine-tunes it")
+
+
+def _probe(choice: PipelineChoice, calibration: Calibration | None) -> PresetInputs:
+    """What the preset is built from before its model is known: enough to learn its upscaler."""
+    return PresetInputs(denoise=choice.denoise, calibration=calibration, denoise_given=choice.denoise_given)
+
+
+def _named_checkpoint(location: str, storages: StorageFactory) -> TrainingOutput:
+    """The checkpoint the user named: any file spandrel loads as a 4x RGB model (a .pth too), checked
+    to load before anything is copied or registered.
+
+    Raises:
+        ConfigError: no file there; UnsupportedModelError: it is not such a model.
+    """
+    folder, name = split_location(location)
+    output = TrainingOutput(storages.open(folder), name)
+    if not output.storage.exists(output.name):
+        raise ConfigError(f"no model file at {location} (--weights / WEIGHTS)")
+    check_loads(output, location)
+    return output
 
 
 def check_loads(model: TrainingOutput, given: str) -> None:
@@ -124,7 +146,7 @@ def check_loads(model: TrainingOutput, given: str) -> None:
         try:
             load_descriptor(copy.name)
         except UnsupportedModelError as exc:
-            raise UnsupportedModelError(f"{given}: {str(exc).removeprefix(copy.name + ': ')} (--weights)") from None
+            raise UnsupportedModelError(f"{given}: {str(exc).removeprefix(copy.name + ': ')} (--weights / WEIGHTS)") from None
 
 
 def publish_checkpoint(trained: TrainingOutput, run_store: Storage) -> Checkpoint:
