@@ -72,12 +72,12 @@ def _calibrated_denoise(inputs: PresetInputs, calibration: Calibration) -> Denoi
     return inputs.denoise if inputs.denoise_chosen else calibration.denoise_spec(inputs.denoise)
 
 
-def _named_model(inputs: PresetInputs) -> dict[str, str]:
+def _with_named_model(spec: PipelineSpec, inputs: PresetInputs) -> PipelineSpec:
     """The checkpoint the user named (WEIGHTS / --weights) for a preset that runs Real-ESRGAN: the run's
     own, by hash, in place of the Hub's model."""
     if inputs.checkpoint is None:
-        return {}
-    return {"checkpoint": inputs.checkpoint.key, "checkpoint_sha256": inputs.checkpoint.sha256}
+        return spec
+    return dataclasses.replace(spec, checkpoint=inputs.checkpoint.key, checkpoint_sha256=inputs.checkpoint.sha256)
 
 
 def seed(inputs: PresetInputs) -> PipelineSpec:
@@ -89,13 +89,13 @@ def seed(inputs: PresetInputs) -> PipelineSpec:
             "drop --denoise/--nlm-* (DENOISE, NLM_*) or use --preset standard"
         )
     _no_tta("seed", inputs)
-    return PipelineSpec(preset="seed", denoise=inputs.denoise, channel_order="bgr", resize_multiple=8,
-                        **_named_model(inputs))
+    spec = PipelineSpec(preset="seed", denoise=inputs.denoise, channel_order="bgr", resize_multiple=8)
+    return _with_named_model(spec, inputs)
 
 
 def standard(inputs: PresetInputs) -> PipelineSpec:
     _no_tta("standard", inputs)
-    return PipelineSpec(preset="standard", denoise=inputs.denoise, tone=_tone(inputs.calibration), **_named_model(inputs))
+    return _with_named_model(PipelineSpec(preset="standard", denoise=inputs.denoise, tone=_tone(inputs.calibration)), inputs)
 
 
 def quality(inputs: PresetInputs) -> PipelineSpec:
@@ -110,8 +110,8 @@ def quality(inputs: PresetInputs) -> PipelineSpec:
 def perceptual(inputs: PresetInputs) -> PipelineSpec:
     _no_tta("perceptual", inputs)
     calibration = _needs_calibration("perceptual", inputs)
-    return PipelineSpec(preset="perceptual", denoise=_calibrated_denoise(inputs, calibration), tone=_tone(calibration),
-                        **_named_model(inputs))
+    spec = PipelineSpec(preset="perceptual", denoise=_calibrated_denoise(inputs, calibration), tone=_tone(calibration))
+    return _with_named_model(spec, inputs)
 
 
 def learned(inputs: PresetInputs) -> PipelineSpec:
