@@ -273,6 +273,10 @@ def test_tasks_page_in_a_browser(flower_run: FlowerRun) -> None:
         driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": auth_header()})
         driver.get(f"{flower_run.flower.url}/tasks")
         table = driver.find_element(By.ID, "tasks-table")
+        # The page lists the newest tasks first, a page at a time, and the sweep (every second here)
+        # keeps adding its own: search for the run, as an operator would.
+        search = WebDriverWait(driver, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, "#tasks-table_filter input"))
+        search.send_keys(flower_run.run_id)
         WebDriverWait(driver, 30).until(
             lambda d: sum(flower_run.run_id in row.text for row in table.find_elements(By.CSS_SELECTOR, "tbody tr"))
             >= 2 * IMAGES + 1
