@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from workers.errors import ConfigError
 from workers.ops.denoise import DenoiseSpec
 from workers.registry import lookup
-from workers.run.manifest import DenoisePlacement, PipelineSpec
+from workers.run.manifest import PipelineSpec
 from workers.training.calibrate import Calibration
 
 
@@ -138,7 +138,3 @@ def build_pipeline(preset: str, inputs: PresetInputs = PresetInputs()) -> Pipeli
             or got what it refuses.
     """
     return lookup("preset", preset, PRESETS)(inputs)
-
-
-def with_placement(pipeline: PipelineSpec, denoise_on: DenoisePlacement) -> PipelineSpec:
-    return dataclasses.replace(pipeline, denoise_on=denoise_on)
