@@ -22,12 +22,12 @@ from workers.io.storage import Storage, StorageFactory
 from workers.io.weights import CHECKPOINT_PREFIX, CHECKPOINTS_FOLDER
 from workers.run.aggregate import AggregateResult, is_current_summary
 from workers.run.keys import RunKeys
-from workers.run.plan import RunPlan
 from workers.run.registry import cancel_registered, register
+from workers.run.remaining import RunPlan
 from workers.runtime.app import AGGREGATE, CALIBRATE, TRAIN, create_app
 from workers.runtime.claims import Claims, reload_attempts
+from workers.runtime.enqueue import send_plan
 from workers.runtime.liveness import this_process
-from workers.runtime.plans import send_plan
 from workers.runtime.sweep import sweep
 from workers.runtime.tracking import OUTAGE_ERRORS, QUICK_RETRY, RunTracker
 from workers.settings import Settings, redact_url

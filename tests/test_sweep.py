@@ -15,13 +15,13 @@ from workers.io.storage import LocalStorage
 from workers.run.attempts import read_attempts
 from workers.run.keys import RunKeys
 from workers.run.manifest import load_manifest
-from workers.run.plan import plan_remaining
 from workers.run.registry import active_runs, cancel_registered, register
+from workers.run.remaining import plan_remaining
 from workers.runtime.app import create_app
 from workers.runtime.claims import Claims
+from workers.runtime.enqueue import send_plan
 from workers.runtime.holds import new_hold
 from workers.runtime.liveness import Holder, heartbeat_key, this_process
-from workers.runtime.plans import send_plan
 from workers.runtime.sweep import aggregation_grace_s, sweep
 from workers.runtime.tracking import RunTracker
 from workers.settings import Settings

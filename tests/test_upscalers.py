@@ -18,7 +18,7 @@ def test_every_upscaler_is_4x_and_names_its_loader() -> None:
 
 
 def test_unknown_upscaler_suggests_the_closest_name() -> None:
-    with pytest.raises(ConfigError, match="No such upscaler: 'bicubc'.*Did you mean bicubic"):
+    with pytest.raises(ConfigError, match=r"No such upscaler: bicubc\. Did you mean bicubic\?"):
         upscaler_kind("bicubc")
     with pytest.raises(ConfigError, match="No such upscaler"):
         PipelineSpec(upscaler="lanczos")  # a manifest naming an unknown upscaler is refused

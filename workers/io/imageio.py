@@ -24,7 +24,6 @@ from workers.errors import ImageTooLargeError, InvalidImageError
 from workers.settings import Settings
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF")
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"})
 
 # Never decode a truncated file into an image with a grey bottom: refuse it instead.
 ImageFile.LOAD_TRUNCATED_IMAGES = False

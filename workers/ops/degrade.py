@@ -70,10 +70,6 @@ class ForwardModel:
         quantised = np.floor(noisy) if self.quantisation == "floor" else np.rint(noisy)
         return np.clip(quantised, 0, 255).astype(np.uint8)
 
-    def noise_variance(self, level: np.ndarray | float) -> np.ndarray | float:
-        """The residual variance the model predicts at noise-free intensity ``level``."""
-        return self.gain * np.asarray(level) + self.read_variance + QUANTISATION_VARIANCE
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from workers.errors import ConfigError, DeviceOutOfMemoryError
 from workers.ops.device_errors import attempt, device_failures_raised
+from workers.registry import lookup
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,7 @@ class DenoiseSpec:
     search: int = 21
 
     def __post_init__(self) -> None:
-        if self.method not in DENOISERS:
-            raise ConfigError(f"unknown denoiser {self.method!r}; choose one of {sorted(DENOISERS)}")
+        lookup("denoiser", self.method, DENOISERS)
         if self.template % 2 == 0 or self.search % 2 == 0 or self.template < 1 or self.search < self.template:
             raise ConfigError(
                 f"NL-means windows must be odd with search >= template, got template={self.template}, search={self.search}"

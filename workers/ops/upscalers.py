@@ -10,7 +10,6 @@ never imports torch for ``bicubic``.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from workers.errors import ConfigError
+from workers.registry import lookup
 
 ChannelOrder = Literal["rgb", "bgr"]
 UpscalerName = Literal["model", "learned", "bicubic"]
@@ -82,9 +81,4 @@ def upscaler_kind(name: str) -> UpscalerKind:
     Raises:
         ConfigError: no upscaler has that name (with the closest one as a suggestion).
     """
-    try:
-        return UPSCALERS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, UPSCALERS, n=1)
-        hint = f" Did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"No such upscaler: {name!r}; choose one of {sorted(UPSCALERS)}.{hint}") from None
+    return lookup("upscaler", name, UPSCALERS)

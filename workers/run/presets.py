@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from workers.errors import ConfigError
 from workers.ops.denoise import DenoiseSpec
-from workers.run.manifest import DenoisePlacement, PipelineSpec
+from workers.registry import lookup
+from workers.run.manifest import PipelineSpec
 from workers.training.calibrate import Calibration
 
 
@@ -136,12 +137,4 @@ def build_pipeline(preset: str, inputs: PresetInputs = PresetInputs()) -> Pipeli
         ConfigError: unknown preset, or the preset lacks what it needs (calibration, trained model)
             or got what it refuses.
     """
-    try:
-        make = PRESETS[preset]
-    except KeyError:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}") from None
-    return make(inputs)
-
-
-def with_placement(pipeline: PipelineSpec, denoise_on: DenoisePlacement) -> PipelineSpec:
-    return dataclasses.replace(pipeline, denoise_on=denoise_on)
+    return lookup("preset", preset, PRESETS)(inputs)

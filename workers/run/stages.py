@@ -465,8 +465,3 @@ def batch_size(settings: Settings, pixels: int, on_cpu: bool = False) -> int:
     never none (a larger image runs alone)."""
     most = settings.cpu_batch_size if on_cpu else settings.gpu_batch_size
     return max(1, min(most, settings.gpu_batch_pixels // pixels))
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

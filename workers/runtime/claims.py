@@ -54,9 +54,6 @@ class Claim:
     cancelled: bool
     images: list[Claimed] = field(default_factory=list)
 
-    def by_verdict(self, verdict: Verdict) -> list[Claimed]:
-        return [c for c in self.images if c.verdict == verdict]
-
 
 def attempts_field(attempts: Attempts) -> str:
     return f"{attempts.stage}:{attempts.name}"

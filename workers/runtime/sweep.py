@@ -56,14 +56,14 @@ from workers.io.storage import Storage
 from workers.run.aggregate import is_current_summary
 from workers.run.keys import RunKeys, RunProgress
 from workers.run.manifest import RunManifest, load_manifest
-from workers.run.plan import plan_from, plan_remaining
 from workers.run.registry import active_runs, cancelled_at, registered_at, unregister
+from workers.run.remaining import plan_from, plan_remaining
 from workers.runtime.app import CPU_QUEUE, GPU_QUEUE
 from workers.runtime.broker import Delivery, queued_images, restore, unacked_messages
 from workers.runtime.claims import Claims, reload_attempts
+from workers.runtime.enqueue import send_plan
 from workers.runtime.holds import Hold
 from workers.runtime.liveness import alive
-from workers.runtime.plans import send_plan
 
 logger = logging.getLogger(__name__)
 

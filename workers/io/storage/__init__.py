@@ -12,7 +12,6 @@ so a process that never touches S3 never imports the S3 client. :func:`open_stor
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from workers.errors import ConfigError
 from workers.io.inflight import ordered_map
 from workers.io.storage.base import Storage, check_key, join_key
 from workers.io.storage.local import LocalStorage, local_path, storage_url_for
+from workers.registry import lookup
 from workers.settings import Settings
 
 __all__ = [
@@ -53,13 +53,7 @@ def backend_class(scheme: str) -> Any:
     Raises:
         ConfigError: no backend has that scheme (with the closest one as a suggestion).
     """
-    try:
-        target = BACKENDS[scheme]
-    except KeyError:
-        close = difflib.get_close_matches(scheme, BACKENDS, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]}?" if close else f" Known: {', '.join(sorted(BACKENDS))}."
-        raise ConfigError(f"No such storage backend: {scheme}.{hint}") from None
-    module, _, name = target.partition(":")
+    module, _, name = lookup("storage backend", scheme, BACKENDS).partition(":")
     return getattr(importlib.import_module(module), name)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from celery import Celery
 
-from workers.run.plan import RunPlan
+from workers.run.remaining import RunPlan
 from workers.runtime.app import AGGREGATE, DENOISE, UPSCALE
 
 
