@@ -84,6 +84,9 @@ def load_descriptor(path: Path | str) -> Any:
     """
     import spandrel
 
+    from workers.ops.unet import register
+
+    register()  # the project's own architecture, beside spandrel's
     path = Path(path)
     try:
         descriptor = spandrel.ModelLoader().load_from_file(path)
