@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -123,6 +124,26 @@ def test_unusable_photos_are_skipped_with_their_reason(tmp_path):
     assert "alpha" in reasons["alpha.png"] and "smaller than one 32px crop" in reasons["tiny.png"]
 
 
+def test_a_photo_above_pillows_own_pixel_limit_but_within_the_training_limits_is_used(monkeypatch):
+    """rel_photo_large_aborts_training.py: a 179-256 MP photo passed TRAINING_LIMITS, then a plain
+    Image.open() of the same bytes raised DecompressionBombError and ended training. Pillow's limit is
+    lowered here so a 64x48 photo is such a photo."""
+    photo = textured_photo(4, 64, 48)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2x of it, 2000 px, is below 64 x 48
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(_png(photo)))
+    assert np.array_equal(prepare_photo(_png(photo), "panorama.png", 32), photo)
+
+
+def test_a_photo_deleted_during_training_is_skipped_and_listed(tmp_path):
+    folder = write_photos(tmp_path / "photos", count=2)
+    source = photo_source(folder)
+    (folder / "photo_1.png").unlink()  # the corpus changes while training runs
+    for step in range(12):
+        make_batch(source, TrainConfig(batch=4, crop=8), step)
+    assert source.photos.skipped == {"photo_1.png": "is gone from the folder since it was listed"}
+
+
 def test_a_folder_with_no_usable_photo_stops_with_one_line_naming_it(tmp_path):
     folder = tmp_path / "empty"
     folder.mkdir()
@@ -197,8 +218,6 @@ def test_fine_tuning_keeps_the_start_when_it_does_not_beat_it(tmp_path, compact_
 
 
 def _png(image: np.ndarray) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -118,6 +118,21 @@ def decode_image(data: bytes, name: str, limits: DecodeLimits) -> np.ndarray:
             raise InvalidImageError(name, f"truncated or corrupt {image.format} data: {_one_line(exc)}") from None
 
 
+def header_mode(data: bytes, name: str) -> tuple[str, bool]:
+    """(Pillow mode, whether it declares transparency) of an image :func:`decode_image` accepted,
+    from its header alone: no pixel is decoded, and Pillow's process-wide pixel limit (which
+    :class:`DecodeLimits` replaces) does not apply.
+
+    Raises:
+        InvalidImageError: the header cannot be read.
+    """
+    try:
+        with _open(data, ALLOWED_FORMATS) as image:
+            return image.mode, "transparency" in image.info
+    except (UnidentifiedImageError, *_CORRUPT) as exc:
+        raise InvalidImageError(name, f"unreadable image header: {_one_line(exc)}") from None
+
+
 def _open(data: bytes, formats: tuple[str, ...]) -> Image.Image:
     """``Image.open(data, formats=formats)`` but for Pillow's process-wide pixel limit: every caller
     checks its own :class:`DecodeLimits` on the header's size before any pixel is decoded. (Format
