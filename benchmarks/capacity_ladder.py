@@ -2,8 +2,8 @@
 equal wall time, then scored the same way.
 
 Each candidate runs `producer train --photos CORPUS` for ``--minutes`` under the competition's
-forward model, in bf16 autocast where the CPU has it natively (the precision rule's ``auto``), pinned
-to a core (``taskset``, one thread), ``--parallel`` at a time, so every candidate gets the same CPU
+forward model, in bf16 autocast where the CPU has it natively (the precision rule's ``auto``), one thread each
+(pinned to a core with ``taskset`` where they divide the cores evenly), ``--parallel`` at a time, so every candidate gets the same CPU
 for the same time. A candidate starts from the public checkpoint of its architecture where one exists
 (``../shared/weights``), else from a seeded random initialisation (``workers/ops/architectures.py``).
 All are scored on the same held-back photo crops (the corpus split and the crops' noise are fixed by
@@ -70,15 +70,16 @@ def make_start(candidate: Candidate, folder: Path) -> Path:
     return path if path.exists() else write_initial(what, path, seed=0)
 
 
-def train(candidate: Candidate, start: Path, corpus: Path, minutes: float, folder: Path, core: int,
+def train(candidate: Candidate, start: Path, corpus: Path, minutes: float, folder: Path, core: int | None,
           args: argparse.Namespace) -> subprocess.Popen[bytes]:
     out = folder / f"{candidate.name}.safetensors"
-    command = ["taskset", "-c", str(core), str(REPO / ".venv" / "bin" / "producer"), "train", "--photos", str(corpus),
+    pin = ["taskset", "-c", str(core)] if core is not None else []
+    command = [*pin, str(REPO / ".venv" / "bin" / "producer"), "train", "--photos", str(corpus),
                "--from", str(start), "-o", str(out), "--minutes", str(minutes), "--batch", str(candidate.batch),
                "--crop", str(candidate.crop), "--lr", str(candidate.lr), "--holdout-crops", "64", "--eval-every",
                str(args.eval_every), "--seed", "0"] + (["--restart"] if args.restart else [])
     env = {**os.environ, "PRECISION": args.precision, "OMP_NUM_THREADS": "1"}
-    log(f"{candidate.name}: training on core {core} for {minutes} min")
+    log(f"{candidate.name}: training {'on core %d' % core if core is not None else 'unpinned'} for {minutes} min")
     return subprocess.Popen(command, env=env, stdout=(folder / f"{candidate.name}.log").open("ab"),
                             stderr=subprocess.STDOUT)
 
@@ -134,9 +135,11 @@ def main() -> None:
         while pending:
             batch, pending = pending[: args.parallel], pending[args.parallel :]
             cores = sorted(os.sched_getaffinity(0))
-            # more candidates than cores share them: each still gets what every other gets
-            running = [train(c, make_start(c, args.out), args.corpus, args.minutes, args.out, cores[i % len(cores)], args)
-                       for i, c in enumerate(batch)]
+            # Pinned round-robin where the candidates divide the cores evenly (two per core: each gets half a
+            # core); otherwise one thread each, unpinned, and the scheduler shares the cores among them equally.
+            even = len(batch) % len(cores) == 0
+            running = [train(c, make_start(c, args.out), args.corpus, args.minutes, args.out,
+                             cores[i % len(cores)] if even else None, args) for i, c in enumerate(batch)]
             for process in running:
                 process.wait()
     rows = [score(c.name, c.description, args.out / f"{c.name}.safetensors", args) for c in chosen]

@@ -107,6 +107,12 @@ class _LateLoss:
         return float(self._host)
 
 
+def cpu_threads() -> int:
+    """``OMP_NUM_THREADS`` when set (several trainings sharing cores), else every core this process may use."""
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    return int(configured) if configured.isdigit() and int(configured) > 0 else len(os.sched_getaffinity(0))
+
+
 def amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """Mixed precision: on CUDA bf16 where the card has it, else fp16 (with a gradient scaler); on a
     CPU only when asked for (``bf16``: about twice as fast on AVX-512/AMX cores and on some AVX2 ones)."""
@@ -131,7 +137,7 @@ class Trainer:
         self.start_source, self.start_sha256 = start_source, file_sha256(start)
         self.device = resolve_device(device)
         if self.device.type == "cpu":
-            torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use
+            torch.set_num_threads(cpu_threads())
         self.amp = amp_dtype(self.device, precision)
         self.channels_last = self.device.type == "cuda" or self.amp is not None
         torch.manual_seed(config.seed)
