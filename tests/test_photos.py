@@ -202,6 +202,23 @@ def test_a_dataset_photos_folder_is_used_and_its_corpus_manifest_recorded(tmp_pa
     assert provenance["photos"]["count"] == 3 and provenance["photos"]["corpus_manifest_sha256"]
 
 
+def test_a_fine_tune_mixes_in_the_photo_corpus_when_it_is_there(tmp_path, small_compact):
+    data = write_dataset(tmp_path / "data")
+    corpus = tmp_path / "corpus"
+    write_photos(corpus / "photos", count=4)
+    (corpus / "manifest.json").write_text("{}")
+    notes: list[str] = []
+    config = TrainConfig(steps=2, batch=4, crop=8, eval_every=2)
+    with_corpus = settings(photo_corpus=str(corpus))
+    run_training(str(data), None, str(small_compact), config, with_corpus, StorageFactory(with_corpus), note=notes.append)
+    provenance = json.loads((data / "trained_x4.json").read_text())
+    assert provenance["photos"]["count"] == 4 and provenance["photos"]["folder"] == str(corpus)
+    assert any("mixing in the photo corpus" in line for line in notes)
+    absent = settings(photo_corpus=str(tmp_path / "absent"))
+    run_training(str(data), None, str(small_compact), config, absent, StorageFactory(absent), restart=True)
+    assert json.loads((data / "trained_x4.json").read_text())["photos"] is None
+
+
 def test_fine_tuning_keeps_the_start_when_it_does_not_beat_it(tmp_path, compact_weights):
     """A learning rate that wrecks the model: no step beats the start, so the output is the start."""
     data = write_dataset(tmp_path / "data", count=16)
@@ -213,8 +230,8 @@ def test_fine_tuning_keeps_the_start_when_it_does_not_beat_it(tmp_path, compact_
     from workers.ops.upscale import load_upscaler
 
     image = textured_photo(2, 24, 16)[None]
-    kept = load_upscaler(data / "trained_x4.safetensors", "cpu").upscale(image)
-    assert np.array_equal(kept, load_upscaler(compact_weights, "cpu").upscale(image))
+    kept = load_upscaler(data / "trained_x4.safetensors", "cpu", "fp32").upscale(image)
+    assert np.array_equal(kept, load_upscaler(compact_weights, "cpu", "fp32").upscale(image))
 
 
 def _png(image: np.ndarray) -> bytes:

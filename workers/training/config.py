@@ -89,3 +89,5 @@ class TrainResult:
     output: str = ""
     start_psnr: float | None = None  # held-back PSNR of the start checkpoint
     kept_start: bool = False  # no step beat the start on the held-back set: the output is the start's weights
+    kept_output: bool = False  # no step beat the model the output already held: it is unchanged
+    notes: list[str] = field(default_factory=list)  # what the user should read (a changed corpus, a kept model)
