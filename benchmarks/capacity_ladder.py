@@ -28,8 +28,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import DEFAULT_WEIGHTS_DIR, REPO, conv_macs_per_pixel, log, machine_table  # noqa: E402
@@ -79,7 +77,8 @@ def train(candidate: Candidate, start: Path, corpus: Path, minutes: float, folde
                "--crop", str(candidate.crop), "--lr", str(candidate.lr), "--holdout-crops", "64", "--eval-every",
                str(args.eval_every), "--seed", "0"] + (["--restart"] if args.restart else [])
     env = {**os.environ, "PRECISION": args.precision, "OMP_NUM_THREADS": "1"}
-    log(f"{candidate.name}: training {'on core %d' % core if core is not None else 'unpinned'} for {minutes} min")
+    where = f"on core {core}" if core is not None else "unpinned"
+    log(f"{candidate.name}: training {where} for {minutes} min")
     return subprocess.Popen(command, env=env, stdout=(folder / f"{candidate.name}.log").open("ab"),
                             stderr=subprocess.STDOUT)
 

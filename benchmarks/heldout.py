@@ -6,7 +6,9 @@ calibrate``, ``train``, ``evaluate`` and ``enqueue`` run on it as they do on the
 
 * ``val/``: the **held-out comparison**. Whole 1024x640 cells of the 16 photos that every pretraining on
   the corpus holds back (``split_photos``: a fixed slice by hashing the names; the shipped models and the
-  capacity ladder never trained on them), at most two cells per photo. ``test/`` holds the same inputs
+  capacity ladder never trained on them), at most two cells per photo; or, with ``--val-from training``,
+  cells of 16 other training-split photos, for judging a fine-tune on pictures it never saw and its own
+  held-back photos do not include. ``test/`` holds the same inputs, or ``--test-count`` new ones
   (``sample_submission.csv`` names them).
 * ``train/``: **26 pairs of 7 scenes**, the shape of a small user dataset: up to four 1024x640 crops at
   random places (they may overlap) of each of 7 photos of the corpus's training split; ``train/scenes.json`` says which scene each pair is cut from.
@@ -108,15 +110,15 @@ def save(image: np.ndarray, path: Path) -> None:
     Image.fromarray(image).save(path, format="PNG")
 
 
-def build(corpus: Path, out: Path, forward: ForwardModel, seed: int) -> dict[str, object]:
+def build(corpus: Path, out: Path, forward: ForwardModel, seed: int, val_from: str = "heldout",
+          test_count: int = 0) -> dict[str, object]:
+    """Write the dataset (see the module's docstring). ``val_from``: ``heldout`` (the photos every pretraining
+    holds back) or ``training`` (cells of training-split photos other than the train scenes: new pictures for a
+    fine-tune, and none of them among the photos its training holds back). ``test_count``: that many test
+    inputs cut at random from the val photos (default: the val inputs themselves)."""
     listing = list_photos(LocalStorage(corpus / "photos"), str(corpus / "photos"), (LocalStorage(corpus), "manifest.json"))
     training, held = split_photos(listing, HOLDOUT_SHARE, HOLDOUT_MOST)
     rng = np.random.default_rng(seed)
-    val: list[tuple[str, np.ndarray, np.ndarray]] = []
-    for index in held:
-        for cell in cells(load(listing, index))[:VAL_CELLS_PER_PHOTO]:
-            inp, target = dark_pair(cell, forward, rng)
-            val.append((listing.keys[index], inp, target))
     # The user's scenes: photos of the training split with room for several cells, in a fixed order.
     ranked = sorted(training, key=lambda i: hashlib.sha1(f"{seed}:{listing.keys[i]}".encode()).hexdigest())
     by_scene: list[tuple[str, list[np.ndarray]]] = []
@@ -131,14 +133,24 @@ def build(corpus: Path, out: Path, forward: ForwardModel, seed: int) -> dict[str
             by_scene.append((listing.keys[index], found))
     while sum(len(found) for _, found in by_scene) > TRAIN_PAIRS:  # the scene with the most cells gives one up
         max(by_scene, key=lambda scene: len(scene[1]))[1].pop()
-    train = []
-    for key, found in by_scene:
-        for cell in found:
-            inp, target = dark_pair(cell, forward, rng)
-            train.append((key, inp, target))
+    train = [(key, *dark_pair(cell, forward, rng)) for key, found in by_scene for cell in found]
+    scenes = {key for key, _ in by_scene}
+    val_photos = held if val_from == "heldout" else [i for i in reversed(ranked) if listing.keys[i] not in scenes]
+    val: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for index in val_photos:
+        if val_from != "heldout" and len({key for key, _, _ in val}) >= len(held):
+            break
+        for cell in cells(load(listing, index))[:VAL_CELLS_PER_PHOTO]:
+            val.append((listing.keys[index], *dark_pair(cell, forward, rng)))
+    tests = [inp for _, inp, _ in val]
+    if test_count:
+        photos = sorted({key for key, _, _ in val})
+        tests = [dark_pair(random_cells(load(listing, listing.keys.index(photos[n % len(photos)])), 1, rng)[0],
+                           forward, rng)[0] for n in range(test_count)]
     for number, (_, inp, target) in enumerate(val, 1):
         save(inp, out / "val" / "val" / f"val_{number:05d}.png")
         save(target, out / "val" / "gt" / f"gt_{number:05d}.png")
+    for number, inp in enumerate(tests, 1):
         save(inp, out / "test" / f"test_{number:05d}.png")
     scene_of = {}
     for number, (key, inp, target) in enumerate(train, 1):
@@ -148,12 +160,13 @@ def build(corpus: Path, out: Path, forward: ForwardModel, seed: int) -> dict[str
     (out / "train" / "scenes.json").write_text(json.dumps(scene_of, indent=1) + "\n")
     columns = TARGET[0] * TARGET[1] // 8
     header = "ID," + ",".join(f"pixel_{i}" for i in range(columns))
-    rows = [f"gt_{n:05d}," + ",".join("0" for _ in range(columns)) for n in range(1, len(val) + 1)]
+    zeros = ",".join("0" for _ in range(columns))
+    rows = [f"gt_{n:05d},{zeros}" for n in range(1, len(tests) + 1)]
     (out / "sample_submission.csv").write_text("\n".join([header, *rows]) + "\n")
     about = {"corpus_manifest_sha256": listing.manifest_sha256, "photos_names_sha256": listing.names_sha256,
-             "forward_model": forward.to_dict(), "seed": seed,
+             "forward_model": forward.to_dict(), "seed": seed, "val_from": val_from,
              "val": [{"name": f"val_{n:05d}", "photo": key} for n, (key, _, _) in enumerate(val, 1)],
-             "train_scenes": sorted(set(scene_of.values())), "train_pairs": len(train)}
+             "train_scenes": sorted(set(scene_of.values())), "train_pairs": len(train), "test_inputs": len(tests)}
     (out / "heldout.json").write_text(json.dumps(about, indent=1) + "\n")
     return about
 
@@ -182,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gain", type=float, default=ForwardModel().gain)
     parser.add_argument("--read-variance", type=float, default=ForwardModel().read_variance)
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--val-from", choices=("heldout", "training"), default="heldout",
+                        help="heldout: the photos every pretraining holds back (comparing models); training: other "
+                        "training-split photos (a fine-tune's new pictures, apart from the photos it holds back)")
+    parser.add_argument("--test-count", type=int, default=0, help="test inputs cut from the val photos (0: the val inputs)")
     args = parser.parse_args(argv)
     forward = ForwardModel(gain=args.gain, read_variance=args.read_variance)
-    about = build(args.corpus, args.out, forward, args.seed)
+    about = build(args.corpus, args.out, forward, args.seed, args.val_from, args.test_count)
     log(f"{args.out}: {len(about['val'])} held-out pairs of {len({v['photo'] for v in about['val']})} photos; "  # type: ignore[union-attr]
         f"{about['train_pairs']} training pairs of {len(about['train_scenes'])} scenes")  # type: ignore[arg-type]
     return 0

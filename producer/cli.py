@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -436,6 +437,10 @@ def train(dataset: str | None, photos: str | None, start: str | None, output: st
                f"at step {result.best_step} -> {result.output}")
     if result.kept_start:
         click.echo(f"  no step beat the start checkpoint ({best} on the held-back set): kept the start's weights")
+    elif result.kept_output:
+        click.echo(f"  no step beat the model already at {result.output} ({best} on the held-back set): kept it")
+    for line in result.notes:
+        click.echo(f"  {line}")
     for key, reason in result.skipped:
         click.echo(f"  skipped {key}: {reason}")
 
@@ -509,23 +514,42 @@ def main() -> None:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        sys.exit(EXIT_ERROR)
+        _exit(EXIT_ERROR)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(EXIT_ERROR)
+        _exit(EXIT_ERROR)
     except EnhanceError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
-    except SystemExit:
-        raise
+        _exit(EXIT_ERROR)
+    except SystemExit as exc:
+        _exit(exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_ERROR),
+              exc if not isinstance(exc.code, int | None) else None)
     except KeyboardInterrupt:
         click.echo("interrupted; re-run the same command to resume", err=True)
-        sys.exit(EXIT_ERROR)
+        _exit(EXIT_ERROR)
     except Exception as exc:  # noqa: BLE001 - connection errors from redis/kombu/urllib3 and friends
         if _is_connection_error(exc):
             click.echo(f"error: cannot reach a server: {exc}", err=True)
-            sys.exit(EXIT_ERROR)
+            _exit(EXIT_ERROR)
         raise
+    _exit(EXIT_OK)
+
+
+def _exit(code: int, exc: SystemExit | None = None) -> None:
+    """End the process with ``code`` once the command is done.
+
+    With torch loaded, the interpreter's teardown of its module graph (torch, and the sympy and dynamo that
+    spandrel's torchvision pulls in) takes over a second that no output waits for: the streams are flushed,
+    logging is shut down, and the process ends without it. The command has already waited for its own work
+    (the stage context's writes, the thread pools)."""
+    if exc is not None:
+        raise exc  # a message as exit status (click's sys.exit("...")): the interpreter prints it
+    if "torch" not in sys.modules:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -185,7 +185,7 @@ def agreement_in(document: Any, sha256: str) -> Bf16Agreement | None:
     """The agreement recorded in a provenance document or a registry entry (its ``bf16_agreement``), if
     it is for the file ``sha256``; None otherwise (absent, another file's, or unreadable)."""
     record = document.get(AGREEMENT_FIELD) if isinstance(document, dict) else None
-    if not isinstance(record, dict):
+    if not isinstance(record, dict) or not record:
         return None
     try:
         found = Bf16Agreement.from_dict(record)

@@ -95,13 +95,34 @@ def load_descriptor(path: Path | str) -> Any:
         descriptor = spandrel.ModelLoader().load_from_file(path)
     except Exception as exc:  # noqa: BLE001 - unpickling/zip/safetensors each raise their own types
         raise UnsupportedModelError(f"{path}: not a checkpoint spandrel can load ({type(exc).__name__}: {exc})") from None
+    return _checked(descriptor, str(path))
+
+
+def descriptor_from_safetensors(data: bytes, label: str) -> Any:
+    """:func:`load_descriptor` of a safetensors file's bytes (``label`` names it in errors)."""
+    import spandrel
+    from safetensors.torch import load
+
+    from workers.ops.unet import register
+
+    register()
+    try:
+        descriptor = spandrel.ModelLoader().load_from_state_dict(load(data))
+    except Exception as exc:  # noqa: BLE001 - as load_descriptor
+        raise UnsupportedModelError(f"{label}: not a checkpoint spandrel can load ({type(exc).__name__}: {exc})") from None
+    return _checked(descriptor, label)
+
+
+def _checked(descriptor: Any, label: str) -> Any:
+    import spandrel
+
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
-        raise UnsupportedModelError(f"{path}: {descriptor.architecture.name} is not an image-to-image model")
+        raise UnsupportedModelError(f"{label}: {descriptor.architecture.name} is not an image-to-image model")
     if descriptor.scale != REQUIRED_SCALE:
-        raise UnsupportedModelError(f"{path}: model scale is x{descriptor.scale}, this pipeline needs x{REQUIRED_SCALE}")
+        raise UnsupportedModelError(f"{label}: model scale is x{descriptor.scale}, this pipeline needs x{REQUIRED_SCALE}")
     if descriptor.input_channels != 3 or descriptor.output_channels != 3:
         raise UnsupportedModelError(
-            f"{path}: model maps {descriptor.input_channels} to {descriptor.output_channels} channels, need 3 to 3"
+            f"{label}: model maps {descriptor.input_channels} to {descriptor.output_channels} channels, need 3 to 3"
         )
     return descriptor
 

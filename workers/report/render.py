@@ -111,8 +111,9 @@ def _settings_rows(data: ReportData) -> list[tuple[str, object]]:
         ("created", data.created_at or "?"),
         ("model requested", data.model),
     ]
-    for source, sha, device in data.models or (("?", "?", "?"),):
-        rows += [("model source", source), ("model sha256", sha or "n/a"), ("device", device or "n/a")]
+    for source, sha, device, precision in data.models or (("?", "?", "?", "?"),):
+        rows += [("model source", source), ("model sha256", sha or "n/a"), ("device", device or "n/a"),
+                 ("precision", precision or "n/a")]
     rows += [
         ("code version", ", ".join(data.code_versions) or "?"),
         ("expected columns", data.expected_columns if data.expected_columns is not None else "from the rows"),
