@@ -58,10 +58,10 @@ CANDIDATES = {
 }
 
 
-def make_start(candidate: Candidate, folder: Path) -> Path:
+def make_start(candidate: Candidate, folder: Path, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> Path:
     kind, _, what = candidate.start.partition(":")
     if kind == "file":
-        return DEFAULT_WEIGHTS_DIR / what
+        return weights_dir / what
     from workers.ops.architectures import write_initial
 
     path = folder / f"{candidate.name}-init.safetensors"
@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--reference", action="append", default=[], metavar="NAME=PATH",
                         help="score a model trained elsewhere too (its provenance beside it)")
     parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--weights-dir", type=Path, default=DEFAULT_WEIGHTS_DIR, help="the public checkpoints")
     parser.add_argument("--precision", default="auto", help="PRECISION of the trainings (auto: bf16 where native)")
     parser.add_argument("--restart", action="store_true", help="ignore saved states (default: an interrupted ladder resumes)")
     parser.add_argument("--score-only", action="store_true", help="score what an earlier run left in --out")
@@ -137,7 +138,7 @@ def main() -> None:
             # Pinned round-robin where the candidates divide the cores evenly (two per core: each gets half a
             # core); otherwise one thread each, unpinned, and the scheduler shares the cores among them equally.
             even = len(batch) % len(cores) == 0
-            running = [train(c, make_start(c, args.out), args.corpus, args.minutes, args.out,
+            running = [train(c, make_start(c, args.out, args.weights_dir), args.corpus, args.minutes, args.out,
                              cores[i % len(cores)] if even else None, args) for i, c in enumerate(batch)]
             for process in running:
                 process.wait()

@@ -30,7 +30,6 @@ import hashlib
 import io
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -178,14 +177,6 @@ def val_pairs(dataset: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
         gt = dataset / "val" / "gt" / inp.name.replace("val_", "gt_")
         found.append((inp.stem, np.asarray(Image.open(inp).convert("RGB")), np.asarray(Image.open(gt).convert("RGB"))))
     return found
-
-
-def mean_psnr(upscale: Callable[[np.ndarray], np.ndarray], pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> float:
-    """Mean competition PSNR (grey, every 8th value) of ``upscale`` (H x W x 3 -> 4H x 4W x 3) over ``pairs``."""
-    from workers.io.submission import grey_subsample
-    from workers.ops.metrics import psnr
-
-    return float(np.mean([psnr(grey_subsample(upscale(inp)), grey_subsample(gt)) for _, inp, gt in pairs]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,6 +155,9 @@ def enqueue(src: str, run_id: str | None, sample_submission: str | None, retry_f
                        show_progress=True, resume_cancelled=resume_cancelled)
     click.echo(f"run {plan.run_id}: {plan.manifest.total} inputs, {len(plan.finished)} already finished")
     result = _execute(ctx, plan, wait)
+    for model in ctx.loaded():
+        if model.get("precision"):
+            click.echo(f"model ran in {model['precision']} on {model['device']} ({model['precision_reason']})")
     if result is not None:
         _report_result(ctx.storage, plan.run_id, result.written, result.failed, result.pending)
 
