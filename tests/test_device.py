@@ -80,3 +80,22 @@ def test_an_agreement_record_round_trips_and_belongs_to_one_file(tmp_path):
     assert cached_agreement(tmp_path, "abc") == AGREES and cached_agreement(tmp_path, "def") is None
     with pytest.raises(ConfigError, match="newer"):
         Bf16Agreement.from_dict({**AGREES.to_dict(), "version": 99})
+
+
+def test_a_recorded_agreement_is_found_beside_the_file_in_the_registry_or_the_cache(tmp_path):
+    from workers.io.models import ModelRegistry, ShippedModel, write_registry
+    from workers.ops.device import recorded_agreement
+
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"weights")
+    assert recorded_agreement(model, "abc", str(tmp_path)) is None
+    registry = ModelRegistry(tmp_path, "m", {"m": ShippedModel("m", "m.safetensors", "abc", "Compact", 1,
+                                                               bf16_agreement=AGREES.to_dict())})
+    write_registry(registry)
+    assert recorded_agreement(model, "abc", str(tmp_path)) == AGREES
+    assert recorded_agreement(model, "another file", str(tmp_path)) is None
+    (tmp_path / "m.json").write_text(json.dumps({"bf16_agreement": LOSES.to_dict()}))
+    assert recorded_agreement(model, "abc", str(tmp_path)) == LOSES  # the provenance beside the file comes first
+    cache = tmp_path / "cache"
+    store_agreement(cache, Bf16Agreement("def", 30.0, 30.0, 4, "x"))
+    assert recorded_agreement(model, "def", str(tmp_path), cache).items == 4
