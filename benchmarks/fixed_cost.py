@@ -5,10 +5,14 @@ Phases (one in-process run of the CLI, timed at its seams): Python and the CLI's
 forward pass (the first one includes oneDNN's set-up for the shape), the aggregation, the report, and,
 measured apart, the interpreter's exit. Whole processes: ``producer enqueue INPUTS`` from start to exit,
 ``--rounds`` times, each round alternating the code under test with ``--before`` (an export of another
-commit, e.g. ``git archive dbd8e15 | tar -x -C /tmp/before``) when given, on fresh run stores.
+commit, e.g. ``git archive dbd8e15 | tar -x -C /tmp/before``) when given, and with ``--against`` (the same
+code with other options, e.g. ``--weights models/lowlight-compact.safetensors --precision fp32``), on
+fresh run stores; images/s is the inputs over the whole process's time.
 
     .venv/bin/python benchmarks/fixed_cost.py --inputs build/heldout/enqueue128/test --count 1 --rounds 3 \\
         --before /tmp/before
+    .venv/bin/python benchmarks/fixed_cost.py --inputs build/heldout/enqueue128/test --count 128 --rounds 2 \\
+        --against "--weights models/lowlight-compact.safetensors --precision fp32"
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -47,7 +52,7 @@ import workers.ops.upscale as up
 import producer.embedded as embedded
 load, upscale = up.load_upscaler, up.Upscaler.upscale
 def traced_load(*a, **k):
-    result = load(*a, **k); mark("load the model (spandrel, weights, the precision rule)"); return result
+    result = load(*a, **k); mark("resolve, list, plan; load the model (weights, the precision rule)"); return result
 count = [0]
 def traced_upscale(self, *a, **k):
     result = upscale(self, *a, **k); count[0] += 1
@@ -104,30 +109,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1, help="how many of its images (the first, sorted)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", type=Path, default=None, help="an export of the commit to compare with")
-    parser.add_argument("extra", nargs="*", help="more producer enqueue arguments (after --)")
+    parser.add_argument("--against", default=None, help="producer enqueue options of a second variant of this code")
+    parser.add_argument("--no-phases", action="store_true", help="whole processes only")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="fixed-cost-inputs-"))
     for path in sorted(args.inputs.iterdir())[: args.count]:
         shutil.copy(path, folder)
     env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
-    log(f"phases of one run on {args.count} input(s)")
-    store = Path(tempfile.mkdtemp(prefix="fixed-cost-"))
-    traced = phases(folder, store, env)
-    shutil.rmtree(store, ignore_errors=True)
-    total = sum(seconds for _, seconds in traced)
-    print(f"## Fixed cost of `producer enqueue` ({args.count} input(s) of {args.inputs})\n")
-    print(markdown_table(("phase", "seconds", "share"), [(name, f"{s:.2f}", f"{100 * s / total:.0f}%") for name, s in traced]
-                         + [("total", f"{total:.2f}", "100%")]))
-    variants = [("this code", Path(ROOT))] + ([("before", args.before)] if args.before else [])
-    times: dict[str, list[float]] = {label: [] for label, _ in variants}
+    print(f"## `producer enqueue` on {args.count} input(s) of {args.inputs}\n")
+    if not args.no_phases:
+        log(f"phases of one run on {args.count} input(s)")
+        store = Path(tempfile.mkdtemp(prefix="fixed-cost-"))
+        traced = phases(folder, store, env)
+        shutil.rmtree(store, ignore_errors=True)
+        total = sum(seconds for _, seconds in traced)
+        print(markdown_table(("phase", "seconds", "share"), [(name, f"{s:.2f}", f"{100 * s / total:.0f}%")
+                                                             for name, s in traced] + [("total", f"{total:.2f}", "100%")]))
+    variants: list[tuple[str, Path, list[str]]] = [("this code, no options", Path(ROOT), [])]
+    if args.against:
+        variants.append((f"this code, {args.against}", Path(ROOT), shlex.split(args.against)))
+    if args.before:
+        variants.append(("before, no options", args.before, []))
+    times: dict[str, list[float]] = {label: [] for label, _, _ in variants}
     for round_number in range(args.rounds):
-        order = variants if round_number % 2 == 0 else variants[::-1]  # alternate, so drift weighs on both
-        for label, code in order:
+        order = variants if round_number % 2 == 0 else variants[::-1]  # alternate, so drift weighs on each
+        for label, code, extra in order:
             log(f"round {round_number + 1}: {label}")
-            times[label].append(whole(folder, code, env, args.extra))
-    print("\n| code | whole process, s (each round) | median |\n| --- | --- | --- |")
+            times[label].append(whole(folder, code, env, extra))
+    print("\n| code | whole process, s (each round) | median | images/s |\n| --- | --- | --- | --- |")
     for label, seconds in times.items():
-        print(f"| {label} | {', '.join(f'{s:.2f}' for s in seconds)} | {statistics.median(seconds):.2f} |")
+        median = statistics.median(seconds)
+        print(f"| {label} | {', '.join(f'{s:.2f}' for s in seconds)} | {median:.2f} | {args.count / median:.3g} |")
     print(f"\nLoad average at the end: {os.getloadavg()[0]:.1f} (one run each per round, alternating).")
     shutil.rmtree(folder, ignore_errors=True)
     return 0

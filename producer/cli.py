@@ -547,8 +547,8 @@ def _exit(code: int, exc: SystemExit | None = None) -> None:
     (the stage context's writes, the thread pools)."""
     if exc is not None:
         raise exc  # a message as exit status (click's sys.exit("...")): the interpreter prints it
-    if "torch" not in sys.modules:
-        sys.exit(code)
+    if "torch" not in sys.modules or sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)  # a profiler or coverage writes its data at the normal exit
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
