@@ -104,6 +104,11 @@ class StageContext:
     def model_cache_dir(self) -> Path:
         return Path(self.settings.model_cache_dir or Path.home() / ".cache" / "lowlight-sr" / "models").expanduser()
 
+    def loaded(self) -> list[dict[str, str]]:
+        """What each model loaded in this process runs (model, device, precision and why)."""
+        with self._model_lock:
+            return [u.describe() for u in [*self._upscalers.values(), *self._run_models.values()]]
+
     def warm_up(self) -> None:
         """Load the worker's model now (GPU workers do at start-up), not on the first image."""
         self.upscaler("model")
