@@ -80,7 +80,9 @@ compose-test:
 corpus: $(BIN)/.installed
 	$(BIN)/python scripts/fetch-photo-corpus
 
-# Reproduces models/lowlight-compact.* from scratch (2.5 h on 2 cores; PRETRAIN_MINUTES to change).
+# Reproduces models/lowlight-compact.* from scratch (2.5 h on 2 cores; PRETRAIN_MINUTES to change);
+# PRETRAIN_ARCH=unet-16 (workers/ops/architectures.py) pretrains another architecture from a random start.
+# Interrupted, the same command resumes.
 pretrain: $(BIN)/.installed
 	bash scripts/pretrain
 

@@ -1,20 +1,28 @@
-"""CPU inference of the default (learned, compact) model: what each setting buys, in one run.
+"""CPU inference of the default model: what each setting and runtime buys, in one run.
 
-The same images go through the model at batch 1 (what the embedded pipeline runs on a CPU) with:
-NCHW and ``channels_last`` memory, ``torch.no_grad`` and ``torch.inference_mode``, 1 thread and one
-per core, ``torch.compile``, and bf16 autocast. Each row's images/s is compared with the previous
-production setting (NCHW, inference mode, torch's default threads), and its output with fp32 NCHW:
-a setting is worth adopting when it is at least 1.3x faster with the same pixels (up to a rare
-one-level flip of a rounding: fp32 summed in another order). The last row is
-the production upscaler itself (``Upscaler.upscale``: conversion, rounding and copies included).
+The same 256x160 images go through the shipped default model with: fp32 and bf16 (the weights in bf16,
+what ``PRECISION=bf16`` and the precision rule's ``auto`` run; and bf16 autocast), NCHW and
+``channels_last`` memory, 1 thread and one per core, batch 1 and 4, ``torch.compile``, and, when they are
+installed (both on PyPI: ``pip install onnxruntime onnx openvino``), ONNX Runtime and OpenVINO on the same
+network exported to ONNX. Each row's images/s is compared with fp32 NCHW at torch's default threads
+("before") and its uint8 output with that row's. Rounds interleave the rows (``--rounds``), so a load that
+drifts weighs on every row alike; a row's time is its best round (on a shared machine the least disturbed
+one is the closest to what the setting costs; the median is printed beside it).
 
-    python benchmarks/cpu_inference.py --size 256x160 --count 8
+Another runtime is adopted only if it is at least 1.3x faster than torch's best row *of the same precision*
+in this run, with the same output (at most one level apart from fp32, or for a bf16 row the bf16 agreement
+of ``workers/ops/device.py``). The last row is the production upscaler (``Upscaler.upscale``: conversion,
+rounding and copies included) with ``PRECISION=auto``.
+
+    python benchmarks/cpu_inference.py --count 8 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,155 +35,216 @@ if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, w
 from benchmarks import common  # noqa: E402
 from benchmarks.common import fmt, log  # noqa: E402
 
-SHIPPED_MODEL = common.REPO / "models" / "lowlight-compact.safetensors"
-ADOPT_AT = 1.3  # speed-up a setting must give, with the same output, to be adopted
-SAME_OUTPUT_LEVELS = 1  # fp32 in another summation order (channels_last) may flip a rare rounding by one level
+ADOPT_AT = 1.3  # speed-up another runtime must give over torch's best, with the same output, to be adopted
+SAME_OUTPUT_LEVELS = 1  # fp32 in another summation order may flip a rare rounding by one level
 
 
 @dataclass(frozen=True)
 class Setting:
     label: str
-    channels_last: bool = False
-    grad_mode: str = "inference_mode"  # or no_grad
-    threads: int = 0  # 0: torch's default (one per core)
+    runtime: str = "torch"  # torch, onnxruntime, openvino
+    precision: str = "fp32"  # fp32, bf16 (weights), bf16-autocast
+    channels_last: bool = True
+    threads: int = 0  # 0: one per core
+    batch: int = 1
     compile: bool = False
-    bf16: bool = False
 
 
-@dataclass
-class Row:
-    setting: Setting
-    seconds_per_image: float
-    first_call_s: float
-    max_difference: int
-    psnr_db: float
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="cpu_inference.py", description=__doc__.split("\n\n")[0])
-    common.add_common_arguments(parser, count=8)
-    parser.set_defaults(weights=SHIPPED_MODEL)
-    parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile (it compiles for a minute)")
-    return common.parse_common(parser, argv)
-
-
-def settings(cores: int, with_compile: bool) -> list[Setting]:
-    rows = [
-        Setting("before: NCHW, inference_mode, default threads"),
-        Setting("NCHW, no_grad", grad_mode="no_grad"),
-        Setting("channels_last (production)", channels_last=True),
-        Setting("channels_last, 1 thread", channels_last=True, threads=1),
-    ]
-    if cores > 2:
-        rows.append(Setting(f"channels_last, {cores // 2} threads", channels_last=True, threads=cores // 2))
+def settings(cores: int, with_compile: bool, runtimes: list[str]) -> list[Setting]:
+    rows = [Setting("fp32, NCHW (before)", channels_last=False),
+            Setting("fp32, channels_last"),
+            Setting("fp32, channels_last, 1 thread", threads=1),
+            Setting("fp32, channels_last, batch 4", batch=4)]
     if with_compile:
-        rows.append(Setting("channels_last + torch.compile", channels_last=True, compile=True))
-    rows.append(Setting("channels_last + bf16 autocast", channels_last=True, bf16=True))
+        rows.append(Setting("fp32, channels_last, torch.compile", compile=True))
+    rows += [Setting("bf16, channels_last (PRECISION=bf16; auto where native and agreed)", precision="bf16"),
+             Setting("bf16, NCHW", precision="bf16", channels_last=False),
+             Setting("bf16, channels_last, 1 thread", precision="bf16", threads=1),
+             Setting("bf16, channels_last, batch 4", precision="bf16", batch=4),
+             Setting("bf16 autocast (fp32 weights), channels_last", precision="bf16-autocast")]
+    if with_compile:
+        rows.append(Setting("bf16, channels_last, torch.compile", precision="bf16", compile=True))
+    if "onnxruntime" in runtimes:
+        rows += [Setting("ONNX Runtime fp32", runtime="onnxruntime", channels_last=False),
+                 Setting("ONNX Runtime fp32, 1 thread", runtime="onnxruntime", channels_last=False, threads=1)]
+    if "openvino" in runtimes:
+        rows += [Setting("OpenVINO fp32", runtime="openvino", channels_last=False),
+                 Setting("OpenVINO bf16 (its inference precision hint)", runtime="openvino", precision="bf16",
+                         channels_last=False)]
+    if cores > 2:
+        rows.append(Setting(f"bf16, channels_last, {cores // 2} threads", precision="bf16", threads=cores // 2))
     return rows
 
 
-def grad_context(mode: str) -> Any:
-    import torch
+def available_runtimes() -> list[str]:
+    found = []
+    for name in ("onnxruntime", "openvino"):
+        try:
+            __import__(name)
+            __import__("onnx")
+            found.append(name)
+        except ImportError:
+            pass
+    return found
 
-    return torch.inference_mode() if mode == "inference_mode" else torch.no_grad()
 
+class Runner:
+    """One setting, prepared once (a model copy in its dtype and layout, a compiled or exported network)."""
 
-def run_setting(setting: Setting, model: Any, batches: list[Any], default_threads: int) -> tuple[list[Any], float, float]:
-    """(uint8 outputs, seconds per image, first call seconds) of ``model`` under ``setting``."""
-    import torch
+    def __init__(self, setting: Setting, model: Any, onnx_path: Path | None, default_threads: int) -> None:
+        import copy
 
-    torch.set_num_threads(setting.threads or default_threads)
-    fmt_ = torch.channels_last if setting.channels_last else torch.contiguous_format
-    model.to(memory_format=fmt_)
-    forward: Callable[[Any], Any] = torch.compile(model) if setting.compile else model
+        import torch
 
-    def once(x: Any) -> Any:
-        with grad_context(setting.grad_mode), torch.autocast("cpu", torch.bfloat16, enabled=setting.bf16):
-            y = forward(x.contiguous(memory_format=fmt_))
+        self.setting, self.default_threads = setting, default_threads
+        self.first_call_s = 0.0
+        threads = setting.threads or default_threads
+        if setting.runtime == "torch":
+            layout = torch.channels_last if setting.channels_last else torch.contiguous_format
+            net = copy.deepcopy(model).eval()
+            if setting.precision == "bf16":
+                net = net.to(torch.bfloat16)
+            net = net.to(memory_format=layout)
+            self.dtype = torch.bfloat16 if setting.precision == "bf16" else torch.float32
+            self.layout = layout
+            self.net: Callable[[Any], Any] = torch.compile(net) if setting.compile else net
+        elif setting.runtime == "onnxruntime":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        else:
+            import openvino as ov
+
+            config = {"INFERENCE_NUM_THREADS": threads,
+                      "INFERENCE_PRECISION_HINT": "bf16" if setting.precision == "bf16" else "f32"}
+            self.compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
+
+    def __call__(self, x: Any) -> Any:
+        """N x 3 x H x W float in [0, 1] -> uint8 N x 3 x 4H x 4W."""
+        import torch
+
+        s = self.setting
+        if s.runtime == "torch":
+            torch.set_num_threads(s.threads or self.default_threads)
+            try:
+                with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=s.precision == "bf16-autocast"):
+                    y = self.net(x.to(self.dtype).contiguous(memory_format=self.layout))
+            finally:
+                torch.set_num_threads(self.default_threads)
+        elif s.runtime == "onnxruntime":
+            y = torch.from_numpy(self.session.run(None, {"input": x.numpy()})[0])
+        else:
+            y = torch.from_numpy(self.compiled(x.numpy())[0])
         return y.float().clamp(0, 1).mul(255).round().to(torch.uint8)
 
-    _, first = common.timed(lambda: once(batches[0]))
-    started = time.perf_counter()
-    outputs = [once(x) for x in batches]
-    seconds = (time.perf_counter() - started) / len(batches)
-    torch.set_num_threads(default_threads)
-    model.to(memory_format=torch.contiguous_format)
-    return outputs, seconds, first
+
+def export_onnx(model: Any, folder: Path, height: int, width: int) -> Path | None:
+    import torch
+
+    path = folder / "model.onnx"
+    try:
+        torch.onnx.export(model.eval(), (torch.zeros(1, 3, height, width),), str(path), input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+    except Exception as exc:  # noqa: BLE001 - an exporter that cannot take the network leaves the rows out
+        log(f"ONNX export failed ({type(exc).__name__}: {exc}); no ONNX Runtime or OpenVINO rows")
+        return None
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    parser = argparse.ArgumentParser(prog="cpu_inference.py", description=__doc__.split("\n\n")[0])
+    common.add_common_arguments(parser, count=8)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over every row, interleaved [default: 3]")
+    parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile (it compiles for a minute)")
+    parser.add_argument("--no-runtimes", action="store_true", help="leave out ONNX Runtime and OpenVINO")
+    args = common.parse_common(parser, argv)
     import numpy as np
     import torch
 
+    from workers.io.models import load_registry, models_folder
+    from workers.ops.device import CpuCapabilities
     from workers.ops.metrics import psnr
     from workers.ops.upscale import load_descriptor, load_upscaler
 
+    registry = load_registry(models_folder())
+    weights = args.weights if args.weights != common.default_weights() else registry.path(registry.default)
     common.apply_torch_threads(args.torch_threads)
     default_threads = torch.get_num_threads()
     width, height = args.size
     images = common.synthetic_images(args.count, width, height)
-    batches = [torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255) for image in images]
-    model = load_descriptor(args.weights).model.eval()
+    singles = [torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255) for image in images]
+    model = load_descriptor(weights).model.eval()
     load_avg_start = common.load_average()
+    runtimes = [] if args.no_runtimes else available_runtimes()
+    folder = Path(tempfile.mkdtemp(prefix="cpu-inference-"))
+    onnx_path = export_onnx(model, folder, height, width) if runtimes else None
+    runtimes = runtimes if onnx_path else []
+    rows = settings(common.core_count(), not args.no_compile, runtimes)
+    runners = {}
+    for setting in rows:
+        log(f"preparing {setting.label}")
+        runner = Runner(setting, model, onnx_path, default_threads)
+        batch = singles[0] if setting.batch == 1 else torch.cat(singles[: setting.batch])
+        _, runner.first_call_s = common.timed(lambda r=runner, b=batch: r(b))
+        runners[setting] = runner
+    times: dict[Setting, list[float]] = {s: [] for s in rows}
+    outputs: dict[Setting, list[Any]] = {}
+    for round_number in range(args.rounds):
+        order = rows if round_number % 2 == 0 else rows[::-1]
+        for setting in order:
+            batches = [torch.cat(singles[i : i + setting.batch]) for i in range(0, len(singles), setting.batch)]
+            started = time.perf_counter()
+            result = [runners[setting](b) for b in batches]
+            times[setting].append((time.perf_counter() - started) / len(singles))
+            outputs[setting] = [image for out in result for image in out]
+        log(f"round {round_number + 1} of {args.rounds} done")
 
-    rows: list[Row] = []
-    reference: list[Any] = []
-    run_setting(Setting("warm-up"), model, batches[:1], default_threads)  # the first row must not pay start-up
-    for setting in settings(common.core_count(), not args.no_compile):
-        log(f"{setting.label}: {len(batches)} images")
-        outputs, seconds, first = run_setting(setting, model, batches, default_threads)
-        reference = reference or outputs
-        diffs = [int((a.int() - b.int()).abs().max()) for a, b in zip(outputs, reference, strict=True)]
-        worst = min(psnr(a.numpy(), b.numpy()) for a, b in zip(outputs, reference, strict=True))
-        rows.append(Row(setting, seconds, first, max(diffs), worst))
-        if setting.label.endswith("(production)"):
-            production_reference = outputs
+    log("production upscaler (Upscaler.upscale, PRECISION=auto)")
+    production = load_upscaler(weights, "cpu", "auto")
+    measured = common.measure_upscale(production, images, 1)
 
-    log("production upscaler (Upscaler.upscale)")
-    upscaler = load_upscaler(args.weights, "cpu")
-    production = common.measure_upscale(upscaler, images, 1)
-    produced = [upscaler.upscale(image[None])[0] for image in images[:2]]
-    same = all(np.array_equal(p, r[0].permute(1, 2, 0).numpy())
-               for p, r in zip(produced, production_reference, strict=False))
+    reference = outputs[rows[0]]
+    seconds = {s: min(times[s]) for s in rows}
+    medians = {s: statistics.median(times[s]) for s in rows}
+    before = seconds[rows[0]]
 
-    before = rows[0].seconds_per_image
-    layout = next(row for row in rows if row.setting.label.endswith("(production)"))
+    def torch_best(precision: str) -> float:
+        return min(seconds[s] for s in rows if s.runtime == "torch" and s.precision.startswith(precision))
+
     table = []
-    for row in rows:
-        # A setting on top of channels_last (threads, compile, bf16) is judged by what it adds to it.
-        base = layout if row.setting.channels_last and row is not layout else rows[0]
-        ratio, own = before / row.seconds_per_image, base.seconds_per_image / row.seconds_per_image
-        same_output = row.max_difference <= SAME_OUTPUT_LEVELS
-        verdict = ("baseline" if row is rows[0] else
-                   "adopted" if own >= ADOPT_AT and same_output else
-                   f"no: < {ADOPT_AT}x" if same_output else "no: changes the output")
-        output = "identical" if row.max_difference == 0 else f"max {row.max_difference}, {row.psnr_db:.1f} dB"
-        table.append((row.setting.label, fmt(1000 * row.seconds_per_image), fmt(1 / row.seconds_per_image),
-                      f"{ratio:.2f}x", f"{own:.2f}x" if row is not rows[0] else "-", output,
-                      f"{row.first_call_s:.2f}", verdict))
-        common.record(args, row.setting.label, ratio, "x vs before",
-                      f"{fmt(1 / row.seconds_per_image)} images/s; {own:.2f}x its own gain; output {output}; {verdict}")
-    table.append(("production: Upscaler.upscale (channels_last, inference_mode, uint8 in and out)",
-                  fmt(production.ms_per_image), fmt(production.images_per_second),
-                  f"{before * production.images_per_second:.2f}x", "-",
-                  "as the channels_last row" if same else "DIFFERS from the channels_last row", "-", "-"))
-    common.record(args, "production upscaler", before * production.images_per_second, "x vs before",
-                  f"{fmt(production.images_per_second)} images/s")
-
-    print(f"## CPU inference of {args.weights.name}: {args.count} images {width}x{height} -> "
-          f"{4 * width}x{4 * height}, batch 1\n")
-    print(common.markdown_table(("setting", "ms/image", "images/s", "vs before", "its own gain",
-                                 "output vs fp32 NCHW", "first call s", "verdict"), table))
-    print(f"\nIts own gain: against the row it builds on (before, or channels_last for the settings added to "
-          f"it). Adopted: what is at least {ADOPT_AT}x faster on its own with the same output (at most {SAME_OUTPUT_LEVELS} level "
-          "apart: fp32 summed in another order can flip a rounding). Threads: a setting of the machine, not of "
-          "the code (torch's default is one per core; on a busy machine fewer can be faster). bf16 changes the output (the "
-          "PSNR column is against fp32, not against the truth); PRECISION=bf16 turns it on. One run, on a shared "
-          "machine: compare rows, not runs.\n")
-    macs = common.conv_macs_per_pixel(upscaler.descriptor.model, upscaler.device, upscaler.dtype)
+    for setting in rows:
+        out = outputs[setting]
+        worst = int(max(int((a.int() - b.int()).abs().max()) for a, b in zip(out, reference, strict=True)))
+        closeness = min(psnr(a.numpy(), b.numpy()) for a, b in zip(out, reference, strict=True))
+        output = "identical" if worst == 0 else f"max {worst} levels, {closeness:.1f} dB"
+        if setting.runtime == "torch":
+            verdict = "baseline" if setting is rows[0] else "-"
+        else:
+            gain = torch_best(setting.precision) / seconds[setting]
+            same = worst <= SAME_OUTPUT_LEVELS or setting.precision == "bf16"
+            verdict = (f"adopt ({gain:.2f}x torch's best {setting.precision})" if gain >= ADOPT_AT and same else
+                       f"no: {gain:.2f}x torch's best {setting.precision}" + ("" if same else ", other output"))
+        table.append((setting.label, fmt(1000 * seconds[setting]), fmt(1000 * medians[setting]), fmt(1 / seconds[setting]),
+                      f"{before / seconds[setting]:.2f}x", output, f"{runners[setting].first_call_s:.2f}", verdict))
+        common.record(args, setting.label, before / seconds[setting], "x vs before",
+                      f"{fmt(1 / seconds[setting])} images/s; output {output}; {verdict}")
+    table.append((f"production Upscaler.upscale, auto: {production.precision}", fmt(measured.ms_per_image), "-",
+                  fmt(measured.images_per_second), f"{before * measured.images_per_second:.2f}x", "-", "-", "-"))
+    print(f"## CPU inference of {weights.name}: {args.count} images {width}x{height} -> {4 * width}x{4 * height}, "
+          f"best of {args.rounds} interleaved rounds\n")
+    print(common.markdown_table(("setting", "ms/image", "median ms", "images/s", "vs before", "output vs fp32 NCHW",
+                                 "first call s", "verdict"), table))
+    print(f"\nThe production row's precision: {production.precision_reason}.\n")
+    print(f"Another runtime is adopted where it is at least {ADOPT_AT}x faster than torch's best row of its precision "
+          f"here with the same output. Threads: a setting of the machine (torch's default is one per core). "
+          f"{CpuCapabilities.detect().describe()}. One run on a shared machine: compare rows, not runs.\n")
+    macs = common.conv_macs_per_pixel(model, torch.device("cpu"), torch.float32, size=64)
     print(f"Model: {fmt(macs / 1e3)} K multiply-adds per input pixel.\n")
-    common.print_machine(upscaler, args.weights, width, height, load_avg_start)
+    common.print_machine(production, weights, width, height, load_avg_start)
+    del np
     return 0
 
 

@@ -32,6 +32,7 @@ Run from the repository root: ``python dataset/make_sample.py``.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,14 @@ def write_images(sources: dict[str, np.ndarray], splits: dict[str, list[Cell]]) 
     return written
 
 
+def write_scenes(splits: dict[str, list[Cell]]) -> Path:
+    """``train/scenes.json``: which photo each training pair is cut from, so training holds back whole photos."""
+    path = OUT_DIR / "train" / "scenes.json"
+    scenes = {output_paths("train", n)[0].stem: cell.source for n, cell in enumerate(splits["train"], start=1)}
+    path.write_text(json.dumps(scenes, indent=1) + "\n")
+    return path
+
+
 def write_sample_submission(n_test: int) -> Path:
     """An all-zero submission with one row per test image, sorted by ID."""
     path = OUT_DIR / "sample_submission.csv"
@@ -184,7 +193,7 @@ def main() -> None:
     sources = {name: load_source(name) for name in SOURCE_SCALES}
     splits = deal(sources)
     remove_previous()
-    written = write_images(sources, splits) + [write_sample_submission(len(splits["test"]))]
+    written = write_images(sources, splits) + [write_sample_submission(len(splits["test"])), write_scenes(splits)]
     total = sum(path.stat().st_size for path in written)
     counts = ", ".join(f"{split} {len(cells)}" for split, cells in splits.items())
     print(f"wrote {len(written)} files ({total:,} bytes) under {OUT_DIR}: {counts}")

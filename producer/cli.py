@@ -141,6 +141,9 @@ def enqueue(src: str, run_id: str | None, sample_submission: str | None, retry_f
     click.echo(f"run {plan.run_id}: {plan.manifest.total} inputs, {len(plan.finished)} already finished")
     with logging_redirect_tqdm():  # log lines above the progress bar, not glued to it
         result = _execute(ctx, plan, wait)
+    for model in ctx.loaded():
+        if model.get("precision"):
+            click.echo(f"model ran in {model['precision']} on {model['device']} ({model['precision_reason']})")
     if result is not None:
         _report_result(ctx.storage, plan.run_id, result.written, result.failed, result.pending)
 
@@ -466,6 +469,10 @@ def train(dataset: str | None, photos: str | None, start: str | None, output: st
                f"at step {result.best_step} -> {result.output}")
     if result.kept_start:
         click.echo(f"  no step beat the start checkpoint ({best} on the held-back set): kept the start's weights")
+    elif result.kept_output:
+        click.echo(f"  no step beat the model already at {result.output} ({best} on the held-back set): kept it")
+    for line in result.notes:
+        click.echo(f"  {line}")
     for key, reason in result.skipped:
         click.echo(f"  skipped {key}: {reason}")
 
@@ -539,26 +546,45 @@ def main() -> None:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        sys.exit(EXIT_ERROR)
+        _exit(EXIT_ERROR)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(EXIT_ERROR)
+        _exit(EXIT_ERROR)
     except EnhanceError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        _exit(EXIT_ERROR)
     except PermissionError as exc:  # an output folder the user cannot write (a container's mount, say)
         click.echo(f"error: {exc.strerror}: {exc.filename} (this process runs as uid {os.getuid()})", err=True)
-        sys.exit(EXIT_ERROR)
-    except SystemExit:
-        raise
+        _exit(EXIT_ERROR)
+    except SystemExit as exc:
+        _exit(exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_ERROR),
+              exc if not isinstance(exc.code, int | None) else None)
     except KeyboardInterrupt:
         click.echo("interrupted; re-run the same command to resume", err=True)
-        sys.exit(EXIT_ERROR)
+        _exit(EXIT_ERROR)
     except Exception as exc:  # connection errors from redis/kombu/urllib3 and friends
         if _is_connection_error(exc):
             click.echo(f"error: cannot reach a server: {exc}", err=True)
-            sys.exit(EXIT_ERROR)
+            _exit(EXIT_ERROR)
         raise
+    _exit(EXIT_OK)
+
+
+def _exit(code: int, exc: SystemExit | None = None) -> None:
+    """End the process with ``code`` once the command is done.
+
+    With torch loaded, the interpreter's teardown of its module graph (torch, and the sympy and dynamo that
+    spandrel's torchvision pulls in) takes over a second that no output waits for: the streams are flushed,
+    logging is shut down, and the process ends without it. The command has already waited for its own work
+    (the stage context's writes, the thread pools)."""
+    if exc is not None:
+        raise exc  # a message as exit status (click's sys.exit("...")): the interpreter prints it
+    if "torch" not in sys.modules or sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)  # a profiler or coverage writes its data at the normal exit
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _is_connection_error(exc: BaseException) -> bool:

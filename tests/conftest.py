@@ -16,6 +16,9 @@ from workers.settings import Settings
 pytest_plugins = ["tests.fixtures_servers", "tests.fixtures_cluster"]
 
 REPO = Path(__file__).resolve().parent.parent
+# Training must not pick up this machine's photo corpus (~/.cache/lowlight-sr/photo-corpus) unless a test
+# names one: subprocesses (producer, workers) inherit this; in-process tests pass photo_corpus="".
+os.environ["PHOTO_CORPUS"] = ""
 WEIGHTS_DIR = Path(os.environ.get("TEST_WEIGHTS_DIR", REPO.parent / "shared" / "weights"))
 DATASET = REPO / "dataset"
 

@@ -223,7 +223,7 @@ def test_a_few_training_steps_on_the_card(tmp_path, precision):
     from workers.settings import Settings
     from workers.training.job import make_trainer
 
-    settings = Settings(device="cuda", precision=precision, weights_dir="/nonexistent")
+    settings = Settings(device="cuda", precision=precision, weights_dir="/nonexistent", photo_corpus="")
     trainer = make_trainer(str(write_dataset(tmp_path / "data")), None, str(make_random_compact(tmp_path / "c.pth")),
                            TINY, settings, StorageFactory(settings))
     assert trainer.scaler.is_enabled() is (precision == "fp16") and not trainer.host_checks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -123,6 +124,26 @@ def test_unusable_photos_are_skipped_with_their_reason(tmp_path):
     assert "alpha" in reasons["alpha.png"] and "smaller than one 32px crop" in reasons["tiny.png"]
 
 
+def test_a_photo_above_pillows_own_pixel_limit_but_within_the_training_limits_is_used(monkeypatch):
+    """rel_photo_large_aborts_training.py: a 179-256 MP photo passed TRAINING_LIMITS, then a plain
+    Image.open() of the same bytes raised DecompressionBombError and ended training. Pillow's limit is
+    lowered here so a 64x48 photo is such a photo."""
+    photo = textured_photo(4, 64, 48)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2x of it, 2000 px, is below 64 x 48
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(_png(photo)))
+    assert np.array_equal(prepare_photo(_png(photo), "panorama.png", 32), photo)
+
+
+def test_a_photo_deleted_during_training_is_skipped_and_listed(tmp_path):
+    folder = write_photos(tmp_path / "photos", count=2)
+    source = photo_source(folder)
+    (folder / "photo_1.png").unlink()  # the corpus changes while training runs
+    for step in range(12):
+        make_batch(source, TrainConfig(batch=4, crop=8), step)
+    assert source.photos.skipped == {"photo_1.png": "is gone from the folder since it was listed"}
+
+
 def test_a_folder_with_no_usable_photo_stops_with_one_line_naming_it(tmp_path):
     folder = tmp_path / "empty"
     folder.mkdir()
@@ -181,6 +202,23 @@ def test_a_dataset_photos_folder_is_used_and_its_corpus_manifest_recorded(tmp_pa
     assert provenance["photos"]["count"] == 3 and provenance["photos"]["corpus_manifest_sha256"]
 
 
+def test_a_fine_tune_mixes_in_the_photo_corpus_when_it_is_there(tmp_path, small_compact):
+    data = write_dataset(tmp_path / "data")
+    corpus = tmp_path / "corpus"
+    write_photos(corpus / "photos", count=4)
+    (corpus / "manifest.json").write_text("{}")
+    notes: list[str] = []
+    config = TrainConfig(steps=2, batch=4, crop=8, eval_every=2)
+    with_corpus = settings(photo_corpus=str(corpus))
+    run_training(str(data), None, str(small_compact), config, with_corpus, StorageFactory(with_corpus), note=notes.append)
+    provenance = json.loads((data / "trained_x4.json").read_text())
+    assert provenance["photos"]["count"] == 4 and provenance["photos"]["folder"] == str(corpus)
+    assert any("mixing in the photo corpus" in line for line in notes)
+    absent = settings(photo_corpus=str(tmp_path / "absent"))
+    run_training(str(data), None, str(small_compact), config, absent, StorageFactory(absent), restart=True)
+    assert json.loads((data / "trained_x4.json").read_text())["photos"] is None
+
+
 def test_fine_tuning_keeps_the_start_when_it_does_not_beat_it(tmp_path, compact_weights):
     """A learning rate that wrecks the model: no step beats the start, so the output is the start."""
     data = write_dataset(tmp_path / "data", count=16)
@@ -192,13 +230,11 @@ def test_fine_tuning_keeps_the_start_when_it_does_not_beat_it(tmp_path, compact_
     from workers.ops.upscale import load_upscaler
 
     image = textured_photo(2, 24, 16)[None]
-    kept = load_upscaler(data / "trained_x4.safetensors", "cpu").upscale(image)
-    assert np.array_equal(kept, load_upscaler(compact_weights, "cpu").upscale(image))
+    kept = load_upscaler(data / "trained_x4.safetensors", "cpu", "fp32").upscale(image)
+    assert np.array_equal(kept, load_upscaler(compact_weights, "cpu", "fp32").upscale(image))
 
 
 def _png(image: np.ndarray) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()

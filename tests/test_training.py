@@ -51,8 +51,8 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_random_compact(tmp_path_factory.mktemp("small") / "compact.pth")
 
 
-def settings() -> Settings:
-    return Settings(device="cpu", weights_dir="/nonexistent")
+def settings(**changes: object) -> Settings:
+    return Settings(device="cpu", weights_dir="/nonexistent", photo_corpus="").replace(**changes)
 
 
 def train(root: Path, start: Path, config: TrainConfig = TINY, **kwargs):  # TrainResult
@@ -134,7 +134,7 @@ def test_re_running_a_used_budget_trains_a_new_phase_at_full_learning_rate(tiny,
     assert train(tiny, small, config).steps == 4
     longer = make_trainer(str(tiny), None, str(small), TrainConfig(steps=8, batch=2, crop=8, eval_every=2, holdout=0.25),
                           settings(), StorageFactory(settings()))
-    assert longer.phase["number"] == 2 and longer.phase["start_step"] == 4
+    assert longer.phase.number == 2 and longer.phase.start_step == 4
     assert longer._learning_rate(0.0) == pytest.approx(longer.config.lr)  # a warm restart, not the schedule's tail
     assert longer.run().steps == 8
     again = make_trainer(str(tiny), None, str(small), TrainConfig(steps=8, batch=2, crop=8, eval_every=2, holdout=0.25),
@@ -241,3 +241,64 @@ def test_batches_prefetched_on_a_thread_are_the_batches_of_their_steps(tiny):
         for step in (0, 1, 2, 2, 5, 6):  # a repeated and a skipped index are computed directly
             got, expected = prefetch.get(step), make_batch(source, TINY, step)
             assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+# -- what defines a run, and the output it may replace (rel_train_corpus_change_overwrites.py) ----------------
+
+
+def _photo_run(tmp_path: Path, small: Path, steps: int, **kwargs):  # noqa: ANN202 - TrainResult
+    config = TrainConfig(steps=steps, batch=4, crop=8, lr=2e-3, holdout_crops=4, eval_crop=8, eval_every=4,
+                         **kwargs.pop("config", {}))
+    return run_training(None, str(tmp_path / "out" / "model.safetensors"), str(small), config, settings(),
+                        StorageFactory(settings()), photos_url=str(tmp_path / "photos"), note=lambda line: None, **kwargs)
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_changed_corpus_continues_the_run_and_keeps_the_trained_model(tmp_path, small):
+    from tests.test_photos import textured_photo, write_photos
+
+    write_photos(tmp_path / "photos", count=5, width=48, height=40)
+    first = _photo_run(tmp_path, small, 12)
+    output = tmp_path / "out" / "model.safetensors"
+    assert not first.kept_start and first.best_step > 0
+    trained = _sha(output)
+    Image.fromarray(textured_photo(99, 48, 40)).save(tmp_path / "photos" / "photo_99.png")  # the corpus grows
+    stopped = _photo_run(tmp_path, small, 24, should_stop=lambda: True)  # a Ctrl-C right after the next start
+    assert stopped.steps == 12 and _sha(output) == trained
+    assert any("photos changed since step 12" in line for line in stopped.notes)
+    resumed = _photo_run(tmp_path, small, 24)
+    assert resumed.steps == 24  # it went on from step 12, it did not start again
+    if resumed.best_step == 12 or resumed.kept_output:
+        assert _sha(output) == trained
+
+
+def test_a_state_of_another_run_never_overwrites_a_better_output(tmp_path, small):
+    from tests.test_photos import write_photos
+
+    write_photos(tmp_path / "photos", count=5, width=48, height=40)
+    assert not _photo_run(tmp_path, small, 12).kept_start
+    output = tmp_path / "out" / "model.safetensors"
+    trained = _sha(output)
+    other = _photo_run(tmp_path, small, 4, config={"seed": 1}, should_stop=lambda: True)  # another run, same output
+    assert other.kept_output and not other.kept_start and other.steps == 0
+    assert _sha(output) == trained
+    assert any("stays unless a checkpoint beats it" in line for line in other.notes)
+    restarted = _photo_run(tmp_path, small, 12, restart=True, should_stop=lambda: True)  # --restart: the same rule
+    assert restarted.kept_output and _sha(output) == trained
+
+
+def test_held_back_pairs_are_whole_scenes_the_dataset_names(tmp_path, small):
+    data = write_dataset(tmp_path / "data", count=16)
+    scenes = {f"gt_{k:05d}": f"scene-{k // 4}" for k in range(16)}  # four pictures, four pairs each
+    (data / "train" / "scenes.json").write_text(json.dumps(scenes))
+    train(data, small, TrainConfig(steps=2, batch=2, crop=8, eval_every=2, holdout=0.25))
+    provenance = json.loads((data / "trained_x4.json").read_text())
+    held = {name.removesuffix(".png") for name in provenance["holdout"]["pairs"]}
+    held_scenes = {scenes[name] for name in held}
+    assert len(held) == 4 and len(held_scenes) == 1  # one whole scene, no pair of a trained one
+    assert provenance["pairs"]["held_back_scenes"] == sorted(held_scenes) and provenance["pairs"]["train"] == 12

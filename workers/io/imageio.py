@@ -117,6 +117,21 @@ def decode_image(data: bytes, name: str, limits: DecodeLimits) -> np.ndarray:
             raise InvalidImageError(name, f"truncated or corrupt {image.format} data: {_one_line(exc)}") from None
 
 
+def header_mode(data: bytes, name: str) -> tuple[str, bool]:
+    """(Pillow mode, whether it declares transparency) of an image :func:`decode_image` accepted,
+    from its header alone: no pixel is decoded, and Pillow's process-wide pixel limit (which
+    :class:`DecodeLimits` replaces) does not apply.
+
+    Raises:
+        InvalidImageError: the header cannot be read.
+    """
+    try:
+        with _open(data, ALLOWED_FORMATS) as image:
+            return image.mode, "transparency" in image.info
+    except (UnidentifiedImageError, *_CORRUPT) as exc:
+        raise InvalidImageError(name, f"unreadable image header: {_one_line(exc)}") from None
+
+
 def _open(data: bytes, formats: tuple[str, ...]) -> Image.Image:
     """``Image.open(data, formats=formats)`` but for Pillow's process-wide pixel limit: every caller
     checks its own :class:`DecodeLimits` on the header's size before any pixel is decoded. (Format
@@ -262,7 +277,7 @@ def _to_rgb8(image: Image.Image, name: str) -> np.ndarray:
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_BAND_BYTES = 1 << 18  # rows of about this many bytes are filtered and compressed at a time
-_PAETH = 4  # the PNG filter type
+_UP = 2  # the PNG filter type: each byte minus the one above it
 
 
 def encode_png(rgb: np.ndarray, compress_level: int = 1) -> bytes:
@@ -277,8 +292,9 @@ def write_png(rgb: np.ndarray, out: IO[bytes], compress_level: int = 1) -> None:
 
     Pillow would first copy the whole image into its own 4-bytes-a-pixel buffer and then hold the
     whole file: here only one band and its compressed bytes are in memory besides ``rgb``. Every
-    row gets the Paeth filter, which on our (smooth, upscaled) images compresses as well as
-    Pillow's per-row choice. Level 1: fast, still lossless.
+    row gets the Up filter: on our smooth, upscaled outputs its files are 2% larger than Paeth's, and
+    writing one takes a third of the time (18 against 49 ms for a 1024x640 output, measured on the
+    shipped model's outputs), which a CPU run pays for every image. Level 1: fast, still lossless.
     """
     height, width, _ = rgb.shape
     out.write(_PNG_SIGNATURE)
@@ -289,8 +305,8 @@ def write_png(rgb: np.ndarray, out: IO[bytes], compress_level: int = 1) -> None:
     for top in range(0, height, rows):
         band = np.ascontiguousarray(rgb[top : top + rows]).reshape(-1, 3 * width)
         lines = np.empty((band.shape[0], 1 + 3 * width), np.uint8)
-        lines[:, 0] = _PAETH
-        lines[:, 1:] = _paeth_filtered(band, np.concatenate([above, band[:-1]]))
+        lines[:, 0] = _UP
+        np.subtract(band, np.concatenate([above, band[:-1]]), out=lines[:, 1:])  # modulo 256, as PNG wants
         above = band[-1:]
         if data := deflate.compress(lines.data):
             out.write(_png_chunk(b"IDAT", data))
@@ -300,19 +316,6 @@ def write_png(rgb: np.ndarray, out: IO[bytes], compress_level: int = 1) -> None:
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def _paeth_filtered(band: np.ndarray, above: np.ndarray) -> np.ndarray:
-    """PNG's Paeth filter of ``band`` (rows x bytes, 3 bytes a pixel) given the row above each row."""
-    left = np.zeros_like(band)
-    left[:, 3:] = band[:, :-3]
-    upper_left = np.zeros_like(above)
-    upper_left[:, 3:] = above[:, :-3]
-    a, b, c = (v.astype(np.int16) for v in (left, above, upper_left))
-    estimate = a + b - c
-    pa, pb, pc = np.abs(estimate - a), np.abs(estimate - b), np.abs(estimate - c)
-    predictor = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, above, upper_left))
-    return band - predictor  # modulo 256, as PNG wants
 
 
 def decode_png(data: bytes, limits: DecodeLimits | None = None, name: str = "output") -> np.ndarray:

@@ -35,6 +35,7 @@ class ShippedModel:
     description: str = ""
     quality: dict[str, Any] = field(default_factory=dict)  # measured PSNR, where and how
     speed: dict[str, Any] = field(default_factory=dict)  # measured images/s, on which machine
+    bf16_agreement: dict[str, Any] = field(default_factory=dict)  # bf16 against fp32, measured (workers.ops.device)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ import torch
 
 from workers.errors import DeviceOutOfMemoryError, UnsupportedModelError
 from workers.io.weights import file_sha256
+from workers.ops.device import Bf16Agreement, CpuCapabilities, PrecisionChoice, choose_precision, recorded_agreement
 from workers.ops.device_errors import attempt, device_failures_raised
 from workers.ops.upscalers import ChannelOrder, TilePolicy
 
@@ -45,9 +46,6 @@ Store = Callable[[torch.Tensor], None]  # puts a finished output (or tile) where
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
 REQUIRED_SCALE = 4
 COMPILE_MODES: tuple[str, ...] = ("off", "default", "reduce-overhead", "max-autotune")
-
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -63,14 +61,19 @@ def cuda_has_bf16(device: torch.device) -> bool:
     return major >= 8
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: fp32 on a CPU; on CUDA bf16 where the card has it (fp32's range, so it does not
-    overflow where fp16 does, at the same tensor-core speed), else fp16."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if cuda_has_bf16(device) else torch.float16
-    return _DTYPES[precision]
+def resolve_precision(precision: str, device: torch.device, agreement: Bf16Agreement | None = None,
+                      cpu: CpuCapabilities | None = None) -> PrecisionChoice:
+    """The precision a model runs in on ``device`` (:func:`workers.ops.device.choose_precision`: on CUDA
+    bf16 where the card has it, else fp16; on a CPU bf16 where it is native and ``agreement`` says the
+    model's bf16 output agrees with its fp32 output; fp32 otherwise)."""
+    return choose_precision(precision, device.type, cpu or CpuCapabilities.detect(), cuda_bf16=cuda_has_bf16(device),
+                            agreement=agreement)
+
+
+def resolve_dtype(precision: str, device: torch.device, agreement: Bf16Agreement | None = None,
+                  cpu: CpuCapabilities | None = None) -> torch.dtype:
+    """:func:`resolve_precision` as a torch dtype."""
+    return resolve_precision(precision, device, agreement, cpu).torch_dtype()
 
 
 def load_descriptor(path: Path | str) -> Any:
@@ -84,32 +87,60 @@ def load_descriptor(path: Path | str) -> Any:
     """
     import spandrel
 
+    from workers.ops.unet import register
+
+    register()  # the project's own architecture, beside spandrel's
     path = Path(path)
     try:
         descriptor = spandrel.ModelLoader().load_from_file(path)
     except Exception as exc:  # unpickling/zip/safetensors each raise their own types
         raise UnsupportedModelError(f"{path}: not a checkpoint spandrel can load ({type(exc).__name__}: {exc})") from None
+    return _checked(descriptor, str(path))
+
+
+def descriptor_from_safetensors(data: bytes, label: str) -> Any:
+    """:func:`load_descriptor` of a safetensors file's bytes (``label`` names it in errors)."""
+    import spandrel
+    from safetensors.torch import load
+
+    from workers.ops.unet import register
+
+    register()
+    try:
+        descriptor = spandrel.ModelLoader().load_from_state_dict(load(data))
+    except Exception as exc:  # noqa: BLE001 - as load_descriptor
+        raise UnsupportedModelError(f"{label}: not a checkpoint spandrel can load ({type(exc).__name__}: {exc})") from None
+    return _checked(descriptor, label)
+
+
+def _checked(descriptor: Any, label: str) -> Any:
+    import spandrel
+
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
-        raise UnsupportedModelError(f"{path}: {descriptor.architecture.name} is not an image-to-image model")
+        raise UnsupportedModelError(f"{label}: {descriptor.architecture.name} is not an image-to-image model")
     if descriptor.scale != REQUIRED_SCALE:
-        raise UnsupportedModelError(f"{path}: model scale is x{descriptor.scale}, this pipeline needs x{REQUIRED_SCALE}")
+        raise UnsupportedModelError(f"{label}: model scale is x{descriptor.scale}, this pipeline needs x{REQUIRED_SCALE}")
     if descriptor.input_channels != 3 or descriptor.output_channels != 3:
         raise UnsupportedModelError(
-            f"{path}: model maps {descriptor.input_channels} to {descriptor.output_channels} channels, need 3 to 3"
+            f"{label}: model maps {descriptor.input_channels} to {descriptor.output_channels} channels, need 3 to 3"
         )
     return descriptor
 
 
 def load_upscaler(path: Path | str, device: str = "auto", precision: str = "auto", tiles: TilePolicy | None = None,
-                  source: str = "", cudnn_benchmark: bool = False, compile_mode: str = "off") -> Upscaler:
+                  source: str = "", cudnn_benchmark: bool = False, compile_mode: str = "off",
+                  agreement: Bf16Agreement | None = None, models_dir: str = "",
+                  agreement_cache: Path | None = None) -> Upscaler:
     """Load a checkpoint (:func:`load_descriptor`) onto ``device`` in ``precision``, ready to upscale.
 
     The model runs in ``channels_last`` on every device: cuDNN's fp16/bf16 kernels want NHWC, and on
     a CPU oneDNN runs the same convolutions about twice as fast with identical outputs (measured:
-    ``benchmarks/cpu_inference.py``). ``cudnn_benchmark`` lets cuDNN time its algorithms for each new
-    input shape (process-wide); ``compile_mode`` wraps the network in ``torch.compile`` (the fp32
-    recompute of a non-finite pass stays eager). ``source`` says where the file came from, for
-    reports (default ``file:<path>``).
+    ``benchmarks/cpu_inference.py``). ``precision`` ``auto`` follows :func:`resolve_precision`, with the
+    file's bf16 agreement given (``agreement``) or recorded (:func:`~workers.ops.device.recorded_agreement`:
+    beside the file, in the registry of ``models_dir``, in ``agreement_cache``). ``cudnn_benchmark`` lets
+    cuDNN time its algorithms for each new input shape (process-wide); ``compile_mode`` wraps the
+    network in ``torch.compile`` (the fp32 recompute of a non-finite pass stays eager). ``source`` says
+    where the file came from, for reports (default ``file:<path>``).
 
     Raises:
         UnsupportedModelError: as :func:`load_descriptor`.
@@ -119,12 +150,17 @@ def load_upscaler(path: Path | str, device: str = "auto", precision: str = "auto
         raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
     path = Path(path)
     descriptor = load_descriptor(path)
+    sha256 = file_sha256(path)
     torch_device = resolve_device(device)
-    dtype = resolve_dtype(precision, torch_device)
+    if precision == "auto" and agreement is None and torch_device.type == "cpu":
+        agreement = recorded_agreement(path, sha256, models_dir, agreement_cache)
+    choice = resolve_precision(precision, torch_device, agreement)
+    dtype = choice.torch_dtype()
     if (dtype is torch.float16 and not descriptor.supports_half) or (
         dtype is torch.bfloat16 and not descriptor.supports_bfloat16
     ):
         logger.warning("%s does not support %s; using fp32", descriptor.architecture.name, dtype)
+        choice = PrecisionChoice("fp32", f"{descriptor.architecture.name} does not support {choice.dtype}")
         dtype = torch.float32
     descriptor.eval().to(torch_device)
     descriptor.model.to(dtype=dtype, memory_format=torch.channels_last)
@@ -133,10 +169,10 @@ def load_upscaler(path: Path | str, device: str = "auto", precision: str = "auto
     network = None
     if compile_mode != "off":
         network = torch.compile(descriptor.model, mode=None if compile_mode == "default" else compile_mode)
-    logger.info("loaded %s (%s) on %s as %s%s", path.name, descriptor.architecture.name, torch_device, dtype,
-                f", torch.compile {compile_mode}" if network is not None else "")
+    logger.info("loaded %s (%s) on %s as %s (%s)%s", path.name, descriptor.architecture.name, torch_device,
+                choice.dtype, choice.reason, f", torch.compile {compile_mode}" if network is not None else "")
     return Upscaler(descriptor, torch_device, dtype, tiles or TilePolicy(), source or f"file:{path.resolve()}",
-                    file_sha256(path), network)
+                    sha256, network, precision_reason=choice.reason)
 
 
 @dataclass(frozen=True)
@@ -150,6 +186,7 @@ class Upscaler:
     source: str = ""  # where the checkpoint came from ("file:..." or "hf:repo/file@rev")
     sha256: str = ""  # of the checkpoint file
     network: Any = None  # what runs the model (a torch.compile'd module); None: descriptor.model
+    precision_reason: str = ""  # why it runs in ``dtype`` (PrecisionChoice.reason)
     _fallback: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _fallback_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -166,8 +203,13 @@ class Upscaler:
         """Reduced precision can overflow (fp16) or produce NaN: such passes are recomputed in fp32."""
         return self.dtype != torch.float32
 
+    @property
+    def precision(self) -> str:
+        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
     def describe(self) -> dict[str, str]:
-        return {"model": self.source, "model_sha256": self.sha256, "device": str(self.device)}
+        return {"model": self.source, "model_sha256": self.sha256, "device": str(self.device),
+                "precision": self.precision, "precision_reason": self.precision_reason}
 
     def upscale(self, images: np.ndarray, channel_order: ChannelOrder = "rgb", tta: bool = False) -> np.ndarray:
         """``N x H x W x 3`` uint8 RGB -> ``N x 4H x 4W x 3`` uint8 RGB.
@@ -264,7 +306,9 @@ class Upscaler:
         def once(t: torch.Tensor) -> torch.Tensor:
             y = forward(t)
             if checks is not None and self.checks_finite:
-                checks.append(~torch.isfinite(y).all())
+                # Any inf or NaN makes the fp32 sum non-finite: one reduction, not an elementwise mask
+                # (a tenth of the time on a CPU).
+                checks.append(~torch.isfinite(y.sum(dtype=torch.float32)))
             return y
 
         if not tta:

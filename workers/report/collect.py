@@ -150,7 +150,7 @@ class MetaSummary:
     seconds: dict[str, array[float]] = field(default_factory=dict)  # stage -> durations
     finishes: array[float] = field(default_factory=lambda: array("d"))  # epoch s: upscaled
     first_start: float | None = None  # epoch s: the earliest stage start (for runs without started.json)
-    models: set[tuple[str, str, str]] = field(default_factory=set)  # (source, sha256, device)
+    models: set[tuple[str, str, str, str]] = field(default_factory=set)  # (source, sha256, device, precision + why)
     code_versions: set[str] = field(default_factory=set)
     shown: dict[str, dict[str, Mapping[str, Any]]] = field(default_factory=dict)
 
@@ -161,7 +161,9 @@ class MetaSummary:
         if "code_version" in meta:
             self.code_versions.add(str(meta["code_version"]))
         if stage == "upscale":
-            self.models.add((str(meta.get("model", "")), str(meta.get("model_sha256", "")), str(meta.get("device", ""))))
+            precision = " ".join(str(meta[k]) for k in ("precision", "precision_reason") if meta.get(k))
+            self.models.add((str(meta.get("model", "")), str(meta.get("model_sha256", "")), str(meta.get("device", "")),
+                             precision.replace(" ", ": ", 1) if meta.get("precision_reason") else precision))
         self._add_times(stage, meta)
         if image_stem in self.shown_stems:
             self.shown.setdefault(image_stem, {})[stage] = meta

@@ -139,7 +139,7 @@ class ReportData:
     expected_columns: int | None
     seed_compat: bool
     pipeline: Mapping[str, Any]  # the manifest's pipeline dict, rendered generically
-    models: tuple[tuple[str, str, str], ...]  # distinct (source, sha256, device) the upscaler recorded
+    models: tuple[tuple[str, str, str, str], ...]  # distinct (source, sha256, device, precision) the upscaler recorded
     code_versions: tuple[str, ...]
     counts: Mapping[str, int]  # done, failed, pending, denoised (of pending), rejected, total
     summary: Mapping[str, Any] | None  # summary.json, when the run was aggregated

@@ -183,10 +183,12 @@ def _upscaler_rows(data: ReportData) -> list[tuple[str, str]]:
     else:
         model = plain_source(data.model)
     rows.append(("model", model))
-    for source, sha, device in data.models or (("", str(p.get("checkpoint_sha256") or ""), ""),):
+    for source, sha, device, precision in data.models or (("", str(p.get("checkpoint_sha256") or ""), "", ""),):
         if source and source != data.model:
             rows.append(("model loaded", plain_source(source)))
         rows += [("model sha256", sha or "not loaded yet"), ("device", device or "not loaded yet")]
+        if precision:
+            rows.append(("precision", precision))
     rows.append(("self-ensemble (x8)", "yes: 8 flips and rotations averaged" if p.get("tta") else "no"))
     if p.get("channel_order") == "bgr":
         rows.append(("model input", "BGR (the seed's feed order)"))

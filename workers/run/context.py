@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections import OrderedDict
@@ -13,10 +14,12 @@ from workers.errors import ObjectNotFoundError
 from workers.io.imageio import DecodeLimits
 from workers.io.storage import Storage, StorageFactory
 from workers.io.weights import fetch_checkpoint, model_cache_dir, resolve_weights
+from workers.ops.device import Bf16Agreement, agreement_in
 from workers.ops.tone import ToneCurve
 from workers.ops.upscalers import ImageUpscaler, TilePolicy, upscaler_kind
 from workers.run.keys import RunKeys
 from workers.run.manifest import PipelineSpec, RunManifest, load_manifest
+from workers.run.resolve import provenance_key
 from workers.settings import Settings
 
 MANIFEST_CACHE_SIZE = 64  # runs whose manifest a process keeps
@@ -82,17 +85,34 @@ class StageContext:
 
     def _load_run_model(self, pipeline: PipelineSpec) -> ImageUpscaler:
         path = fetch_checkpoint(self.storage, pipeline.checkpoint, pipeline.checkpoint_sha256, self.model_cache_dir)
-        return upscaler_kind(pipeline.upscaler).load(path, source=f"run:{pipeline.checkpoint}", **self._model_options())
+        return upscaler_kind(pipeline.upscaler).load(path, source=f"run:{pipeline.checkpoint}",
+                                                     agreement=self._run_model_agreement(pipeline.checkpoint_sha256),
+                                                     **self._model_options())
+
+    def _run_model_agreement(self, sha256: str) -> Bf16Agreement | None:
+        """The bf16 agreement the published model's provenance records (the registry and the local cache
+        are looked at by the loader when it has none)."""
+        try:
+            return agreement_in(json.loads(self.storage.get(provenance_key(sha256))), sha256)
+        except (ObjectNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
 
     def _model_options(self) -> dict[str, object]:
-        """How every checkpoint is run here: device, precision, tiling, cuDNN autotuning, torch.compile."""
+        """How every checkpoint is run here: device, precision (and where bf16 agreements are recorded), tiling,
+        cuDNN autotuning, torch.compile."""
         s = self.settings
         return {"device": s.device, "precision": s.precision, "cudnn_benchmark": s.cudnn_benchmark,
-                "compile_mode": s.torch_compile, "tiles": TilePolicy(s.tile_max_pixels, s.tile_size, s.tile_overlap)}
+                "compile_mode": s.torch_compile, "tiles": TilePolicy(s.tile_max_pixels, s.tile_size, s.tile_overlap),
+                "models_dir": s.models_dir, "agreement_cache": self.model_cache_dir / "agreement"}
 
     @property
     def model_cache_dir(self) -> Path:
         return model_cache_dir(self.settings)
+
+    def loaded(self) -> list[dict[str, str]]:
+        """What each model loaded in this process runs (model, device, precision and why)."""
+        with self._model_lock:
+            return [u.describe() for u in [*self._upscalers.values(), *self._run_models.values()]]
 
     def warm_up(self) -> None:
         """Load the settings' own model (WEIGHTS or the Hub's) now, not on the first image."""

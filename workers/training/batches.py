@@ -9,7 +9,6 @@ Decoded pairs and photos sit in bounded LRU caches, so memory does not grow with
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -47,22 +46,6 @@ class PairCache:
             _, (old_in, old_target) = self._cache.popitem(last=False)
             self._bytes -= old_in.nbytes + old_target.nbytes
         return pair
-
-
-def split_holdout(pairs: Sequence[PairKeys], share: float, most: int, least: int = 0) -> tuple[list[PairKeys], list[PairKeys]]:
-    """(training, held back): a fixed slice chosen by hashing the file names, so it never moves.
-
-    At least ``least`` pairs are held back when there are four times as many (a handful of pairs
-    held back from a small dataset cannot rank checkpoints), never more than ``most``.
-    """
-    if len(pairs) < 2 or share <= 0:
-        return list(pairs), []
-    count = max(1, min(most, round(share * len(pairs))))
-    if len(pairs) >= 4 * least:
-        count = max(count, least)
-    ranked = sorted(pairs, key=lambda p: hashlib.sha1(p.name.encode()).hexdigest())
-    held = {p.name for p in ranked[:count]}
-    return [p for p in pairs if p.name not in held], [p for p in pairs if p.name in held]
 
 
 def dihedral(image: np.ndarray, transform: int) -> np.ndarray:

@@ -24,7 +24,7 @@ class TrainConfig:
     seed: int = 0
     batch: int = 8
     crop: int = 32  # input pixels; the target crop is 4x
-    lr: float = 2e-4
+    lr: float = 1e-4  # measured: benchmarks/finetune_sweep.py (README, Training)
     loss: Literal["l1", "charbonnier"] = "charbonnier"
     luma_weight: float = 0.5  # share of the loss on the scored luma (the rest on RGB)
     fresh_share: float = 0.75  # share of each batch's pair crops with a freshly synthesised input
@@ -89,3 +89,5 @@ class TrainResult:
     output: str = ""
     start_psnr: float | None = None  # held-back PSNR of the start checkpoint
     kept_start: bool = False  # no step beat the start on the held-back set: the output is the start's weights
+    kept_output: bool = False  # no step beat the model the output already held: it is unchanged
+    notes: list[str] = field(default_factory=list)  # what the user should read (a changed corpus, a kept model)

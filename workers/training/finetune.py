@@ -7,15 +7,21 @@ same loss on the luma the competition scores (``luma_weight``). Adam with a cosi
 budget, and an exponential moving average of the weights with warm-up; the EMA weights are what is
 evaluated and saved.
 
-The held-back set (:mod:`workers.training.holdout`: pairs and photo crops never trained on) scores
-the start checkpoint first, then the EMA every ``eval_every`` steps; the output is the best so far,
-so a fine-tune that never beats its start keeps the start.
+The held-back set (:mod:`workers.training.holdout`: whole scenes of pairs and crops of photos, never
+trained on) scores the start checkpoint first, then the EMA every ``eval_every`` steps; the output is
+the best so far by :func:`~workers.training.holdout.improves` (higher on the pairs, no loss on the
+photos), so a fine-tune that never beats its start keeps the start. An output that is already there
+(a run trained earlier, of another start or data) is scored too, and only a checkpoint that beats it
+on the same held-back set replaces it.
 
 Budgets run in *phases*. A phase is one budget (``--steps`` in all and/or ``--minutes`` of this
 invocation) with its own cosine schedule. Re-running an interrupted phase (Ctrl-C, a chunk
 deadline) resumes it exactly: the batch of step ``s`` depends only on ``(seed, s)``. Re-running
 after a phase used its budget up starts a new phase from where it ended, at the full learning rate
-again (a warm restart): training longer actually trains.
+again (a warm restart): training longer actually trains. What makes a run the same run is its start,
+settings, pairs and degradation (:class:`~workers.training.state.RunIdentity`), not the photo listing:
+a corpus that gained or lost a photo continues the run (and says so), and a changed held-back set
+re-scores the start and the output before anything is compared with them.
 """
 
 from __future__ import annotations
@@ -23,8 +29,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import io
-import json
 import logging
 import math
 import os
@@ -38,26 +42,38 @@ from typing import Any
 import numpy as np
 import torch
 
-from workers.errors import ConfigError, ObjectNotFoundError
+from workers.errors import ConfigError, ObjectNotFoundError, UnsupportedModelError
 from workers.io.inflight import Prefetcher
 from workers.io.weights import file_sha256
-from workers.ops.upscale import Upscaler, load_descriptor, resolve_device
+from workers.ops.agreement import descriptor_agreement
+from workers.ops.device import Bf16Agreement, CpuCapabilities, agreement_in, choose_precision
+from workers.ops.upscale import Upscaler, cuda_has_bf16, descriptor_from_safetensors, load_descriptor, resolve_device
 from workers.ops.upscalers import TilePolicy
 from workers.settings import code_version
-from workers.training.artifacts import PROVENANCE_KIND, TrainingOutput
-from workers.training.batches import BatchSource, PairCache, make_batch, split_holdout
+from workers.training.artifacts import Provenance, TrainingOutput, sha256_hex
+from workers.training.batches import BatchSource, PairCache, make_batch
 from workers.training.config import TrainConfig, TrainProgress, TrainResult
 from workers.training.data import TrainingData
-from workers.training.holdout import MIN_HOLDOUT_PAIRS, HoldoutScore, HoldoutSet, held_pairs, held_photo_crops
+from workers.training.holdout import (
+    MIN_HOLDOUT_PAIRS,
+    PHOTO_LOSS_TOLERANCE_DB,
+    HoldoutScore,
+    HoldoutSet,
+    held_pairs,
+    held_photo_crops,
+    improves,
+)
 from workers.training.pairs import SCALE, load_pair, training_pairs
 from workers.training.photos import PhotoCache, split_photos
+from workers.training.scenes import read_scenes, split_by_scene
+from workers.training.state import Phase, RunIdentity, Scores, TrainState
 
 logger = logging.getLogger(__name__)
 
 LUMA = (0.299, 0.587, 0.114)  # Pillow's convert("L"), what the competition scores
 CHARBONNIER_EPS = 1e-3
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before training gives up
-PROVENANCE_VERSION = 2
+START, PREVIOUS_OUTPUT, TRAINED = "start", "previous output", "trained"  # where the best checkpoint came from
 
 
 def _loss(pred: torch.Tensor, target: torch.Tensor, config: TrainConfig) -> torch.Tensor:
@@ -107,16 +123,17 @@ class _LateLoss:
         return float(self._host)
 
 
-def amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """Mixed precision: on CUDA bf16 where the card has it, else fp16 (with a gradient scaler); on a
-    CPU only when asked for (``bf16``: about twice as fast on AVX-512/AMX cores and on some AVX2 ones)."""
-    if precision == "fp32":
-        return None
-    if device.type != "cuda":
-        return torch.bfloat16 if precision == "bf16" else None
-    if precision == "fp16":
-        return torch.float16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def cpu_threads() -> int:
+    """``OMP_NUM_THREADS`` when set (several trainings sharing cores), else every core this process may use."""
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    return int(configured) if configured.isdigit() and int(configured) > 0 else len(os.sched_getaffinity(0))
+
+
+def training_precision(device: torch.device, precision: str) -> tuple[torch.dtype | None, str]:
+    """(autocast dtype or None for fp32, why): :func:`workers.ops.device.choose_precision` for training."""
+    choice = choose_precision(precision, device.type, CpuCapabilities.detect(), cuda_bf16=cuda_has_bf16(device),
+                              purpose="training")
+    return (None if choice.dtype == "fp32" else choice.torch_dtype()), choice.reason
 
 
 class Trainer:
@@ -128,11 +145,11 @@ class Trainer:
         if data.dataset is None and data.photos is None:
             raise ConfigError("nothing to train on: give a dataset with train/ pairs, or photos (--photos)")
         self.data, self.output, self.config, self.forward = data, output, config, data.forward
-        self.start_source, self.start_sha256 = start_source, file_sha256(start)
+        self.start_path, self.start_source, self.start_sha256 = start, start_source, file_sha256(start)
         self.device = resolve_device(device)
         if self.device.type == "cpu":
-            torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use
-        self.amp = amp_dtype(self.device, precision)
+            torch.set_num_threads(cpu_threads())
+        self.amp, self.precision_reason = training_precision(self.device, precision)
         self.channels_last = self.device.type == "cuda" or self.amp is not None
         torch.manual_seed(config.seed)
         self.descriptor = load_descriptor(start)
@@ -149,29 +166,51 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=not self.host_checks or None)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp is torch.float16 and self.device.type == "cuda")
         self.skipped: list[tuple[str, str]] = []
-        self.source, self.holdout, self.pair_names = self._prepare_data()
-        self.step, self.best_psnr, self.best_step, self.start_psnr = 0, None, 0, None
+        self.notes: list[str] = []  # what a user should read about this run (a changed corpus, a kept output)
+        self.source, self.holdout, self.pair_names, self.held_scenes = self._prepare_data()
+        self.step, self.best_step, self.best_origin = 0, 0, START
+        self.best, self.start = Scores(), Scores()
+        self.scored = False  # the start (and any earlier output) has been scored on this held-back set
         self.history: list[dict[str, Any]] = []
         self.seconds_before = 0.0  # all phases, for provenance
-        self.phase: dict[str, Any] = {"number": 1, "start_step": 0, "seconds": 0.0, "ended": False}
+        self.phase = Phase()
+        self.agreement: Bf16Agreement | None = None
         if not restart:
             self._resume()
-        if self.phase["ended"]:
+        if self.phase.ended:
             self._new_phase()
+
+    @property
+    def best_psnr(self) -> float | None:
+        return self.best.selects
+
+    @property
+    def start_psnr(self) -> float | None:
+        return self.start.selects
+
+    def _note(self, line: str) -> None:
+        logger.warning("%s", line)
+        self.notes.append(line)
 
     # -- data --------------------------------------------------------------------------------------
 
-    def _prepare_data(self) -> tuple[BatchSource, HoldoutSet, list[str]]:
+    def _prepare_data(self) -> tuple[BatchSource, HoldoutSet, list[str], tuple[str, ...]]:
         config, data = self.config, self.data
         cache_bytes = config.cache_mb * 1024 * 1024
         source = BatchSource(data.forward, data.brightness)
         holdout = HoldoutSet([])
         pair_names: list[str] = []
+        held_scenes: tuple[str, ...] = ()
         if data.dataset is not None:
             listing = training_pairs(data.dataset, data.dataset_label)
             self.skipped += listing.skipped
             pair_names = [p.name for p in listing.pairs]
-            train, held = split_holdout(listing.pairs, config.holdout, config.holdout_max, MIN_HOLDOUT_PAIRS)
+            split = split_by_scene(listing.pairs, read_scenes(data.dataset), config.holdout, config.holdout_max,
+                                   MIN_HOLDOUT_PAIRS)
+            train, held, held_scenes = split.train, split.held, split.held_scenes
+            if split.declared:
+                logger.info("held back %d pairs of %d of the dataset's %d scenes", len(held), len(held_scenes),
+                            split.scenes)
             source.pairs, source.pair_indices = PairCache(data.dataset, train, cache_bytes), range(len(train))
             holdout.items += held_pairs(lambda i: load_pair(data.dataset, held[i]), [p.name for p in held],  # type: ignore[arg-type]
                                         len(held), holdout.skipped)
@@ -186,113 +225,154 @@ class Trainer:
             if not source.photos.live:
                 raise ConfigError(f"no usable photo in {data.photos.label}")
         self.skipped += holdout.skipped
-        return source, holdout, pair_names
-
-    def _data_fingerprint(self) -> str:
-        listing = "\n".join(self.pair_names) + "\n--photos--\n" + (self.data.photos.names_sha256 if self.data.photos else "")
-        return hashlib.sha256(listing.encode()).hexdigest()
+        return source, holdout, pair_names, held_scenes
 
     # -- state -------------------------------------------------------------------------------------
 
-    def _fingerprint(self) -> dict[str, Any]:
-        return {"start_sha256": self.start_sha256, "data_sha256": self._data_fingerprint(),
-                "config": self.config.fingerprint(), "forward": self.forward.to_dict(),
-                "brightness": self.data.brightness.to_dict()}
+    def _identity(self, legacy: bool = False) -> RunIdentity:
+        pairs = hashlib.sha256("\n".join(self.pair_names).encode()).hexdigest()
+        legacy_data = None
+        if legacy:  # how a version-1 state hashed pairs and photos together
+            listing = "\n".join(self.pair_names) + "\n--photos--\n" + (self.data.photos.names_sha256 if self.data.photos else "")
+            legacy_data = hashlib.sha256(listing.encode()).hexdigest()
+        return RunIdentity(self.start_sha256, pairs, self.config.fingerprint(), self.forward.to_dict(),
+                           self.data.brightness.to_dict(), legacy_data)
+
+    @property
+    def _photos_sha256(self) -> str | None:
+        return self.data.photos.names_sha256 if self.data.photos else None
 
     def _resume(self) -> None:
         """Pick up a saved state of the same run; a state of another run is left alone (overwritten)."""
-        try:
-            raw = self.output.storage.get(self.output.state)
-        except ObjectNotFoundError:
+        key = self.output.state
+        state = TrainState.load(self.output.storage, key, self.device)
+        if state is None:
+            return
+        if not state.identity.same_run(self._identity(legacy=state.identity.legacy_data_sha256 is not None)):
+            logger.warning("%s belongs to another training run (other start, pairs or settings): starting afresh; "
+                           "the model already at %s is kept unless a checkpoint beats it",
+                           self.output.storage.url(key), self.output.url())
             return
         try:
-            state = torch.load(io.BytesIO(raw), map_location=self.device, weights_only=True)
-            if state.get("fingerprint") != self._fingerprint():
-                logger.warning("%s belongs to another training run (other start, data or settings): starting afresh",
-                               self.output.storage.url(self.output.state))
-                return
-            self.model.load_state_dict(state["model"])
-            self.ema.load_state_dict(state["ema"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            phase = dict(state["phase"])
-        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file raises many types
-            raise ConfigError(f"cannot resume from {self.output.storage.url(self.output.state)}: it is corrupt or "
-                              f"truncated ({type(exc).__name__}: {exc}); delete it or pass --restart") from None
-        self.step, self.best_psnr, self.best_step = int(state["step"]), state["best_psnr"], int(state["best_step"])
-        self.start_psnr = state.get("start_psnr")
-        self.history, self.seconds_before, self.phase = list(state["history"]), float(state["seconds"]), phase
-        logger.info("resuming training at step %d (phase %d; best held-back PSNR %s)", self.step, phase["number"],
-                    self.best_psnr)
+            self.model.load_state_dict(state.model)
+            self.ema.load_state_dict(state.ema)
+            self.optimizer.load_state_dict(state.optimizer)
+            if state.scaler:
+                self.scaler.load_state_dict(state.scaler)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ConfigError(f"cannot resume from {self.output.storage.url(key)}: it does not fit this model "
+                              f"({type(exc).__name__}: {exc}); delete it or pass --restart") from None
+        self.step, self.best_step, self.best, self.start = state.step, state.best_step, state.best, state.start
+        self.best_origin = START if state.best_step == 0 else TRAINED
+        self.history, self.seconds_before, self.phase = list(state.history), state.seconds, state.phase
+        self.scored = state.holdout_sha256 == self.holdout.identity() and self.start.selects is not None
+        if state.photos_sha256 is not None and state.photos_sha256 != self._photos_sha256:
+            self._note(f"the photos changed since step {state.step} ({len(self.data.photos.keys) if self.data.photos else 0}"
+                       " now): training goes on with them")
+        if not self.scored and state.holdout_sha256 is not None:
+            self._note("the held-back set changed: the start and the model in the output are scored on it again")
+        logger.info("resuming training at step %d (phase %d; best held-back PSNR %s)", self.step, self.phase.number,
+                    self.best.selects)
 
     def _new_phase(self) -> None:
         """The last budget was used up: this invocation's budget is a new phase with its own schedule."""
         budget = self.config.step_budget
         if budget is not None and self.step >= budget and not self.config.minutes:
             return  # --steps already reached and no time given: nothing more was asked for
-        self.phase = {"number": self.phase["number"] + 1, "start_step": self.step, "seconds": 0.0, "ended": False}
+        self.phase = Phase(self.phase.number + 1, self.step, 0.0, False)
         logger.info("the previous budget was used up: phase %d starts at step %d with a fresh schedule",
-                    self.phase["number"], self.step)
+                    self.phase.number, self.step)
 
     def _save_state(self, seconds: float) -> None:
-        buffer = io.BytesIO()
-        torch.save({"fingerprint": self._fingerprint(), "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-                    "step": self.step, "best_psnr": self.best_psnr, "best_step": self.best_step,
-                    "start_psnr": self.start_psnr, "history": self.history,
-                    "seconds": self.seconds_before + seconds,
-                    "phase": {**self.phase, "seconds": self.phase["seconds"] + seconds}}, buffer)
-        self.output.storage.put(self.output.state, buffer.getvalue())
+        TrainState(self._identity(), self.step, self.best_step, self.best, self.start, self.history,
+                   self.seconds_before + seconds, dataclasses.replace(self.phase, seconds=self.phase.seconds + seconds),
+                   self.model.state_dict(), self.ema.state_dict(), self.optimizer.state_dict(),
+                   self.scaler.state_dict() if self.scaler.is_enabled() else {}, self._photos_sha256,
+                   self.holdout.identity() if self.scored else None).save(self.output.storage, self.output.state)
 
-    def _save_checkpoint(self) -> None:
+    def _save_checkpoint(self, descriptor: Any = None) -> None:
         from safetensors.torch import save
 
-        weights = {k: v.detach().float().cpu().contiguous() for k, v in self.ema.state_dict().items()}
+        model = (descriptor.model if descriptor is not None else self.ema)
+        weights = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
         # One metadata key only: safetensors writes a map of them in a random order, and the same
         # weights must give the same bytes (hash-addressed models, reproducible runs).
         self.output.storage.put(self.output.name, save(weights, metadata={"format": "pt"}))
 
-    def provenance(self, finished: bool, seconds: float) -> dict[str, Any]:
+    def _output_descriptor(self) -> tuple[Any, str] | None:
+        """The model already in the output (descriptor, sha256), if there is one spandrel loads."""
+        try:
+            data = self.output.storage.get(self.output.name)
+        except ObjectNotFoundError:
+            return None
+        try:
+            return descriptor_from_safetensors(data, self.output.url()), sha256_hex(data)
+        except UnsupportedModelError as exc:
+            self._note(f"the file already at {self.output.url()} is not a model this trainer can score ({exc}): "
+                       "it will be replaced")
+            return None
+
+    def provenance(self, finished: bool, seconds: float) -> Provenance:
         photos = self.data.photos
         cache = self.source.photos
-        return {
-            "kind": PROVENANCE_KIND, "version": PROVENANCE_VERSION,
-            "start": {"source": self.start_source, "sha256": self.start_sha256,
-                      "architecture": self.descriptor.architecture.name, "holdout_psnr": self.start_psnr},
-            "pairs": {"train": len(self.source.pair_indices), "names_sha256": hashlib.sha256(
+        return Provenance(
+            start={"source": self.start_source, "sha256": self.start_sha256,
+                   "architecture": self.descriptor.architecture.name, "holdout_psnr": self.start.selects},
+            pairs={"train": len(self.source.pair_indices), "names_sha256": hashlib.sha256(
                 "\n".join(self.pair_names).encode()).hexdigest() if self.pair_names else None,
+                "held_back_scenes": list(self.held_scenes),
                 "skipped": [{"file": f, "reason": r} for f, r in self.skipped]},
-            "photos": None if photos is None else {
+            photos=None if photos is None else {
                 "folder": photos.label, "count": len(photos.keys), "train": len(cache.indices) if cache else 0,
                 "names_sha256": photos.names_sha256, "corpus_manifest_sha256": photos.manifest_sha256,
                 "skipped": [{"file": f, "reason": r} for f, r in (cache.skipped.items() if cache else [])]},
-            "holdout": {**self.holdout.describe(), "selects_on": "pairs" if self.holdout.pair_count >= MIN_HOLDOUT_PAIRS
-                        else "every item"},
-            "calibration": self.data.calibration or {"forward_model": self.forward.to_dict()},
-            "brightness": self.data.brightness.to_dict(),
-            "config": dataclasses.asdict(self.config), "seed": self.config.seed,
-            "steps": self.step, "best_step": self.best_step, "holdout_psnr": self.best_psnr,
-            "kept_start": self.best_step == 0 and self.start_psnr is not None,
-            "loss": next((h["loss"] for h in reversed(self.history) if h.get("loss") is not None), None),
-            "curve": self.history, "phase": self.phase["number"],
-            "device": str(self.device), "hardware": _hardware(self.device),
-            "precision": str(self.amp or torch.float32), "torch": torch.__version__,
-            "seconds": round(self.seconds_before + seconds, 1), "finished": finished,
-            "code_version": code_version(), "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+            holdout={**self.holdout.describe(), "selects_on": "pairs" if self.holdout.pairs_decide else "every item"},
+            calibration=self.data.calibration or {"forward_model": self.forward.to_dict()},
+            brightness=self.data.brightness.to_dict(), config=dataclasses.asdict(self.config), seed=self.config.seed,
+            steps=self.step, best_step=self.best_step, holdout_psnr=self.best.selects,
+            kept_start=self.best_origin == START and self.start.selects is not None,
+            loss=next((h["loss"] for h in reversed(self.history) if h.get("loss") is not None), None),
+            curve=self.history, phase=self.phase.number, device=str(self.device), hardware=_hardware(self.device),
+            precision=str(self.amp or torch.float32), torch=torch.__version__,
+            seconds=round(self.seconds_before + seconds, 1), finished=finished, code_version=code_version(),
+            at=datetime.now(UTC).isoformat(timespec="seconds"), precision_reason=self.precision_reason,
+            selection={"start": self.start.to_dict(), "best": self.best.to_dict(), "best_is": self.best_origin,
+                       "rule": "higher on what selects; where the pairs select, no loss on the held-back photos "
+                               "against the start", "photo_loss_tolerance_db": PHOTO_LOSS_TOLERANCE_DB},
+            bf16_agreement=self.agreement.to_dict() if self.agreement else None)
 
     def _write_provenance(self, finished: bool, seconds: float) -> None:
-        self.output.storage.put(self.output.provenance, json.dumps(self.provenance(finished, seconds), indent=1).encode())
+        self.output.write_provenance(self.provenance(finished, seconds))
+
+    def _record_agreement(self) -> None:
+        """Measure the saved checkpoint's bf16 agreement with fp32 on the held-back set, once per file, where
+        this device runs bf16 natively (emulated bf16 would take long and decide nothing here)."""
+        if not CpuCapabilities.detect().native_bf16 or not self.holdout.items:
+            return  # measured on this machine's CPU, where CPU workers use it
+        found = self._output_descriptor()
+        if found is None:
+            return
+        recorded = agreement_in(self.output.read_provenance(), found[1])
+        if recorded is not None or (self.agreement is not None and self.agreement.sha256 == found[1]):
+            self.agreement = recorded or self.agreement
+            return
+        descriptor, sha256 = found
+        measured_on = (f"held-back items of its training ({self.holdout.pair_count} pairs, "
+                       f"{self.holdout.photo_count} photo crops)")
+        self.agreement = descriptor_agreement(descriptor, sha256, self.holdout.pairs_for_agreement(), measured_on)
+        logger.info("bf16 agreement of %s: %s", self.output.name, self.agreement.describe())
 
     # -- the loop ----------------------------------------------------------------------------------
 
-    def evaluate(self) -> HoldoutScore | None:
-        """Competition PSNR of the EMA model on the held-back set (None when nothing is held back)."""
+    def evaluate(self, descriptor: Any = None) -> HoldoutScore | None:
+        """Competition PSNR of the EMA model (or ``descriptor``'s, in fp32 on the CPU) on the held-back set
+        (None when nothing is held back)."""
         if not self.holdout.items:
             return None
-        upscaler = Upscaler(self.ema_descriptor, self.device, torch.float32, TilePolicy())
+        if descriptor is None:
+            upscaler = Upscaler(self.ema_descriptor, self.device, torch.float32, TilePolicy())
+        else:
+            upscaler = Upscaler(descriptor.eval().float(), torch.device("cpu"), torch.float32, TilePolicy())
         return self.holdout.score(lambda image: upscaler.upscale(image[None])[0])
 
     def _progress(self, phase_seconds: float) -> float:
@@ -300,8 +380,8 @@ class Trainer:
         progress = 0.0
         budget = self.config.step_budget
         if budget is not None:
-            span = max(1, budget - self.phase["start_step"])
-            progress = (self.step - self.phase["start_step"]) / span
+            span = max(1, budget - self.phase.start_step)
+            progress = (self.step - self.phase.start_step) / span
         if self.config.minutes:
             progress = max(progress, phase_seconds / (60 * self.config.minutes))
         return min(progress, 1.0)
@@ -336,7 +416,8 @@ class Trainer:
             return loss.detach()
         self.scaler.scale(loss).backward()
         if not self.host_checks and not self.scaler.is_enabled():
-            self.optimizer.found_inf = (~torch.isfinite(loss.detach())).float()
+            # The fused optimizer reads this attribute, which torch does not declare.
+            self.optimizer.found_inf = (~torch.isfinite(loss.detach())).float()  # type: ignore[attr-defined]
         self.scaler.step(self.optimizer)
         self.scaler.update()
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))  # warm-up for short runs
@@ -352,7 +433,8 @@ class Trainer:
         budget = self.config.step_budget
         if budget is not None and self.step >= budget:
             return True
-        return bool(self.config.minutes) and phase_seconds >= 60 * self.config.minutes
+        minutes = self.config.minutes
+        return minutes is not None and minutes > 0 and phase_seconds >= 60 * minutes
 
     def run(self, on_progress: Callable[[TrainProgress], None] | None = None,
             should_stop: Callable[[], bool] | None = None, budget_spent_s: float | None = None) -> TrainResult:
@@ -364,9 +446,9 @@ class Trainer:
         """
         started = time.monotonic()
         if budget_spent_s is not None:
-            self.phase["seconds"] = budget_spent_s
-        phase_before = self.phase["seconds"]
-        if self.step == 0 and self.start_psnr is None:
+            self.phase = dataclasses.replace(self.phase, seconds=budget_spent_s)
+        phase_before = self.phase.seconds
+        if not self.scored:
             self._score_start()
 
         def phase_seconds() -> float:
@@ -423,27 +505,53 @@ class Trainer:
             account(late.popleft())
         if losses:  # stopped between evaluations: evaluate what was learned since
             self._checkpoint(losses, started, phase_before)
+        self._record_agreement()
         seconds = time.monotonic() - started
-        self.phase["ended"] = ended
+        self.phase = dataclasses.replace(self.phase, ended=ended)
         self._save_state(seconds)
         self._write_provenance(ended, seconds)
-        self.phase["seconds"] += seconds
+        self.phase = dataclasses.replace(self.phase, seconds=self.phase.seconds + seconds)
         self.seconds_before += seconds
         return TrainResult(self.step, self.best_step, self.best_psnr, ended, seconds, self.skipped, self.output.url(),
-                           self.start_psnr, self.best_step == 0 and self.start_psnr is not None)
+                           self.start_psnr, self.best_origin == START and self.start_psnr is not None,
+                           kept_output=self.best_origin == PREVIOUS_OUTPUT, notes=list(self.notes))
 
     def _score_start(self) -> None:
-        """Score the start checkpoint and keep it as the output until a step beats it."""
-        scored = self.evaluate()
+        """Score the start checkpoint, and the model already in the output if there is one, on this held-back
+        set; the better of the two is the output until a step beats it (the start replaces an earlier output
+        only by scoring higher on the same set)."""
+        start = load_descriptor(self.start_path) if self.step else self.ema_descriptor
+        scored = self.evaluate(start if self.step else None)
+        self.scored = True
         if scored is None:
+            if self.step == 0:
+                self._save_checkpoint()
             return
-        self.start_psnr = self.best_psnr = scored.selects
-        self.best_step = 0
-        self.history.append({"step": 0, "loss": None, "holdout_psnr": _rounded(scored.selects),
-                             "pairs_psnr": _rounded(scored.pairs), "photos_psnr": _rounded(scored.photos),
-                             "seconds": round(self.seconds_before, 1)})
-        self._save_checkpoint()
-        logger.info("start checkpoint scores %.3f dB on the held-back set", scored.selects)
+        self.start = scored.scores()
+        existing = self._output_descriptor()
+        if self.step == 0 and (existing is None or existing[1] == self.start_sha256):
+            # A fresh run with no other model in the output: the start is the output until beaten.
+            self.best, self.best_step, self.best_origin = self.start, 0, START
+            self._save_checkpoint()
+        elif existing is not None:
+            incumbent = self.evaluate(existing[0])
+            assert incumbent is not None
+            if self.step == 0 and improves(self.start, incumbent.scores(), self.start, False):
+                self.best, self.best_step, self.best_origin = self.start, 0, START
+                self._save_checkpoint(start)
+                self._note(f"the start scores {self.start.selects:.3f} dB on the held-back set, the model that was "
+                           f"in {self.output.url()} {incumbent.selects:.3f}: the start replaces it")
+            else:
+                self.best = incumbent.scores()
+                if self.step == 0:
+                    self.best_step, self.best_origin = 0, PREVIOUS_OUTPUT
+                    self._note(f"the model already in {self.output.url()} scores {incumbent.selects:.3f} dB on the "
+                               f"held-back set, the start {self.start.selects:.3f}: it stays unless a checkpoint beats it")
+        if self.step == 0:
+            self.history.append({"step": 0, "loss": None, "holdout_psnr": _rounded(self.start.selects),
+                                 "pairs_psnr": _rounded(self.start.pairs), "photos_psnr": _rounded(self.start.photos),
+                                 "seconds": round(self.seconds_before, 1)})
+        logger.info("start checkpoint scores %.3f dB on the held-back set", self.start.selects)
 
     def _checkpoint(self, losses: list[float], started: float, phase_before: float) -> HoldoutScore | None:
         """Evaluate, keep the weights if they are the best so far, save the state."""
@@ -454,9 +562,9 @@ class Trainer:
                              "pairs_psnr": _rounded(scored.pairs if scored else None),
                              "photos_psnr": _rounded(scored.photos if scored else None),
                              "seconds": round(self.seconds_before + seconds, 1)})
-        value = scored.selects if scored else None
-        if value is None or self.best_psnr is None or value > self.best_psnr:
-            self.best_psnr, self.best_step = value, self.step
+        candidate = scored.scores() if scored else Scores()
+        if improves(candidate, self.best, self.start, self.holdout.pairs_decide):
+            self.best, self.best_step, self.best_origin = candidate, self.step, TRAINED
             self._save_checkpoint()
         self._save_state(seconds)
         self._write_provenance(False, seconds)

@@ -11,6 +11,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from workers.errors import ConfigError, ObjectNotFoundError
@@ -137,13 +138,25 @@ def training_data(dataset_url: str | None, photos_url: str | None, storages: Sto
     else:
         note("no dataset: the competition's forward model (gain 2.49, read variance 3.1, box, floor) and dark targets")
     photos = None
+    corpus = default_corpus(storages.settings)
     if photos_url is not None:
         photos = open_photos(photos_url, storages)
     elif dataset is not None and dataset_url is not None and has_prefix(dataset, PHOTOS_FOLDER):
         photos = open_photos(f"{dataset_url.rstrip('/')}/{PHOTOS_FOLDER}", storages)
+    elif dataset is not None and corpus is not None:
+        photos = open_photos(corpus, storages)
+        note(f"mixing in the photo corpus at {corpus} (PHOTO_CORPUS; empty: pairs alone)")
     if photos is not None:
         note(f"photos: {len(photos.keys)} files in {photos.label}")
     return TrainingData(forward, brightness, dataset, label, photos, summary)
+
+
+def default_corpus(settings: Settings) -> str | None:
+    """``PHOTO_CORPUS`` when it is a local folder holding photos (``make corpus``), else None."""
+    if not settings.photo_corpus:
+        return None
+    folder = Path(settings.photo_corpus).expanduser()
+    return str(folder) if (folder / PHOTOS_FOLDER).is_dir() or (folder / CORPUS_MANIFEST).is_file() else None
 
 
 def open_photos(url: str, storages: StorageFactory) -> PhotoListing:

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from workers.errors import ConfigError, ObjectNotFoundError, PermanentImageError
-from workers.io.imageio import DecodeLimits, decode_image
+from workers.io.imageio import DecodeLimits, decode_image, header_mode
 from workers.io.storage import Storage
 from workers.ops.degrade import BrightnessDistribution, ForwardModel
 from workers.training.pairs import SCALE, TRAINING_LIMITS
@@ -104,8 +102,7 @@ def prepare_photo(data: bytes, key: str, min_target_side: int, short_side: int =
             ``min_target_side`` square crop (after downscaling); the message names the photo.
     """
     rgb = decode_image(data, key, limits)
-    with Image.open(io.BytesIO(data)) as header:
-        mode, transparent = header.mode, "transparency" in header.info
+    mode, transparent = header_mode(data, key)  # not Image.open: its own pixel limit is below TRAINING_LIMITS
     if mode in _ALPHA_MODES or transparent:
         raise PermanentImageError(key, f"has an alpha channel ({mode}): cut-outs are not photos")
     if mode in _GREY_MODES or _is_grey(rgb):
@@ -145,7 +142,11 @@ class PhotoCache:
             return self._cache[index]
         key = self.listing.keys[index]
         try:
-            photo = prepare_photo(self.listing.storage.get(key), key, self.min_target_side, self.short_side)
+            try:
+                data = self.listing.storage.get(key)
+            except ObjectNotFoundError:
+                raise PermanentImageError(key, "is gone from the folder since it was listed") from None
+            photo = prepare_photo(data, key, self.min_target_side, self.short_side)
         except PermanentImageError as exc:
             if key not in self.skipped:
                 logger.warning("training skips photo %s: %s", key, exc.reason)
