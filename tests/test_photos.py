@@ -14,9 +14,10 @@ from tests.conftest import make_random_compact
 from tests.test_training import settings, write_dataset
 from workers.errors import ConfigError, PermanentImageError
 from workers.io.storage import LocalStorage, StorageFactory
-from workers.ops.degrade import COMPETITION_BRIGHTNESS, BrightnessDistribution, ForwardAccumulator, ForwardModel
+from workers.ops.degrade import COMPETITION_BRIGHTNESS, BrightnessDistribution, ForwardModel
 from workers.training.batches import BatchSource, make_batch
 from workers.training.config import TrainConfig
+from workers.training.forward_fit import ForwardAccumulator
 from workers.training.job import make_trainer, run_training
 from workers.training.photos import PhotoCache, box_downscale, list_photos, photo_pair, prepare_photo
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from workers.errors import ConfigError
-from workers.ops.degrade import ForwardFit, ForwardModel
+from workers.ops.degrade import ForwardModel
 from workers.ops.denoise import DenoiseSpec
 from workers.ops.tone import ToneCurve
 from workers.run.presets import PRESETS, Checkpoint, PresetInputs, build_pipeline
 from workers.training.calibrate import Calibration
+from workers.training.forward_fit import ForwardFit
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ Where a dataset's inputs are darker (or brighter) than their targets -- a darken
 ``0.6 * x**1.3`` before the noise -- tone, not noise or resolution, dominates the error, and this
 module learns the inverse mapping from data. Where input and target are equally dark (the real
 competition data, mean ratio 1.01), calibration measures that and no tone stage runs
-(:attr:`workers.ops.degrade.ForwardFit.tone_applies`).
+(:attr:`workers.training.forward_fit.ForwardFit.tone_applies`).
 
 * :class:`ToneAccumulator` streams training pairs into 3 x 256 sums and counts: for every input
   level ``v`` of channel ``c``, the target's mean at the pixels where the input equals ``v``. The

@@ -26,7 +26,6 @@ from workers.errors import ConfigError, ObjectNotFoundError
 from workers.io.imageio import DecodeLimits
 from workers.io.storage import LocalStorage, Storage, StorageFactory, is_local, split_location
 from workers.io.submission import grey_subsample
-from workers.ops.degrade import ForwardAccumulator, ForwardFit
 from workers.ops.denoise import DenoiseSpec, denoise
 from workers.ops.metrics import psnr
 from workers.ops.resample import bicubic_x4
@@ -34,6 +33,7 @@ from workers.ops.tone import ARTIFACT_KIND as TONE_KIND
 from workers.ops.tone import ToneAccumulator, ToneCurve, tone_for_denoising
 from workers.settings import Settings
 from workers.training.destinations import check_task_dataset, check_task_output
+from workers.training.forward_fit import ForwardAccumulator, ForwardFit
 from workers.training.pairs import (
     TRAINING_LIMITS,
     PairKeys,
