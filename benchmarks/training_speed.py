@@ -47,7 +47,7 @@ def steps_per_second(args: argparse.Namespace, precision: str, tmp: Path) -> tup
     from workers.io.storage import StorageFactory
     from workers.settings import Settings
     from workers.training.config import TrainConfig
-    from workers.training.job import make_trainer
+    from workers.training.setup import make_trainer
 
     settings = Settings(device=args.device, precision=precision, weights_dir="/nonexistent")
     config = TrainConfig(steps=args.steps, batch=args.batch, crop=args.crop, eval_every=10**9, holdout=0.1)

@@ -32,8 +32,9 @@ from workers.runtime.sweep import sweep
 from workers.runtime.tracking import OUTAGE_ERRORS, QUICK_RETRY, RunTracker
 from workers.settings import Settings, redact_url
 from workers.training.artifacts import TrainingOutput
+from workers.training.chunks import JobMarker, read_marker
 from workers.training.config import TrainConfig, TrainResult
-from workers.training.job import JobMarker, TrainJob, read_marker
+from workers.training.job import TrainJob
 
 POLL_S = 1.0
 PASSING: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, TransientError)  # what the waiting producer rides out
@@ -187,7 +188,7 @@ def train(settings: Settings, dataset: str, output: str | None, start: str | Non
     """Hand a training job to the workers of the ``train`` queue and follow its stored state to its end.
 
     The job runs as a chain of time-boxed chunks (TRAIN_CHUNK_S each) driven by the marker the
-    chunks write next to the checkpoint (:func:`workers.training.job.next_step`); a running chunk
+    chunks write next to the checkpoint (:func:`workers.training.chunks.next_step`); a running chunk
     restamps its heartbeat there. When the job shows no news for STALL_AFTER_S (its worker died,
     a message was lost), the message that should be running is sent again: the marker lets exactly
     one copy run. Ctrl-C stops watching, not the job.

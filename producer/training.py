@@ -12,7 +12,7 @@ from tqdm import tqdm
 from workers.io.storage import StorageFactory
 from workers.settings import Settings
 from workers.training.config import TrainConfig, TrainProgress, TrainResult
-from workers.training.job import make_trainer
+from workers.training.setup import make_trainer
 
 
 def train_here(settings: Settings, dataset: str | None, output: str | None, start: str | None, config: TrainConfig,

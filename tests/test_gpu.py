@@ -221,7 +221,7 @@ def test_a_few_training_steps_on_the_card(tmp_path, precision):
     from tests.test_training import TINY, write_dataset
     from workers.io.storage import StorageFactory
     from workers.settings import Settings
-    from workers.training.job import make_trainer
+    from workers.training.setup import make_trainer
 
     settings = Settings(device="cuda", precision=precision, weights_dir="/nonexistent", photo_corpus="")
     trainer = make_trainer(str(write_dataset(tmp_path / "data")), None, str(make_random_compact(tmp_path / "c.pth")),

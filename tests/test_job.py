@@ -7,7 +7,8 @@ import json
 import pytest
 
 from workers.errors import ConfigError
-from workers.training.job import JobMarker, TrainJob, next_step
+from workers.training.chunks import JobMarker, next_step
+from workers.training.job import TrainJob
 
 JOB = TrainJob("s3://b/dataset", started_at=100.0)
 

@@ -18,8 +18,9 @@ from workers.ops.degrade import COMPETITION_BRIGHTNESS, BrightnessDistribution, 
 from workers.training.batches import BatchSource, make_batch
 from workers.training.config import TrainConfig
 from workers.training.forward_fit import ForwardAccumulator
-from workers.training.job import make_trainer, run_training
+from workers.training.job import run_training
 from workers.training.photos import PhotoCache, box_downscale, list_photos, photo_pair, prepare_photo
+from workers.training.setup import make_trainer
 
 
 def textured_photo(seed: int, width: int = 160, height: int = 120) -> np.ndarray:

@@ -21,8 +21,9 @@ from workers.settings import Settings
 from workers.training.artifacts import TrainingOutput
 from workers.training.batches import BatchSource, PairCache, make_batch
 from workers.training.config import TrainConfig
-from workers.training.job import make_trainer, run_training
+from workers.training.job import run_training
 from workers.training.pairs import training_pairs
+from workers.training.setup import make_trainer
 
 TINY = TrainConfig(steps=6, batch=4, crop=12, eval_every=3, holdout=0.25)
 

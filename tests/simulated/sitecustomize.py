@@ -160,12 +160,12 @@ def _raise_once(_: str) -> None:
 
 
 def _raise_in_train(_: str) -> None:
-    from workers.training import job
+    from workers.training import chunks
 
     def make_trainer(*args, **kwargs):
         raise ValueError("simulated: a bug in training")
 
-    job.make_trainer = make_trainer
+    chunks.make_trainer = make_trainer
 
 
 def _lose_train_next_once(_: str) -> None:

@@ -39,7 +39,8 @@ from workers.runtime.sweep import sweep as run_sweep
 from workers.runtime.tracking import OUTAGE_ERRORS
 from workers.runtime.worker import SETTINGS, claims, stage_context, tracker
 from workers.training.calibrate import calibrate_here, task_destination
-from workers.training.job import TrainJob, chunk_failed, train_chunk
+from workers.training.chunks import chunk_failed, train_chunk
+from workers.training.job import TrainJob
 
 logger = logging.getLogger(__name__)
 
@@ -441,7 +442,7 @@ def sweep() -> dict[str, object]:
 def train(self: Any, job: dict[str, Any]) -> dict[str, Any]:
     """One chunk of a training job (TRAIN_CHUNK_S at most), then the next chunk's message is sent:
     each message stays far inside the visibility timeout, and the chain is driven by the job's
-    stored state (:func:`~workers.training.job.next_step`), so a message delivered twice neither
+    stored state (:func:`~workers.training.chunks.next_step`), so a message delivered twice neither
     trains twice nor ends the chain. Every error ends: a chunk that raises is retried (transient:
     TASK_MAX_RETRIES; a configuration error: never; anything else: TASK_MAX_ERRORS attempts) and
     then marks the job failed with the error, which ``producer train`` reports."""
