@@ -50,9 +50,9 @@ def report_data(pipeline: PipelineSpec, **changes) -> ReportData:
         expected_columns=None,
         seed_compat=False,
         pipeline=pipeline.to_dict(),
-        models=(("file:/home/someone/weights/RealESRGAN_x4plus.pth", "ab" * 32, "cpu"),)
+        models=(("file:/home/someone/weights/RealESRGAN_x4plus.pth", "ab" * 32, "cpu", "fp32: not a CPU with bf16"),)
         if pipeline.upscaler == "model"
-        else ((f"run:{pipeline.checkpoint}", SHA, "cuda:0"),)
+        else ((f"run:{pipeline.checkpoint}", SHA, "cuda:0", "fp16: CUDA"),)
         if pipeline.checkpoint
         else (),
         code_versions=("0.1.0",),
