@@ -16,10 +16,9 @@ matter here), one in ``--fail-every`` inputs corrupt so failure records are read
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,64 +27,6 @@ if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, w
     sys.path.insert(0, ROOT)
 from benchmarks import common  # noqa: E402
 from benchmarks.common import fmt, log  # noqa: E402
-
-
-class LatencyProxy:
-    """A TCP proxy on 127.0.0.1 that holds each chunk a client sends for ``delay_s`` before passing
-    it on: one simulated network round trip per request, as between a worker and a remote MinIO."""
-
-    def __init__(self, target_host: str, target_port: int, delay_s: float) -> None:
-        self.target, self.delay_s = (target_host, target_port), delay_s
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-        if not self.ready.wait(10):
-            raise RuntimeError("latency proxy did not start")
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._connect, "127.0.0.1", 0))
-        self.port = self.server.sockets[0].getsockname()[1]
-        self.ready.set()
-        self.loop.run_forever()
-
-    async def _connect(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        try:
-            server_r, server_w = await asyncio.open_connection(*self.target)
-            await asyncio.gather(self._pump(client_r, server_w, self.delay_s), self._pump(server_r, client_w, 0.0))
-        except (ConnectionError, asyncio.CancelledError):  # the client or close() ended it: nothing to report
-            client_w.close()
-
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
-        try:
-            while chunk := await reader.read(65536):
-                if delay_s:
-                    await asyncio.sleep(delay_s)
-                writer.write(chunk)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        async def shutdown() -> None:
-            self.server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -144,6 +85,7 @@ def time_stages(settings, run_id: str, threads: int, repeat: int) -> tuple[float
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from testbed.proxy import TcpProxy
     from testbed.servers import S3Server
     from workers.settings import Settings
 
@@ -164,18 +106,16 @@ def main(argv: list[str] | None = None) -> int:
             run_id = make_run(settings, tmp / "in", args.count, args.size, args.fail_every)
             setup_s = time.perf_counter() - started
             rows, reference = [], None
-            host, port = s3.endpoint.rsplit(":", 1)
-            proxy = LatencyProxy(host, int(port), args.latency_ms / 1000) if args.latency_ms else None
-            timed_settings = settings.replace(s3_endpoint=proxy.endpoint) if proxy else settings
-            for threads in args.threads:
-                log(f"aggregate + report with IO_THREADS={threads}")
-                aggregate_s, report_s, submission = time_stages(timed_settings, run_id, threads, args.repeat)
-                reference = reference if reference is not None else submission
-                if submission != reference:
-                    raise RuntimeError(f"IO_THREADS={threads} wrote a different submission.csv")
-                rows.append((threads, aggregate_s, report_s))
-            if proxy:
-                proxy.close()
+            delayed = TcpProxy(s3.endpoint, args.latency_ms / 1000) if args.latency_ms else contextlib.nullcontext()
+            with delayed as proxy:
+                timed_settings = settings.replace(s3_endpoint=proxy.endpoint) if proxy else settings
+                for threads in args.threads:
+                    log(f"aggregate + report with IO_THREADS={threads}")
+                    aggregate_s, report_s, submission = time_stages(timed_settings, run_id, threads, args.repeat)
+                    reference = reference if reference is not None else submission
+                    if submission != reference:
+                        raise RuntimeError(f"IO_THREADS={threads} wrote a different submission.csv")
+                    rows.append((threads, aggregate_s, report_s))
         finally:
             s3.cleanup()
 

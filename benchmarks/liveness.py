@@ -21,7 +21,6 @@ measure that code the same way (the README's before/after figures were measured 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import os
@@ -37,38 +36,7 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
     sys.path.insert(0, ROOT)
 from benchmarks import common  # noqa: E402
-from benchmarks.aggregate import LatencyProxy  # noqa: E402
 from benchmarks.common import fmt, log, markdown_table  # noqa: E402
-
-
-class CountingProxy(LatencyProxy):
-    """A TCP proxy that counts the HTTP requests passing through it (S3 calls), adding no delay."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.requests = 0
-        super().__init__(target_host, target_port, 0.0)
-
-    async def _connect(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        try:
-            server_r, server_w = await asyncio.open_connection(*self.target)
-            await asyncio.gather(self._count(client_r, server_w), self._pump(server_r, client_w, 0.0))
-        except (ConnectionError, asyncio.CancelledError):
-            client_w.close()
-
-    async def _count(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Client to server: every request starts with ``METHOD /path HTTP/1.1``."""
-        tail = b""
-        try:
-            while chunk := await reader.read(65536):
-                seen = tail + chunk
-                self.requests += seen.count(b" HTTP/1.1\r\n") - tail.count(b" HTTP/1.1\r\n")
-                tail = seen[-16:]
-                writer.write(chunk)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -109,10 +77,10 @@ def summary_exists(s3_client, bucket: str, run_id: str) -> bool:  # minio.Minio
 
 
 def healthy(env: dict[str, str], redis, s3, bucket: str, tmp: Path, count: int, size: tuple[int, int]) -> None:
+    from testbed.proxy import TcpProxy
     from testbed.workers import CeleryWorker
 
-    host, port = s3.endpoint.split(":")
-    proxy = CountingProxy(host, int(port))
+    proxy = TcpProxy(s3.endpoint)
     env = {**env, "S3_ENDPOINT": proxy.endpoint, "SWEEP_INTERVAL_S": "600", "STALL_AFTER_S": "3600"}
     logs = tmp / "logs-healthy"
     logs.mkdir()
