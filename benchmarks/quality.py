@@ -93,7 +93,7 @@ def other_checkpoints(folder: Path, default: Path) -> list[Path]:
 
 
 def build_variants(args: argparse.Namespace, models: Models) -> tuple[list[Variant], list[str]]:
-    """The variants to score, and notes on checkpoints that were left out (and why)."""
+    """The variants to score, and a note on each checkpoint left out (and why)."""
     from producer.evaluate import bicubic_x4
     from workers.errors import UnsupportedModelError
     from workers.ops.denoise import DenoiseSpec, denoise
@@ -114,7 +114,7 @@ def build_variants(args: argparse.Namespace, models: Models) -> tuple[list[Varia
     notes = []
     for path in other_checkpoints(args.weights_dir, args.weights):
         try:
-            models.get(path)  # load now: an unusable file is a note, not a crash halfway through scoring
+            models.get(path)  # load up front: an unusable file is a note, not a crash halfway through scoring
         except UnsupportedModelError as exc:
             notes.append(f"left out {path.name}: {exc}")
             continue

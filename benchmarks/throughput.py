@@ -168,7 +168,7 @@ def run_seed_loop(inputs: list[Path], out_dir: Path, weights: Path, device: Any,
     import numpy as np
     from PIL import Image
 
-    cv2.setNumThreads(cv2_threads)  # the seed never set it: OpenCV's default
+    cv2.setNumThreads(cv2_threads)  # the seed leaves it at OpenCV's default
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[list[object]] = []
     loading = 0.0
