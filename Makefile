@@ -54,8 +54,8 @@ soak: $(BIN)/.installed-dev system-deps
 
 # Benchmark tables on stdout (benchmarks/README.md); these sizes finish in minutes on 2 cores.
 bench: $(BIN)/.installed-dev
-	$(BIN)/python benchmarks/throughput.py --size 64x40 --count 4
-	$(BIN)/python benchmarks/quality.py --dataset dataset
+	$(BIN)/python -m benchmarks.throughput --size 64x40 --count 4
+	$(BIN)/python -m benchmarks.quality --dataset dataset
 
 # What the GPU check needs on a bare machine with no internet (wheels + offline weights), in .device-bundle/.
 device-bundle: $(BIN)/.installed-dev

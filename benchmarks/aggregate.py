@@ -3,95 +3,34 @@
 The aggregator reads one row object per image (plus a failure record per failed image), and the
 report one meta object per image and stage: thousands of small GETs whose cost is round trips, not
 bytes. This times ``aggregate_stage`` and ``report_stage`` on the same stored run with reads one at
-a time (``--threads 1``, what the code did before reads overlapped) and overlapped, and checks the
-submission is byte-identical each time.
+a time (``--threads 1``) and overlapped, and checks the submission is byte-identical each time. While
+timing, S3 is reached through a proxy (``testbed/proxy.py``) that adds ``--latency-ms`` to every
+request, the round trip to a remote MinIO that overlapping hides.
 
 The run is made first, in-process, against a real S3 server (SeaweedFS ``weed mini`` on 127.0.0.1,
 as in the integration tests): tiny inputs, NL-means, bicubic x4 (no model: the upscaler does not
 matter here), one in ``--fail-every`` inputs corrupt so failure records are read too.
 
-    python benchmarks/aggregate.py --count 2000 --threads 1,4,8,16
+    python -m benchmarks.aggregate --count 2000 --threads 1,4,8,16
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
-    sys.path.insert(0, ROOT)
-from benchmarks import common  # noqa: E402
-from benchmarks.common import fmt, log  # noqa: E402
-
-
-class LatencyProxy:
-    """A TCP proxy on 127.0.0.1 that holds each chunk a client sends for ``delay_s`` before passing
-    it on: one simulated network round trip per request, as between a worker and a remote MinIO."""
-
-    def __init__(self, target_host: str, target_port: int, delay_s: float) -> None:
-        self.target, self.delay_s = (target_host, target_port), delay_s
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-        if not self.ready.wait(10):
-            raise RuntimeError("latency proxy did not start")
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._connect, "127.0.0.1", 0))
-        self.port = self.server.sockets[0].getsockname()[1]
-        self.ready.set()
-        self.loop.run_forever()
-
-    async def _connect(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        try:
-            server_r, server_w = await asyncio.open_connection(*self.target)
-            await asyncio.gather(self._pump(client_r, server_w, self.delay_s), self._pump(server_r, client_w, 0.0))
-        except (ConnectionError, asyncio.CancelledError):  # the client or close() ended it: nothing to report
-            client_w.close()
-
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
-        try:
-            while chunk := await reader.read(65536):
-                if delay_s:
-                    await asyncio.sleep(delay_s)
-                writer.write(chunk)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        async def shutdown() -> None:
-            self.server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
+from benchmarks import harness, workload
+from benchmarks.harness import fmt, log
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__file__, __doc__)
     parser.add_argument("--count", type=int, default=2000, help="images in the run (default 2000)")
-    parser.add_argument("--size", type=common.parse_size, default=(8, 8), help="input size WxH (default 8x8)")
+    parser.add_argument("--size", type=harness.parse_size, default=(8, 8), help="input size WxH (default 8x8)")
     parser.add_argument("--threads", default="1,4,8,16", help="IO_THREADS values to compare (default 1,4,8,16)")
     parser.add_argument("--fail-every", type=int, default=50, help="every Nth input is corrupt (0: none)")
     parser.add_argument("--repeat", type=int, default=2, help="timings per value; the best is kept (default 2)")
@@ -114,7 +53,7 @@ def make_run(settings, folder: Path, count: int, size: tuple[int, int], fail_eve
     from workers.run.context import StageContext
     from workers.run.manifest import PipelineSpec
 
-    paths = common.write_inputs(folder, common.synthetic_images(count, *size))
+    paths = workload.write_inputs(folder, workload.synthetic_images(count, *size))
     for path in paths[fail_every - 1 :: fail_every] if fail_every else []:
         path.write_bytes(b"not an image")
     ctx = StageContext(settings)
@@ -144,28 +83,26 @@ def time_stages(settings, run_id: str, threads: int, repeat: int) -> tuple[float
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from testbed.proxy import TcpProxy
     from testbed.servers import S3Server
     from workers.settings import Settings
 
-    load_start = common.load_average()
-    with tempfile.TemporaryDirectory(prefix="agg-bench-") as tmp_dir:
-        tmp = Path(tmp_dir)
-        s3 = S3Server(tmp / "s3")
-        try:
-            settings = Settings(
-                storage_url=f"s3://{s3.make_bucket('bench')}",
-                s3_endpoint=s3.endpoint,
-                aws_access_key_id=s3.access_key,
-                aws_secret_access_key=s3.secret_key,
-                io_threads=16,
-            )
-            log(f"making a run of {args.count} images on S3")
-            started = time.perf_counter()
-            run_id = make_run(settings, tmp / "in", args.count, args.size, args.fail_every)
-            setup_s = time.perf_counter() - started
-            rows, reference = [], None
-            host, port = s3.endpoint.rsplit(":", 1)
-            proxy = LatencyProxy(host, int(port), args.latency_ms / 1000) if args.latency_ms else None
+    bench = harness.start()
+    with tempfile.TemporaryDirectory(prefix="agg-bench-") as tmp_dir, S3Server(Path(tmp_dir) / "s3") as s3:
+        settings = Settings(
+            storage_url=f"s3://{s3.make_bucket('bench')}",
+            s3_endpoint=s3.endpoint,
+            aws_access_key_id=s3.access_key,
+            aws_secret_access_key=s3.secret_key,
+            io_threads=16,
+        )
+        log(f"making a run of {args.count} images on S3")
+        started = time.perf_counter()
+        run_id = make_run(settings, Path(tmp_dir) / "in", args.count, args.size, args.fail_every)
+        setup_s = time.perf_counter() - started
+        rows, reference = [], None
+        delayed = TcpProxy(s3.endpoint, args.latency_ms / 1000) if args.latency_ms else contextlib.nullcontext()
+        with delayed as proxy:
             timed_settings = settings.replace(s3_endpoint=proxy.endpoint) if proxy else settings
             for threads in args.threads:
                 log(f"aggregate + report with IO_THREADS={threads}")
@@ -174,16 +111,12 @@ def main(argv: list[str] | None = None) -> int:
                 if submission != reference:
                     raise RuntimeError(f"IO_THREADS={threads} wrote a different submission.csv")
                 rows.append((threads, aggregate_s, report_s))
-            if proxy:
-                proxy.close()
-        finally:
-            s3.cleanup()
 
     base_aggregate, base_report = rows[0][1], rows[0][2]
     failed = args.count // args.fail_every if args.fail_every else 0
     where = f"{args.latency_ms:g} ms simulated round trip per request" if args.latency_ms else "no added latency"
     print(f"## Aggregation and report: {args.count} images ({failed} failed) on S3 (weed mini, 127.0.0.1; {where})\n")
-    print(common.markdown_table(
+    print(harness.markdown_table(
         ["IO_THREADS", "aggregate s", f"vs {rows[0][0]}", "report s", f"vs {rows[0][0]}", "images/s (aggregate)"],
         [(t, fmt(a), f"{base_aggregate / a:.2f}x", fmt(r), f"{base_report / r:.2f}x", fmt(args.count / a, 0))
          for t, a, r in rows],
@@ -192,10 +125,7 @@ def main(argv: list[str] | None = None) -> int:
           "(excluded). The aggregate reads each row twice without a sample submission (width pass + write "
           "pass). With --latency-ms 0 the S3 server and this process share the CPU and gains are small; the "
           "latency is what a remote MinIO adds and what overlapping hides.\n")
-    import torch
-
-    print(common.machine_table(torch.device("cpu"), "none (bicubic x4)", f"{args.size[0]}x{args.size[1]}",
-                               [("load average at start", load_start)]))
+    print(bench.machine_table("none (bicubic x4)", f"{args.size[0]}x{args.size[1]}"))
     return 0
 
 

@@ -10,7 +10,7 @@ with ``--compile`` also ``torch.compile`` of the channels_last model.
 On a CPU a batch runs the same convolutions over more pixels, so a gain there is only higher
 efficiency of the same work (the TFLOP/s column shows it); it depends on input size and threads.
 
-    python benchmarks/batching.py --size 256x160 [--device cuda] [--compile]
+    python -m benchmarks.batching --size 256x160 [--device cuda] [--compile]
 """
 
 from __future__ import annotations
@@ -19,14 +19,10 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
-    sys.path.insert(0, ROOT)
-from benchmarks import common  # noqa: E402
-from benchmarks.common import fmt, log  # noqa: E402
+from benchmarks import harness, machine, workload
+from benchmarks.harness import fmt, log
 
 
 @dataclass
@@ -53,12 +49,8 @@ class Variant:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="batching.py",
-        description="Upscaler images/s per batch size (and memory format / torch.compile on CUDA); "
-                    "finds the batch size with the most images/s that fits in memory.",
-    )
-    common.add_common_arguments(parser, count=None)
+    parser = harness.parser(__file__, __doc__)
+    harness.add_common_arguments(parser, count=None)
     parser.add_argument("--count", type=int, default=0,
                         help="images per measurement [default: twice the largest batch size]")
     parser.add_argument("--batch-sizes", default="",
@@ -73,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="CUDA: also time channels_last with torch.backends.cudnn.benchmark (CUDNN_BENCHMARK=1)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.size, args.count = common.QUICK_SIZE, common.QUICK_COUNT
+        args.size, args.count = harness.QUICK_SIZE, harness.QUICK_COUNT
         args.batch_sizes = args.batch_sizes or "1,2"
     try:
         sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else []
@@ -143,7 +135,7 @@ def sweep(variant: Variant, upscaler: Any, images: list[Any], batch_sizes: list[
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(upscaler.device)
             first = stacked[0] if cuda or variant.compile else stacked[0][:, :8, :8]
-            _, point.first_call_s = common.timed(lambda f=first: forward_batch(f, upscaler, variant.memory_format, forward),
+            _, point.first_call_s = harness.timed(lambda f=first: forward_batch(f, upscaler, variant.memory_format, forward),
                                                  upscaler.device)
             best = float("inf")
             for _ in range(repeats):
@@ -176,11 +168,11 @@ def report(points: list[Point], macs: float, pixels_per_image: int, cuda: bool) 
         rows.append((p.variant, p.batch, p.images, f"{p.seconds:.3f}", fmt(p.images_per_second),
                      f"{ratio:.2f}x" if ratio == ratio else "n/a", fmt(1000 * p.seconds / p.images),
                      f"{achieved:.4f}", fmt(p.peak_gib) if cuda else "-", f"ok (first call {p.first_call_s:.2f} s)"))
-    return common.markdown_table(("variant", "batch", "images", "best s", "images/s", "vs batch 1", "ms/image",
+    return harness.markdown_table(("variant", "batch", "images", "best s", "images/s", "vs batch 1", "ms/image",
                                   "TFLOP/s", "peak GiB", "status"), rows)
 
 
-def peak_images_per_second(peak: common.Peak, macs: float, pixels: int) -> float:
+def peak_images_per_second(peak: machine.Peak, macs: float, pixels: int) -> float:
     """Images/s the device's peak FLOP/s would give for this model and input size."""
     return peak.flops / (2 * macs * pixels)
 
@@ -189,17 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from workers.ops.upscale import load_upscaler
 
-    common.apply_torch_threads(args.torch_threads)
-    device = common.resolve_device(args.device)
+    bench = harness.start(args.device, args.torch_threads)
+    device = bench.device
     batch_sizes = args.batch_sizes or ([1, 2, 4, 8, 16] if device.type == "cuda" else [1, 2, 4, 8])
     count = args.count or 2 * max(batch_sizes)
     repeats = args.repeats or (3 if device.type == "cuda" else 1)
     width, height = args.size
-    images = common.synthetic_images(count, width, height)
+    images = workload.synthetic_images(count, width, height)
     upscaler = load_upscaler(args.weights, args.device)
-    macs = common.conv_macs_per_pixel(upscaler.descriptor.model, upscaler.device, upscaler.dtype)
-    peak = common.device_peak(upscaler.device)
-    load_avg_start = common.load_average()
+    macs = workload.conv_macs_per_pixel(upscaler.descriptor.model, upscaler.device, upscaler.dtype)
+    peak = machine.device_peak(upscaler.device)
 
     points: list[Point] = []
     for variant in variants(args, device):
@@ -220,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         oom = next((p.batch for p in points if p.variant == label and p.status == "OOM"), None)
         limit = f"; out of memory at batch {oom}" if oom else ""
         print(f"- {label}: best batch {best.batch} at {fmt(best.images_per_second)} images/s{gain}{limit}")
-        common.record(args, f"{label}: best batch {best.batch}", best.images_per_second, "images/s",
+        harness.record(args, f"{label}: best batch {best.batch}", best.images_per_second, "images/s",
                       f"{2 * macs * width * height * best.images_per_second / 1e12:.1f} TFLOP/s"
                       + (f", {best.images_per_second / peak_images_per_second(peak, macs, width * height):.0%} of peak"
                          if peak.flops else ""))
@@ -230,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
               "the input size and thread count. On a shared machine runs differ by tens of percent: repeat before "
               "trusting a ratio.")
     print(f"\nPeak: {peak.assumption}. Model: {fmt(macs / 1e6)} M multiply-adds per input pixel.\n")
-    common.print_machine(upscaler, args.weights, width, height, load_avg_start)
+    print(bench.upscaler_table(upscaler, args.weights, width, height))
     return 0
 
 

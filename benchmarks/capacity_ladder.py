@@ -14,7 +14,7 @@ images/s at 256x160 in fp32 and bf16 (batch 1, all cores, after training: the be
 rounds, the models interleaved).
 ``--reference NAME=PATH`` adds a model trained elsewhere (the shipped one) to the scoring.
 
-    .venv/bin/python benchmarks/capacity_ladder.py --minutes 60 --parallel 5 \
+    .venv/bin/python -m benchmarks.capacity_ladder --minutes 60 --parallel 5 \
         --heldout build/heldout/competition --reference lowlight-compact=models/lowlight-compact.safetensors
 """
 
@@ -29,10 +29,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import DEFAULT_WEIGHTS_DIR, REPO, conv_macs_per_pixel, log, machine_table
+from benchmarks import harness
+from benchmarks.harness import DEFAULT_WEIGHTS_DIR, REPO, log
 from benchmarks.heldout import val_pairs
+from benchmarks.workload import conv_macs_per_pixel
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def train(candidate: Candidate, start: Path, corpus: Path, minutes: float, folde
           args: argparse.Namespace) -> subprocess.Popen[bytes]:
     out = folder / f"{candidate.name}.safetensors"
     pin = ["taskset", "-c", str(core)] if core is not None else []
-    command = [*pin, str(REPO / ".venv" / "bin" / "producer"), "train", "--photos", str(corpus),
+    command = [*pin, str(harness.PRODUCER), "train", "--photos", str(corpus),
                "--from", str(start), "-o", str(out), "--minutes", str(minutes), "--batch", str(candidate.batch),
                "--crop", str(candidate.crop), "--lr", str(candidate.lr), "--holdout-crops", "64", "--eval-every",
                str(args.eval_every), "--seed", "0"] + (["--restart"] if args.restart else [])
@@ -109,7 +109,7 @@ def score(name: str, description: str, checkpoint: Path, args: argparse.Namespac
 
 def speeds(checkpoints: list[Path], rounds: int) -> list[dict[str, float]]:
     """Images/s at 256x160 of each model in fp32 and bf16 (batch 1, all cores): each its best of ``rounds``
-    rounds, the models interleaved in every round, so a shared machine's bursts weigh on all alike."""
+    interleaved rounds (ABBA), so a shared machine's bursts weigh on all alike."""
     import numpy as np
 
     from workers.ops.upscale import load_upscaler
@@ -120,18 +120,17 @@ def speeds(checkpoints: list[Path], rounds: int) -> list[dict[str, float]]:
         for upscaler in pair.values():
             upscaler.upscale(image)  # warm-up
     best: list[dict[str, float]] = [{"fp32": 0.0, "bf16": 0.0} for _ in checkpoints]
-    for _ in range(rounds):
-        for i, pair in enumerate(loaded):
-            for precision, upscaler in pair.items():
-                started = time.perf_counter()
-                for _ in range(3):
-                    upscaler.upscale(image)
-                best[i][precision] = max(best[i][precision], round(3 / (time.perf_counter() - started), 2))
+    for _, i in harness.interleaved(range(len(checkpoints)), rounds, lambda i: checkpoints[i].name):
+        for precision, upscaler in loaded[i].items():
+            started = time.perf_counter()
+            for _ in range(3):
+                upscaler.upscale(image)
+            best[i][precision] = max(best[i][precision], round(3 / (time.perf_counter() - started), 2))
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = harness.parser(__file__, __doc__)
     parser.add_argument("--corpus", type=Path, default=Path.home() / ".cache" / "lowlight-sr" / "photo-corpus")
     parser.add_argument("--minutes", type=float, default=25.0, help="wall time of each candidate")
     parser.add_argument("--candidates", default="compact-64x16,compact-64x32,unet-16,unet-24,unet-32")
@@ -147,7 +146,8 @@ def main() -> None:
     parser.add_argument("--restart", action="store_true", help="ignore saved states (default: an interrupted ladder resumes)")
     parser.add_argument("--score-only", action="store_true", help="score what an earlier run left in --out")
     parser.add_argument("--speed-rounds", type=int, default=5, help="interleaved rounds of the speed measurement")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    bench = harness.start("cpu")
     args.out.mkdir(parents=True, exist_ok=True)
     chosen = [CANDIDATES[name] for name in args.candidates.split(",")]
     if not args.score_only:
@@ -184,11 +184,10 @@ def main() -> None:
               f"{r['holdout_psnr']:.2f} | {heldout} | {r['sample_val_psnr']:.3f} | {r['cpu_images_per_s']['fp32']} | "
               f"{r['cpu_images_per_s']['bf16']} |")
     print()
-    import torch
-
-    print(machine_table(torch.device("cpu"), "see the table", "48x48 / 64x64 training crops; 256x160 speed"))
+    print(bench.machine_table("see the table", "48x48 / 64x64 training crops; 256x160 speed"))
     log(f"done at {time.strftime('%H:%M:%S')}; curves in {args.out / 'ladder.json'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

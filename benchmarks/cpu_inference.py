@@ -14,12 +14,11 @@ in this run, with the same output (at most one level apart from fp32, or for a b
 of ``workers/ops/device.py``). The last row is the production upscaler (``Upscaler.upscale``: conversion,
 rounding and copies included) with ``PRECISION=auto``.
 
-    python benchmarks/cpu_inference.py --count 8 --rounds 3
+    python -m benchmarks.cpu_inference --count 8 --rounds 3
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -29,11 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
-    sys.path.insert(0, ROOT)
-from benchmarks import common  # noqa: E402
-from benchmarks.common import fmt, log  # noqa: E402
+from benchmarks import harness, machine, workload
+from benchmarks.harness import fmt, log
 
 ADOPT_AT = 1.3  # speed-up another runtime must give over torch's best, with the same output, to be adopted
 SAME_OUTPUT_LEVELS = 1  # fp32 in another summation order may flip a rare rounding by one level
@@ -155,13 +151,12 @@ def export_onnx(model: Any, folder: Path, height: int, width: int) -> Path | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cpu_inference.py", description=__doc__.split("\n\n")[0])
-    common.add_common_arguments(parser, count=8)
+    parser = harness.parser(__file__, __doc__)
+    harness.add_common_arguments(parser, count=8)
     parser.add_argument("--rounds", type=int, default=3, help="rounds over every row, interleaved [default: 3]")
     parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile (it compiles for a minute)")
     parser.add_argument("--no-runtimes", action="store_true", help="leave out ONNX Runtime and OpenVINO")
-    args = common.parse_common(parser, argv)
-    import numpy as np
+    args = harness.parse_common(parser, argv)
     import torch
 
     from workers.io.models import load_registry, models_folder
@@ -170,41 +165,37 @@ def main(argv: list[str] | None = None) -> int:
     from workers.ops.upscale import load_descriptor, load_upscaler
 
     registry = load_registry(models_folder())
-    weights = args.weights if args.weights != common.default_weights() else registry.path(registry.default)
-    common.apply_torch_threads(args.torch_threads)
+    weights = args.weights if args.weights != harness.default_weights() else registry.path(registry.default)
+    bench = harness.start("cpu", args.torch_threads)
     default_threads = torch.get_num_threads()
     width, height = args.size
-    images = common.synthetic_images(args.count, width, height)
+    images = workload.synthetic_images(args.count, width, height)
     singles = [torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255) for image in images]
     model = load_descriptor(weights).model.eval()
-    load_avg_start = common.load_average()
     runtimes = [] if args.no_runtimes else available_runtimes()
     folder = Path(tempfile.mkdtemp(prefix="cpu-inference-"))
     onnx_path = export_onnx(model, folder, height, width) if runtimes else None
     runtimes = runtimes if onnx_path else []
-    rows = settings(common.core_count(), not args.no_compile, runtimes)
+    rows = settings(machine.core_count(), not args.no_compile, runtimes)
     runners = {}
     for setting in rows:
         log(f"preparing {setting.label}")
         runner = Runner(setting, model, onnx_path, default_threads)
         batch = singles[0] if setting.batch == 1 else torch.cat(singles[: setting.batch])
-        _, runner.first_call_s = common.timed(lambda r=runner, b=batch: r(b))
+        _, runner.first_call_s = harness.timed(lambda r=runner, b=batch: r(b))
         runners[setting] = runner
     times: dict[Setting, list[float]] = {s: [] for s in rows}
     outputs: dict[Setting, list[Any]] = {}
-    for round_number in range(args.rounds):
-        order = rows if round_number % 2 == 0 else rows[::-1]
-        for setting in order:
-            batches = [torch.cat(singles[i : i + setting.batch]) for i in range(0, len(singles), setting.batch)]
-            started = time.perf_counter()
-            result = [runners[setting](b) for b in batches]
-            times[setting].append((time.perf_counter() - started) / len(singles))
-            outputs[setting] = [image for out in result for image in out]
-        log(f"round {round_number + 1} of {args.rounds} done")
+    for _, setting in harness.interleaved(rows, args.rounds, lambda setting: setting.label):
+        batches = [torch.cat(singles[i : i + setting.batch]) for i in range(0, len(singles), setting.batch)]
+        started = time.perf_counter()
+        result = [runners[setting](b) for b in batches]
+        times[setting].append((time.perf_counter() - started) / len(singles))
+        outputs[setting] = [image for out in result for image in out]
 
     log("production upscaler (Upscaler.upscale, PRECISION=auto)")
     production = load_upscaler(weights, "cpu", "auto")
-    measured = common.measure_upscale(production, images, 1)
+    measured = workload.measure_upscale(production, images, 1)
 
     reference = outputs[rows[0]]
     seconds = {s: min(times[s]) for s in rows}
@@ -229,22 +220,21 @@ def main(argv: list[str] | None = None) -> int:
                        f"no: {gain:.2f}x torch's best {setting.precision}" + ("" if same else ", other output"))
         table.append((setting.label, fmt(1000 * seconds[setting]), fmt(1000 * medians[setting]), fmt(1 / seconds[setting]),
                       f"{before / seconds[setting]:.2f}x", output, f"{runners[setting].first_call_s:.2f}", verdict))
-        common.record(args, setting.label, before / seconds[setting], "x vs before",
+        harness.record(args, setting.label, before / seconds[setting], "x vs before",
                       f"{fmt(1 / seconds[setting])} images/s; output {output}; {verdict}")
     table.append((f"production Upscaler.upscale, auto: {production.precision}", fmt(measured.ms_per_image), "-",
                   fmt(measured.images_per_second), f"{before * measured.images_per_second:.2f}x", "-", "-", "-"))
     print(f"## CPU inference of {weights.name}: {args.count} images {width}x{height} -> {4 * width}x{4 * height}, "
           f"best of {args.rounds} interleaved rounds\n")
-    print(common.markdown_table(("setting", "ms/image", "median ms", "images/s", "vs before", "output vs fp32 NCHW",
+    print(harness.markdown_table(("setting", "ms/image", "median ms", "images/s", "vs before", "output vs fp32 NCHW",
                                  "first call s", "verdict"), table))
     print(f"\nThe production row's precision: {production.precision_reason}.\n")
     print(f"Another runtime is adopted where it is at least {ADOPT_AT}x faster than torch's best row of its precision "
           f"here with the same output. Threads: a setting of the machine (torch's default is one per core). "
           f"{CpuCapabilities.detect().describe()}. One run on a shared machine: compare rows, not runs.\n")
-    macs = common.conv_macs_per_pixel(model, torch.device("cpu"), torch.float32, size=64)
+    macs = workload.conv_macs_per_pixel(model, torch.device("cpu"), torch.float32, size=64)
     print(f"Model: {fmt(macs / 1e3)} K multiply-adds per input pixel.\n")
-    common.print_machine(production, weights, width, height, load_avg_start)
-    del np
+    print(bench.upscaler_table(production, weights, width, height))
     return 0
 
 

@@ -8,7 +8,7 @@ seed's (7, 7, 7, 21). The upscaler is timed through ``Upscaler.upscale`` at the 
 size (``GPU_BATCH_SIZE`` on CUDA, 1 on a CPU, where batching gains nothing). Size a CPU worker
 pool per GPU worker from this number plus headroom for decoding and storage.
 
-    python benchmarks/cpu_per_gpu.py --size 256x160 --count 16 [--device cuda]
+    python -m benchmarks.cpu_per_gpu --size 256x160 --count 16 [--device cuda]
 """
 
 from __future__ import annotations
@@ -16,26 +16,19 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
-    sys.path.insert(0, ROOT)
-from benchmarks import common  # noqa: E402
-from benchmarks.common import fmt, log  # noqa: E402
+from benchmarks import harness, workload
+from benchmarks.harness import fmt, log
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="cpu_per_gpu.py",
-        description="CPU cores of single-threaded NL-means needed to keep one upscaler device busy.",
-    )
-    common.add_common_arguments(parser, count=8)
+    parser = harness.parser(__file__, __doc__)
+    harness.add_common_arguments(parser, count=8)
     parser.add_argument("--batch-size", type=int, default=0,
                         help="upscaler batch size [default: GPU_BATCH_SIZE's default on CUDA, 1 on CPU]")
     parser.add_argument("--upscale-images", type=int, default=0,
                         help="images for the upscaler timing [default: count on CUDA, min(count, 2) on CPU]")
-    return common.parse_common(parser, argv)
+    return harness.parse_common(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,28 +36,26 @@ def main(argv: list[str] | None = None) -> int:
     from workers.ops.upscale import load_upscaler
     from workers.settings import Settings
 
-    common.apply_torch_threads(args.torch_threads)
-    device = common.resolve_device(args.device)
+    bench = harness.start(args.device, args.torch_threads)
     width, height = args.size
-    images = common.synthetic_images(args.count, width, height)
-    load_avg_start = common.load_average()
+    images = workload.synthetic_images(args.count, width, height)
 
     log(f"NL-means, 1 thread: {len(images)} images")
-    nlm = common.measure_nlm(images, threads=1)
+    nlm = workload.measure_nlm(images, threads=1)
     upscaler = load_upscaler(args.weights, args.device)
-    cuda = device.type == "cuda"
+    cuda = bench.device.type == "cuda"
     batch = args.batch_size or (Settings().gpu_batch_size if cuda else 1)
     n_up = args.upscale_images or (args.count if cuda else min(args.count, 2))
     up_images = images[:n_up]
     log(f"upscale, batch {min(batch, n_up)}: {n_up} images")
-    up = common.measure_upscale(upscaler, up_images, min(batch, n_up))
+    up = workload.measure_upscale(upscaler, up_images, min(batch, n_up))
     nlm_s = nlm.seconds / nlm.images
     needed = up.images_per_second * nlm_s
 
-    common.record(args, "cores of NL-means one upscaler keeps busy", needed, "cores",
+    harness.record(args, "cores of NL-means one upscaler keeps busy", needed, "cores",
                   f"{fmt(up.images_per_second)} upscaled images/s x {fmt(1000 * nlm_s)} ms of NL-means per image")
     print(f"## CPU cores per upscaler device: {width}x{height} -> {4 * width}x{4 * height}\n")
-    print(common.markdown_table(("quantity", "value"), [
+    print(harness.markdown_table(("quantity", "value"), [
         ("NL-means on one core (OpenCV 1 thread, h=7, hColor=7, 7, 21)",
          f"{fmt(1000 * nlm_s)} ms/image ({fmt(nlm.ms_per_megapixel)} ms per input MP; {nlm.images} images)"),
         (f"upscale on {upscaler.device.type} ({up.label})",
@@ -73,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         ("CPU worker processes per upscaler device", f"{max(1, math.ceil(needed))} (rounded up, no headroom)"),
     ]))
     print()
-    common.print_machine(upscaler, args.weights, width, height, load_avg_start)
+    print(bench.upscaler_table(upscaler, args.weights, width, height))
     return 0
 
 

@@ -11,7 +11,7 @@ Prints, for the same images:
    images/s, as a share of the upscaler-only rate, and whether its submission is byte-identical to
    the ``DENOISE_ON=cpu`` one (same bytes: same competition score).
 
-    python benchmarks/denoise_placement.py --size 256x160 --count 32 --device cuda
+    python -m benchmarks.denoise_placement --size 256x160 --count 32 --device cuda
 """
 
 from __future__ import annotations
@@ -24,20 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
-    sys.path.insert(0, ROOT)
-from benchmarks import common  # noqa: E402
-from benchmarks.common import fmt, log  # noqa: E402
+from benchmarks import harness, machine, workload
+from benchmarks.harness import fmt, log
 
 CORE_COUNTS = (2, 4, 16)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="denoise_placement.py", description=__doc__.split("\n\n")[0])
-    common.add_common_arguments(parser, count=16)
+    parser = harness.parser(__file__, __doc__)
+    harness.add_common_arguments(parser, count=16)
     parser.add_argument("--batch", type=int, default=8, help="upscaler and device NL-means batch [default: 8]")
-    return common.parse_common(parser, argv)
+    return harness.parse_common(parser, argv)
 
 
 def torch_nlm_rate(images: list, device: object, batch: int) -> float:
@@ -48,9 +45,9 @@ def torch_nlm_rate(images: list, device: object, batch: int) -> float:
     spec = DenoiseSpec()
     denoise_on_device(np.stack(images[:batch]), spec, device)  # warm-up
     started = time.perf_counter()
-    for group in common.chunks(images, batch):
+    for group in workload.chunks(images, batch):
         denoise_on_device(np.stack(group), spec, device)
-    common.synchronize(device)
+    harness.synchronize(device)
     return len(images) / (time.perf_counter() - started)
 
 
@@ -69,7 +66,7 @@ def fidelity_row(label: str, images: list, device: object, batch: int) -> tuple[
         by_shape[image.shape].append(image)
     ours, ref = [], []
     for group in by_shape.values():
-        for chunk in common.chunks(group, batch):
+        for chunk in workload.chunks(group, batch):
             ours += list(denoise_on_device(np.stack(chunk), spec, device))
             ref += [nlm_opencv(image, spec) for image in chunk]
     worst = min(psnr(a, b) for a, b in zip(ours, ref, strict=True))
@@ -84,11 +81,12 @@ def sample_inputs() -> list:
     """The sample dataset's test and validation inputs (none when the dataset is not there)."""
     from producer.evaluate import load_rgb
 
-    folders = [common.REPO / "dataset" / "test", common.REPO / "dataset" / "val" / "val"]
+    folders = [harness.REPO / "dataset" / "test", harness.REPO / "dataset" / "val" / "val"]
     return [load_rgb(p) for p in sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.png"))]
 
 
-def pipeline_run(args: argparse.Namespace, folder: Path, placement: str, cores: int, tmp: Path) -> tuple[float, bytes]:
+def pipeline_run(args: argparse.Namespace, device: object, folder: Path, placement: str, cores: int,
+                 tmp: Path) -> tuple[float, bytes]:
     """(images/s, submission.csv) of a whole embedded run with this placement, on ``cores`` CPU cores."""
     from producer.embedded import run_embedded
     from producer.planning import prepare_run
@@ -99,7 +97,7 @@ def pipeline_run(args: argparse.Namespace, folder: Path, placement: str, cores: 
 
     os.sched_setaffinity(0, set(range(cores)))
     settings = Settings(storage_url=str(tmp / f"{placement}-{cores}"), weights=str(args.weights),
-                        device=str(args.device_obj), cpu_workers=cores, gpu_batch_size=args.batch)
+                        device=str(device), cpu_workers=cores, gpu_batch_size=args.batch)
     ctx = StageContext(settings)
     ctx.warm_up()
     pipeline = dataclasses.replace(PipelineSpec(), denoise_on=placement)
@@ -112,71 +110,70 @@ def pipeline_run(args: argparse.Namespace, folder: Path, placement: str, cores: 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    common.apply_torch_threads(args.torch_threads)
+    bench = harness.start(args.device, args.torch_threads)
+    device = bench.device
     from workers.ops.upscale import load_upscaler
 
     width, height = args.size
-    load_avg_start = common.load_average()
-    args.device_obj = common.resolve_device(args.device)
-    images = common.synthetic_images(args.count, width, height)
-    upscaler = load_upscaler(args.weights, str(args.device_obj))
+    images = workload.synthetic_images(args.count, width, height)
+    upscaler = load_upscaler(args.weights, str(device))
     log("fidelity of the port against OpenCV")
-    fidelity = [fidelity_row(f"synthetic (this run's {args.count} inputs)", images, args.device_obj, args.batch)]
+    fidelity = [fidelity_row(f"synthetic (this run's {args.count} inputs)", images, device, args.batch)]
     sample = sample_inputs()
     if sample:
-        fidelity.append(fidelity_row("dataset/test + dataset/val/val", sample, args.device_obj, args.batch))
+        fidelity.append(fidelity_row("dataset/test + dataset/val/val", sample, device, args.batch))
     log("NL-means: OpenCV, one core")
-    opencv = common.measure_nlm(images, threads=1)
+    opencv = workload.measure_nlm(images, threads=1)
     log("NL-means: PyTorch on the device")
-    torch_rate = torch_nlm_rate(images, args.device_obj, args.batch)
+    torch_rate = torch_nlm_rate(images, device, args.batch)
     log("upscaler alone")
-    common.warm_up_upscaler(upscaler, images, args.batch)
-    upscale_rate = common.measure_upscale(upscaler, images, args.batch).images_per_second
+    workload.warm_up_upscaler(upscaler, images, args.batch)
+    upscale_rate = workload.measure_upscale(upscaler, images, args.batch).images_per_second
 
     available = len(os.sched_getaffinity(0))
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         folder = tmp / "inputs"
-        common.write_inputs(folder, images)
+        workload.write_inputs(folder, images)
         all_cores = os.sched_getaffinity(0)
         try:
             for cores in [c for c in CORE_COUNTS if c <= available] or [available]:
                 reference = None
                 for placement in ("cpu", "gpu"):
                     log(f"pipeline: denoise on {placement}, {cores} cores")
-                    rate, submission = pipeline_run(args, folder, placement, cores, tmp)
+                    rate, submission = pipeline_run(args, device, folder, placement, cores, tmp)
                     reference = reference or submission
                     same = "yes" if submission == reference else "NO"
                     rows.append((placement, cores, fmt(rate), f"{rate / upscale_rate:.0%}", same))
-                    common.record(args, f"pipeline, denoise on {placement}, {cores} cores", rate, "images/s",
+                    harness.record(args, f"pipeline, denoise on {placement}, {cores} cores", rate, "images/s",
                                   f"{rate / upscale_rate:.0%} of upscaler-only; submission identical: {same}")
         finally:
             os.sched_setaffinity(0, all_cores)
 
-    common.record(args, "NL-means, OpenCV, 1 core", opencv.images_per_second, "images/s")
-    common.record(args, f"NL-means, PyTorch port, batch {args.batch}", torch_rate, "images/s",
+    harness.record(args, "NL-means, OpenCV, 1 core", opencv.images_per_second, "images/s")
+    harness.record(args, f"NL-means, PyTorch port, batch {args.batch}", torch_rate, "images/s",
                   f"identical to OpenCV: {all(row[3].startswith('inf') for row in fidelity)}")
-    common.record(args, f"upscaler alone, batch {args.batch}", upscale_rate, "images/s")
+    harness.record(args, f"upscaler alone, batch {args.batch}", upscale_rate, "images/s")
     print(f"## Denoise placement: {args.count} images {width}x{height}\n")
-    print(f"Fidelity of the PyTorch port on {common.device_name(args.device_obj)} against OpenCV "
+    print(f"Fidelity of the PyTorch port on {machine.device_name(device)} against OpenCV "
           "(default settings h=7, hColor=7, 7, 21; PSNR of the worst image):\n")
-    print(common.markdown_table(("images", "count", "sizes", "PSNR vs OpenCV (dB)", "values differing",
+    print(harness.markdown_table(("images", "count", "sizes", "PSNR vs OpenCV (dB)", "values differing",
                                  "largest difference"), fidelity))
     print()
-    print(common.markdown_table(("stage", "images/s"), [
+    print(harness.markdown_table(("stage", "images/s"), [
         ("NL-means, OpenCV, 1 core", fmt(opencv.images_per_second)),
-        (f"NL-means, PyTorch port on {common.device_name(args.device_obj)}, batch {args.batch}", fmt(torch_rate)),
+        (f"NL-means, PyTorch port on {machine.device_name(device)}, batch {args.batch}", fmt(torch_rate)),
         (f"upscaler alone, batch {args.batch}", fmt(upscale_rate)),
     ]))
     print()
-    print(common.markdown_table(("denoise on", "CPU cores", "pipeline images/s", "of upscaler-only",
+    print(harness.markdown_table(("denoise on", "CPU cores", "pipeline images/s", "of upscaler-only",
                                  "submission identical to cpu"), rows))
     skipped = [c for c in CORE_COUNTS if c > available]
     if skipped:
         print(f"\n(core counts above this machine's {available} skipped: {skipped})")
     print()
-    common.print_machine(upscaler, args.weights, width, height, load_avg_start)
+    print(bench.upscaler_table(upscaler, args.weights, width, height))
     return 0
 
 

@@ -7,31 +7,25 @@ other pictures, none of them among the photos a fine-tune holds back). It is cal
 (``producer calibrate``); the photo corpus is mixed in as ``producer train`` does by default. Each run
 starts from the shipped default model (or ``--from``) and writes ``OUT/lr-<lr>.safetensors``.
 
-    .venv/bin/python benchmarks/finetune_sweep.py build/heldout/user --lrs 5e-5,1e-4,2e-4,4e-4 --minutes 10
+    .venv/bin/python -m benchmarks.finetune_sweep build/heldout/user --lrs 5e-5,1e-4,2e-4,4e-4 --minutes 10
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from benchmarks.common import REPO, log, markdown_table  # noqa: E402
-from benchmarks.heldout import val_pairs  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import REPO, log, markdown_table
+from benchmarks.heldout import val_pairs
 
 
 def producer(*args: str, env: dict[str, str], log_to: Path | None = None) -> subprocess.Popen[bytes]:
     out = log_to.open("wb") if log_to else subprocess.DEVNULL
-    return subprocess.Popen(
-        [str(REPO / ".venv" / "bin" / "producer"), *args], env=env, stdout=out, stderr=subprocess.STDOUT
-    )
+    return subprocess.Popen([str(harness.PRODUCER), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def score(checkpoint: Path, dataset: Path) -> float:
@@ -42,7 +36,7 @@ def score(checkpoint: Path, dataset: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__file__, __doc__)
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--lrs", default="5e-5,1e-4,2e-4,4e-4")
     parser.add_argument("--minutes", type=float, default=10.0)

@@ -9,15 +9,14 @@ commit, e.g. ``git archive dbd8e15 | tar -x -C /tmp/before``) when given, and wi
 code with other options, e.g. ``--weights models/lowlight-compact.safetensors --precision fp32``), on
 fresh run stores; images/s is the inputs over the whole process's time.
 
-    .venv/bin/python benchmarks/fixed_cost.py --inputs build/heldout/enqueue128/test --count 1 --rounds 3 \\
+    .venv/bin/python -m benchmarks.fixed_cost --inputs build/heldout/enqueue128/test --count 1 --rounds 3 \\
         --before /tmp/before
-    .venv/bin/python benchmarks/fixed_cost.py --inputs build/heldout/enqueue128/test --count 128 --rounds 2 \\
+    .venv/bin/python -m benchmarks.fixed_cost --inputs build/heldout/enqueue128/test --count 128 --rounds 2 \\
         --against "--weights models/lowlight-compact.safetensors --precision fp32"
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -29,11 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from benchmarks.common import REPO, log, markdown_table  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import REPO, log, markdown_table
 
 # Run in a child process: the CLI with timers at its seams, the marks printed as JSON on the last line.
 TRACER = r"""
@@ -115,7 +111,7 @@ def whole(inputs: Path, code: Path, env: dict[str, str], extra: list[str]) -> fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__file__, __doc__)
     parser.add_argument("--inputs", type=Path, required=True, help="a folder of input images")
     parser.add_argument("--count", type=int, default=1, help="how many of its images (the first, sorted)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -126,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="fixed-cost-inputs-"))
     for path in sorted(args.inputs.iterdir())[: args.count]:
         shutil.copy(path, folder)
-    env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     print(f"## `producer enqueue` on {args.count} input(s) of {args.inputs}\n")
     if not args.no_phases:
         log(f"phases of one run on {args.count} input(s)")
@@ -141,17 +137,14 @@ def main(argv: list[str] | None = None) -> int:
                 + [("total", f"{total:.2f}", "100%")],
             )
         )
-    variants: list[tuple[str, Path, list[str]]] = [("this code, no options", Path(ROOT), [])]
+    variants: list[tuple[str, Path, list[str]]] = [("this code, no options", REPO, [])]
     if args.against:
-        variants.append((f"this code, {args.against}", Path(ROOT), shlex.split(args.against)))
+        variants.append((f"this code, {args.against}", REPO, shlex.split(args.against)))
     if args.before:
         variants.append(("before, no options", args.before, []))
     times: dict[str, list[float]] = {label: [] for label, _, _ in variants}
-    for round_number in range(args.rounds):
-        order = variants if round_number % 2 == 0 else variants[::-1]  # alternate, so drift weighs on each
-        for label, code, extra in order:
-            log(f"round {round_number + 1}: {label}")
-            times[label].append(whole(folder, code, env, extra))
+    for _, (label, code, extra) in harness.interleaved(variants, args.rounds, lambda variant: variant[0]):
+        times[label].append(whole(folder, code, env, extra))
     print(
         "\n| code | whole process, s (each round) | best | images/s (best) | median |\n| --- | --- | --- | --- | --- |"
     )

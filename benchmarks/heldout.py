@@ -19,13 +19,12 @@ photos turned on their side first), the cell brought to a mean brightness drawn 
 (g = 2.49, sigma2 = 3.1, box, floor), or another one (``--gain``, ``--read-variance``), for a dataset whose
 pairs teach the shipped model something it does not know. Deterministic for a seed.
 
-    .venv/bin/python benchmarks/heldout.py --out build/heldout/competition
-    .venv/bin/python benchmarks/heldout.py --out build/heldout/noisier --gain 4.0 --read-variance 8.0
+    .venv/bin/python -m benchmarks.heldout --out build/heldout/competition
+    .venv/bin/python -m benchmarks.heldout --out build/heldout/noisier --gain 4.0 --read-variance 8.0
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -35,14 +34,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from benchmarks.common import log  # noqa: E402
-from workers.io.storage import LocalStorage  # noqa: E402
-from workers.ops.degrade import COMPETITION_BRIGHTNESS, ForwardModel  # noqa: E402
-from workers.training.photos import PhotoListing, box_downscale, list_photos, split_photos  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import log
+from workers.io.storage import LocalStorage
+from workers.ops.degrade import COMPETITION_BRIGHTNESS, ForwardModel
+from workers.training.photos import PhotoListing, box_downscale, list_photos, split_photos
 
 TARGET = (1024, 640)  # width, height of a target
 SCALE = 4
@@ -197,7 +193,7 @@ def val_pairs(dataset: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__file__, __doc__)
     parser.add_argument("--corpus", type=Path, default=Path.home() / ".cache" / "lowlight-sr" / "photo-corpus")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--gain", type=float, default=ForwardModel().gain)

@@ -3,8 +3,8 @@
 (1) ``healthy``: a distributed run of ``--images`` images (one CPU worker with two processes, one
 GPU-queue worker, real redis-server and SeaweedFS S3 from ``testbed/``) after a warm-up run. It
 counts every Redis command the run causes (``INFO commandstats``, reset before the run: the
-server's own count and time per command) and every S3 request (a counting proxy between the
-workers and S3), per image. The producer enqueues with ``--no-wait`` and the script watches S3
+server's own count and time per command) and every S3 request (``testbed/proxy.py`` between the
+workers and S3 counts them), per image. The producer enqueues with ``--no-wait`` and the script watches S3
 directly, so the counts are the workers' and one enqueue's. Sweeps and heartbeats run on timers,
 not per image: SWEEP_INTERVAL_S is set long so they stay out of the count.
 
@@ -12,19 +12,18 @@ not per image: SWEEP_INTERVAL_S is set long so they stay out of the count.
 worker) while a CPU worker's sweep runs every second with STALL_AFTER_S ``--stall``; after each
 stall period it prints how many messages the GPU queue holds per unfinished image.
 
-The script uses only the CLI, ``testbed/`` and Redis: copy it into an export of another commit to
-measure that code the same way (the README's before/after figures were measured so).
+It drives the code under test only through the CLI, ``testbed/`` and Redis, so it measures an export
+of another commit the same way: copy ``benchmarks/`` and ``testbed/proxy.py`` into the export and run it
+there (the README's comparisons of two commits are measured so).
 
-    python benchmarks/liveness.py --images 40 --runs 3 --backlog-images 5 --periods 3
+    python -m benchmarks.liveness --images 40 --runs 3 --backlog-images 5 --periods 3
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,49 +32,15 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
-    sys.path.insert(0, ROOT)
-from benchmarks import common  # noqa: E402
-from benchmarks.aggregate import LatencyProxy  # noqa: E402
-from benchmarks.common import fmt, log, markdown_table  # noqa: E402
-
-
-class CountingProxy(LatencyProxy):
-    """A TCP proxy that counts the HTTP requests passing through it (S3 calls), adding no delay."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.requests = 0
-        super().__init__(target_host, target_port, 0.0)
-
-    async def _connect(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        try:
-            server_r, server_w = await asyncio.open_connection(*self.target)
-            await asyncio.gather(self._count(client_r, server_w), self._pump(server_r, client_w, 0.0))
-        except (ConnectionError, asyncio.CancelledError):
-            client_w.close()
-
-    async def _count(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Client to server: every request starts with ``METHOD /path HTTP/1.1``."""
-        tail = b""
-        try:
-            while chunk := await reader.read(65536):
-                seen = tail + chunk
-                self.requests += seen.count(b" HTTP/1.1\r\n") - tail.count(b" HTTP/1.1\r\n")
-                tail = seen[-16:]
-                writer.write(chunk)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+from benchmarks import harness, machine, workload
+from benchmarks.harness import Servers, fmt, log, markdown_table
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__file__, __doc__)
     parser.add_argument("--part", default="healthy,backlog", help="healthy, backlog or both (comma separated)")
     parser.add_argument("--images", type=int, default=40, help="images of the healthy run")
-    parser.add_argument("--size", default="32x24", help="input size WxH")
+    parser.add_argument("--size", type=harness.parse_size, default=(32, 24), help="input size WxH (default 32x24)")
     parser.add_argument("--runs", type=int, default=3, help="runs waiting in the backlog")
     parser.add_argument("--backlog-images", type=int, default=5, help="images per backlog run")
     parser.add_argument("--stall", type=float, default=3.0, help="STALL_AFTER_S of the backlog part")
@@ -108,38 +73,26 @@ def summary_exists(s3_client, bucket: str, run_id: str) -> bool:  # minio.Minio
     return any(True for _ in s3_client.list_objects(bucket, prefix=f"runs/{run_id}/summary.json"))
 
 
-def healthy(env: dict[str, str], redis, s3, bucket: str, tmp: Path, count: int, size: tuple[int, int]) -> None:
-    from testbed.workers import CeleryWorker
+def healthy(servers: Servers, tmp: Path, count: int, size: tuple[int, int]) -> None:
+    from testbed.proxy import TcpProxy
 
-    host, port = s3.endpoint.split(":")
-    proxy = CountingProxy(host, int(port))
-    env = {**env, "S3_ENDPOINT": proxy.endpoint, "SWEEP_INTERVAL_S": "600", "STALL_AFTER_S": "3600"}
-    logs = tmp / "logs-healthy"
-    logs.mkdir()
-    workers = [CeleryWorker("cpu", env, logs, concurrency=2), CeleryWorker("gpu", env, logs)]
-    client, direct = redis.client(), s3.client()
-    try:
-        for worker in workers:
-            worker.wait_ready()
-        common.write_inputs(tmp / "warm", common.synthetic_images(1, *size, seed=99))
-        warm = enqueue(env, tmp / "warm", tmp)
-        wait_for(lambda: summary_exists(direct, bucket, warm), 300, "the warm-up run")
-        common.write_inputs(tmp / "healthy", common.synthetic_images(count, *size))
-        time.sleep(1)
-        client.config_resetstat()
-        proxy.requests = 0
-        started = time.perf_counter()
-        run_id = enqueue(env, tmp / "healthy", tmp)
-        wait_for(lambda: summary_exists(direct, bucket, run_id), 600, f"run {run_id}")
-        seconds = time.perf_counter() - started
-        stats = client.info("commandstats")
-        s3_requests = proxy.requests
-    finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.stop()
-        proxy.close()
+    client, direct, bucket = servers.redis.client(), servers.s3.client(), servers.bucket
+    with TcpProxy(servers.s3.endpoint) as proxy:
+        env = {**servers.env, "S3_ENDPOINT": proxy.endpoint, "SWEEP_INTERVAL_S": "600", "STALL_AFTER_S": "3600"}
+        with harness.celery_workers(env, tmp / "logs-healthy", cpu_processes=2):
+            workload.write_inputs(tmp / "warm", workload.synthetic_images(1, *size, seed=99))
+            warm = enqueue(env, tmp / "warm", tmp)
+            wait_for(lambda: summary_exists(direct, bucket, warm), 300, "the warm-up run")
+            workload.write_inputs(tmp / "healthy", workload.synthetic_images(count, *size))
+            time.sleep(1)
+            client.config_resetstat()
+            proxy.requests = 0
+            started = time.perf_counter()
+            run_id = enqueue(env, tmp / "healthy", tmp)
+            wait_for(lambda: summary_exists(direct, bucket, run_id), 600, f"run {run_id}")
+            seconds = time.perf_counter() - started
+            stats = client.info("commandstats")
+            s3_requests = proxy.requests
     commands = {name.removeprefix("cmdstat_"): value for name, value in stats.items()}
     calls = sum(v["calls"] for v in commands.values())
     usec = sum(v["usec"] for v in commands.values())
@@ -160,21 +113,15 @@ def gpu_queue(client) -> Counter:  # redis.Redis
     return Counter(tuple(json.loads(base64.b64decode(body))[0]) for body in bodies)
 
 
-def backlog(env: dict[str, str], redis, tmp: Path, runs: int, images: int, stall: float, periods: int,
+def backlog(servers: Servers, tmp: Path, runs: int, images: int, stall: float, periods: int,
             size: tuple[int, int]) -> None:
-    from testbed.workers import CeleryWorker
-
-    env = {**env, "STALL_AFTER_S": str(stall), "SWEEP_INTERVAL_S": "1"}
-    client = redis.client()
+    env = {**servers.env, "STALL_AFTER_S": str(stall), "SWEEP_INTERVAL_S": "1"}
+    client = servers.redis.client()
     client.flushdb()
     for k in range(runs):
-        common.write_inputs(tmp / f"backlog{k}", common.synthetic_images(images, *size, seed=k))
+        workload.write_inputs(tmp / f"backlog{k}", workload.synthetic_images(images, *size, seed=k))
         enqueue(env, tmp / f"backlog{k}", tmp)
-    logs = tmp / "logs-backlog"
-    logs.mkdir()
-    cpu = CeleryWorker("cpu", env, logs, concurrency=1)
-    try:
-        cpu.wait_ready()
+    with harness.celery_workers(env, tmp / "logs-backlog", cpu_processes=1, gpu=False):
         expected = runs * images
         wait_for(lambda: client.llen("cpu") == 0 and not client.hlen("unacked") and client.llen("gpu") >= expected, 300,
                  "every image to wait at the GPU queue")
@@ -184,9 +131,6 @@ def backlog(env: dict[str, str], redis, tmp: Path, runs: int, images: int, stall
             rows.append([f"{period} x STALL_AFTER_S", expected, sum(queued.values()), max(queued.values())])
             if period < periods:
                 time.sleep(stall + 1.5)  # one stall, and the sweep after it
-    finally:
-        cpu.terminate()
-        cpu.stop()
     print(f"\n### Backlog: {runs} runs of {images} images at the GPU queue, no GPU worker, STALL_AFTER_S={stall:g}\n")
     print(markdown_table(["after", "unfinished images", "messages at the GPU queue", "most for one image"], rows))
 
@@ -194,30 +138,21 @@ def backlog(env: dict[str, str], redis, tmp: Path, runs: int, images: int, stall
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     parts = set(args.part.split(","))
-    size = common.parse_size(args.size)
-    from testbed.servers import RedisServer, S3Server
-    from testbed.workers import cluster_env
-
-    weights = args.weights or common.default_weights().with_name("realesr-animevideov3.pth")
+    size = args.size
+    weights = args.weights or harness.default_weights().with_name("realesr-animevideov3.pth")
     if not weights.is_file():
-        weights = common.default_weights()
-    load = common.load_average()
+        weights = harness.default_weights()
+    load = machine.load_average()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        redis, s3 = RedisServer(tmp / "redis", appendonly=True), S3Server(tmp / "s3")
-        try:
-            bucket = s3.make_bucket("liveness")
-            env = cluster_env(dict(os.environ), redis, 0, s3, bucket, weights.resolve(), GPU_BATCH_SIZE="8")
+        with harness.servers(tmp, weights.resolve(), appendonly=True, GPU_BATCH_SIZE="8") as servers:
             if "healthy" in parts:
                 log(f"healthy: {args.images} images")
-                healthy(env, redis, s3, bucket, tmp, args.images, size)
+                healthy(servers, tmp, args.images, size)
             if "backlog" in parts:
                 log(f"backlog: {args.runs} runs x {args.backlog_images} images, {args.periods} stall periods")
-                backlog(env, redis, tmp, args.runs, args.backlog_images, args.stall, args.periods, size)
-        finally:
-            redis.stop()
-            s3.cleanup()
-    print(f"\n{common.cpu_model()}, {common.core_count()} cores; load average {load} at the start")
+                backlog(servers, tmp, args.runs, args.backlog_images, args.stall, args.periods, size)
+    print(f"\n{machine.cpu_model()}, {machine.core_count()} cores; load average {load} at the start")
     return 0
 
 

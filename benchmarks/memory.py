@@ -18,8 +18,8 @@ TILE_MAX_PIXELS like any model: slow on a CPU, so give it smaller ``--megapixels
 meta files (``meta/<stem>.denoise.json``, ``.upscale.json``, fields as the stages write them) and no
 pixels, is read by ``collect_report_data`` in a fresh subprocess: its peak RSS over its RSS before.
 
-    python benchmarks/memory.py --megapixels 1,2,4,8,16 --metas 10000,100000
-    python benchmarks/memory.py --upscaler compact --megapixels 1,2 --metas 0
+    python -m benchmarks.memory --megapixels 1,2,4,8,16 --metas 10000,100000
+    python -m benchmarks.memory --upscaler compact --megapixels 1,2 --metas 0
 """
 
 from __future__ import annotations
@@ -34,13 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
-    sys.path.insert(0, ROOT)
-from benchmarks import common  # noqa: E402
-from benchmarks.common import fmt, log  # noqa: E402
+from benchmarks import harness, workload
+from benchmarks.harness import fmt, log
 
-COMPACT_WEIGHTS = common.DEFAULT_WEIGHTS_DIR / "realesr-animevideov3.pth"
+COMPACT_WEIGHTS = harness.DEFAULT_WEIGHTS_DIR / "realesr-animevideov3.pth"
 MIB = 1 << 20
 RUN, WARM_UP = "memory", "warm-up"
 IMAGES_PER_SIZE = 2
@@ -48,7 +45,7 @@ QUICK_MEGAPIXELS, QUICK_METAS = "0.25,0.5", "200,2000"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="memory.py", description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__file__, __doc__)
     parser.add_argument("--megapixels", default="1,2,4,8,16",
                         help="input sizes for the stage table, comma-separated; empty: none [default: 1,2,4,8,16]")
     parser.add_argument("--metas", default="10000,100000",
@@ -108,7 +105,7 @@ def stage_child(spec: dict[str, Any]) -> dict[str, Any]:
     from workers.run.stages import upscale_stage
     from workers.settings import Settings
 
-    common.apply_torch_threads(spec["threads"])
+    harness.start(spec["device"], spec["threads"])
     ctx = StageContext(Settings(storage_url=spec["store"], weights=spec["weights"], device=spec["device"]))
     outcomes = upscale_stage(ctx, WARM_UP, spec["names"][:1])  # loads the model
     result = measured(lambda: outcomes.extend(upscale_stage(ctx, RUN, spec["names"])))
@@ -133,8 +130,8 @@ def report_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     """One measurement in a fresh interpreter."""
-    result = subprocess.run([sys.executable, __file__, "--child", json.dumps({"kind": kind, **spec})],
-                            capture_output=True, text=True, timeout=3600)
+    result = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--child", json.dumps({"kind": kind, **spec})],
+                            capture_output=True, text=True, timeout=3600, cwd=harness.REPO)
     if result.returncode != 0:
         raise RuntimeError(f"{kind} measurement failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -163,7 +160,7 @@ def write_stage_run(store: Path, megapixels: float, upscaler: str) -> list[str]:
         inputs = LocalStorage(store / "inputs" / run_id)
         save_manifest(storage, RunManifest(run_id, storage_url_for(store / "inputs" / run_id), tuple(names), pipeline,
                                            upscaler))
-        for name, image in zip(names, common.synthetic_images(len(names), width, height), strict=True):
+        for name, image in zip(names, workload.synthetic_images(len(names), width, height), strict=True):
             inputs.put(name, encode_png(image))
     return names
 
@@ -231,14 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads(args.child)
         print(json.dumps((stage_child if spec.pop("kind") == "stage" else report_child)(spec)))
         return 0
-    load_start = common.load_average()
-    device = common.resolve_device(args.device)
+    bench = harness.start(args.device)
+    device = bench.device
     weights = str(args.weights) if args.upscaler == "compact" else ""
     if args.megapixels:
         model = f"{args.weights.name} (compact SRVGG)" if weights else "none (bicubic x4, the quality preset's)"
         print(f"## Peak RSS of the GPU stage (`upscale_stage`, {IMAGES_PER_SIZE} same-size images) by input size: "
               f"{model} on {device.type}\n")
-        print(common.markdown_table(
+        print(harness.markdown_table(
             ["input MP", "input", "4x output MiB", "RSS before MiB", "peak RSS MiB", "peak - before MiB",
              "vs output", "GPU peak MiB", "seconds"], stage_rows(args, device.type, weights)))
         print("\nOne fresh process per size, after the model and a warm-up image; default GPU_BATCH_SIZE and "
@@ -246,13 +243,12 @@ def main(argv: list[str] | None = None) -> int:
               "\"vs output\" is what the stage needs on top of its resting RSS, in such images.\n")
     if args.metas:
         print("## Peak RSS of the report (`collect_report_data`) by run size: meta files only, no pixels\n")
-        print(common.markdown_table(
+        print(harness.markdown_table(
             ["images", "meta files", "RSS before MiB", "peak RSS MiB", "peak - before MiB", "KiB per image",
              "seconds"], report_rows(args)))
         print("\nOne fresh process per run size; IO_THREADS=4; meta files on the local filesystem.\n")
-    print(common.machine_table(device, f"{args.upscaler}: {weights or 'no checkpoint'}",
-                               ", ".join(f"{m:g} MP" for m in args.megapixels) or "n/a",
-                               [("load average at start", load_start)]))
+    print(bench.machine_table(f"{args.upscaler}: {weights or 'no checkpoint'}",
+                              ", ".join(f"{m:g} MP" for m in args.megapixels) or "n/a"))
     return 0
 
 

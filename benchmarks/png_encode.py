@@ -6,7 +6,7 @@ shipped model's outputs with ``--model``), each encoder's ms per image on one th
 1..N threads at once (zlib and numpy release the GIL), file size, and whether its bytes equal ours
 or only its pixels.
 
-    python benchmarks/png_encode.py --size 256x160 --count 8
+    python -m benchmarks.png_encode --size 256x160 --count 8
 """
 
 from __future__ import annotations
@@ -18,21 +18,17 @@ import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
-    sys.path.insert(0, ROOT)
-from benchmarks import common  # noqa: E402
-from benchmarks.common import fmt, log  # noqa: E402
+from benchmarks import harness, machine, workload
+from benchmarks.harness import fmt, log
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="png_encode.py", description=__doc__.split("\n\n")[0])
-    common.add_common_arguments(parser, count=8)
+    parser = harness.parser(__file__, __doc__)
+    harness.add_common_arguments(parser, count=8)
     parser.add_argument("--model", action="store_true", help="encode the shipped model's outputs (else bicubic x4)")
-    return common.parse_common(parser, argv)
+    return harness.parse_common(parser, argv)
 
 
 def up_filtered_png(rgb: Any) -> bytes:
@@ -77,18 +73,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from workers.io.imageio import decode_png, encode_png
 
+    bench = harness.start("cpu", args.torch_threads)  # the encoders run on the host; --device is the model's
     width, height = args.size
-    images = common.synthetic_images(args.count, width, height)
+    images = workload.synthetic_images(args.count, width, height)
     if args.model:
         from workers.ops.upscale import load_upscaler
 
-        upscaler = load_upscaler(common.REPO / "models" / "lowlight-compact.safetensors", args.device)
+        upscaler = load_upscaler(harness.SHIPPED_MODEL, args.device)
         outputs = [upscaler.upscale(image[None])[0] for image in images]
     else:
         outputs = [cv2.resize(image, (4 * width, 4 * height), interpolation=cv2.INTER_CUBIC) for image in images]
     reference = [encode_png(image) for image in outputs]
-    thread_counts = sorted({1, 2, common.core_count(), 2 * common.core_count()})
-    load_avg_start = common.load_average()
+    thread_counts = sorted({1, 2, machine.core_count(), 2 * machine.core_count()})
     rows = []
     base: float | None = None
     for label, encode in encoders():
@@ -110,16 +106,15 @@ def main(argv: list[str] | None = None) -> int:
         size = sum(map(len, encoded)) / sum(map(len, reference))
         rows.append((label, fmt(ms), f"{base / ms:.2f}x", *rates, f"{size:.0%}",
                      "bytes" if same_bytes else "pixels" if same_pixels else "NO"))
-        common.record(args, f"PNG encode, {label.split(':')[0].split(',')[0]}", ms, "ms/image",
+        harness.record(args, f"PNG encode, {label.split(':')[0].split(',')[0]}", ms, "ms/image",
                       f"{4 * width}x{4 * height}; {size:.0%} of our size; identical in {rows[-1][-1]}")
     print(f"## PNG encoding of {args.count} 4x outputs {4 * width}x{4 * height} "
           f"({'the shipped model' if args.model else 'bicubic x4'})\n")
-    print(common.markdown_table(("encoder", "ms/image, 1 thread", "vs ours",
+    print(harness.markdown_table(("encoder", "ms/image, 1 thread", "vs ours",
                                  *(f"images/s, {t} threads" for t in thread_counts), "size vs ours", "identical in"),
                                 rows))
     print()
-    print(common.machine_table(__import__("torch").device("cpu"), "none", f"{4 * width}x{4 * height} outputs",
-                               [("load average at start", load_avg_start)]))
+    print(bench.machine_table("none", f"{4 * width}x{4 * height} outputs"))
     return 0
 
 

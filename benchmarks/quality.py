@@ -13,7 +13,7 @@ feed); no denoising + the model; NL-means + each other x4 checkpoint found in ``
 and ``learned`` with and without ``--tta``: a model fine-tuned on the dataset's training pairs for
 ``--train-minutes`` (in a scratch copy of ``train/``, never in the dataset), with its training time.
 
-    python benchmarks/quality.py --dataset dataset --weights-dir ../shared/weights --train-minutes 3
+    python -m benchmarks.quality --dataset dataset --weights-dir ../shared/weights --train-minutes 3
 """
 
 from __future__ import annotations
@@ -25,11 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
-    sys.path.insert(0, ROOT)
-from benchmarks import common  # noqa: E402
-from benchmarks.common import log  # noqa: E402
+from benchmarks import harness, workload
+from benchmarks.harness import log
 
 Image = Any  # numpy uint8 array, H x W x 3 RGB
 Variant = tuple[str, Callable[[Image], Image]]
@@ -37,15 +34,11 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="quality.py",
-        description="Competition PSNR/SSIM on DATASET/val for bicubic, NL-means, the seed and default "
-                    "pipelines, no-denoise, and every other offline model.",
-    )
-    common.add_common_arguments(parser, size=False, count=None)
-    parser.add_argument("--dataset", type=Path, default=common.REPO / "dataset",
+    parser = harness.parser(__file__, __doc__)
+    harness.add_common_arguments(parser, size=False, count=None)
+    parser.add_argument("--dataset", type=Path, default=harness.REPO / "dataset",
                         help="dataset root holding val/val and val/gt [default: %(default)s]")
-    parser.add_argument("--weights-dir", type=Path, default=common.DEFAULT_WEIGHTS_DIR,
+    parser.add_argument("--weights-dir", type=Path, default=harness.DEFAULT_WEIGHTS_DIR,
                         help="every other checkpoint here is scored as NL-means + that model [default: %(default)s]")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N images [default: all]")
     parser.add_argument("--train-minutes", type=float, default=3.0,
@@ -100,7 +93,7 @@ def other_checkpoints(folder: Path, default: Path) -> list[Path]:
 
 
 def build_variants(args: argparse.Namespace, models: Models) -> tuple[list[Variant], list[str]]:
-    """The variants to score, and notes on checkpoints that were left out (and why)."""
+    """The variants to score, and a note on each checkpoint left out (and why)."""
     from producer.evaluate import bicubic_x4
     from workers.errors import UnsupportedModelError
     from workers.ops.denoise import DenoiseSpec, denoise
@@ -121,7 +114,7 @@ def build_variants(args: argparse.Namespace, models: Models) -> tuple[list[Varia
     notes = []
     for path in other_checkpoints(args.weights_dir, args.weights):
         try:
-            models.get(path)  # load now: an unusable file is a note, not a crash halfway through scoring
+            models.get(path)  # load up front: an unusable file is a note, not a crash halfway through scoring
         except UnsupportedModelError as exc:
             notes.append(f"left out {path.name}: {exc}")
             continue
@@ -172,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from producer.evaluate import VAL_INPUTS, VAL_TRUTH, format_table, score_function, truth_pairs
 
-    common.apply_torch_threads(args.torch_threads)
-    device = common.resolve_device(args.device)
+    bench = harness.start(args.device, args.torch_threads)
     pairs = truth_pairs(args.dataset / VAL_INPUTS, args.dataset / VAL_TRUTH)
     if args.limit:
         pairs = pairs[: args.limit]
@@ -194,14 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"## Quality on {args.dataset / VAL_INPUTS}\n")
     print(format_table(scores))
     print()
-    print(common.markdown_table(("method", "seconds (all images; models loaded beforehand)"),
+    print(harness.markdown_table(("method", "seconds (all images; models loaded beforehand)"),
                                 [(s.method, f"{t:.2f}") for s, t in zip(scores, seconds, strict=True)]))
     for note in notes:
         print(f"\n- {note}")
     print()
     default = models.get(args.weights)
-    model_label = common.describe_model(args.weights, default.descriptor, default.dtype)
-    print(common.machine_table(device, model_label, size))
+    model_label = workload.describe_model(args.weights, default.descriptor, default.dtype)
+    print(bench.machine_table(model_label, size))
     return 0
 
 

@@ -25,7 +25,7 @@ Model loading is excluded everywhere (stablepy does not repeat it per image, the
 once per process). Then the per-stage cost: NL-means ms per megapixel on one thread, and the
 upscaler's ms per megapixel and achieved TFLOP/s against the device's peak.
 
-    python benchmarks/throughput.py --size 256x160 --count 8 [--distributed] [--device cuda]
+    python -m benchmarks.throughput --size 256x160 --count 8 [--distributed] [--device cuda]
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
-import os
 import shutil
 import sys
 import tempfile
@@ -44,13 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
-    sys.path.insert(0, ROOT)
-from benchmarks import common  # noqa: E402
-from benchmarks.common import fmt, log  # noqa: E402
-
-SHIPPED_MODEL = common.REPO / "models" / "lowlight-compact.safetensors"
+from benchmarks import harness, machine, workload
+from benchmarks.harness import fmt, log
 
 
 @dataclass
@@ -74,13 +68,10 @@ class ModeRunner:
 
 
 def run_interleaved(runners: list[ModeRunner], rounds: int) -> dict[str, float]:
-    """Each mode's seconds summed over ``rounds``, the modes in order, then in reverse order, and so
-    on (ABBA): a machine whose load drifts during the run slows every mode alike, not the last ones."""
+    """Each mode's seconds summed over ``rounds`` interleaved rounds (ABBA: :func:`harness.interleaved`)."""
     totals = {runner.label: 0.0 for runner in runners}
-    for r in range(rounds):
-        for runner in runners if r % 2 == 0 else reversed(runners):
-            log(f"{runner.label.split(' ', 1)[0]} round {r + 1} of {rounds}")
-            totals[runner.label] += runner.run(r)
+    for number, runner in harness.interleaved(runners, rounds, lambda runner: runner.label.split(" ", 1)[0]):
+        totals[runner.label] += runner.run(number)
     return totals
 
 
@@ -95,12 +86,8 @@ class SeedBreakdown:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="throughput.py",
-        description="Images/s of the seed's serial loop, the embedded pipeline and (--distributed) the "
-                    "Celery/Redis/S3 system on the same synthetic images; per-stage cost and FLOP/s.",
-    )
-    common.add_common_arguments(parser, count=8)
+    parser = harness.parser(__file__, __doc__)
+    harness.add_common_arguments(parser, count=8)
     parser.add_argument("--distributed", action="store_true",
                         help="also time the distributed system (needs redis-server and weed, as the integration tests)")
     parser.add_argument("--gpu-batch-size", type=int, default=None,
@@ -111,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="images for the per-stage upscale timing [default: min(count, 4); CUDA: count]")
     parser.add_argument("--seed-reload", action="store_true",
                         help="also time the seed loop reloading the checkpoint per image (stablepy's diffusion-pipeline path)")
-    parser.add_argument("--learned", type=Path, default=None, nargs="?", const=SHIPPED_MODEL,
+    parser.add_argument("--learned", type=Path, default=None, nargs="?", const=harness.SHIPPED_MODEL,
                         help="also time (d), the embedded pipeline with --preset learned running this checkpoint (no "
                         "NL-means), against (l), the serial loop doing the same work [default when given without a "
                         "path: the shipped model, models/lowlight-compact.safetensors]")
@@ -119,14 +106,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also time (b') = (b) with TORCH_COMPILE set to this mode (compilation excluded, reported)")
     parser.add_argument("--gpu-stage", action="store_true",
                         help="also time the GPU stage alone (upscale_stage) with the --learned model: how much of its "
-                             "wall time is compute and how much I/O, with the I/O arranged as before (one load at a "
-                             "time) and as now")
+                             "wall time is compute and how much I/O, with the inputs loaded one at a time "
+                             "(SERIAL_LOADS) and with the I/O arranged as production arranges it")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every mode this many times, in order then in reverse order (ABBA), and sum: a load "
-                             "that drifts during the run then weighs on every mode alike [default: 1]")
+                             "that drifts during the run weighs on every mode alike [default: 1]")
     parser.add_argument("--skip-seed", action="store_true", help="leave out (a) and (l)")
     parser.add_argument("--skip-embedded", action="store_true", help="leave out (b)")
-    return common.parse_common(parser, argv)
+    return harness.parse_common(parser, argv)
 
 
 # -- (a) the seed's loop -------------------------------------------------------------------------------
@@ -181,7 +168,7 @@ def run_seed_loop(inputs: list[Path], out_dir: Path, weights: Path, device: Any,
     import numpy as np
     from PIL import Image
 
-    cv2.setNumThreads(cv2_threads)  # the seed never set it: OpenCV's default
+    cv2.setNumThreads(cv2_threads)  # the seed leaves it at OpenCV's default
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[list[object]] = []
     loading = 0.0
@@ -257,9 +244,9 @@ def run_embedded_mode(args: argparse.Namespace, input_dir: Path, store: Path, im
 
     ctx = StageContext(pipeline_settings(args, str(store), compile_mode))
     pipeline = PipelineSpec() if learned is None else learned_pipeline(ctx, learned)
-    upscaler, load_s = common.timed(lambda: ctx.upscaler_for(pipeline))
+    upscaler, load_s = harness.timed(lambda: ctx.upscaler_for(pipeline))
     batch = ctx.settings.gpu_batch_size if upscaler.device.type == "cuda" else ctx.settings.cpu_batch_size
-    _, warm_s = common.timed(lambda: common.warm_up_upscaler(upscaler, images, batch, full=compile_mode != "off"))
+    _, warm_s = harness.timed(lambda: workload.warm_up_upscaler(upscaler, images, batch, full=compile_mode != "off"))
     load_s += warm_s
     started = time.perf_counter()
     plan = prepare_run(ctx.settings, ctx.storage, str(input_dir), pipeline, show_progress=False)
@@ -311,7 +298,7 @@ def measure_gpu_stage(args: argparse.Namespace, tmp: Path, images: list[Any], de
         pipeline = learned_pipeline(ctx, args.learned)
         upscaler = ctx.upscaler_for(pipeline)
         batch = ctx.settings.gpu_batch_size if device.type == "cuda" else ctx.settings.cpu_batch_size
-        common.warm_up_upscaler(upscaler, images, batch)
+        workload.warm_up_upscaler(upscaler, images, batch)
         plan = prepare_run(ctx.settings, ctx.storage, str(tmp / "in"), pipeline, show_progress=False)
         compute = [0.0]
         real = stages.upscale_images
@@ -328,7 +315,7 @@ def measure_gpu_stage(args: argparse.Namespace, tmp: Path, images: list[Any], de
         stages.upscale_images = timed_upscale
         try:
             started = time.perf_counter()
-            for batch_names in common.chunks(names, ctx.settings.gpu_batch_size):
+            for batch_names in workload.chunks(names, ctx.settings.gpu_batch_size):
                 outcomes = stages.upscale_stage(ctx, plan.run_id, batch_names, schedule)
                 if {o.status for o in outcomes} != {"done"}:
                     raise RuntimeError(f"GPU stage: {outcomes}")
@@ -344,58 +331,11 @@ def report_gpu_stage(results: list[GpuStageResult]) -> str:
     base = results[0]
     rows = [(r.label, r.images, f"{r.seconds:.2f}", f"{r.compute:.2f}", f"{r.io_share:.0%}",
              fmt(r.images / r.seconds), f"{base.seconds / r.seconds:.2f}x") for r in results]
-    return common.markdown_table(("I/O arrangement", "images", "wall s", "compute s", "I/O share of wall",
+    return harness.markdown_table(("I/O arrangement", "images", "wall s", "compute s", "I/O share of wall",
                                   "images/s", "vs before"), rows)
 
 
 # -- (c) distributed -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Cluster:
-    startup: dict[str, float]
-    env: dict[str, str]
-    stop: Any
-
-
-def start_cluster(args: argparse.Namespace, tmp: Path) -> Cluster:
-    from testbed.servers import RedisServer, S3Server
-    from testbed.workers import CeleryWorker, cluster_env
-
-    startup: dict[str, float] = {}
-    stack: list[Any] = []
-
-    def stop() -> None:
-        for item in reversed(stack):
-            try:
-                item()
-            except Exception as exc:  # keep stopping the rest
-                log(f"while stopping: {exc!r}")
-
-    try:
-        redis, startup["redis-server"] = common.timed(lambda: RedisServer(tmp / "redis"))
-        stack.append(redis.stop)
-        s3, startup["S3 (weed mini)"] = common.timed(lambda: S3Server(tmp / "s3"))
-        stack.append(s3.cleanup)
-        bucket = s3.make_bucket("bench")
-        extra = {"GPU_BATCH_SIZE": str(args.gpu_batch_size)} if args.gpu_batch_size else {}
-        env = cluster_env(dict(os.environ), redis, 0, s3, bucket, args.weights.resolve(), **extra)
-        env["DEVICE"] = args.device  # cluster_env pins the tests to the CPU
-        if args.torch_threads:
-            env["OMP_NUM_THREADS"] = str(args.torch_threads)
-        logs = tmp / "logs"
-        logs.mkdir()
-        processes = args.cpu_workers or common.core_count()
-        started = time.perf_counter()
-        workers = [CeleryWorker("cpu", env, logs, concurrency=processes), CeleryWorker("gpu", env, logs)]
-        stack.extend(w.stop for w in workers)
-        for worker in workers:
-            worker.wait_ready()
-        startup[f"workers (cpu x{processes} processes, gpu solo; model load)"] = time.perf_counter() - started
-    except BaseException:
-        stop()
-        raise
-    return Cluster(startup, env, stop)
 
 
 def enqueue_and_wait(env: dict[str, str], input_dir: Path, expected: int) -> float:
@@ -419,17 +359,25 @@ def enqueue_and_wait(env: dict[str, str], input_dir: Path, expected: int) -> flo
 
 
 def run_distributed_mode(args: argparse.Namespace, tmp: Path, input_dir: Path, count: int) -> tuple[float, dict[str, float]]:
-    cluster = start_cluster(args, tmp)
-    try:
-        warm_dir = tmp / "warm-up"
-        common.write_inputs(warm_dir, common.synthetic_images(1, 8, 8, seed=99))
-        log("distributed: warm-up run (1 image of 8x8)")
-        cluster.startup["warm-up run (1 image of 8x8)"] = enqueue_and_wait(cluster.env, warm_dir, 1)
-        log(f"distributed: timing {count} images")
-        seconds = enqueue_and_wait(cluster.env, input_dir, count)
-    finally:
-        cluster.stop()
-    return seconds, cluster.startup
+    """(seconds of the timed run, start-up seconds by what started) on redis-server, S3 and two workers:
+    one CPU worker with a process per core (or ``--cpu-workers``), one GPU-queue worker."""
+    extra = {"GPU_BATCH_SIZE": str(args.gpu_batch_size)} if args.gpu_batch_size else {}
+    with harness.servers(tmp, args.weights.resolve(), **extra) as servers:
+        env = {**servers.env, "DEVICE": args.device}  # cluster_env pins the tests to the CPU
+        if args.torch_threads:
+            env["OMP_NUM_THREADS"] = str(args.torch_threads)
+        startup = dict(servers.startup)
+        processes = args.cpu_workers or machine.core_count()
+        started = time.perf_counter()
+        with harness.celery_workers(env, tmp / "logs", processes):
+            startup[f"workers (cpu x{processes} processes, gpu solo; model load)"] = time.perf_counter() - started
+            warm_dir = tmp / "warm-up"
+            workload.write_inputs(warm_dir, workload.synthetic_images(1, 8, 8, seed=99))
+            log("distributed: warm-up run (1 image of 8x8)")
+            startup["warm-up run (1 image of 8x8)"] = enqueue_and_wait(env, warm_dir, 1)
+            log(f"distributed: timing {count} images")
+            seconds = enqueue_and_wait(env, input_dir, count)
+    return seconds, startup
 
 
 # -- report ----------------------------------------------------------------------------------------------
@@ -443,12 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     from workers.settings import Settings
 
     default_cv2_threads = cv2.getNumThreads()
-    common.apply_torch_threads(args.torch_threads)
-    device = common.resolve_device(args.device)
+    bench = harness.start(args.device, args.torch_threads)
+    device = bench.device
     width, height = args.size
-    images = common.synthetic_images(args.count, width, height)
+    images = workload.synthetic_images(args.count, width, height)
     batch_size = args.gpu_batch_size or Settings().gpu_batch_size
-    threads = args.cpu_workers or common.core_count()
+    threads = args.cpu_workers or machine.core_count()
     batch_label = f"GPU_BATCH_SIZE {batch_size}" if device.type == "cuda" else f"CPU_BATCH_SIZE {Settings().cpu_batch_size}"
     gpu_stage: list[GpuStageResult] = []
     learned_breakdown = SeedBreakdown()
@@ -458,18 +406,17 @@ def main(argv: list[str] | None = None) -> int:
     breakdown = SeedBreakdown()
     reload_breakdown = SeedBreakdown()
     startup: dict[str, float] = {}
-    load_avg_start = common.load_average()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     try:
-        inputs = common.write_inputs(tmp / "in", images)
-        upscaler, load_s = common.timed(lambda: load_upscaler(args.weights, args.device))
+        inputs = workload.write_inputs(tmp / "in", images)
+        upscaler, load_s = harness.timed(lambda: load_upscaler(args.weights, args.device))
         load_notes.append(("model load, production loader (excluded)", f"{load_s:.2f} s"))
-        macs = common.conv_macs_per_pixel(upscaler.descriptor.model, upscaler.device, upscaler.dtype)
+        macs = workload.conv_macs_per_pixel(upscaler.descriptor.model, upscaler.device, upscaler.dtype)
 
         runners: list[ModeRunner] = []
         if not args.skip_seed:
-            seed_model, load_s = common.timed(lambda: load_seed_model(args.weights, device))
+            seed_model, load_s = harness.timed(lambda: load_seed_model(args.weights, device))
             load_notes.append(("model load, stablepy-style (excluded from (a))", f"{load_s:.2f} s"))
             seed_upscale_patch(seed_model, _pil(images[0] if device.type == "cuda" else images[0][:8, :8]))
             runners.append(ModeRunner("(a) seed serial loop (stablepy-style upscale, batch 1, BGR)", lambda r: run_seed_loop(
@@ -498,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.learned:
             if not args.skip_seed:
                 loop_model = load_seed_model(args.learned, device)
-                learned_macs = common.conv_macs_per_pixel(loop_model.model, device, next(loop_model.model.parameters()).dtype)
+                learned_macs = workload.conv_macs_per_pixel(loop_model.model, device, next(loop_model.model.parameters()).dtype)
                 seed_upscale_patch(loop_model, _pil(images[0] if device.type == "cuda" else images[0][:8, :8]), False)
                 runners.append(ModeRunner(
                     f"(l) serial loop as (a), the learned preset's work ({args.learned.name}, no NL-means, RGB)",
@@ -515,28 +462,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.distributed:
             log("(c) distributed: starting redis-server, S3 and two Celery workers")
             seconds, startup = run_distributed_mode(args, tmp, tmp / "in", args.count)
-            processes = args.cpu_workers or common.core_count()
+            processes = args.cpu_workers or machine.core_count()
             modes.append(ModeResult(f"(c) distributed (Redis + S3; CPU worker x{processes} processes, "
                                     f"GPU-queue worker solo, GPU_BATCH_SIZE {batch_size})", args.count, seconds))
 
         log("per-stage cost")
-        nlm = common.measure_nlm(images, threads=1)
+        nlm = workload.measure_nlm(images, threads=1)
         stage_n = args.stage_images or (args.count if device.type == "cuda" else min(args.count, 4))
-        stages = [common.measure_upscale(upscaler, images[:stage_n], 1)]
+        stages = [workload.measure_upscale(upscaler, images[:stage_n], 1)]
         if device.type == "cuda" and batch_size > 1 and stage_n > 1:
-            stages.append(common.measure_upscale(upscaler, images[:stage_n], min(batch_size, stage_n)))
+            stages.append(workload.measure_upscale(upscaler, images[:stage_n], min(batch_size, stage_n)))
         cv2.setNumThreads(default_cv2_threads)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    peak = common.device_peak(upscaler.device)
-    model_label = common.describe_model(args.weights, upscaler.descriptor, upscaler.dtype)
+    peak = machine.device_peak(upscaler.device)
     rounds = f", {args.rounds} interleaved rounds (ABBA)" if args.rounds > 1 else ""
     print(f"## Throughput: {args.count} images {width}x{height} -> {4 * width}x{4 * height}{rounds}\n")
     print(report_modes(modes))
     if load_notes or startup:
         print()
-        print(common.markdown_table(("excluded from the timings", "seconds"),
+        print(harness.markdown_table(("excluded from the timings", "seconds"),
                                     load_notes + [(f"(c) start-up: {k}", f"{v:.2f} s") for k, v in startup.items()]))
     for label, parts, model_macs in (("(a)", breakdown, macs), ("(a')", reload_breakdown, macs),
                                      ("(l)", learned_breakdown, learned_macs)):
@@ -550,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nI/O = fetching (existence checks, GET) and decoding the inputs, encoding the 4x PNG and storing "
               "it, the row and the meta: the wall time outside the upscaler.")
         for result in gpu_stage:
-            common.record(args, f"GPU stage I/O share, {result.label.split(':')[0]}", 100 * result.io_share, "%")
+            harness.record(args, f"GPU stage I/O share, {result.label.split(':')[0]}", 100 * result.io_share, "%")
     record_modes(args, modes)
     print("\n### Per-stage cost\n")
     print(report_stages(nlm, stages, macs, peak))
@@ -561,8 +507,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(at {width}x{height}, default NL-means settings).")
     print(f"\nModel: {fmt(macs / 1e6)} M multiply-adds per input pixel (Conv2d layers, counted); "
           f"peak: {peak.assumption}.\n")
-    print(common.machine_table(upscaler.device, model_label, f"{width}x{height} -> {4 * width}x{4 * height}",
-                               [("load average at start", load_avg_start)]))
+    print(bench.upscaler_table(upscaler, args.weights, width, height))
     return 0
 
 
@@ -580,16 +525,16 @@ def report_modes(modes: list[ModeResult]) -> str:
         base = next((b for b in modes if b.label.startswith(m.baseline + " ")), None)
         ratio = f"{m.images_per_second / base.images_per_second:.2f}x vs {m.baseline}" if base else "n/a"
         rows.append((m.label, m.images, f"{m.seconds:.2f}", fmt(m.images_per_second), ratio, m.note))
-    return common.markdown_table(("mode", "images", "wall s", "images/s", "vs its serial loop", "note"), rows)
+    return harness.markdown_table(("mode", "images", "wall s", "images/s", "vs its serial loop", "note"), rows)
 
 
 def record_modes(args: argparse.Namespace, modes: list[ModeResult]) -> None:
     for m in modes:
         key = m.label.split(" ", 1)[0]
-        common.record(args, f"{key} images/s", m.images_per_second, "images/s", m.label)
+        harness.record(args, f"{key} images/s", m.images_per_second, "images/s", m.label)
         base = next((b for b in modes if b.label.startswith(m.baseline + " ")), None)
         if base is not None and base is not m:
-            common.record(args, f"{key} vs {m.baseline}", m.images_per_second / base.images_per_second, "x")
+            harness.record(args, f"{key} vs {m.baseline}", m.images_per_second / base.images_per_second, "x")
 
 
 def report_breakdown(parts: SeedBreakdown, macs: float, pixels: int) -> str:
@@ -600,18 +545,19 @@ def report_breakdown(parts: SeedBreakdown, macs: float, pixels: int) -> str:
         if step.startswith("upscale"):
             note = f"{2 * macs * pixels / seconds / 1e12:.4f} TFLOP/s"
         rows.append((step, f"{seconds:.3f}", f"{100 * seconds / total:.1f}%", note))
-    return common.markdown_table(("step", "seconds", "share", "achieved"), rows)
+    return harness.markdown_table(("step", "seconds", "share", "achieved"), rows)
 
 
-def report_stages(nlm: common.StageTiming, stages: list[common.StageTiming], macs: float, peak: common.Peak) -> str:
+def report_stages(nlm: workload.StageTiming, stages: list[workload.StageTiming], macs: float,
+                  peak: machine.Peak) -> str:
     rows = [(nlm.label, nlm.images, fmt(nlm.ms_per_image), fmt(nlm.ms_per_megapixel), fmt(nlm.images_per_second),
              "-", "-")]
     for s in stages:
-        achieved = common.tflops(macs, s)
+        achieved = workload.tflops(macs, s)
         share = f"{100 * achieved * 1e12 / peak.flops:.1f}%" if peak.flops else "n/a"
         rows.append((s.label, s.images, fmt(s.ms_per_image), fmt(s.ms_per_megapixel), fmt(s.images_per_second),
                      f"{achieved:.4f}", share))
-    return common.markdown_table(
+    return harness.markdown_table(
         ("stage", "images", "ms/image", "ms per input MP", "images/s", "TFLOP/s", "of peak"), rows)
 
 

@@ -5,7 +5,7 @@ Adam, the EMA) on the sample dataset's training pairs, from the shipped model, f
 Timed between the progress reports of step ``--warm-up`` and of the step before the last, so start-up,
 the start checkpoint's scoring and the final evaluation are left out.
 
-    python benchmarks/training_speed.py --steps 60 --device cuda
+    python -m benchmarks.training_speed --steps 60 --device cuda
 """
 
 from __future__ import annotations
@@ -15,20 +15,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-if ROOT not in sys.path:  # run as `python benchmarks/x.py`: make benchmarks/, workers/, producer/ importable
-    sys.path.insert(0, ROOT)
-from benchmarks import common  # noqa: E402
-from benchmarks.common import fmt, log  # noqa: E402
-
-SHIPPED_MODEL = common.REPO / "models" / "lowlight-compact.safetensors"
+from benchmarks import harness
+from benchmarks.harness import fmt, log
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="training_speed.py", description=__doc__.split("\n\n")[0])
-    common.add_common_arguments(parser, size=False, count=None)
-    parser.set_defaults(weights=SHIPPED_MODEL)
-    parser.add_argument("--dataset", type=Path, default=common.REPO / "dataset", help="a dataset with train/ pairs")
+    parser = harness.parser(__file__, __doc__)
+    harness.add_common_arguments(parser, size=False, count=None)
+    parser.set_defaults(weights=harness.SHIPPED_MODEL)
+    parser.add_argument("--dataset", type=Path, default=harness.REPO / "dataset", help="a dataset with train/ pairs")
     parser.add_argument("--steps", type=int, default=40, help="steps per precision [default: 40]")
     parser.add_argument("--warm-up", type=int, default=5, help="steps left out of the timing [default: 5]")
     parser.add_argument("--batch", type=int, default=16, help="crops per step [default: 16]")
@@ -62,9 +57,7 @@ def steps_per_second(args: argparse.Namespace, precision: str, tmp: Path) -> tup
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    common.apply_torch_threads(args.torch_threads)
-    device = common.resolve_device(args.device)
-    load_avg_start = common.load_average()
+    bench = harness.start(args.device, args.torch_threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="training-speed-") as tmp:
         for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
@@ -72,14 +65,13 @@ def main(argv: list[str] | None = None) -> int:
             rate, chosen = steps_per_second(args, precision, Path(tmp))
             pixels = rate * args.batch * args.crop**2
             rows.append((precision, chosen, fmt(rate), fmt(pixels / 1e3)))
-            common.record(args, f"training steps/s, {chosen}", rate, "steps/s",
+            harness.record(args, f"training steps/s, {chosen}", rate, "steps/s",
                           f"batch {args.batch} of {args.crop}x{args.crop} input crops: {fmt(pixels / 1e3)} K input px/s")
     print(f"## Training speed: {args.weights.name}, batch {args.batch} of {args.crop}x{args.crop} input crops, "
           f"steps {args.warm_up}-{args.steps - 1} timed\n")
-    print(common.markdown_table(("PRECISION", "runs as", "steps/s", "K input pixels/s"), rows))
+    print(harness.markdown_table(("PRECISION", "runs as", "steps/s", "K input pixels/s"), rows))
     print()
-    print(common.machine_table(device, args.weights.name, f"{args.crop}x{args.crop} crops",
-                               [("load average at start", load_avg_start)]))
+    print(bench.machine_table(args.weights.name, f"{args.crop}x{args.crop} crops"))
     return 0
 
 

@@ -1,17 +1,19 @@
-"""Smoke tests of benchmarks/: every script runs on tiny inputs and prints its tables.
+"""Smoke tests of benchmarks/: every benchmark runs on tiny inputs and prints its tables.
 
-They check that the scripts work, never how fast anything is: speed claims live in the
+They check that the benchmarks work, never how fast anything is: speed claims live in the
 benchmarks' output only. A one-block random RRDBNet keeps them quick on a 2-core machine.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -19,11 +21,10 @@ from PIL import Image
 
 from testbed.servers import find_redis_server, find_weed
 from tests.conftest import REPO, make_random_rrdb, noisy_image
-from tests.fixtures import BENCHMARKS, load_script
 
 SCRIPTS = ("throughput", "batching", "cpu_per_gpu", "quality", "denoise_placement", "aggregate", "memory", "liveness",
            "cpu_inference", "training_speed", "png_encode")
-# Scripts that need the photo corpus or minutes of training: their --help at least.
+# Benchmarks that need the photo corpus or minutes of training: their --help at least.
 HELP_ONLY = ("capacity_ladder", "heldout", "fixed_cost", "finetune_sweep")
 
 
@@ -40,16 +41,21 @@ def keep_torch_threads() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+def benchmark(name: str) -> ModuleType:
+    """``benchmarks.<name>``, the module ``python -m benchmarks.<name>`` runs."""
+    return importlib.import_module(f"benchmarks.{name}")
+
+
 def run_main(name: str, *args: str) -> int:
-    return load_script(name).main([*args, "--device", "cpu", "--torch-threads", "1"])
+    return benchmark(name).main([*args, "--device", "cpu", "--torch-threads", "1"])
 
 
 @pytest.mark.parametrize("name", SCRIPTS + HELP_ONLY)
 def test_script_help(name):
-    result = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--help"], capture_output=True,
                             text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"usage: {name}.py")
+    assert result.stdout.startswith(f"usage: python -m benchmarks.{name}")
 
 
 def assert_machine_table(out: str) -> None:
@@ -84,7 +90,7 @@ def test_throughput_distributed_quick(tiny_weights, capsys):
 def test_aggregate_quick(capsys):
     if not find_weed():
         pytest.skip("needs weed, as the integration tests")
-    assert load_script("aggregate").main(["--count", "12", "--fail-every", "5", "--threads", "1,4", "--repeat", "1"]) == 0
+    assert benchmark("aggregate").main(["--count", "12", "--fail-every", "5", "--threads", "1,4", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "12 images (2 failed)" in out and "ms simulated round trip" in out
     assert "| 1  " in out and "| 4  " in out
@@ -94,7 +100,7 @@ def test_aggregate_quick(capsys):
 def test_liveness_backlog_quick(capsys):
     if not (find_weed() and find_redis_server()):
         pytest.skip("needs redis-server and weed, as the integration tests")
-    assert load_script("liveness").main(["--part", "backlog", "--runs", "1", "--backlog-images", "2", "--periods", "1",
+    assert benchmark("liveness").main(["--part", "backlog", "--runs", "1", "--backlog-images", "2", "--periods", "1",
                                          "--stall", "1"]) == 0
     out = capsys.readouterr().out
     assert "| 1 x STALL_AFTER_S | 2                 | 2  " in out
@@ -167,9 +173,7 @@ def test_cpu_per_gpu_quick(tiny_weights, capsys):
 
 
 def test_denoise_placement_quick(tiny_weights, capsys):
-    from benchmarks import denoise_placement
-
-    assert denoise_placement.main(["--quick", "--device", "cpu", "--weights", str(tiny_weights),
+    assert benchmark("denoise_placement").main(["--quick", "--device", "cpu", "--weights", str(tiny_weights),
                                    "--torch-threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "NL-means, PyTorch port" in out and "| cpu        |" in out and "| gpu        |" in out
