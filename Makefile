@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Where torch and torchvision come from, e.g. https://download.pytorch.org/whl/cpu for the CPU-only
-# wheels (about 1 GB smaller than PyPI's CUDA build). Empty: pip's own index.
+# wheels (without the 4.6 GB of CUDA libraries PyPI's build brings). Empty: pip's own index.
 TORCH_INDEX_URL ?=
 TORCH_PINS = $(shell $(PYTHON) -c "import tomllib; print(' '.join(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith(('torch==', 'torchvision=='))))")
 
@@ -61,7 +61,7 @@ bench: $(BIN)/.installed-dev
 device-bundle: $(BIN)/.installed-dev
 	PYTHON=$(BIN)/python bash scripts/device-bundle
 
-# The gpu tests and the GPU benchmarks in one table (at most ~8 minutes on one card): README "Device check".
+# The gpu tests and the GPU benchmarks in one table (at most ~8 minutes on one card): docs/device-check.md.
 device-check:
 	python3 scripts/device-check
 

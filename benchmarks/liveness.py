@@ -14,7 +14,7 @@ stall period it prints how many messages the GPU queue holds per unfinished imag
 
 It drives the code under test only through the CLI, ``testbed/`` and Redis, so it measures an export
 of another commit the same way: copy ``benchmarks/`` and ``testbed/proxy.py`` into the export and run it
-there (the README's comparisons of two commits are measured so).
+there (docs/benchmarks.md's comparisons of two commits are measured so).
 
     python -m benchmarks.liveness --images 40 --runs 3 --backlog-images 5 --periods 3
 """

@@ -235,7 +235,7 @@ def test_redis_down_longer_than_the_retry_budget_while_a_gpu_batch_is_claimed_st
     recovering.redis.start()
     back = time.monotonic()
     # A second GPU worker, as the queue's autoscaler or a replaced pod brings one: whether the first
-    # one's consumer notices the restart is Celery's (it does not always: see the README), and what
+    # one's consumer notices the restart is Celery's (it does not always: see docs/reliability.md), and what
     # it held must end either way.
     recovering.start("gpu", TASK_MAX_RETRIES="1", **with_faults(f"storage-down:{unreachable}"))
     summary = wait_for_summary(recovering, run_id, 180)

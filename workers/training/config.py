@@ -24,7 +24,7 @@ class TrainConfig:
     seed: int = 0
     batch: int = 8
     crop: int = 32  # input pixels; the target crop is 4x
-    lr: float = 1e-4  # measured: benchmarks/finetune_sweep.py (README, Training)
+    lr: float = 1e-4  # measured: benchmarks/finetune_sweep.py (docs/training.md)
     loss: Literal["l1", "charbonnier"] = "charbonnier"
     luma_weight: float = 0.5  # share of the loss on the scored luma (the rest on RGB)
     fresh_share: float = 0.75  # share of each batch's pair crops with a freshly synthesised input
