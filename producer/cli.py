@@ -18,14 +18,15 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from producer.backend import backend_for
 from producer.options import Group, settings_options
 from workers.errors import ConfigError, EnhanceError
-from workers.io.storage import Storage, StorageFactory, is_local
+from workers.io.storage import Storage, StorageFactory
 from workers.ops.denoise import DENOISERS, DenoiseSpec
 from workers.run.attempts import stored_attempts
 from workers.run.keys import ImageState, RunKeys, RunProgress
@@ -34,11 +35,6 @@ from workers.run.presets import PRESETS
 from workers.run.registry import cancelled_at
 from workers.run.resolve import PipelineChoice
 from workers.settings import Settings, code_version
-
-if TYPE_CHECKING:
-    from producer.planning import RunPlan
-    from workers.run.aggregate import AggregateResult
-    from workers.run.context import StageContext
 
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
 
@@ -140,26 +136,12 @@ def enqueue(src: str, run_id: str | None, sample_submission: str | None, retry_f
                        show_progress=True, resume_cancelled=resume_cancelled)
     click.echo(f"run {plan.run_id}: {plan.manifest.total} inputs, {len(plan.finished)} already finished")
     with logging_redirect_tqdm():  # log lines above the progress bar, not glued to it
-        result = _execute(ctx, plan, wait)
+        result = backend_for(settings).run(ctx, plan, wait)
     for model in ctx.loaded():
         if model.get("precision"):
             click.echo(f"model ran in {model['precision']} on {model['device']} ({model['precision_reason']})")
     if result is not None:
         _report_result(ctx.storage, plan.run_id, result.written, result.failed, result.pending)
-
-
-def _execute(ctx: StageContext, plan: RunPlan, wait: bool = True) -> AggregateResult | None:
-    """Run the plan in this process, or hand it to the workers (and follow it when ``wait``)."""
-    if ctx.settings.embedded:
-        from producer.embedded import run_embedded
-
-        return run_embedded(ctx, plan)
-    from producer import dispatch
-
-    tracker = dispatch.connect_tracker(ctx.settings)
-    dispatch.enqueue_plan(ctx.settings, ctx.storage, plan, tracker)
-    click.echo(f"enqueued run {plan.run_id}")
-    return dispatch.wait_for_run(ctx.settings, ctx.storage, plan, tracker) if wait else None
 
 
 def _storage(settings: Settings) -> Storage:
@@ -218,10 +200,8 @@ def status(run_id: str, settings: Settings) -> None:
             if progress.state(attempts.name) in (ImageState.PENDING, ImageState.DENOISED):
                 click.echo(f"  suspect {attempts.name} at {attempts.stage}: {attempts.deaths} worker deaths, "
                            f"{attempts.errors} errors (last on {attempts.last_worker})")
-    if not settings.embedded and waiting:
-        from producer import dispatch
-
-        for line in dispatch.progress_lines(settings, run_id):
+    if waiting:
+        for line in backend_for(settings).progress_lines(run_id):
             click.echo(f"  {line}")
     if not storage.exists(keys.summary):
         click.echo("  not aggregated yet")
@@ -294,16 +274,7 @@ def upload(folder: str, destination: str, settings: Settings) -> None:
 @settings_options
 def aggregate(run_id: str, partial: bool, settings: Settings) -> None:
     """(Re)build RUN_ID's submission.csv and failures report. Idempotent."""
-    if settings.embedded:
-        from workers.run.aggregate import aggregate_stage
-        from workers.run.context import StageContext
-
-        ctx = StageContext(settings)
-        result = aggregate_stage(ctx, run_id, allow_partial=partial).as_dict()
-    else:
-        from producer import dispatch
-
-        result = dispatch.aggregate(settings, run_id, partial)
+    result = backend_for(settings).aggregate(run_id, partial)
     if not result["complete"]:
         raise ConfigError(f"run {run_id} has {result['pending']} images pending; wait, or pass --partial")
     click.echo(f"run {run_id}: {result['written']} rows, {result['failed']} failed")
@@ -315,13 +286,10 @@ def aggregate(run_id: str, partial: bool, settings: Settings) -> None:
 def cancel(run_id: str, settings: Settings) -> None:
     """Cancel RUN_ID: workers drop its queued tasks, and nothing sends its work again (the cancel is
     kept in storage); `producer enqueue --resume-cancelled` resumes it."""
-    if settings.embedded:
-        raise ConfigError("no broker configured: an in-process run stops with Ctrl-C and resumes when re-run")
-    from producer import dispatch
-
+    backend = backend_for(settings)
     storage = _storage(settings)
     manifest = load_manifest(storage, run_id)  # a clear error for a run that does not exist
-    dispatch.cancel(settings, storage, run_id, manifest.total)
+    backend.cancel(storage, run_id, manifest.total)
     click.echo(f"run {run_id} cancelled; finished images are kept; `producer enqueue --resume-cancelled` resumes it")
 
 
@@ -365,16 +333,7 @@ def calibrate(dataset: str, output: str | None, settings: Settings) -> None:
     flat in the number of pairs. A dataset in object storage (s3://...) is calibrated by a CPU
     worker when a broker is configured.
     """
-    from workers.training.calibrate import calibrate_here
-
-    if not is_local(dataset) and not settings.embedded:
-        from producer import dispatch
-
-        result = dispatch.calibrate(settings, dataset, output)
-        lines, pairs, where = result["summary"], result["pairs"], result["location"]
-    else:
-        calibration, where = calibrate_here(dataset, output, StorageFactory(settings))
-        lines, pairs = calibration.summary(), calibration.n_pairs
+    lines, pairs, where = backend_for(settings).calibrate(dataset, output)
     click.echo(f"calibrated on {pairs} pairs -> {where}")
     for line in lines:
         click.echo(f"  {line}")
@@ -455,14 +414,7 @@ def train(dataset: str | None, photos: str | None, start: str | None, output: st
     """
     if dataset is None and photos is None:
         raise click.UsageError("give a DATASET, --photos DIR, or both")
-    if dataset is not None and not is_local(dataset) and not settings.embedded:
-        from producer import dispatch
-
-        result = dispatch.train(settings, dataset, output, start, config, restart, photos)
-    else:
-        from producer.training import train_here
-
-        result = train_here(settings, dataset, output, start, config, restart, photos)
+    result = backend_for(settings).train(dataset, output, start, config, restart, photos)
     best = f"{result.best_psnr:.2f} dB" if result.best_psnr is not None else "n/a (nothing held back)"
     state = "budget used" if result.finished else "stopped early; re-run to go on"
     click.echo(f"trained {result.steps} steps ({state}) in {result.seconds:.0f} s; best held-back PSNR {best} "
@@ -529,7 +481,7 @@ def evaluate(dataset: str, presets: tuple[str, ...], calibration: str | None, ru
             click.echo(f"skipping preset {label}: {exc}", err=True)
             continue
         plan = prepare_run(settings, ctx.storage, str(inputs_dir), pipeline, show_progress=True)
-        _execute(ctx, plan)
+        backend_for(settings).run(ctx, plan)
         scores.append(ev.score_run(ctx.storage, plan.manifest, pairs, f"{label} (run {plan.run_id})", ctx.limits))
     for run_id in run_ids:
         scores.append(ev.score_run(ctx.storage, load_manifest(ctx.storage, run_id), pairs, f"run {run_id}", ctx.limits))
