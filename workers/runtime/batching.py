@@ -16,17 +16,17 @@ class ReconnectSafeBatches(Batches):
 
     celery-batches arms its flush timer on the first buffered message and keeps the handle until a
     flush finds the buffer empty. Celery clears the event loop's timers whenever the broker
-    connection is lost, so after a reconnect the handle pointed at a timer that no longer existed:
-    a GPU worker holding fewer than GPU_BATCH_SIZE messages never ran them, and the run waited for
-    the recovery sweep. Celery rebuilds every task's strategy on each (re)connection; here that also
-    arms a fresh timer for what is still buffered. Those messages are run, not dropped: their
+    connection is lost, so after a reconnect that handle points at a timer that is gone: a GPU
+    worker holding fewer than GPU_BATCH_SIZE messages would never run them, and the run would wait
+    for the recovery sweep. Celery rebuilds every task's strategy on each (re)connection; here that
+    also arms a fresh timer for what is still buffered. Those messages are run, not dropped: their
     redelivery could take a whole visibility timeout. Their acknowledgement goes to the dead
     channel and is lost, as for any acks_late task that runs across a reconnect, so the broker
     delivers them once more after the visibility timeout, and the stages skip the finished work.
 
     Messages with an ETA (retries sent with a countdown) wait in celery-batches' buffer, where they
-    held prefetch slots until their ETA: a few rescheduled images stalled the worker's intake for
-    up to BACKOFF_MAX_S. Celery's own strategy raises the prefetch count for each message it holds
+    would hold prefetch slots until their ETA: a few rescheduled images would stall the worker's
+    intake for up to BACKOFF_MAX_S. Celery's own strategy raises the prefetch count for each message it holds
     for an ETA and lowers it when the message runs; this does the same, and gives back only what it
     took from the QoS it gives back to: Celery makes a fresh QoS, at the initial count, on every
     (re)connection, so messages buffered before a reconnection lower nothing when they run (their
