@@ -100,6 +100,32 @@ def _to_tensor(batch: torch.Tensor, device: torch.device, channels_last: bool) -
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
+class _LossLog:
+    """The losses read since the last evaluation; a run of non-finite ones (each step's update was
+    skipped) longer than MAX_BAD_STEPS stops training with a clear error."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.bad_in_a_row = 0
+
+    def account(self, reading: _LateLoss) -> float:
+        value = reading.value()
+        if math.isfinite(value):
+            self.bad_in_a_row = 0
+            self.losses.append(value)
+            return value
+        self.bad_in_a_row += 1
+        logger.warning("step %d: non-finite loss, its update was skipped", reading.step)
+        if self.bad_in_a_row > MAX_BAD_STEPS:
+            raise ConfigError(f"{MAX_BAD_STEPS} non-finite losses in a row: lower --lr or check the data")
+        return value
+
+    def take(self) -> list[float]:
+        """The losses since the last call (for the evaluation that averages them)."""
+        taken, self.losses = self.losses, []
+        return taken
+
+
 class _LateLoss:
     """A step's loss, copied to the host without waiting for the device; :meth:`value` waits only for
     that step, not for the ones queued after it."""
@@ -454,23 +480,8 @@ class Trainer:
         def phase_seconds() -> float:
             return phase_before + time.monotonic() - started
 
-        losses: list[float] = []
-        bad_in_a_row = 0
+        log = _LossLog()
         late: deque[_LateLoss] = deque()
-
-        def account(reading: _LateLoss) -> float:
-            nonlocal bad_in_a_row
-            value = reading.value()
-            if math.isfinite(value):
-                bad_in_a_row = 0
-                losses.append(value)
-                return value
-            bad_in_a_row += 1
-            logger.warning("step %d: non-finite loss, its update was skipped", reading.step)
-            if bad_in_a_row > MAX_BAD_STEPS:
-                raise ConfigError(f"{MAX_BAD_STEPS} non-finite losses in a row: lower --lr or check the data")
-            return value
-
         loss = math.nan  # the latest loss read
         ended = self.budget_used(phase_seconds())
         prefetch = Prefetcher(self._batch) if self.device.type == "cuda" else None
@@ -486,11 +497,10 @@ class Trainer:
                 # Losses are read once the device is past them: on a CPU at once; on CUDA one step late,
                 # since reading this step's would wait for it (a host synchronisation every step).
                 while late and (evaluating or late[0].ready() or len(late) > 1):
-                    loss = account(late.popleft())
+                    loss = log.account(late.popleft())
                 scored = None
                 if evaluating:
-                    scored = self._checkpoint(losses, started, phase_before)
-                    losses = []
+                    scored = self._checkpoint(log.take(), started, phase_before)
                 if on_progress is not None:
                     on_progress(TrainProgress(self.step, self.config.step_budget, loss,
                                               scored.selects if scored else None, self.best_psnr,
@@ -502,9 +512,9 @@ class Trainer:
             if prefetch is not None:
                 prefetch.close()
         while late:
-            account(late.popleft())
-        if losses:  # stopped between evaluations: evaluate what was learned since
-            self._checkpoint(losses, started, phase_before)
+            log.account(late.popleft())
+        if log.losses:  # stopped between evaluations: evaluate what was learned since
+            self._checkpoint(log.take(), started, phase_before)
         self._record_agreement()
         seconds = time.monotonic() - started
         self.phase = dataclasses.replace(self.phase, ended=ended)
