@@ -83,22 +83,22 @@ def test_messages_carry_ids_not_pixels_to_the_pipelines_first_stage(cluster, tmp
         assert message["headers"]["task"] == task
 
 
-def torch_is_loaded(pid: int) -> bool:
-    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+MODEL_LOADED = re.compile(r"loaded \S+ \([^)]+\) on \w+")  # workers/ops/upscale.py, once per model
 
 
 def test_gpu_workers_load_only_the_models_runs_need_and_one_that_cannot_load_stops_the_producer(cluster, tmp_path):
     """A GPU-queue worker loads no model at start-up (it is ready in seconds, and a model it would
-    never run cannot hold it up): the first batch of a run loads what that run needs. A run of a
+    never run cannot hold it up), only torch: the first batch of a run loads what that run needs. A run of a
     model the worker cannot load (the seed's, from the Hub, offline) is a configuration error: the
     waiting producer stops with it (exit 2) as soon as a worker reports it, not at 0/N for ever."""
     cluster.start("cpu")
     gpu = cluster.start("gpu")
-    assert not torch_is_loaded(gpu.pid)
+    assert "libtorch" in Path(f"/proc/{gpu.pid}/maps").read_text()
+    assert not MODEL_LOADED.search(gpu.log.read_text())
     write_images(tmp_path / "in", 2)
     learned = cluster.producer("enqueue", str(tmp_path / "in"), cwd=tmp_path)
     assert learned.returncode == 0, learned.stdout + learned.stderr
-    assert torch_is_loaded(gpu.pid)  # the run's own checkpoint, on its first batch
+    assert MODEL_LOADED.search(gpu.log.read_text())  # the run's own checkpoint, on its first batch
     gpu.stop()
 
     cluster.start("gpu", WEIGHTS="", WEIGHTS_DIR=str(tmp_path / "no-weights"), HF_HUB_OFFLINE="1",

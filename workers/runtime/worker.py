@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import os
 import threading
@@ -105,7 +106,9 @@ def _configure_gpu_worker(sender: Any, **_: Any) -> None:
     needs it and kept (:class:`~workers.run.context.StageContext`). Loading at start-up would make
     every worker wait for, or crash-loop on, a model it may never run, and answer no health check
     meanwhile; a model that cannot load is reported on the run that needs it, as a configuration
-    error the waiting producer stops on.
+    error the waiting producer stops on. What every model runs on (torch, spandrel) is imported
+    here, though: a ready worker then holds the memory a working one does (a container's limit is
+    judged against that, not found out by the first batch), and no batch waits for the import.
     """
     if GPU_QUEUE not in consumed_queues(sender):
         return
@@ -117,7 +120,18 @@ def _configure_gpu_worker(sender: Any, **_: Any) -> None:
         sender.concurrency = 1  # the banner's default is the core count; solo runs one thing at a time
     # Batching needs up to one batch of messages in hand: this is "prefetch 1", counted in batches.
     sender.prefetch_multiplier = max(sender.prefetch_multiplier, settings.gpu_batch_size)
+    import_inference_runtime()
     logger.info("GPU worker configured (DEVICE=%s): models load when a batch first needs them", settings.device)
+
+
+def import_inference_runtime() -> None:
+    """Import torch and spandrel, or log why not: a worker without them still serves the runs that
+    need no model, and a run that needs one reports the missing package as its configuration error."""
+    try:
+        importlib.import_module("workers.ops.upscale")  # torch
+        importlib.import_module("spandrel")
+    except ImportError as exc:
+        logger.warning("no inference runtime in this worker (%s): runs that need a model will fail", exc)
 
 
 @signals.worker_ready.connect
