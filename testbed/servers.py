@@ -1,6 +1,6 @@
 """Real servers for integration tests: ``redis-server`` and SeaweedFS ``weed mini`` (S3).
 
-Plain helpers, no pytest in here: the fixtures live in :mod:`tests.fixtures_servers`.
+Plain helpers, no pytest in here: the fixtures live in :mod:`tests.helpers.servers`.
 
 Every server listens on 127.0.0.1 only, on free random ports, with its data and its log in a
 directory of its own, and runs in a process group of its own so that stopping it kills every

@@ -6,7 +6,7 @@ import json
 
 from producer.embedded import run_embedded
 from producer.planning import prepare_run
-from tests.conftest import noisy_image, png_bytes
+from tests.helpers.images import noisy_image, png_bytes
 from workers.io.storage import LocalStorage
 from workers.ops.denoise import DenoiseSpec
 from workers.run.context import StageContext

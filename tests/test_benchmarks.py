@@ -20,7 +20,9 @@ import torch
 from PIL import Image
 
 from testbed.servers import find_redis_server, find_weed
-from tests.conftest import REPO, make_random_rrdb, noisy_image
+from tests.helpers.images import noisy_image
+from tests.helpers.models import make_random_rrdb
+from tests.helpers.paths import REPO
 
 SCRIPTS = ("throughput", "batching", "cpu_per_gpu", "quality", "denoise_placement", "aggregate", "memory", "liveness",
            "cpu_inference", "training_speed", "png_encode")

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from tests.fixtures import make_run, write_images
+from tests.helpers.images import write_images
+from tests.helpers.runs import make_run
 from workers.io.storage import LocalStorage
 from workers.run.manifest import load_manifest
 from workers.run.remaining import plan_remaining

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import DATASET
+from tests.helpers.paths import DATASET
 from workers.errors import ConfigError
 from workers.io.storage import LocalStorage
 from workers.ops.degrade import ForwardModel

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATASET
-from tests.fixtures import BAD, GOOD, write_hostile_folder, write_images
-from tests.fixtures import run_producer as producer
+from tests.helpers.images import BAD, GOOD, write_hostile_folder, write_images
+from tests.helpers.paths import DATASET
+from tests.helpers.runs import run_producer as producer
 
 
 @pytest.fixture

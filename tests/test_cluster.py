@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from tests.conftest import DATASET, REPO
-from tests.fixtures import run_producer
-from tests.fixtures_cluster import wait_until
+from tests.helpers.cluster import wait_until
+from tests.helpers.paths import DATASET, REPO
+from tests.helpers.runs import run_producer
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import noisy_image
+from tests.helpers.images import noisy_image
 from workers.errors import ConfigError
 from workers.ops.denoise import DENOISERS, DenoiseSpec, denoise
 

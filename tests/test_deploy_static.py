@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers.paths import REPO
 from workers.runtime.app import CPU_QUEUE, GPU_QUEUE, TRAIN_QUEUE
 from workers.settings import Settings
 

@@ -14,7 +14,8 @@ from types import ModuleType
 
 import pytest
 
-from tests.conftest import REPO, make_random_rrdb
+from tests.helpers.models import make_random_rrdb
+from tests.helpers.paths import REPO
 
 SCRIPT = REPO / "scripts" / "device-check"
 STEPS = ("gpu tests", "throughput", "batching", "denoise placement", "cpu per gpu", "training", "png encode")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from producer.dispatch import enqueue_plan
-from tests.fixtures import make_run, write_images
+from tests.helpers.images import write_images
+from tests.helpers.runs import make_run
 from workers.io.storage import LocalStorage
 from workers.run.keys import RunKeys
 from workers.run.registry import active_key

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATASET, noisy_image, png_bytes
-from tests.fixtures import png_bomb, run_producer, write_images
-from tests.fixtures_cluster import run_id_from, wait_until
+from tests.helpers.cluster import run_id_from, wait_until
+from tests.helpers.images import noisy_image, png_bomb, png_bytes, write_images
+from tests.helpers.paths import DATASET
+from tests.helpers.runs import run_producer
+from tests.helpers.scenarios import with_faults
 from tests.simulated.sitecustomize import STALL_MARK
-from tests.test_recovery import with_faults
 from workers.run.keys import RunKeys
 from workers.runtime.app import create_app
 from workers.settings import Settings
@@ -273,8 +274,7 @@ def test_embedded_and_distributed_runs_fail_the_same_images_with_the_same_reason
     run is embedded or on workers; the healthy inputs are done in both."""
     from producer import embedded
     from producer.planning import prepare_run
-    from tests.test_faults import start_run
-    from tests.test_recovery import failures_of, wait_for_summary
+    from tests.helpers.scenarios import failures_of, start_run, wait_for_summary
     from workers.errors import StorageUnavailableError
     from workers.io.storage import LocalStorage
     from workers.run import policy, stages

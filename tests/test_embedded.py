@@ -9,8 +9,7 @@ import pytest
 
 from producer.embedded import run_embedded
 from producer.planning import prepare_run
-from tests.conftest import png_bytes
-from tests.fixtures import write_images
+from tests.helpers.images import png_bytes, write_images
 from workers.errors import DeviceOutOfMemoryError, StorageUnavailableError
 from workers.run import policy, stages
 from workers.run.context import StageContext

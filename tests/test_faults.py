@@ -9,7 +9,6 @@ SRVGGNet model (realesr-animevideov3) when it is available, to keep CPU time low
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import sys
 import time
@@ -18,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, weights_file
-from tests.fixtures import write_images
-from tests.fixtures_cluster import Cluster, run_id_from, wait_until
+from tests.helpers.cluster import Cluster, run_id_from, wait_until
+from tests.helpers.images import write_images
+from tests.helpers.paths import REPO, weights_file
+from tests.helpers.scenarios import assert_complete_and_identical, count, start_run
 from workers.run.keys import RunKeys
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -41,14 +41,8 @@ def faults(cluster: Cluster) -> Cluster:
     return cluster
 
 
-def count(cluster: Cluster, run_id: str, stage: str) -> int:
-    return len(list(cluster.store().list(RunKeys(run_id).prefix(stage))))
 
 
-def start_run(cluster: Cluster, folder: Path, tmp_path: Path, *args: str) -> str:
-    result = cluster.producer("enqueue", str(folder), "--no-wait", *args, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return run_id_from(result.stdout)
 
 
 @contextlib.contextmanager
@@ -76,13 +70,6 @@ def read_until(waiter: subprocess.Popen[str], marker: str) -> str:
     raise AssertionError(f"the producer exited before printing {marker!r}: {''.join(seen)}{waiter.stderr.read()}")
 
 
-def assert_complete_and_identical(cluster: Cluster, run_id: str, folder: Path, tmp_path: Path, *args: str) -> None:
-    keys = RunKeys(run_id)
-    submission = cluster.store().get(keys.submission).decode()
-    ids = [line.split(",", 1)[0] for line in submission.splitlines()[1:]]
-    assert len(ids) == len(set(ids)) == len(list(folder.iterdir())), ids
-    assert json.loads(cluster.store().get(keys.failures)) == []
-    assert submission == cluster.embedded_submission(str(folder), tmp_path, *args)
 
 
 def restart_mid_run(faults: Cluster, tmp_path: Path, restart: Callable[[], None]) -> None:

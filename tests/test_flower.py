@@ -28,9 +28,10 @@ import pytest
 
 from testbed.servers import RedisServer, S3Server
 from testbed.workers import CeleryWorker, FlowerProcess, cluster_env
-from tests.conftest import REPO, make_random_rrdb
-from tests.fixtures import write_images
-from tests.fixtures_cluster import _DATABASES, Cluster, run_id_from
+from tests.helpers.cluster import _DATABASES, Cluster, run_id_from
+from tests.helpers.images import write_images
+from tests.helpers.models import make_random_rrdb
+from tests.helpers.paths import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -66,7 +66,8 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from PIL import Image, PngImagePlugin
 
-from tests.conftest import REPO, noisy_image
+from tests.helpers.images import noisy_image
+from tests.helpers.paths import REPO
 from workers.errors import ImageTooLargeError, InvalidImageError, PermanentImageError
 from workers.io.imageio import DecodeLimits, decode_image
 

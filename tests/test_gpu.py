@@ -22,8 +22,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import DATASET, REPO, make_random_compact, noisy_image
-from tests.fixtures import run_producer
+from tests.helpers.images import noisy_image
+from tests.helpers.models import make_random_compact, stub_upscaler
+from tests.helpers.paths import DATASET, REPO
+from tests.helpers.runs import run_producer
 from workers.ops.metrics import psnr
 
 pytestmark = pytest.mark.gpu
@@ -93,12 +95,10 @@ def test_auto_precision_is_bf16_on_a_card_that_has_it():
 
 
 def test_an_fp16_overflow_is_recomputed_in_fp32(exact_fp32):
-    """The stub multiplies by 1e6 and divides again: +inf in fp16, exact in fp32 (tests/test_upscale.py)."""
-    from tests.test_upscale import _stub_upscaler
-
+    """The stub multiplies by 1e6 and divides again: +inf in fp16, exact in fp32 (tests/helpers/models.py)."""
     image = noisy_image(13, 11)[None]
-    fp32 = _stub_upscaler(torch.float32)
-    fp16 = _stub_upscaler(torch.float16)
+    fp32 = stub_upscaler(torch.float32)
+    fp16 = stub_upscaler(torch.float16)
     on_card = [replace(u, device=torch.device("cuda")) for u in (fp32, fp16)]
     for upscaler in on_card:
         upscaler.descriptor.model.cuda()
@@ -161,7 +161,7 @@ def test_device_nlm_tiles_after_a_real_out_of_memory_error_with_the_same_result(
 
 
 def test_device_nlm_equals_opencv_and_the_cpu_port():
-    from tests.test_nlm_torch import opencv_nlm, synthetic
+    from tests.helpers.images import opencv_nlm, synthetic
     from workers.ops.nlm_torch import nlm_colored_torch
 
     batch = np.stack([synthetic(256, 160, 20, seed) for seed in range(3)])
@@ -218,7 +218,7 @@ def test_the_model_cache_places_the_weights_on_the_card(tmp_path):
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_a_few_training_steps_on_the_card(tmp_path, precision):
     """fp16 with the gradient scaler, bf16 without; the skip decision stays on the device."""
-    from tests.test_training import TINY, write_dataset
+    from tests.helpers.training import TINY, write_dataset
     from workers.io.storage import StorageFactory
     from workers.settings import Settings
     from workers.training.setup import make_trainer

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import noisy_image, png_bytes
-from tests.fixtures import png_bomb
+from tests.helpers.images import noisy_image, png_bomb, png_bytes
 from workers.errors import ImageTooLargeError, InvalidImageError
 from workers.io.imageio import DecodeLimits, decode_image, decode_png, encode_png
 

@@ -42,7 +42,8 @@ def test_cpu_stages_run_without_torch(tmp_path: Path) -> None:
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        from tests.fixtures import make_run, write_images
+        from tests.helpers.runs import make_run
+        from tests.helpers.images import write_images
         from workers.settings import Settings
         from workers.run.context import StageContext
         from workers.run.aggregate import aggregate_stage

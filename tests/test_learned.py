@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import make_random_compact
-from tests.fixtures import run_producer, write_images
-from tests.fixtures_cluster import run_id_from, wait_until
+from tests.helpers.cluster import run_id_from, wait_until
+from tests.helpers.images import write_images
+from tests.helpers.models import make_random_compact
+from tests.helpers.runs import run_producer
 from workers.errors import TransientError
 from workers.io.models import REPOSITORY_MODELS, load_registry
 from workers.io.storage import LocalStorage
@@ -143,8 +144,8 @@ def test_training_runs_on_a_train_worker_in_chunks_and_a_chain_survives_a_copy_a
     an outage longer than its budget; the finished chunk is retried and sends it again), and a copy
     of a running chunk's message arrives too (dropped): the job still ends, having trained exactly
     its steps once."""
-    from tests.fixtures_cluster import SIMULATED
-    from tests.test_training import write_dataset
+    from tests.helpers.cluster import SIMULATED
+    from tests.helpers.training import write_dataset
     from workers.runtime.app import TRAIN, create_app
     from workers.training.config import TrainConfig
     from workers.training.job import TrainJob
@@ -195,7 +196,7 @@ def test_training_runs_on_a_train_worker_in_chunks_and_a_chain_survives_a_copy_a
 
 @pytest.mark.integration
 def test_a_training_chunk_that_raises_fails_the_job_and_producer_train_says_why(cluster, tmp_path):
-    from tests.fixtures_cluster import SIMULATED
+    from tests.helpers.cluster import SIMULATED
 
     cluster.start("train", TASK_MAX_ERRORS="2", PYTHONPATH=SIMULATED, SIMULATE="raise-in:train")
     result = cluster.producer("train", f"s3://{cluster.bucket}/dataset", "--steps", "10", cwd=tmp_path)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.fixtures_cluster import wait_until
+from tests.helpers.cluster import wait_until
 from workers.runtime.liveness import Heartbeat, Holder, alive, heartbeat_key, machine_id, this_process
 
 

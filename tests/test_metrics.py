@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from tests.conftest import noisy_image
+from tests.helpers.images import noisy_image
 from workers.ops.metrics import psnr, ssim
 
 

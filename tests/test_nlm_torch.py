@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import DATASET, noisy_image
+from tests.helpers.images import noisy_image, opencv_nlm, synthetic
+from tests.helpers.paths import DATASET
 from workers.ops.denoise import DenoiseSpec
 from workers.ops.metrics import psnr
 from workers.ops.nlm_torch import (
@@ -34,9 +35,6 @@ def single_threaded():
     cv2.setNumThreads(cv_threads)
 
 
-def opencv_nlm(rgb: np.ndarray, h: float = 7, h_color: float = 7, template: int = 7, search: int = 21) -> np.ndarray:
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    return cv2.cvtColor(cv2.fastNlMeansDenoisingColored(bgr, None, h, h_color, template, search), cv2.COLOR_BGR2RGB)
 
 
 def torch_nlm(rgb: np.ndarray, h: float = 7, h_color: float = 7, template: int = 7, search: int = 21, **kw) -> np.ndarray:
@@ -49,14 +47,6 @@ def assert_equals_opencv(ours: np.ndarray, ref: np.ndarray) -> None:
     assert np.array_equal(ours, ref), f"{np.mean(ours != ref):.4%} of values differ, PSNR {psnr(ours, ref):.2f} dB"
 
 
-def synthetic(width: int, height: int, sigma: float, seed: int) -> np.ndarray:
-    """Smooth colored gradients, a bright square and an edge, plus Gaussian noise of ``sigma``."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    clean = np.stack([40 + 3 * x, 30 + 4 * y, 90 + 0 * x], axis=-1).astype(float)
-    clean[height // 3 : 2 * height // 3, width // 3 : 2 * width // 3] += 70
-    clean[:, : width // 5, 2] -= 60
-    return (clean + rng.normal(0, sigma, clean.shape)).clip(0, 255).astype(np.uint8)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import make_random_compact
-from tests.test_training import settings, write_dataset
+from tests.helpers.models import make_random_compact
+from tests.helpers.training import settings, textured_photo, write_dataset, write_photos
 from workers.errors import ConfigError, PermanentImageError
 from workers.io.storage import LocalStorage, StorageFactory
 from workers.ops.degrade import COMPETITION_BRIGHTNESS, BrightnessDistribution, ForwardModel
@@ -21,22 +21,6 @@ from workers.training.forward_fit import ForwardAccumulator
 from workers.training.job import run_training
 from workers.training.photos import PhotoCache, box_downscale, list_photos, photo_pair, prepare_photo
 from workers.training.setup import make_trainer
-
-
-def textured_photo(seed: int, width: int = 160, height: int = 120) -> np.ndarray:
-    """A smooth colour scene with edges: something to learn, nothing flat."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([128 + 90 * np.sin(x / (5 + c + seed % 3)) * np.cos(y / (7 + c)) for c in range(3)], axis=-1)
-    base[(x // 20 + y // 20) % 2 == 0] *= 0.6
-    return np.clip(base + rng.normal(0, 3, base.shape), 0, 255).astype(np.uint8)
-
-
-def write_photos(folder: Path, count: int = 5, **size: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for k in range(count):
-        Image.fromarray(textured_photo(k, **size)).save(folder / f"photo_{k}.png")
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import pytest
 
 from producer.embedded import run_embedded
 from producer.planning import prepare_run
-from tests.conftest import noisy_image, png_bytes
-from tests.fixtures import write_images
+from tests.helpers.images import noisy_image, png_bytes, write_images
 from workers.run.context import StageContext
 from workers.run.keys import RunKeys
 from workers.run.manifest import PipelineSpec, load_manifest, save_manifest

@@ -22,11 +22,9 @@ import pytest
 
 from testbed.memory import MemoryLimit, unavailable
 from testbed.workers import CeleryWorker
-from tests.conftest import noisy_image, png_bytes
-from tests.fixtures import write_images
-from tests.fixtures_cluster import SIMULATED, Cluster, wait_until
-from tests.test_faults import start_run
-from tests.test_recovery import failures_of, summary_of, wait_for_summary, with_faults
+from tests.helpers.cluster import SIMULATED, Cluster, wait_until
+from tests.helpers.images import noisy_image, png_bytes, write_images
+from tests.helpers.scenarios import failures_of, start_run, summary_of, wait_for_summary, with_faults
 from workers.run.attempts import read_attempts
 from workers.run.keys import RunKeys
 

@@ -10,9 +10,9 @@ import urllib.request
 import pytest
 
 from testbed.servers import free_port
-from tests.fixtures import write_images
-from tests.fixtures_cluster import wait_until
-from tests.test_recovery import with_faults
+from tests.helpers.cluster import wait_until
+from tests.helpers.images import write_images
+from tests.helpers.scenarios import with_faults
 from workers.runtime.queue_metrics import make_server, queue_depths
 
 pytestmark = pytest.mark.integration

@@ -17,11 +17,18 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tests.conftest import png_bytes
-from tests.fixtures import write_images
-from tests.fixtures_cluster import RECOVERY_STALL_S, RECOVERY_SWEEP_S, SIMULATED, Cluster, wait_until
+from tests.helpers.cluster import RECOVERY_STALL_S, RECOVERY_SWEEP_S, wait_until
+from tests.helpers.images import png_bytes, write_images
+from tests.helpers.scenarios import (
+    assert_complete_and_identical,
+    count,
+    failures_of,
+    start_run,
+    summary_of,
+    wait_for_summary,
+    with_faults,
+)
 from tests.simulated.sitecustomize import PAUSE_MARK, STALL_MARK
-from tests.test_faults import assert_complete_and_identical, count, start_run
 from workers.run.attempts import read_attempts
 from workers.run.keys import RunKeys
 
@@ -30,23 +37,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 STALL_S, SWEEP_S = RECOVERY_STALL_S, RECOVERY_SWEEP_S
 
 
-def with_faults(*faults: str) -> dict[str, str]:
-    """Worker environment that switches on the named simulations."""
-    return {"PYTHONPATH": SIMULATED, "SIMULATE": ",".join(faults)}
 
 
-def summary_of(cluster: Cluster, run_id: str) -> dict | None:
-    store, key = cluster.store(), RunKeys(run_id).summary
-    return json.loads(store.get(key)) if store.exists(key) else None
 
 
-def wait_for_summary(cluster: Cluster, run_id: str, timeout: float) -> dict:
-    wait_until(lambda: summary_of(cluster, run_id) is not None, timeout, f"run {run_id} to aggregate")
-    return summary_of(cluster, run_id)
 
 
-def failures_of(cluster: Cluster, run_id: str) -> dict[str, str]:
-    return {f["name"]: f["reason"] for f in json.loads(cluster.store().get(RunKeys(run_id).failures))}
 
 
 def test_gpu_worker_killed_mid_batch_completes_within_two_sweeps_not_a_visibility_timeout(recovering, tmp_path):

@@ -10,9 +10,9 @@ from markupsafe import escape  # what the Jinja2 template escapes with
 from PIL import Image
 
 from producer.evaluate import load_rgb, score
-from tests.browser import ARTIFACTS, assert_loads_cleanly, open_browser, save_full_page_screenshot
-from tests.conftest import noisy_image, png_bytes
-from tests.fixtures import load_script, write_images
+from tests.helpers.browser import ARTIFACTS, assert_loads_cleanly, open_browser, save_full_page_screenshot
+from tests.helpers.images import noisy_image, png_bytes, write_images
+from tests.helpers.paths import load_script
 from workers.errors import ConfigError
 from workers.io.imageio import decode_png, encode_png
 from workers.io.storage import storage_url_for

@@ -21,8 +21,9 @@ from click.testing import CliRunner
 from producer.cli import cli
 from producer.embedded import run_embedded
 from producer.planning import prepare_run
-from tests.browser import ARTIFACTS, assert_loads_cleanly, open_browser, save_full_page_screenshot
-from tests.conftest import DATASET, REPO, noisy_image, png_bytes
+from tests.helpers.browser import ARTIFACTS, assert_loads_cleanly, open_browser, save_full_page_screenshot
+from tests.helpers.images import noisy_image, png_bytes
+from tests.helpers.paths import DATASET, REPO
 from workers.io.storage import LocalStorage
 from workers.ops.denoise import DenoiseSpec
 from workers.ops.tone import fit_from_pairs

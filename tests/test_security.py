@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATASET, REPO
-from tests.fixtures_cluster import Cluster, wait_until
+from tests.helpers.cluster import Cluster, wait_until
+from tests.helpers.paths import DATASET, REPO
 from workers.errors import InvalidKeyError
 from workers.run.keys import RunKeys, check_run_id
 from workers.runtime.app import create_app

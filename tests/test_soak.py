@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import noisy_image, png_bytes
-from tests.fixtures_cluster import run_id_from, wait_until
+from tests.helpers.cluster import run_id_from, wait_until
+from tests.helpers.images import noisy_image, png_bytes
 from workers.run.keys import RunKeys
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak]

@@ -9,7 +9,7 @@ from pathlib import Path
 from producer.embedded import run_embedded
 from producer.planning import prepare_run
 from producer.sources import resolve_source
-from tests.conftest import noisy_image, png_bytes
+from tests.helpers.images import noisy_image, png_bytes
 from workers.io.storage import LocalStorage, StorageFactory
 from workers.ops.denoise import DenoiseSpec
 from workers.run.context import StageContext

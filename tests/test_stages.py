@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import noisy_image, png_bytes
-from tests.fixtures import load_script, make_run, write_images
+from tests.helpers.images import noisy_image, png_bytes, write_images
+from tests.helpers.paths import load_script
+from tests.helpers.runs import make_run
 from workers.io.imageio import decode_png
 from workers.io.submission import grey_subsample
 from workers.ops.denoise import DenoiseSpec

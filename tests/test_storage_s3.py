@@ -28,8 +28,6 @@ from workers.io.storage import StorageFactory
 from workers.io.storage.s3 import S3Storage, parse_s3_url
 from workers.settings import Settings
 
-# Until the lead imports them in conftest.py (harmless once they are there).
-
 # Tests that start the session's weed server; the others need no server at all.
 integration = pytest.mark.integration
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import DATASET, noisy_image
+from tests.helpers.images import noisy_image
+from tests.helpers.paths import DATASET
 from workers.errors import ConfigError, SubmissionMismatchError
 from workers.io.submission import (
     SubmissionWriter,

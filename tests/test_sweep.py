@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.fixtures import make_run, write_images
+from tests.helpers.images import write_images
+from tests.helpers.runs import make_run
 from workers.io.storage import LocalStorage
 from workers.run.attempts import read_attempts
 from workers.run.keys import RunKeys

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tests.conftest import DATASET
+from tests.helpers.paths import DATASET
 from workers.errors import ConfigError
 from workers.io.storage import LocalStorage
 from workers.ops.tone import (

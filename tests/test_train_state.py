@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.helpers.paths import REPO
 from workers.errors import ConfigError
 from workers.io.storage import LocalStorage
 from workers.training.artifacts import PROVENANCE_VERSION, Provenance

@@ -4,7 +4,6 @@ val/ and test/, and its checkpoint is what the learned preset runs."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,33 +11,18 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import DATASET, make_random_compact, make_random_rrdb
+from tests.helpers.models import make_random_compact, make_random_rrdb
+from tests.helpers.training import TINY, settings, write_dataset
 from workers.errors import ConfigError, UnsupportedModelError
 from workers.io.storage import LocalStorage, StorageFactory
 from workers.ops.degrade import COMPETITION_BRIGHTNESS, ForwardModel
 from workers.ops.upscale import load_upscaler
-from workers.settings import Settings
 from workers.training.artifacts import TrainingOutput
 from workers.training.batches import BatchSource, PairCache, make_batch
 from workers.training.config import TrainConfig
 from workers.training.job import run_training
 from workers.training.pairs import training_pairs
 from workers.training.setup import make_trainer
-
-TINY = TrainConfig(steps=6, batch=4, crop=12, eval_every=3, holdout=0.25)
-
-
-def write_dataset(root: Path, count: int = 6, width: int = 24, height: int = 16) -> Path:
-    """Small pairs from the repository sample's targets (crops), inputs made with the forward model."""
-    targets = sorted((DATASET / "train" / "gt").glob("*.png"))
-    forward = ForwardModel()
-    for k in range(count):
-        target = np.asarray(Image.open(targets[k % len(targets)]))[: 4 * height, : 4 * width]
-        for folder, image in (("train/gt", target), ("train/train", forward.degrade(target, np.random.default_rng(k)))):
-            (root / folder).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(root / folder / f"gt_{k:05d}.png")
-    shutil.copy(DATASET / "calibration.json", root) if (DATASET / "calibration.json").is_file() else None
-    return root
 
 
 @pytest.fixture
@@ -52,8 +36,6 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_random_compact(tmp_path_factory.mktemp("small") / "compact.pth")
 
 
-def settings(**changes: object) -> Settings:
-    return Settings(device="cpu", weights_dir="/nonexistent", photo_corpus="").replace(**changes)
 
 
 def train(root: Path, start: Path, config: TrainConfig = TINY, **kwargs):  # TrainResult
@@ -261,7 +243,7 @@ def _sha(path: Path) -> str:
 
 
 def test_a_changed_corpus_continues_the_run_and_keeps_the_trained_model(tmp_path, small):
-    from tests.test_photos import textured_photo, write_photos
+    from tests.helpers.training import textured_photo, write_photos
 
     write_photos(tmp_path / "photos", count=5, width=48, height=40)
     first = _photo_run(tmp_path, small, 12)
@@ -279,7 +261,7 @@ def test_a_changed_corpus_continues_the_run_and_keeps_the_trained_model(tmp_path
 
 
 def test_a_state_of_another_run_never_overwrites_a_better_output(tmp_path, small):
-    from tests.test_photos import write_photos
+    from tests.helpers.training import write_photos
 
     write_photos(tmp_path / "photos", count=5, width=48, height=40)
     assert not _photo_run(tmp_path, small, 12).kept_start

@@ -64,8 +64,7 @@ def test_named_initialisations_are_seeded_and_load(tmp_path):
 
 
 def test_it_trains_like_any_start_checkpoint(tmp_path):
-    from tests.test_photos import write_photos
-    from tests.test_training import settings
+    from tests.helpers.training import settings, write_photos
     from workers.io.storage import StorageFactory
     from workers.training.config import TrainConfig
     from workers.training.job import run_training

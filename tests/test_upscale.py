@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_random_rrdb, noisy_image
+from tests.helpers.images import noisy_image
+from tests.helpers.models import make_random_rrdb, nearest_x4, stub_upscaler
 from workers.errors import DeviceOutOfMemoryError, UnsupportedModelError
 from workers.ops.metrics import psnr
 from workers.ops.resample import resize_to_multiple
@@ -16,10 +17,6 @@ from workers.ops.upscale import TilePolicy, Upscaler, load_upscaler, tiled_forwa
 @pytest.fixture(scope="module")
 def upscaler(weights_path) -> Upscaler:
     return load_upscaler(weights_path, device="cpu")
-
-
-def nearest_x4(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest")
 
 
 @pytest.mark.parametrize(("tile", "overlap"), [(8, 2), (7, 3), (32, 0), (5, 4)])
@@ -130,7 +127,7 @@ def test_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("name", ["RealESRGAN_x4plus_anime_6B.pth", "realesr-animevideov3.pth"])
 def test_other_offline_models_load(name):
-    from tests.conftest import weights_file
+    from tests.helpers.paths import weights_file
 
     if not weights_file(name).is_file():
         pytest.skip(f"{name} not present")
@@ -146,46 +143,19 @@ def test_random_stand_in_weights_load(tmp_path):
 # -- reduced precision, checked before any clamp -------------------------------------------------------------
 
 
-class _Overflows(torch.nn.Module):
-    """x4 nearest, scaled up and back down: fine in fp32, +inf in fp16 above 0.07 (fp16 ends at 65504).
-
-    It refuses inputs whose sides are not multiples of 8, as architectures with size requirements
-    do: a call that skipped spandrel's padding would fail here."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert x.shape[2] % 8 == 0 and x.shape[3] % 8 == 0, f"unpadded input {tuple(x.shape)}"
-        return nearest_x4(x) * 1e6 / 1e6
-
-
-def _stub_upscaler(dtype: torch.dtype) -> Upscaler:
-    """:class:`_Overflows` in spandrel's real wrapper (which pads, calls, and clamps in place)."""
-    from spandrel import ArchId, Architecture, ImageModelDescriptor, SizeRequirements
-
-    model = _Overflows().to(dtype)
-    class Overflowing(Architecture):
-        def load(self, state_dict):  # never loads a file
-            raise NotImplementedError
-
-    architecture = Overflowing(id=ArchId("overflows"), detect=lambda state: False, name="Overflows")
-    descriptor = ImageModelDescriptor(model, {}, architecture, "SR", [], supports_half=True, supports_bfloat16=True,
-                                      scale=4, input_channels=3, output_channels=3,
-                                      size_requirements=SizeRequirements(multiple_of=8))
-    return Upscaler(descriptor, torch.device("cpu"), dtype, TilePolicy())
-
-
 def test_fp16_overflow_to_inf_is_recomputed_in_fp32_through_the_same_wrapper():
     """spandrel clamps in place: checked after it, +inf is already a white 255 that passes."""
     image = noisy_image(13, 11)[None]  # not a multiple of 8: the wrapper pads, and must pad the recompute too
-    fp32 = _stub_upscaler(torch.float32).upscale(image)
+    fp32 = stub_upscaler(torch.float32).upscale(image)
     assert np.array_equal(fp32, nearest_x4(torch.from_numpy(image).permute(0, 3, 1, 2).float())
                           .permute(0, 2, 3, 1).numpy().astype(np.uint8))
-    assert np.array_equal(_stub_upscaler(torch.float16).upscale(image), fp32)
+    assert np.array_equal(stub_upscaler(torch.float16).upscale(image), fp32)
 
 
 def test_fp16_overflow_is_recomputed_per_tile_and_with_tta():
-    upscaler = replace(_stub_upscaler(torch.float16), tiles=TilePolicy(max_pixels=100, size=8, overlap=2))
+    upscaler = replace(stub_upscaler(torch.float16), tiles=TilePolicy(max_pixels=100, size=8, overlap=2))
     image = noisy_image(20, 12, seed=4)[None]
-    expected = _stub_upscaler(torch.float32).upscale(image)
+    expected = stub_upscaler(torch.float32).upscale(image)
     assert np.array_equal(upscaler.upscale(image), expected)
     assert np.array_equal(upscaler.upscale(image, tta=True), expected)  # nearest x4 is dihedral-equivariant
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import noisy_image
+from tests.helpers.images import noisy_image
 from workers.errors import ConfigError
 from workers.ops.resample import bicubic_x4
 from workers.ops.upscalers import UPSCALERS, upscaler_kind

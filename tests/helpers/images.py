@@ -1,18 +1,34 @@
-"""Helpers that build inputs and runs for tests (no fixtures: plain functions)."""
+"""Tiny test images: noisy RGB arrays, encoded files, hostile folders, decompression bombs, and an OpenCV NL-means reference."""
 
 from __future__ import annotations
 
-import importlib.util
+import io
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
-from types import ModuleType
 
-from tests.conftest import REPO, noisy_image, png_bytes
-from workers.io.storage import Storage, storage_url_for
-from workers.run.manifest import PipelineSpec, RunManifest, save_manifest
+import cv2
+import numpy as np
+from PIL import Image
+
+
+def noisy_image(width: int = 32, height: int = 24, seed: int = 0) -> np.ndarray:
+    """A small, dark, noisy RGB image with some structure (gradients + a square)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x / max(width - 1, 1), y / max(height - 1, 1), 0.5 + 0 * x], axis=-1) * 120
+    base[height // 4 : height // 2, width // 4 : width // 2] += 60
+    noisy = base + rng.normal(0, 12, base.shape)
+    return noisy.clip(0, 255).astype(np.uint8)
+
+
+def png_bytes(rgb: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
+    image = Image.fromarray(rgb)
+    if mode:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
@@ -22,10 +38,14 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
 def png_bomb(width: int, height: int) -> bytes:
     """A small, valid-looking PNG whose IHDR declares width x height: a decompression bomb's shape."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    )
 
 
 GOOD = ("test_00001.png", "test_00002.png", "test_00003_grey.png", "test_00004_rgba.png")
+
+
 BAD = {
     "test_00005_tiny.png": "submission has",  # 1x1: processed, but its row is too short for the submission
     "test_00006_empty.png": "empty file",
@@ -64,28 +84,16 @@ def write_images(folder: Path, count: int, width: int = 32, height: int = 24, pr
     return names
 
 
-def make_run(storage: Storage, folder: Path, names: list[str], run_id: str = "r1",
-             pipeline: PipelineSpec | None = None, expected_columns: int | None = None) -> RunManifest:
-    manifest = RunManifest(run_id, storage_url_for(folder), tuple(names), pipeline or PipelineSpec(), "file:test",
-                           expected_columns)
-    save_manifest(storage, manifest)
-    return manifest
+def opencv_nlm(rgb: np.ndarray, h: float = 7, h_color: float = 7, template: int = 7, search: int = 21) -> np.ndarray:
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    return cv2.cvtColor(cv2.fastNlMeansDenoisingColored(bgr, None, h, h_color, template, search), cv2.COLOR_BGR2RGB)
 
 
-def run_producer(*args: str, env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """``producer ARGS`` as a user runs it: a separate process."""
-    return subprocess.run([sys.executable, "-m", "producer", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-BENCHMARKS = REPO / "benchmarks"
-
-
-def load_script(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` as a module."""
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    return module
+def synthetic(width: int, height: int, sigma: float, seed: int) -> np.ndarray:
+    """Smooth colored gradients, a bright square and an edge, plus Gaussian noise of ``sigma``."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    clean = np.stack([40 + 3 * x, 30 + 4 * y, 90 + 0 * x], axis=-1).astype(float)
+    clean[height // 3 : 2 * height // 3, width // 3 : 2 * width // 3] += 70
+    clean[:, : width // 5, 2] -= 60
+    return (clean + rng.normal(0, sigma, clean.shape)).clip(0, 255).astype(np.uint8)

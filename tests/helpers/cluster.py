@@ -18,14 +18,22 @@ import pytest
 
 from testbed.servers import RedisServer, S3Server
 from testbed.workers import CeleryWorker, cluster_env, stop_workers
-from tests.fixtures import run_producer
+from tests.helpers.runs import run_producer
 from workers.io.storage import Storage, StorageFactory
 from workers.settings import Settings
 
-__all__ = ["RECOVERY_STALL_S", "RECOVERY_SWEEP_S", "SIMULATED", "Cluster", "cluster", "recovering", "run_id_from",
-           "wait_until"]
+__all__ = [
+    "RECOVERY_STALL_S",
+    "RECOVERY_SWEEP_S",
+    "SIMULATED",
+    "Cluster",
+    "cluster",
+    "recovering",
+    "run_id_from",
+    "wait_until",
+]
 
-SIMULATED = str(Path(__file__).resolve().parent / "simulated")  # sitecustomize.py: faults injected into workers
+SIMULATED = str(Path(__file__).resolve().parents[1] / "simulated")  # sitecustomize.py: faults injected into workers
 # The fault tests' recovery clock: the sweep runs every RECOVERY_SWEEP_S; a worker silent for
 # RECOVERY_STALL_S is presumed dead, and a run idle that long is searched for lost messages.
 RECOVERY_STALL_S, RECOVERY_SWEEP_S = 8, 2
@@ -100,13 +108,23 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(redis_server: RedisServer, s3_server: S3Server, s3_bucket: str, weights_path: Path,
-            tmp_path: Path) -> Iterator[Cluster]:
+def cluster(
+    redis_server: RedisServer, s3_server: S3Server, s3_bucket: str, weights_path: Path, tmp_path: Path
+) -> Iterator[Cluster]:
     """Servers and environment, no workers yet: call ``start_default()`` or ``start(queue)``."""
     db = next(_DATABASES)
     redis_server.client(db=db).flushdb()
-    env = cluster_env(dict(os.environ), redis_server, db, s3_server, s3_bucket,
-                      VISIBILITY_TIMEOUT_S="10", TRAIN_CHUNK_S="5", GPU_BATCH_SIZE="4", MAX_IMAGE_PIXELS="100000")
+    env = cluster_env(
+        dict(os.environ),
+        redis_server,
+        db,
+        s3_server,
+        s3_bucket,
+        VISIBILITY_TIMEOUT_S="10",
+        TRAIN_CHUNK_S="5",
+        GPU_BATCH_SIZE="4",
+        MAX_IMAGE_PIXELS="100000",
+    )
     logs = tmp_path / "logs"
     logs.mkdir()
     cluster = Cluster(env, redis_server, db, s3_server, s3_bucket, logs, weights_path)
@@ -119,7 +137,7 @@ def cluster(redis_server: RedisServer, s3_server: S3Server, s3_bucket: str, weig
 @pytest.fixture
 def recovering(cluster: Cluster) -> Cluster:
     """The cluster with a short recovery clock and the small compact model (when available) on GPU workers."""
-    from tests.conftest import weights_file
+    from tests.helpers.paths import weights_file
 
     compact = weights_file("realesr-animevideov3.pth")
     cluster.env["WEIGHTS"] = str(compact if compact.is_file() else cluster.weights)

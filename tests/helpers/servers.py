@@ -1,6 +1,6 @@
 """Pytest fixtures for real servers (see :mod:`testbed.servers`).
 
-Import them into a conftest with ``from tests.fixtures_servers import *`` (or list this module in
+Import them into a conftest with ``from tests.helpers.servers import *`` (or list this module in
 ``pytest_plugins``). The servers start once per session, on free random ports of 127.0.0.1; a test
 that needs one is skipped with a clear reason when the binary is missing.
 
