@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH_INDEX_URL ?=
 TORCH_PINS = $(shell $(PYTHON) -c "import tomllib; print(' '.join(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith(('torch==', 'torchvision=='))))")
 
-.PHONY: demo test test-fast lint faults soak bench pretrain corpus cluster system-deps device-bundle device-check compose-test clean
+.PHONY: demo test test-fast test-parallel lint faults soak bench pretrain corpus cluster system-deps device-bundle device-check compose-test clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +40,17 @@ lint: $(BIN)/.installed-dev
 	$(BIN)/mypy workers producer
 	$(BIN)/lint-imports
 
-# Unit tests only: no servers, no worker processes.
+# A developer's loop: the unit tests (no servers, no worker processes) under a few seconds each,
+# spread over the cores. `make test` (CI) runs everything.
 test-fast: $(BIN)/.installed-dev
-	$(BIN)/pytest -q -m "not integration"
+	$(BIN)/pytest -q -n auto -m "not integration and not slow"
+
+# Everything `make test` runs, sooner: all but the fault scenarios spread over the cores (each
+# pytest-xdist process starts its own redis-server and weed), then the fault scenarios one at a
+# time, since their clocks (stall, sweep, outage) assume nothing else competes for the cores.
+test-parallel: lint system-deps
+	$(BIN)/pytest -q -n auto -m "not faults"
+	$(BIN)/pytest -q -m faults
 
 # Fault-injection scenarios alone (they are also part of `make test`).
 faults: $(BIN)/.installed-dev system-deps

@@ -129,6 +129,7 @@ def test_cpu_inference_quick(capsys):
     assert_machine_table(out)
 
 
+@pytest.mark.slow
 def test_training_speed_quick(capsys):
     assert run_main("training_speed", "--quick") == 0
     out = capsys.readouterr().out
@@ -142,6 +143,7 @@ def test_png_encode_quick(capsys):
     assert out.count("| pixels ") == 3  # OpenCV, Pillow, the Up filter: same pixels, other bytes
 
 
+@pytest.mark.slow
 def test_memory_quick(capsys):
     assert run_main("memory", "--quick") == 0
     out = capsys.readouterr().out

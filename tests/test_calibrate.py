@@ -161,6 +161,7 @@ def test_forward_model_is_recovered_from_pairs_made_with_it(tmp_path, truth):
     assert not fit.tone_applies and fit.relative_mse_error < 0.03
 
 
+@pytest.mark.slow
 def test_the_sample_calibrates_to_the_values_it_was_made_with():
     """dataset/make_sample.py uses g = 2.49, sigma2 = 3.1, box, floor, equally dark targets."""
     calibration = calibrate(LocalStorage(DATASET))
@@ -183,6 +184,7 @@ def test_darkened_inputs_still_get_their_tone_curve(tmp_path):
     assert (calibration.curve.lut[:, 20:60] > LEVELS[20:60]).all()  # the curve brightens the dark input
 
 
+@pytest.mark.slow
 def test_calibration_artifact_round_trips_and_reads_the_old_tone_curve(tmp_path):
     calibration = calibrate(LocalStorage(DATASET))
     back = Calibration.from_json(calibration.to_json())

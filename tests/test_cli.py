@@ -29,6 +29,7 @@ def run_dir(tmp_path: Path) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_demo_on_the_sample_dataset_matches_the_sample_submission_and_resumes(tmp_path, env):
     first = producer("enqueue", str(DATASET), env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -51,6 +52,7 @@ def test_demo_on_the_sample_dataset_matches_the_sample_submission_and_resumes(tm
     assert collected.returncode == 0 and out.read_text().splitlines() == submission
 
 
+@pytest.mark.slow
 def test_hostile_folder_every_file_gets_a_result_and_the_rest_complete(tmp_path, env):
     folder = write_hostile_folder(tmp_path / "photos")
     result = producer("enqueue", str(folder), env=env, cwd=tmp_path)
@@ -68,6 +70,7 @@ def test_hostile_folder_every_file_gets_a_result_and_the_rest_complete(tmp_path,
     assert "(upscale) test_00006_empty.png: empty file" in status.stdout  # the default pipeline starts there
 
 
+@pytest.mark.slow
 def test_a_fixed_file_is_redone_and_retry_failed_reprocesses_unchanged_ones(tmp_path, env):
     """A failure belongs to the bytes that failed: a fixed file (other bytes) is redone by the next enqueue;
     a failure of unchanged bytes stays until --retry-failed (e.g. after raising a limit)."""
@@ -106,6 +109,7 @@ def psnr_of(table: str, label: str) -> float:
     return float(row.split("|")[2])
 
 
+@pytest.mark.slow
 def test_calibrate_then_quality_preset_beats_the_seed(tmp_path, hub_env):
     env = hub_env
     curve = tmp_path / "calibration.json"
@@ -152,6 +156,7 @@ def test_help_shows_the_commands_own_options_first_and_every_setting_with_help_a
     assert "TRAIN_MINUTES" in train and "TRAIN_SEED" in train  # options that read a variable say which
 
 
+@pytest.mark.slow
 def test_version_runs_and_a_run_that_does_not_exist(tmp_path, env):
     version = producer("--version", env=env, cwd=tmp_path)
     assert version.returncode == 0 and re.fullmatch(r"producer \(lowlight-sr\) \S+\n", version.stdout)
@@ -166,6 +171,7 @@ def test_version_runs_and_a_run_that_does_not_exist(tmp_path, env):
     assert missing.returncode == 2 and "no run 'nosuch'" in missing.stderr and "producer runs" in missing.stderr
 
 
+@pytest.mark.slow
 def test_bicubic_preset_never_loads_or_downloads_a_model(tmp_path, env):
     """`quality` upscales with bicubic: no weights (and offline, no Hub) needed; WEIGHTS does not change its run."""
     curve = tmp_path / "calibration.json"
@@ -182,6 +188,7 @@ def test_bicubic_preset_never_loads_or_downloads_a_model(tmp_path, env):
     assert "--weights / WEIGHTS ignored: preset quality runs no model" in again.stdout  # said, never opened
 
 
+@pytest.mark.slow
 def test_names_too_long_or_not_utf8_are_recorded_failures_and_the_run_completes(tmp_path, env):
     """Stems of 243+ bytes overflowed meta/<stem>.upscale.json (ENAMETOOLONG), 251+ even failed/<stem>.json;
     a name that is not UTF-8 broke the submission: each is now one failure, named readably, up front."""
@@ -221,6 +228,7 @@ def test_inputs_sharing_a_submission_id_refuse_the_enqueue_naming_both(tmp_path,
     assert not (tmp_path / "store" / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["flag", "variable"])
 def test_naming_nl_means_runs_it_even_at_the_default_strength(tmp_path, env, how):
     """The default preset has no denoiser: `--denoise nlm` (or DENOISE=nlm) adds the seed's NL-means."""
@@ -233,6 +241,7 @@ def test_naming_nl_means_runs_it_even_at_the_default_strength(tmp_path, env, how
     assert (run_dir(tmp_path) / "denoised" / "test_00001.png").is_file()
 
 
+@pytest.mark.slow
 def test_an_output_the_user_cannot_write_is_one_line_naming_it(tmp_path, env):
     write_images(tmp_path / "photos", 1)
     result = producer("enqueue", str(tmp_path / "photos"), env=env, cwd=tmp_path)
@@ -243,6 +252,7 @@ def test_an_output_the_user_cannot_write_is_one_line_naming_it(tmp_path, env):
     assert "Permission denied: /sys/submission.csv" in collected.stderr and "runs as uid" in collected.stderr
 
 
+@pytest.mark.slow
 def test_weights_name_the_checkpoint_any_preset_runs(tmp_path, env, weights_path):
     """WEIGHTS and --weights are one setting: the checkpoint this run runs (here the default preset),
     published into the run store by hash; the run's id and manifest name it."""
@@ -260,6 +270,7 @@ def test_weights_name_the_checkpoint_any_preset_runs(tmp_path, env, weights_path
     assert all(m["model"] == f"run:{m['pipeline']['checkpoint']}" for m in manifests)
 
 
+@pytest.mark.slow
 def test_the_summary_names_each_failed_image_with_its_reason_refusals_at_listing_included(tmp_path, env):
     folder = tmp_path / "photos"
     write_images(folder, 3)
@@ -278,6 +289,7 @@ def test_the_summary_names_each_failed_image_with_its_reason_refusals_at_listing
     assert "WARNING: " in result.stderr and " workers.run.stages:" not in result.stderr  # plain log lines
 
 
+@pytest.mark.slow
 def test_a_weights_file_that_is_no_model_is_named_as_given_and_leaves_nothing_behind(tmp_path, env):
     (tmp_path / "notamodel.pth").write_bytes(b"not a checkpoint at all")
     home = tmp_path / "home"

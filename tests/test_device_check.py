@@ -31,6 +31,7 @@ def load_device_check() -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_the_dry_run_runs_every_step_and_writes_one_table_to_out(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"),
            "WEIGHTS": str(make_random_rrdb(tmp_path / "tiny_x4.pth", blocks=1))}

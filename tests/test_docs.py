@@ -106,3 +106,48 @@ def test_readme_configuration_table_lists_every_setting() -> None:
     settings = {f.name.upper() for f in fields(Settings)}
     assert settings - listed == set(), "settings missing from the README's configuration table"
     assert listed - settings == set(), "the README's configuration table lists variables that are not settings"
+
+
+def python_modules(folder: Path) -> set[str]:
+    return {path.stem for path in folder.glob("*.py") if not path.stem.startswith("__")}
+
+
+def layout_entries() -> dict[str, str]:
+    """The README's layout block: folder -> the text after its description's colon (continuations joined)."""
+    block = README.read_text().split("## Layout", 1)[1]
+    block = FENCE.search(block).group(0).strip("`\n")
+    entries: dict[str, str] = {}
+    folder = ""
+    for line in block.splitlines():
+        head = re.match(r"(\S+/)\s+(.*)", line)
+        if head:
+            folder, text = head.groups()
+            entries[folder] = text.split(":", 1)[1] if ":" in text else ""
+        else:
+            entries[folder] += " " + line.strip()
+    return entries
+
+
+def test_readme_layout_names_every_module_of_every_package_and_nothing_else() -> None:
+    entries = layout_entries()
+    checked = 0
+    for folder, text in entries.items():
+        path = ROOT / folder
+        if not (path / "__init__.py").is_file() or folder == "tests/":
+            continue
+        named = set(re.findall(r"\b[a-z_][a-z0-9_]*\b", re.sub(r"\(\+[^)]*\)|shared:", "", text)))
+        assert named == python_modules(path), f"README layout, {folder}: lists {sorted(named)}"
+        checked += 1
+    packages = {str(p.parent.relative_to(ROOT)) + "/" for p in ROOT.glob("*/**/__init__.py")
+                if not p.parent.relative_to(ROOT).parts[0].startswith(".") and "build" not in p.parts
+                and python_modules(p.parent) and p.parent.name not in {"tests", "simulated"}}
+    assert packages - set(entries) == set(), "packages the README's layout leaves out"
+    assert checked >= 12
+
+
+def test_architecture_table_names_every_module_of_its_package() -> None:
+    rows = re.findall(r"^\| `([\w.]+)` \| (.*?) \| [^|]* \|$", (ROOT / "ARCHITECTURE.md").read_text(), re.M)
+    assert len(rows) >= 8
+    for package, owns in rows:
+        named = set(re.findall(r"`(\w+)\.py`", owns))
+        assert named == python_modules(ROOT / package.replace(".", "/")), f"ARCHITECTURE.md, {package}"

@@ -54,6 +54,7 @@ def env_for(tmp_path: Path) -> dict[str, str]:
     return {**env, "STORAGE_URL": str(tmp_path / "store"), "DEVICE": "cpu", "HF_HUB_OFFLINE": "1"}
 
 
+@pytest.mark.slow
 def test_a_trained_dataset_runs_learned_by_default_and_the_report_shows_the_training(trained_dataset, tmp_path):
     result = run_producer("enqueue", str(trained_dataset), env=env_for(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -70,6 +71,7 @@ def test_a_trained_dataset_runs_learned_by_default_and_the_report_shows_the_trai
     assert "preset learned" not in standard.stdout.splitlines()[0]
 
 
+@pytest.mark.slow
 def test_without_a_trained_model_enqueue_runs_the_shipped_model_and_says_so(tmp_path):
     write_images(tmp_path / "photos", 2)
     result = run_producer("enqueue", str(tmp_path / "photos"), env=env_for(tmp_path), cwd=tmp_path)
@@ -93,6 +95,7 @@ def test_a_shipped_model_that_fails_its_hash_check_stops_enqueue_with_one_line(t
     assert "refusing to run a model that is not the one registered" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_worker_refuses_a_checkpoint_whose_hash_does_not_match(trained_dataset, tmp_path):
     """A checkpoint replaced under the same key: the image is retried, never upscaled by the wrong model."""
     env = env_for(tmp_path)

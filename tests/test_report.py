@@ -263,6 +263,7 @@ def test_report_and_evaluate_score_outputs_above_pillows_limit_and_truths_above_
     assert len(scored.images) == 1 and not scored.missing
 
 
+@pytest.mark.slow
 def test_report_memory_does_not_grow_with_the_meta_files(tmp_path):
     """Every meta JSON was held at once: ~4 KiB per image, ~450 MiB at 100k. Now they are summarised as
     read; what grows is the listing and the manifest's names (benchmarks/memory.py measures both)."""

@@ -168,6 +168,7 @@ def test_an_image_above_the_pixel_budget_runs_alone(settings):
     assert (batch_size(tight, 100, on_cpu=True), batch_size(tight, 400, on_cpu=True)) == (4, 2)
 
 
+@pytest.mark.slow
 def test_the_gpu_stage_of_large_images_needs_under_twice_their_output_in_memory(tmp_path):
     """The 4x output was copied between steps (a stack of the batch, Pillow's 4-byte copies for the grey
     values and for the PNG, the whole PNG, the whole CSV row; with a model a float output too): about 4x

@@ -225,6 +225,7 @@ def sample_curve() -> ToneCurve:
     return calibrate(LocalStorage(DATASET)).tone
 
 
+@pytest.mark.slow
 def test_artifact_round_trips_exactly(sample_curve):
     data = sample_curve.to_json()
     back = ToneCurve.from_json(data)

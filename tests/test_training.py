@@ -98,6 +98,7 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_
     assert (whole / "trained_x4.safetensors").read_bytes() == (split / "trained_x4.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_minutes_stop_cleanly_with_the_best_checkpoint(tiny, small):
     result = train(tiny, small, TrainConfig(steps=100_000, batch=2, crop=8, minutes=0.05, eval_every=1000))
     assert result.finished and 0 < result.steps < 100_000 and result.seconds < 30

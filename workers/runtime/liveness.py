@@ -132,9 +132,12 @@ class Heartbeat:
         except redis.RedisError as exc:
             logger.warning("heartbeat of %s not recorded: %s", self.holder.node, exc)
 
-    def stop(self) -> None:
-        """A clean exit: the process is gone at once, not after STALL_AFTER_S."""
+    def stop(self, wait_s: float = 5.0) -> None:
+        """A clean exit: the process is gone at once, not after STALL_AFTER_S. A beat in flight is
+        waited for (up to ``wait_s``): landing after the delete, it would keep the process alive."""
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(wait_s)
         with contextlib.suppress(redis.RedisError):
             self.client.delete(heartbeat_key(self.holder.token))
 
