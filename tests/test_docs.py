@@ -138,9 +138,14 @@ def test_readme_layout_names_every_module_of_every_package_and_nothing_else() ->
         named = set(re.findall(r"\b[a-z_][a-z0-9_]*\b", re.sub(r"\(\+[^)]*\)|shared:", "", text)))
         assert named == python_modules(path), f"README layout, {folder}: lists {sorted(named)}"
         checked += 1
-    packages = {str(p.parent.relative_to(ROOT)) + "/" for p in ROOT.glob("*/**/__init__.py")
-                if not p.parent.relative_to(ROOT).parts[0].startswith(".") and "build" not in p.parts
-                and python_modules(p.parent) and p.parent.name not in {"tests", "simulated"}}
+    packages = {
+        str(p.parent.relative_to(ROOT)) + "/"
+        for p in ROOT.glob("*/**/__init__.py")
+        if not p.parent.relative_to(ROOT).parts[0].startswith(".")
+        and "build" not in p.parts
+        and python_modules(p.parent)
+        and p.parent.name not in {"tests", "simulated"}
+    }
     assert packages - set(entries) == set(), "packages the README's layout leaves out"
     assert checked >= 12
 
