@@ -45,12 +45,10 @@ lint: $(BIN)/.installed-dev
 test-fast: $(BIN)/.installed-dev
 	$(BIN)/pytest -q -n auto -m "not integration and not slow"
 
-# Everything `make test` runs, sooner: all but the fault scenarios spread over the cores (each
-# pytest-xdist process starts its own redis-server and weed), then the fault scenarios one at a
-# time, since their clocks (stall, sweep, outage) assume nothing else competes for the cores.
+# Everything `make test` runs, sooner: the tests spread over pytest-xdist processes (each starts its
+# own redis-server and weed), the fault scenarios all in one of them, one at a time (tests/conftest.py).
 test-parallel: lint system-deps
-	$(BIN)/pytest -q -n auto -m "not faults"
-	$(BIN)/pytest -q -m faults
+	$(BIN)/pytest -q -n auto --dist loadgroup
 
 # Fault-injection scenarios alone (they are also part of `make test`).
 faults: $(BIN)/.installed-dev system-deps

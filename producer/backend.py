@@ -8,6 +8,7 @@ command uses it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -21,6 +22,18 @@ if TYPE_CHECKING:
     from workers.run.aggregate import AggregateResult
     from workers.run.context import StageContext
     from workers.training.config import TrainConfig, TrainResult
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What `producer train` asks for: the dataset and/or photos, where the model starts and goes."""
+
+    dataset: str | None
+    output: str | None
+    start: str | None
+    config: TrainConfig
+    restart: bool
+    photos: str | None
 
 
 class InProcess:
@@ -55,18 +68,10 @@ class InProcess:
         calibration, where = calibrate_here(dataset, output, StorageFactory(self.settings))
         return calibration.summary(), calibration.n_pairs, where
 
-    def train(
-        self,
-        dataset: str | None,
-        output: str | None,
-        start: str | None,
-        config: TrainConfig,
-        restart: bool,
-        photos: str | None,
-    ) -> TrainResult:
+    def train(self, job: TrainRequest) -> TrainResult:
         from producer.training import train_here
 
-        return train_here(self.settings, dataset, output, start, config, restart, photos)
+        return train_here(self.settings, job.dataset, job.output, job.start, job.config, job.restart, job.photos)
 
 
 class Workers(InProcess):
@@ -106,20 +111,12 @@ class Workers(InProcess):
         result = dispatch.calibrate(self.settings, dataset, output)
         return result["summary"], result["pairs"], result["location"]
 
-    def train(
-        self,
-        dataset: str | None,
-        output: str | None,
-        start: str | None,
-        config: TrainConfig,
-        restart: bool,
-        photos: str | None,
-    ) -> TrainResult:
-        if dataset is None or is_local(dataset):
-            return super().train(dataset, output, start, config, restart, photos)
+    def train(self, job: TrainRequest) -> TrainResult:
+        if job.dataset is None or is_local(job.dataset):
+            return super().train(job)
         from producer import dispatch
 
-        return dispatch.train(self.settings, dataset, output, start, config, restart, photos)
+        return dispatch.train(self.settings, job.dataset, job.output, job.start, job.config, job.restart, job.photos)
 
 
 def backend_for(settings: Settings) -> InProcess:

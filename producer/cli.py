@@ -23,7 +23,7 @@ from typing import Any
 import click
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from producer.backend import backend_for
+from producer.backend import TrainRequest, backend_for
 from producer.options import Group, settings_options
 from workers.errors import ConfigError, EnhanceError
 from workers.io.storage import Storage, StorageFactory
@@ -414,7 +414,7 @@ def train(dataset: str | None, photos: str | None, start: str | None, output: st
     """
     if dataset is None and photos is None:
         raise click.UsageError("give a DATASET, --photos DIR, or both")
-    result = backend_for(settings).train(dataset, output, start, config, restart, photos)
+    result = backend_for(settings).train(TrainRequest(dataset, output, start, config, restart, photos))
     best = f"{result.best_psnr:.2f} dB" if result.best_psnr is not None else "n/a (nothing held back)"
     state = "budget used" if result.finished else "stopped early; re-run to go on"
     click.echo(f"trained {result.steps} steps ({state}) in {result.seconds:.0f} s; best held-back PSNR {best} "

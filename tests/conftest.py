@@ -20,7 +20,12 @@ os.environ["PHOTO_CORPUS"] = ""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``gpu`` tests need a CUDA device: without one they are skipped, and the reason says so."""
+    """Fault scenarios run one after another in one pytest-xdist process (``--dist loadgroup``): their
+    clocks (stall, sweep, outage) tolerate one busy core, not a second scenario on the same servers'
+    machine. ``gpu`` tests need a CUDA device: without one they are skipped, and the reason says so."""
+    for item in items:
+        if item.get_closest_marker("faults"):
+            item.add_marker(pytest.mark.xdist_group("faults"))
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu:
         return

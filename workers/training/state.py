@@ -135,27 +135,21 @@ class TrainState:
             raise ValueError(f"state version {version} is newer than this code's ({STATE_VERSION})")
         if version == 1:
             best = Scores(data["best_psnr"])
-            return cls(
-                RunIdentity.from_dict(data["fingerprint"]),
-                int(data["step"]),
-                int(data["best_step"]),
-                best,
+            identity, start, photos_sha256, holdout_sha256 = (
+                data["fingerprint"],
                 Scores(data.get("start_psnr")),
-                list(data["history"]),
-                float(data["seconds"]),
-                Phase.from_dict(data["phase"]),
-                data["model"],
-                data["ema"],
-                data["optimizer"],
-                data.get("scaler") or {},
-                version=1,
+                None,
+                None,
             )
+        else:
+            best, identity, start = Scores.from_dict(data["best"]), data["identity"], Scores.from_dict(data["start"])
+            photos_sha256, holdout_sha256 = data.get("photos_sha256"), data.get("holdout_sha256")
         return cls(
-            RunIdentity.from_dict(data["identity"]),
+            RunIdentity.from_dict(identity),
             int(data["step"]),
             int(data["best_step"]),
-            Scores.from_dict(data["best"]),
-            Scores.from_dict(data["start"]),
+            best,
+            start,
             list(data["history"]),
             float(data["seconds"]),
             Phase.from_dict(data["phase"]),
@@ -163,8 +157,9 @@ class TrainState:
             data["ema"],
             data["optimizer"],
             data.get("scaler") or {},
-            data.get("photos_sha256"),
-            data.get("holdout_sha256"),
+            photos_sha256,
+            holdout_sha256,
+            version=version,
         )
 
     def save(self, storage: Storage, key: str) -> None:
