@@ -93,6 +93,11 @@ def phases(inputs: Path, store: Path, env: dict[str, str]) -> list[tuple[str, fl
     return list(rows.items())
 
 
+def absolute_if_path(argument: str) -> str:
+    """An option naming an existing file or folder, made absolute: each run starts in its own run store."""
+    return str(Path(argument).resolve()) if not argument.startswith("-") and Path(argument).exists() else argument
+
+
 def whole(inputs: Path, code: Path, env: dict[str, str], extra: list[str]) -> float:
     store = Path(tempfile.mkdtemp(prefix="fixed-cost-"))
     try:
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     variants: list[tuple[str, Path, list[str]]] = [("this code, no options", REPO, [])]
     if args.against:
-        variants.append((f"this code, {args.against}", REPO, shlex.split(args.against)))
+        variants.append((f"this code, {args.against}", REPO, [absolute_if_path(a) for a in shlex.split(args.against)]))
     if args.before:
         variants.append(("before, no options", args.before, []))
     times: dict[str, list[float]] = {label: [] for label, _, _ in variants}

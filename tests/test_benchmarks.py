@@ -207,3 +207,13 @@ def test_quality_on_a_tiny_dataset(tmp_path, tiny_weights, capsys):
     assert "left out broken.pth" in out and "README.md" not in out
     assert "(1 missing)" not in out  # every variant produced a 4x image of the truth's size
     assert_machine_table(out)
+
+
+def test_fixed_cost_against_options_name_existing_paths_absolutely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each whole-process run starts in its own run store: a relative --weights must still find its file."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "w.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    absolute_if_path = benchmark("fixed_cost").absolute_if_path
+    assert absolute_if_path("models/w.safetensors") == str(tmp_path / "models" / "w.safetensors")
+    assert [absolute_if_path(a) for a in ("--precision", "fp32", "missing.pt")] == ["--precision", "fp32", "missing.pt"]
