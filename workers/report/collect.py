@@ -46,7 +46,7 @@ def collect_report_data(
     x4 of their inputs, the baseline), shown worst PSNR first beside their ground truth, else in
     input order. At most ``max_images`` images are shown. ``limits``
     bound the decoding of inputs (default: the settings' defaults); the run's outputs and the ground
-    truth get them scaled by the upscaler's factor. Per-image objects are read and scored
+    truth get them scaled by the upscaler's factor. Per-image objects are read, scored and drawn
     ``threads`` at a time, in order.
 
     Raises:
@@ -91,8 +91,9 @@ def collect_report_data(
         scores=tuple(ranked),
         means=mean_scores(ranked),
         with_truth=truth is not None,
-        images=tuple(images.report(name, metas.shown, scores.get(name), truth.get(name) if truth else None,
-                                   markers.get(name)) for name in shown),
+        images=tuple(fetch_in_order(lambda name: images.report(name, metas.shown, scores.get(name),
+                                                               truth.get(name) if truth else None, markers.get(name)),
+                                    shown, threads)),
         omitted=len(order) - len(shown),
         failures=_failures(storage, keys, manifest, markers),
         training=_training(storage, manifest),

@@ -40,7 +40,8 @@ def embed(rgb: np.ndarray, max_edge: int = THUMB_MAX) -> EmbeddedImage:
     scale = min(1.0, max_edge / w, max_edge / h)
     buffer = io.BytesIO()
     if scale == 1.0:
-        Image.fromarray(rgb).save(buffer, format="PNG", optimize=True)
+        # zlib's fastest level: a report embeds up to a few hundred of these, and its readers wait on them.
+        Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
         return EmbeddedImage("image/png", buffer.getvalue(), w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
