@@ -134,13 +134,8 @@ class TrainState:
         if version > STATE_VERSION:
             raise ValueError(f"state version {version} is newer than this code's ({STATE_VERSION})")
         if version == 1:
-            best = Scores(data["best_psnr"])
-            identity, start, photos_sha256, holdout_sha256 = (
-                data["fingerprint"],
-                Scores(data.get("start_psnr")),
-                None,
-                None,
-            )
+            best, identity, start = Scores(data["best_psnr"]), data["fingerprint"], Scores(data.get("start_psnr"))
+            photos_sha256 = holdout_sha256 = None  # version 1 recorded neither
         else:
             best, identity, start = Scores.from_dict(data["best"]), data["identity"], Scores.from_dict(data["start"])
             photos_sha256, holdout_sha256 = data.get("photos_sha256"), data.get("holdout_sha256")
